@@ -1,0 +1,190 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libupager: the client side of upagerd.
+ *
+ * A process connects to the daemon, creates or names a segment, and attaches
+ * it: the library maps the segment's memfd, registers the mapping with a
+ * userfaultfd and hands that userfaultfd to the daemon, which from then on
+ * serves the mapping's page faults.  Pages filled once are shared by every
+ * process that attaches the segment.
+ *
+ * Every function returns 0 (or a count) on success and -errno on failure;
+ * it also sets errno to the positive value.  Expected failures:
+ *   -ENOENT   no segment of that name
+ *   -EEXIST   create: the name is taken
+ *   -EACCES   the segment's owner and mode do not allow it
+ *   -EBUSY    delete: the segment is attached (pass UPAGER_DELETE_FORCE)
+ *   -EINVAL   bad name, zero or absurd size, bad flags, unusable source
+ *   -ECONNREFUSED / -ENOENT (connect)  no daemon listens there
+ *   -EPIPE    the daemon hung up
+ *   -EPROTO   the daemon spoke a protocol this library does not
+ */
+#ifndef UPAGER_UPAGER_H
+#define UPAGER_UPAGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UPAGER_NAME_MAX 63		/* bytes, without the NUL */
+#define UPAGER_PATH_MAX 256		/* source path as reported by stat */
+#define UPAGER_STAT_PIDS 32		/* pids listed by upager_stat() */
+#define UPAGER_MAX_SIZE (1ULL << 40)	/* largest segment: 1 TiB */
+
+enum upager_source_kind {
+	UPAGER_SOURCE_ZERO = 0,		/* pages never written read as zero */
+	UPAGER_SOURCE_FILE = 1,		/* a raw image file; holes and the part
+					 * past its end read as zero */
+	UPAGER_SOURCE_SNAPSHOT = 2,	/* reserved: a parent snapshot */
+};
+
+struct upager;			/* a connection to the daemon */
+struct upager_attachment;	/* one mapping of one segment */
+
+struct upager_create_opts {
+	uint64_t size;		/* bytes, > 0, <= UPAGER_MAX_SIZE; rounded up
+				 * to the page size */
+	int source_fd;		/* -1: zero source; else an open, readable fd
+				 * of a regular file (the library sends the
+				 * fd, not a path: the daemon reads what the
+				 * caller could read) */
+	uint32_t mode;		/* permission bits (0..0777); 0 means 0600 */
+};
+
+/* Fixed-width: it travels on the wire as it is. */
+struct upager_segment_info {
+	char name[UPAGER_NAME_MAX + 1];
+	char source_path[UPAGER_PATH_MAX];	/* "" for a zero source */
+	uint64_t id;
+	uint64_t size;			/* bytes */
+	uint32_t page_size;
+	uint32_t source;		/* enum upager_source_kind */
+	uint32_t uid;			/* owner */
+	uint32_t mode;			/* permission bits */
+	uint64_t faults_missing;	/* faults served, by kind */
+	uint64_t faults_wp;
+	uint64_t faults_minor;
+	uint64_t faults_waited;		/* faults that found the page being
+					 * filled by another and waited */
+	uint64_t pages_filled;		/* pages put into the memfd */
+	uint64_t bytes_read;		/* bytes read from the source */
+	uint64_t resident_bytes;	/* memory the memfd holds */
+	uint64_t readahead_max_pages;	/* largest read-ahead window used */
+	uint32_t nr_attachments;
+	uint32_t nr_pids;		/* entries used in pids[] */
+	uint32_t pids[UPAGER_STAT_PIDS];	/* attached processes; 0 = a
+						 * forked child not yet
+						 * identified */
+};
+
+struct upager_daemon_stats {
+	uint64_t uptime_ns;
+	uint64_t segments;
+	uint64_t attachments;
+	uint64_t connections;
+	uint64_t threads;
+	uint64_t faults_missing;
+	uint64_t faults_wp;
+	uint64_t faults_minor;
+	uint64_t faults_waited;
+	uint64_t pages_filled;
+	uint64_t bytes_read;
+	uint64_t resident_bytes;
+	uint64_t events_fork;
+	uint64_t events_remap;
+	uint64_t events_remove;
+	uint64_t events_unmap;
+	uint64_t clients_exited;	/* attachments dropped as their
+					 * process exited */
+	uint64_t protocol_errors;	/* clients dropped for garbage */
+};
+
+/*
+ * upager_socket_path - the daemon's socket path when none is given
+ * @buf, @len: where to put it
+ *
+ * $UPAGER_SOCKET, else $XDG_RUNTIME_DIR/upager.sock, else
+ * /run/upager/upager.sock for root and /tmp/upager-$UID.sock for others.
+ * Returns the length, or -ENAMETOOLONG.
+ */
+int upager_socket_path(char *buf, size_t len);
+
+/*
+ * upager_connect - connect to the daemon
+ * @socket_path: NULL for upager_socket_path()
+ * @out: the connection on success
+ *
+ * Checks that the peer runs as root or as the caller's uid, and negotiates
+ * the protocol version.  Returns 0 or -errno.
+ */
+int upager_connect(const char *socket_path, struct upager **out);
+
+/*
+ * upager_disconnect - detach every attachment made through @u and close it.
+ * Accepts NULL.
+ */
+void upager_disconnect(struct upager *u);
+
+/* upager_create - create segment @name.  Returns 0 or -errno. */
+int upager_create(struct upager *u, const char *name,
+		  const struct upager_create_opts *opts);
+
+#define UPAGER_DELETE_FORCE 0x1u	/* delete even while attached: the
+					 * name goes now, the frames when the
+					 * last attachment does */
+/* upager_delete - delete segment @name.  Returns 0 or -errno. */
+int upager_delete(struct upager *u, const char *name, unsigned int flags);
+
+/* upager_stat - describe segment @name.  Returns 0 or -errno. */
+int upager_stat(struct upager *u, const char *name,
+		struct upager_segment_info *info);
+
+/*
+ * upager_list - describe every segment the caller may see
+ * @infos: room for @max entries (may be NULL when @max is 0)
+ *
+ * Returns the number of segments (which may exceed @max; only @max are
+ * filled), or -errno.
+ */
+int upager_list(struct upager *u, struct upager_segment_info *infos,
+		size_t max);
+
+/* upager_stats - daemon-wide counters.  Returns 0 or -errno. */
+int upager_stats(struct upager *u, struct upager_daemon_stats *st);
+
+#define UPAGER_ATTACH_RDONLY 0x1u	/* map PROT_READ; needs read
+					 * permission only */
+
+/*
+ * upager_attach - map segment @name into this process
+ * @flags: 0 (shared, read-write) or UPAGER_ATTACH_RDONLY
+ * @out: the attachment on success
+ *
+ * The whole segment is mapped MAP_SHARED at an address the kernel picks;
+ * upager_attachment_addr() tells where.  Its pages are filled on first
+ * touch by the daemon.  The mapping is inherited by fork() children, whose
+ * faults the daemon serves too.  Returns 0 or -errno.
+ */
+int upager_attach(struct upager *u, const char *name, unsigned int flags,
+		  struct upager_attachment **out);
+
+void *upager_attachment_addr(const struct upager_attachment *a);
+size_t upager_attachment_size(const struct upager_attachment *a);
+
+/*
+ * upager_detach - unmap @a and tell the daemon.  Accepts NULL.
+ * Returns 0 or -errno (the mapping is gone either way).
+ */
+int upager_detach(struct upager_attachment *a);
+
+/* Human-readable name of a source kind ("zero", "file", "snapshot"). */
+const char *upager_source_name(uint32_t kind);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
