@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#include "attach.h"
+#include "log.h"
+#include "segment.h"
+#include "upagerd.h"
+#include "worker.h"
+
+static int ranges_add(struct attachment *att, uint64_t start, uint64_t len,
+		      uint64_t pgoff)
+{
+	if (att->nr_ranges == att->ranges_cap) {
+		unsigned int cap = att->ranges_cap ? 2 * att->ranges_cap : 4;
+		void *p = realloc(att->ranges, cap * sizeof(*att->ranges));
+
+		if (!p)
+			return -ENOMEM;
+		att->ranges = p;
+		att->ranges_cap = cap;
+	}
+	att->ranges[att->nr_ranges++] = (struct att_range){
+		.start = start, .len = len, .pgoff = pgoff,
+	};
+	return 0;
+}
+
+static struct attachment *attach_alloc(struct segment *seg, int uffd)
+{
+	struct attachment *att = calloc(1, sizeof(*att));
+
+	if (!att)
+		return NULL;
+	att->id = atomic_fetch_add(&upd.next_att_id, 1) + 1;
+	att->refs = 1;
+	att->seg = seg;
+	segment_get(seg);
+	att->uffd = uffd;
+	att->pidfd = -1;
+	att->created_ns = now_ns();
+	pthread_mutex_init(&att->lock, NULL);
+	list_init(&att->seg_link);
+	return att;
+}
+
+int attach_new(struct segment *seg, int uffd, pid_t pid, uint64_t start,
+	       uint64_t len, uint64_t pgoff, struct attachment **out)
+{
+	struct attachment *att = attach_alloc(seg, uffd);
+
+	if (!att)
+		return -ENOMEM;
+	if (ranges_add(att, start, len, pgoff)) {
+		att->uffd = -1;
+		attach_put(att);
+		return -ENOMEM;
+	}
+	att->pid = pid;
+	*out = att;
+	return 0;
+}
+
+int attach_fork(struct attachment *parent, int uffd, struct attachment **out)
+{
+	struct attachment *att = attach_alloc(parent->seg, uffd);
+
+	if (!att)
+		return -ENOMEM;
+	att->parent_pid = atomic_load(&parent->pid);
+	att->flags = parent->flags;
+	att->uffd_features = parent->uffd_features;
+	att->uffd_ioctls = parent->uffd_ioctls;
+	pthread_mutex_lock(&parent->lock);
+	for (unsigned int i = 0; i < parent->nr_ranges; i++) {
+		struct att_range *r = &parent->ranges[i];
+
+		if (ranges_add(att, r->start, r->len, r->pgoff)) {
+			pthread_mutex_unlock(&parent->lock);
+			att->uffd = -1;
+			attach_put(att);
+			return -ENOMEM;
+		}
+	}
+	pthread_mutex_unlock(&parent->lock);
+	*out = att;
+	return 0;
+}
+
+void attach_get(struct attachment *att)
+{
+	atomic_fetch_add(&att->refs, 1);
+}
+
+void attach_put(struct attachment *att)
+{
+	if (!att || atomic_fetch_sub(&att->refs, 1) != 1)
+		return;
+	if (att->uffd >= 0)
+		close(att->uffd);
+	if (att->pidfd >= 0)
+		close(att->pidfd);
+	segment_put(att->seg);
+	pthread_mutex_destroy(&att->lock);
+	free(att->ranges);
+	free(att->retry);
+	free(att);
+}
+
+int attach_set_pid(struct attachment *att, pid_t pid)
+{
+	int fd = syscall(SYS_pidfd_open, pid, 0);
+
+	if (fd < 0)
+		return -errno;
+	att->pidfd = fd;
+	atomic_store(&att->pid, pid);
+	return 0;
+}
+
+int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
+		  uint64_t *run)
+{
+	uint64_t ps = att->seg->page_size;
+	int ret = -ENOENT;
+
+	pthread_mutex_lock(&att->lock);
+	for (unsigned int i = 0; i < att->nr_ranges; i++) {
+		struct att_range *r = &att->ranges[i];
+
+		if (addr >= r->start && addr - r->start < r->len) {
+			*pgoff = r->pgoff + (addr - r->start) / ps;
+			*run = (r->start + r->len - addr) / ps;
+			ret = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&att->lock);
+	return ret;
+}
+
+/*
+ * Cuts [start, end) out of the ranges; the cut-out pieces, with their
+ * segment pages, are appended to @moved when it is not NULL.
+ */
+static void ranges_cut(struct attachment *att, uint64_t start, uint64_t end,
+		       struct att_range *moved, unsigned int *nr_moved,
+		       unsigned int max_moved)
+{
+	uint64_t ps = att->seg->page_size;
+	unsigned int n = att->nr_ranges;
+
+	for (unsigned int i = 0; i < n;) {
+		struct att_range r = att->ranges[i];
+		uint64_t rend = r.start + r.len;
+		uint64_t lo = start > r.start ? start : r.start;
+		uint64_t hi = end < rend ? end : rend;
+
+		if (lo >= hi) {
+			i++;
+			continue;
+		}
+		if (moved && *nr_moved < max_moved)
+			moved[(*nr_moved)++] = (struct att_range){
+				.start = lo, .len = hi - lo,
+				.pgoff = r.pgoff + (lo - r.start) / ps,
+			};
+		/* Remove r, then add back what is left on either side. */
+		att->ranges[i] = att->ranges[--att->nr_ranges];
+		n--;
+		if (r.start < lo)
+			ranges_add(att, r.start, lo - r.start, r.pgoff);
+		if (hi < rend)
+			ranges_add(att, hi, rend - hi,
+				   r.pgoff + (hi - r.start) / ps);
+	}
+}
+
+void attach_unmap(struct attachment *att, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&att->lock);
+	ranges_cut(att, start, end, NULL, NULL, 0);
+	pthread_mutex_unlock(&att->lock);
+}
+
+void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
+		  uint64_t len)
+{
+	struct att_range moved[8];
+	unsigned int nr = 0;
+
+	pthread_mutex_lock(&att->lock);
+	ranges_cut(att, from, from + len, moved, &nr, 8);
+	/* What was mapped at the destination is gone (mremap unmaps it). */
+	ranges_cut(att, to, to + len, NULL, NULL, 0);
+	for (unsigned int i = 0; i < nr; i++)
+		ranges_add(att, moved[i].start - from + to, moved[i].len,
+			   moved[i].pgoff);
+	pthread_mutex_unlock(&att->lock);
+}
+
+bool attach_has_ranges(struct attachment *att)
+{
+	bool ret;
+
+	pthread_mutex_lock(&att->lock);
+	ret = att->nr_ranges > 0;
+	pthread_mutex_unlock(&att->lock);
+	return ret;
+}
+
+void attach_requeue(struct attachment *att, uint64_t addr)
+{
+	if (atomic_load(&att->dead))
+		return;
+	pthread_mutex_lock(&att->lock);
+	if (att->nr_retry == att->retry_cap) {
+		unsigned int cap = att->retry_cap ? 2 * att->retry_cap : 8;
+		void *p = realloc(att->retry, cap * sizeof(*att->retry));
+
+		if (!p) {
+			pthread_mutex_unlock(&att->lock);
+			pr_err("fault", "out of memory requeueing a fault");
+			return;
+		}
+		att->retry = p;
+		att->retry_cap = cap;
+	}
+	att->retry[att->nr_retry++] = addr;
+	pthread_mutex_unlock(&att->lock);
+	worker_kick(att->owner);
+}
+
+void attach_kill(struct attachment *att, const char *why)
+{
+	struct segment *seg = att->seg;
+
+	if (atomic_exchange(&att->dead, true))
+		return;
+	pr_info("attach", "%s: pid %d: attachment %llu %s", seg->name,
+		(int)atomic_load(&att->pid), (unsigned long long)att->id, why);
+	pthread_mutex_lock(&upd.lock);
+	list_del_init(&att->seg_link);
+	seg->nr_attachments--;
+	if (atomic_load(&att->pid) == 0)
+		atomic_fetch_sub(&upd.unresolved, 1);
+	pthread_mutex_unlock(&upd.lock);
+	atomic_fetch_sub(&upd.nr_attachments, 1);
+	worker_remove(att->owner, att);
+}

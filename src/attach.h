@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Attachments: one process's mapping of one segment, and the userfaultfd
+ * through which the daemon serves it.
+ *
+ * The address ranges start as the one range the client registered and
+ * follow the process's mremap/munmap through the uffd's events; a fork
+ * (UFFD_EVENT_FORK) makes a new attachment with the parent's ranges, whose
+ * pid the daemon finds afterwards (the event does not carry it).
+ *
+ * Lifetime: reference counted.  The owning worker holds one while it polls
+ * the uffd, fills in flight and parked waiters hold theirs.  attach_kill()
+ * takes an attachment out of its segment once (whoever comes first: the
+ * process exited, it detached, its ranges are all unmapped) and asks the
+ * owning worker to stop polling it; the uffd is closed with the last
+ * reference.
+ *
+ * Locking: ranges and the retry list are under `lock`, as another worker
+ * may re-drive a parked fault of this attachment.  `pid` is written once
+ * by the main thread (resolution of forked children) and read racily for
+ * statistics only.
+ */
+#ifndef UPAGER_ATTACH_H
+#define UPAGER_ATTACH_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "list.h"
+
+struct segment;
+struct worker;
+
+struct att_range {
+	uint64_t start;
+	uint64_t len;
+	uint64_t pgoff;		/* segment page at start */
+};
+
+struct attachment {
+	uint64_t id;
+	_Atomic int refs;
+	_Atomic bool dead;
+	struct segment *seg;		/* holds a reference */
+	struct worker *owner;
+	int uffd;
+	int pidfd;			/* -1 until the pid is known */
+	_Atomic pid_t pid;		/* 0: forked, not yet identified */
+	pid_t parent_pid;
+	uint32_t flags;			/* UPG_REGISTER_* */
+	uint64_t uffd_features;
+	uint64_t uffd_ioctls;
+	uint64_t created_ns;
+
+	pthread_mutex_t lock;
+	struct att_range *ranges;
+	unsigned int nr_ranges, ranges_cap;
+	uint64_t *retry;		/* fault addresses to drive again */
+	unsigned int nr_retry, retry_cap;
+
+	/* read-ahead: racy hints, a wrong value only costs speed */
+	uint64_t ra_next;		/* page after the last fill */
+	uint32_t ra_window;		/* pages */
+
+	struct list_head seg_link;	/* segment's list, daemon lock */
+};
+
+/* A new attachment of @seg over [start, start+len) at segment page @pgoff. */
+int attach_new(struct segment *seg, int uffd, pid_t pid, uint64_t start,
+	       uint64_t len, uint64_t pgoff, struct attachment **out);
+
+/* A child's attachment after UFFD_EVENT_FORK: the parent's ranges. */
+int attach_fork(struct attachment *parent, int uffd, struct attachment **out);
+
+void attach_get(struct attachment *att);
+void attach_put(struct attachment *att);
+
+/* Sets the pid and opens a pidfd.  0 or -errno. */
+int attach_set_pid(struct attachment *att, pid_t pid);
+
+/*
+ * attach_lookup - the segment page of @addr
+ * @run: set to the pages from @addr to the end of its range
+ * Returns 0, or -ENOENT when @addr is in none of the ranges.
+ */
+int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
+		  uint64_t *run);
+
+/* Range bookkeeping for the uffd events. */
+void attach_unmap(struct attachment *att, uint64_t start, uint64_t end);
+void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
+		  uint64_t len);
+bool attach_has_ranges(struct attachment *att);
+
+/* Queues @addr to be driven again by the owner, and wakes the owner. */
+void attach_requeue(struct attachment *att, uint64_t addr);
+
+/*
+ * attach_kill - take @att out of service (idempotent).
+ * @why: for the log.  Safe from any thread.
+ */
+void attach_kill(struct attachment *att, const char *why);
+
+#endif

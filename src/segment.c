@@ -1,0 +1,521 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Segments and the missing-fault path; the design is in segment.h.
+ *
+ * What a fill does with each UFFDIO_COPY result (the kernel copies page by
+ * page and stops at the first failure, reporting what it copied):
+ *   EEXIST   the frame is already in the memfd (filled behind our back):
+ *            it is present; go on with the next page.
+ *   EAGAIN   an event (remove, remap) is pending on the uffd and must be
+ *            read first: give the pages back and drive the fault again
+ *            after the owner has read its events.
+ *   ENOENT, EFAULT, EINVAL   the mapping changed under us: give the pages
+ *            back and wake the thread, whose retry finds the new reality.
+ *   ESRCH, ENOSPC   the process is gone: give the pages back.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "attach.h"
+#include "log.h"
+#include "proto.h"
+#include "segment.h"
+#include "uffd-compat.h"
+#include "upagerd.h"
+#include "worker.h"
+
+#define RA_MIN 1
+#define RA_START 8
+
+struct fill {
+	struct source_read rd;
+	struct segment *seg;
+	struct attachment *att;	/* the faulting one; holds a reference */
+	uint64_t addr;		/* where the run starts in att */
+};
+
+int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
+		struct source *src, struct segment **out)
+{
+	struct segment *seg;
+	char mname[UPAGER_NAME_MAX + 16];
+	int ret;
+
+	seg = calloc(1, sizeof(*seg));
+	if (!seg)
+		return -ENOMEM;
+	seg->page_size = src->page_size;
+	seg->size = (size + seg->page_size - 1) & ~(uint64_t)(seg->page_size - 1);
+	seg->npages = seg->size / seg->page_size;
+	seg->uid = uid;
+	seg->mode = mode;
+	seg->refs = 1;
+	snprintf(seg->name, sizeof(seg->name), "%s", name);
+	list_init(&seg->attachments);
+	list_init(&seg->link);
+	pthread_mutex_init(&seg->wait_lock, NULL);
+
+	snprintf(mname, sizeof(mname), "upager:%s", name);
+	seg->memfd = memfd_create(mname, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (seg->memfd < 0) {
+		ret = -errno;
+		goto err;
+	}
+	if (ftruncate(seg->memfd, seg->size) < 0) {
+		ret = -errno;
+		goto err;
+	}
+	/* Clients get this fd: they must not be able to resize it. */
+	if (fcntl(seg->memfd, F_ADD_SEALS,
+		  F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+		ret = -errno;
+		goto err;
+	}
+	ret = pagetable_init(&seg->pt, seg->npages);
+	if (ret)
+		goto err;
+	seg->map = mmap(NULL, seg->size, PROT_READ | PROT_WRITE, MAP_SHARED,
+			seg->memfd, 0);
+	if (seg->map == MAP_FAILED) {
+		ret = -errno;
+		seg->map = NULL;
+		goto err;
+	}
+	struct uffdio_register ur = {
+		.range = { .start = (uintptr_t)seg->map, .len = seg->size },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	if (ioctl(upd.fill_uffd, UFFDIO_REGISTER, &ur) < 0) {
+		ret = -errno;
+		goto err;
+	}
+	seg->src = src;
+	*out = seg;
+	return 0;
+err:
+	if (seg->map)
+		munmap(seg->map, seg->size);
+	pagetable_fini(&seg->pt);
+	if (seg->memfd >= 0)
+		close(seg->memfd);
+	pthread_mutex_destroy(&seg->wait_lock);
+	free(seg);
+	return ret;
+}
+
+void segment_get(struct segment *seg)
+{
+	atomic_fetch_add(&seg->refs, 1);
+}
+
+static void counters_retire(struct seg_counters *c)
+{
+	counter_add(upd.retired.faults_missing, counter_get(c->faults_missing));
+	counter_add(upd.retired.faults_wp, counter_get(c->faults_wp));
+	counter_add(upd.retired.faults_minor, counter_get(c->faults_minor));
+	counter_add(upd.retired.faults_waited, counter_get(c->faults_waited));
+	counter_add(upd.retired.pages_filled, counter_get(c->pages_filled));
+	counter_add(upd.retired.bytes_read, counter_get(c->bytes_read));
+}
+
+void segment_put(struct segment *seg)
+{
+	if (!seg || atomic_fetch_sub(&seg->refs, 1) != 1)
+		return;
+	pr_info("segment", "%s: freed", seg->name);
+	counters_retire(&seg->c);
+	pagetable_fini(&seg->pt);
+	munmap(seg->map, seg->size);
+	source_destroy(seg->src);
+	close(seg->memfd);
+	free(seg->waiters);
+	pthread_mutex_destroy(&seg->wait_lock);
+	free(seg);
+}
+
+uint64_t segment_resident_bytes(struct segment *seg)
+{
+	struct stat st;
+
+	if (fstat(seg->memfd, &st) < 0)
+		return 0;
+	return (uint64_t)st.st_blocks * 512;
+}
+
+void segment_info(struct segment *seg, struct upager_segment_info *info)
+{
+	struct attachment *att;
+
+	memset(info, 0, sizeof(*info));
+	snprintf(info->name, sizeof(info->name), "%s", seg->name);
+	snprintf(info->source_path, sizeof(info->source_path), "%s",
+		 seg->src->path);
+	info->id = seg->id;
+	info->size = seg->size;
+	info->page_size = seg->page_size;
+	info->source = seg->src->ops->kind;
+	info->uid = seg->uid;
+	info->mode = seg->mode;
+	info->faults_missing = counter_get(seg->c.faults_missing);
+	info->faults_wp = counter_get(seg->c.faults_wp);
+	info->faults_minor = counter_get(seg->c.faults_minor);
+	info->faults_waited = counter_get(seg->c.faults_waited);
+	info->pages_filled = counter_get(seg->c.pages_filled);
+	info->bytes_read = counter_get(seg->c.bytes_read);
+	info->readahead_max_pages = counter_get(seg->c.readahead_max);
+	info->resident_bytes = segment_resident_bytes(seg);
+	info->nr_attachments = seg->nr_attachments;
+	list_for_each_entry(att, &seg->attachments, seg_link) {
+		if (info->nr_pids == UPAGER_STAT_PIDS)
+			break;
+		info->pids[info->nr_pids++] = atomic_load(&att->pid);
+	}
+}
+
+/* The memfd holds the frame of page @pgoff (it may have been punched). */
+static bool memfd_has(struct segment *seg, uint64_t pgoff)
+{
+	off_t off = (off_t)(pgoff * seg->page_size);
+
+	return lseek(seg->memfd, off, SEEK_DATA) == off;
+}
+
+static void uffd_wake(struct attachment *att, uint64_t addr, uint64_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+
+	if (ioctl(att->uffd, UFFDIO_WAKE, &r) < 0 && errno != ESRCH)
+		pr_debug("fault", "wake %#llx: %s", (unsigned long long)addr,
+			 strerror(errno));
+}
+
+/* Maps frames already in the memfd into a private attachment. */
+void uffd_continue(struct attachment *att, uint64_t addr, uint64_t len)
+{
+	struct uffdio_continue c = { .range = { .start = addr, .len = len } };
+
+	if (ioctl(att->uffd, UFFDIO_CONTINUE, &c) == 0)
+		return;
+	if (errno == EAGAIN)
+		attach_requeue(att, addr);
+	else if (errno != ESRCH)
+		uffd_wake(att, addr, len);	/* EEXIST: mapped already */
+}
+
+/*
+ * The source could not give the page: the access fails with SIGBUS, like
+ * an I/O error under a kernel file mapping.
+ */
+static void uffd_poison(struct attachment *att, uint64_t addr, uint64_t len)
+{
+	struct uffdio_poison p = { .range = { .start = addr, .len = len } };
+
+	if (att->uffd_features & UFFD_FEATURE_POISON) {
+		if (ioctl(att->uffd, UFFDIO_POISON, &p) == 0 || errno == EEXIST)
+			return;
+	}
+	/* No poison markers: the thread cannot be answered with a wrong
+	 * byte, so the process gets the SIGBUS directly. */
+	pid_t pid = atomic_load(&att->pid);
+	if (pid > 0)
+		kill(pid, SIGBUS);
+}
+
+/* Parks a fault on a BUSY page; false when the page stopped being BUSY. */
+static bool seg_park(struct segment *seg, struct attachment *att,
+		     uint64_t pgoff, uint64_t addr)
+{
+	bool parked = false;
+
+	pthread_mutex_lock(&seg->wait_lock);
+	if (pte_get(&seg->pt, pgoff) & PTE_BUSY) {
+		if (seg->nr_waiters == seg->waiters_cap) {
+			unsigned int cap = seg->waiters_cap ? 2 * seg->waiters_cap : 16;
+			void *p = realloc(seg->waiters, cap * sizeof(*seg->waiters));
+
+			if (!p)
+				goto out;
+			seg->waiters = p;
+			seg->waiters_cap = cap;
+		}
+		attach_get(att);
+		seg->waiters[seg->nr_waiters++] = (struct seg_waiter){
+			.pgoff = pgoff, .addr = addr, .att = att,
+		};
+		parked = true;
+	}
+out:
+	pthread_mutex_unlock(&seg->wait_lock);
+	return parked;
+}
+
+/* Wakes or re-drives the faults parked on pages [first, first + n). */
+static void seg_unpark(struct segment *seg, uint64_t first, uint64_t n)
+{
+	struct seg_waiter woken[16];
+	unsigned int nr;
+
+	do {
+		nr = 0;
+		pthread_mutex_lock(&seg->wait_lock);
+		for (unsigned int i = 0; i < seg->nr_waiters && nr < 16;) {
+			struct seg_waiter *sw = &seg->waiters[i];
+
+			if (sw->pgoff >= first && sw->pgoff < first + n) {
+				woken[nr++] = *sw;
+				*sw = seg->waiters[--seg->nr_waiters];
+			} else {
+				i++;
+			}
+		}
+		pthread_mutex_unlock(&seg->wait_lock);
+		for (unsigned int i = 0; i < nr; i++) {
+			struct seg_waiter *sw = &woken[i];
+			uint64_t st = pte_get(&seg->pt, sw->pgoff);
+
+			if ((st & PTE_PRESENT) &&
+			    (sw->att->flags & UPG_REGISTER_RDONLY))
+				uffd_continue(sw->att, sw->addr, seg->page_size);
+			else if (st & PTE_PRESENT)
+				uffd_wake(sw->att, sw->addr, seg->page_size);
+			else
+				attach_requeue(sw->att, sw->addr);
+			attach_put(sw->att);
+		}
+	} while (nr == 16);
+}
+
+/*
+ * How many pages to read for a fault at @pgoff: the window grows while the
+ * faults of this attachment follow each other and shrinks when they jump.
+ */
+static uint32_t ra_pages(struct attachment *att, uint64_t pgoff)
+{
+	uint32_t win = att->ra_window ? att->ra_window : RA_START;
+
+	if (pgoff == att->ra_next)
+		win = win * 2 > FILL_MAX_PAGES ? FILL_MAX_PAGES : win * 2;
+	else if (pgoff + 1 != att->ra_next)
+		win = win / 2 < RA_MIN ? RA_MIN : win / 2;
+	att->ra_window = win;
+	return win;
+}
+
+static void fill_free(struct worker *w, struct fill *f)
+{
+	if (f->rd.buf)
+		worker_buf_put(w, f->rd.buf);
+	attach_put(f->att);
+	free(f);
+	worker_fill_end(w);
+}
+
+/* Puts pages [from, npages) of the run back to absent. */
+static void fill_release(struct fill *f, uint32_t from)
+{
+	for (uint32_t i = from; i < f->rd.npages; i++)
+		pte_end_busy(&f->seg->pt, f->rd.pgoff + i, 0);
+}
+
+/*
+ * Puts pages [from, npages) of the run into the memfd.  A shared attachment
+ * gets them through its own mapping, which also maps them there; a private
+ * (read-only) one cannot (UFFDIO_COPY into a private mapping makes private
+ * pages), so they go in through the daemon's direct map and are then
+ * mapped with UFFDIO_CONTINUE.  Returns the bytes done, or -errno with the
+ * cause in @err.
+ */
+static long fill_ioctl(struct fill *f, uint32_t from, int *err)
+{
+	uint64_t ps = f->seg->page_size;
+	uint64_t len = (uint64_t)(f->rd.npages - from) * ps;
+	bool direct = f->att->flags & UPG_REGISTER_RDONLY;
+	uint64_t dst = direct ? (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps
+			      : f->addr + from * ps;
+	int uffd = direct ? upd.fill_uffd : f->att->uffd;
+	long ret;
+
+	if (f->rd.zero) {
+		struct uffdio_zeropage z = {
+			.range = { .start = dst, .len = len },
+			.mode = direct ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
+		};
+
+		ret = ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+		*err = ret < 0 ? errno : 0;
+		return ret < 0 ? z.zeropage : (long)len;
+	}
+	struct uffdio_copy c = {
+		.dst = dst,
+		.src = (uint64_t)(uintptr_t)f->rd.buf + from * ps,
+		.len = len,
+		.mode = direct ? UFFDIO_COPY_MODE_DONTWAKE : 0,
+	};
+	ret = ioctl(uffd, UFFDIO_COPY, &c);
+	*err = ret < 0 ? errno : 0;
+	return ret < 0 ? c.copy : (long)len;
+}
+
+/* The run is in the buffer (or failed with @res < 0): map it. */
+static void fill_finish(struct worker *w, struct fill *f, int res)
+{
+	struct segment *seg = f->seg;
+	struct attachment *att = f->att;
+	uint32_t done = 0, filled = 0;
+	int err = 0;
+
+	counter_add(seg->c.bytes_read, f->rd.bytes_read);
+	if (res < 0) {
+		pr_warn("fault", "%s: source read of pages %llu+%u failed: %s",
+			seg->name, (unsigned long long)f->rd.pgoff,
+			f->rd.npages, strerror(-res));
+		for (uint32_t i = 0; i < f->rd.npages; i++)
+			pte_end_busy(&seg->pt, f->rd.pgoff + i, PTE_POISON);
+		uffd_poison(att, f->addr, seg->page_size);
+		goto out;
+	}
+	while (done < f->rd.npages) {
+		long n = fill_ioctl(f, done, &err);
+
+		if (err == 0) {
+			filled += f->rd.npages - done;
+			for (; done < f->rd.npages; done++)
+				pte_end_busy(&seg->pt, f->rd.pgoff + done,
+					     PTE_PRESENT);
+			break;
+		}
+		if (n > 0) {
+			/* Partial: the next call reports what stopped it. */
+			filled += n / seg->page_size;
+			for (long i = 0; i < n / (long)seg->page_size; i++, done++)
+				pte_end_busy(&seg->pt, f->rd.pgoff + done,
+					     PTE_PRESENT);
+			continue;
+		}
+		if (err == EEXIST) {
+			pte_end_busy(&seg->pt, f->rd.pgoff + done, PTE_PRESENT);
+			if (done == 0)
+				uffd_wake(att, f->addr, seg->page_size);
+			done++;
+			continue;
+		}
+		break;
+	}
+	if (done < f->rd.npages) {
+		fill_release(f, done);
+		if (done == 0) {
+			switch (err) {
+			case EAGAIN:
+				attach_requeue(att, f->addr);
+				break;
+			case ESRCH:
+			case ENOSPC:
+				attach_kill(att, "gone");
+				break;
+			default:
+				uffd_wake(att, f->addr, seg->page_size);
+				break;
+			}
+		}
+	}
+	counter_add(seg->c.pages_filled, filled);
+	if (done > 0 && (att->flags & UPG_REGISTER_RDONLY))
+		uffd_continue(att, f->addr, (uint64_t)done * seg->page_size);
+out:
+	seg_unpark(seg, f->rd.pgoff, f->rd.npages);
+	fill_free(w, f);
+}
+
+void segment_fill_io_done(struct worker *w, void *p, int res)
+{
+	struct fill *f = p;
+	int ret = source_complete(f->seg->src, &f->rd, res, worker_ring(w));
+
+	if (ret != 0)
+		fill_finish(w, f, ret < 0 ? ret : 0);
+}
+
+void segment_fault_missing(struct worker *w, struct attachment *att,
+			   uint64_t addr)
+{
+	struct segment *seg = att->seg;
+	uint64_t pgoff, run, st;
+	uint32_t n, max;
+	struct fill *f;
+	int ret;
+
+	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
+		/* Not ours (any more): the retry finds what is there. */
+		uffd_wake(att, addr, seg->page_size);
+		return;
+	}
+	for (;;) {
+		st = pte_get(&seg->pt, pgoff);
+		if (st & PTE_POISON) {
+			uffd_poison(att, addr, seg->page_size);
+			return;
+		}
+		if (st & PTE_PRESENT) {
+			if (memfd_has(seg, pgoff)) {
+				if (att->flags & UPG_REGISTER_RDONLY)
+					uffd_continue(att, addr, seg->page_size);
+				else
+					uffd_wake(att, addr, seg->page_size);
+				return;
+			}
+			/* Punched out (MADV_REMOVE): fill it again. */
+			pte_present_to_absent(&seg->pt, pgoff);
+			continue;
+		}
+		if (pte_try_busy(&seg->pt, pgoff))
+			break;
+		if (seg_park(seg, att, pgoff, addr)) {
+			counter_add(seg->c.faults_waited, 1);
+			return;
+		}
+	}
+
+	max = ra_pages(att, pgoff);
+	if (max > run)
+		max = run;
+	for (n = 1; n < max && pte_try_busy(&seg->pt, pgoff + n); n++)
+		;
+	att->ra_next = pgoff + n;
+	if (n > counter_get(seg->c.readahead_max))
+		atomic_store(&seg->c.readahead_max, n);
+
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		goto nomem;
+	worker_fill_begin(w);
+	f->seg = seg;
+	f->att = att;
+	attach_get(att);
+	f->addr = addr;
+	f->rd.pgoff = pgoff;
+	f->rd.npages = n;
+	f->rd.user_data = (void *)((uintptr_t)f | TAG_FILL);
+	if (seg->src->ops->kind != UPAGER_SOURCE_ZERO) {
+		f->rd.buf = worker_buf_get(w);
+		if (!f->rd.buf) {
+			fill_free(w, f);
+			goto nomem;
+		}
+	}
+	ret = source_read(seg->src, &f->rd, worker_ring(w));
+	if (ret != 0)
+		fill_finish(w, f, ret < 0 ? ret : 0);
+	return;
+nomem:
+	for (uint32_t i = 0; i < n; i++)
+		pte_end_busy(&seg->pt, pgoff + i, 0);
+	seg_unpark(seg, pgoff, n);
+	attach_requeue(att, addr);
+}

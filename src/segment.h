@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Segments and the missing-fault path.
+ *
+ * A segment's frames live in one memfd; page i is at offset i * page_size.
+ * A missing fault claims the page in the page table (absent -> BUSY) and,
+ * with it, a run of following absent pages as read-ahead; reads the run
+ * from the source; and UFFDIO_COPYs it into the faulting process, which on
+ * shmem puts the frames into the memfd's page cache: every other process
+ * mapping the segment then finds them there without faulting.  A fault
+ * that finds its page BUSY parks on the segment's wait list and is woken
+ * (UFFDIO_WAKE on its own userfaultfd) when the fill lands, or re-driven if
+ * the fill failed.  A page is therefore read from its source once, however
+ * many processes touch it.
+ *
+ * Locking: name, size, memfd and source are fixed at create.  The page
+ * table is lock-free (pagetable.h).  The wait list has its own mutex.
+ * The attachment list and `deleted` are under the daemon lock.  Counters
+ * are relaxed atomics.
+ */
+#ifndef UPAGER_SEGMENT_H
+#define UPAGER_SEGMENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "list.h"
+#include "pagetable.h"
+#include "source.h"
+
+struct attachment;
+struct worker;
+
+struct seg_waiter {
+	uint64_t pgoff;
+	uint64_t addr;
+	struct attachment *att;	/* holds a reference */
+};
+
+struct seg_counters {
+	_Atomic uint64_t faults_missing;
+	_Atomic uint64_t faults_wp;
+	_Atomic uint64_t faults_minor;
+	_Atomic uint64_t faults_waited;
+	_Atomic uint64_t pages_filled;
+	_Atomic uint64_t bytes_read;
+	_Atomic uint64_t readahead_max;
+};
+
+struct segment {
+	uint64_t id;
+	char name[UPAGER_NAME_MAX + 1];
+	uint64_t size;
+	uint64_t npages;
+	uint32_t page_size;
+	uid_t uid;
+	uint32_t mode;
+	int memfd;
+	void *map;		/* the daemon's own mapping of the memfd,
+				 * registered with upd.fill_uffd: a frame
+				 * filled there is whole before any process
+				 * can see it */
+	struct source *src;
+	struct pagetable pt;
+	_Atomic int refs;
+
+	/* under the daemon lock */
+	bool deleted;
+	struct list_head link;		/* daemon's segment list */
+	struct list_head attachments;
+	unsigned int nr_attachments;
+
+	pthread_mutex_t wait_lock;
+	struct seg_waiter *waiters;
+	unsigned int nr_waiters, waiters_cap;
+
+	struct seg_counters c;
+};
+
+/*
+ * segment_new - a segment of @size bytes over @src (taken over).
+ * Returns 0 or -errno.
+ */
+int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
+		struct source *src, struct segment **out);
+void segment_get(struct segment *seg);
+void segment_put(struct segment *seg);
+
+/* Fills @info; the caller holds the daemon lock. */
+void segment_info(struct segment *seg, struct upager_segment_info *info);
+uint64_t segment_resident_bytes(struct segment *seg);
+
+/*
+ * segment_fault_missing - serve a missing fault at @addr (page-aligned)
+ * of @att, on worker @w.  Never blocks on I/O: a read goes to @w's ring.
+ */
+void segment_fault_missing(struct worker *w, struct attachment *att,
+			   uint64_t addr);
+
+/* Maps frames in the memfd into @att (a private attachment). */
+void uffd_continue(struct attachment *att, uint64_t addr, uint64_t len);
+
+/* A fill's I/O completion arrived on @w's ring. */
+void segment_fill_io_done(struct worker *w, void *fill, int res);
+
+#endif

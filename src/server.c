@@ -1,0 +1,872 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The control plane, on the main thread's io_uring.
+ *
+ * Requests are small and answered at once, one reply per request (a list
+ * is several records then a terminator).  A client that sends anything
+ * malformed is disconnected: with SEQPACKET a bad record cannot be skipped
+ * safely, and nobody else is affected.
+ *
+ * Forked children: UFFD_EVENT_FORK gives the daemon the child's uffd but not
+ * its pid.  The housekeeping tick finds it: first among the parent's
+ * children, then among all processes, as the one that maps the segment's
+ * memfd (by inode) and is not attached yet.  A child not found within a
+ * few seconds has exited already and is dropped.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+
+#include "attach.h"
+#include "log.h"
+#include "proto.h"
+#include "segment.h"
+#include "server.h"
+#include "uffd-compat.h"
+#include "upagerd.h"
+#include "worker.h"
+
+#define TICK_MS 20
+#define FORK_RESOLVE_NS (3ull * 1000000000)
+
+enum { MT_LISTEN = 1, MT_SIGNAL, MT_EFD, MT_TIMER, MT_CONN };
+
+struct conn {
+	uint64_t id;
+	int fd;
+	pid_t pid;
+	uid_t uid;
+	bool hello;
+	struct list_head link;
+};
+
+struct server {
+	struct io_uring ring;
+	int listen_fd, sfd, tfd;
+	uint64_t efd_val, tfd_val;
+	struct signalfd_siginfo si;
+	struct list_head conns;
+	uint64_t next_conn_id;
+	bool stop;
+};
+
+static struct io_uring_sqe *sq(struct server *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+
+	if (!sqe) {
+		io_uring_submit(&s->ring);
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	return sqe;
+}
+
+static void arm_poll(struct server *s, int fd, uint64_t ud, bool multi)
+{
+	struct io_uring_sqe *sqe = sq(s);
+
+	if (multi)
+		io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+	else
+		io_uring_prep_poll_add(sqe, fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, ud);
+}
+
+static void arm_read(struct server *s, int fd, void *buf, size_t len,
+		     uint64_t ud)
+{
+	struct io_uring_sqe *sqe = sq(s);
+
+	io_uring_prep_read(sqe, fd, buf, len, 0);
+	io_uring_sqe_set_data64(sqe, ud);
+}
+
+/* Segments */
+
+static struct segment *seg_find(const char *name)
+{
+	struct segment *seg;
+
+	list_for_each_entry(seg, &upd.segments, link)
+		if (!strcmp(seg->name, name))
+			return seg;
+	return NULL;
+}
+
+static struct segment *seg_find_id(uint64_t id)
+{
+	struct segment *seg;
+
+	list_for_each_entry(seg, &upd.segments, link)
+		if (seg->id == id)
+			return seg;
+	return NULL;
+}
+
+/* File-like permission check: @want is a mask of 4 (read) and 2 (write). */
+static int seg_access(struct segment *seg, struct conn *c, unsigned int want)
+{
+	unsigned int bits;
+
+	if (c->uid == 0)
+		return 0;
+	bits = c->uid == seg->uid ? seg->mode >> 6 : seg->mode;
+	return (bits & want) == want ? 0 : -EACCES;
+}
+
+/* Requests: each returns the reply's status and sends what it needs to. */
+
+static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
+		 const struct upg_hdr *req, int status, int fd)
+{
+	struct upg_hdr *h = msg;
+
+	proto_hdr_init(h, type, len, req->seq);
+	h->status = status;
+	return proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
+}
+
+static int do_create(struct conn *c, const struct upg_create *m, int fd)
+{
+	struct source *src = NULL;
+	struct segment *seg;
+	uint32_t ps = sysconf(_SC_PAGESIZE);
+	int ret;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) || m->size == 0 ||
+	    m->size > UPAGER_MAX_SIZE || m->mode > 0777)
+		return -EINVAL;
+	switch (m->source) {
+	case UPAGER_SOURCE_ZERO:
+		if (fd >= 0)
+			return -EINVAL;
+		ret = source_zero_new(ps, &src);
+		break;
+	case UPAGER_SOURCE_FILE:
+		if (fd < 0)
+			return -EINVAL;
+		ret = source_file_new(fd, ps, &src);
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&upd.lock);
+	if (seg_find(m->name)) {
+		ret = -EEXIST;
+		goto out;
+	}
+	ret = segment_new(m->name, m->size, c->uid, m->mode ? m->mode : 0600,
+			  src, &seg);
+	if (ret)
+		goto out;
+	src = NULL;
+	seg->id = ++upd.next_seg_id;
+	list_add_tail(&seg->link, &upd.segments);
+	upd.nr_segments++;
+	pr_notice("segment", "%s: created by pid %d: %llu bytes, %s source%s%s",
+		  seg->name, (int)c->pid, (unsigned long long)seg->size,
+		  seg->src->ops->name, seg->src->path[0] ? " " : "",
+		  seg->src->path);
+out:
+	pthread_mutex_unlock(&upd.lock);
+	source_destroy(src);
+	return ret;
+}
+
+static int do_delete(struct conn *c, const struct upg_name *m)
+{
+	struct segment *seg;
+	int ret = 0;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) ||
+	    (m->flags & ~UPAGER_DELETE_FORCE))
+		return -EINVAL;
+	pthread_mutex_lock(&upd.lock);
+	seg = seg_find(m->name);
+	if (!seg)
+		ret = -ENOENT;
+	else if (c->uid != 0 && c->uid != seg->uid)
+		ret = -EACCES;
+	else if (seg->nr_attachments && !(m->flags & UPAGER_DELETE_FORCE))
+		ret = -EBUSY;
+	if (!ret) {
+		seg->deleted = true;
+		list_del_init(&seg->link);
+		upd.nr_segments--;
+		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
+			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
+	}
+	pthread_mutex_unlock(&upd.lock);
+	if (!ret)
+		segment_put(seg);
+	return ret;
+}
+
+static int do_stat(struct conn *c, const struct upg_name *m)
+{
+	struct upg_info r;
+	struct segment *seg;
+	int ret = 0;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) || m->flags)
+		return -EINVAL;
+	memset(&r, 0, sizeof(r));
+	pthread_mutex_lock(&upd.lock);
+	seg = seg_find(m->name);
+	if (!seg)
+		ret = -ENOENT;
+	else
+		ret = seg_access(seg, c, 4);
+	if (!ret)
+		segment_info(seg, &r.info);
+	pthread_mutex_unlock(&upd.lock);
+	if (ret)
+		return ret;
+	return reply(c, &r, sizeof(r), UPG_STAT, &m->h, 0, -1) ?: 1;
+}
+
+static int do_list(struct conn *c, const struct upg_hdr *m)
+{
+	struct upg_info r;
+	struct segment *seg;
+	int n = 0, ret = 0;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(seg, &upd.segments, link) {
+		if (seg_access(seg, c, 4))
+			continue;
+		memset(&r, 0, sizeof(r));
+		segment_info(seg, &r.info);
+		ret = reply(c, &r, sizeof(r), UPG_LIST_ENTRY, m, 0, -1);
+		if (ret)
+			break;
+		n++;
+	}
+	pthread_mutex_unlock(&upd.lock);
+	return ret ? ret : n;
+}
+
+static void sum_counters(struct upager_daemon_stats *st)
+{
+	struct segment *seg;
+
+	st->faults_missing = counter_get(upd.retired.faults_missing);
+	st->faults_wp = counter_get(upd.retired.faults_wp);
+	st->faults_minor = counter_get(upd.retired.faults_minor);
+	st->faults_waited = counter_get(upd.retired.faults_waited);
+	st->pages_filled = counter_get(upd.retired.pages_filled);
+	st->bytes_read = counter_get(upd.retired.bytes_read);
+	list_for_each_entry(seg, &upd.segments, link) {
+		st->faults_missing += counter_get(seg->c.faults_missing);
+		st->faults_wp += counter_get(seg->c.faults_wp);
+		st->faults_minor += counter_get(seg->c.faults_minor);
+		st->faults_waited += counter_get(seg->c.faults_waited);
+		st->pages_filled += counter_get(seg->c.pages_filled);
+		st->bytes_read += counter_get(seg->c.bytes_read);
+		st->resident_bytes += segment_resident_bytes(seg);
+	}
+}
+
+static int do_stats(struct conn *c, const struct upg_hdr *m)
+{
+	struct upg_stats r;
+	struct upager_daemon_stats *st = &r.st;
+
+	memset(&r, 0, sizeof(r));
+	pthread_mutex_lock(&upd.lock);
+	st->segments = upd.nr_segments;
+	sum_counters(st);
+	pthread_mutex_unlock(&upd.lock);
+	st->uptime_ns = now_ns() - upd.start_ns;
+	st->attachments = counter_get(upd.nr_attachments);
+	st->connections = counter_get(upd.connections);
+	st->threads = upd.nr_workers;
+	st->events_fork = counter_get(upd.events_fork);
+	st->events_remap = counter_get(upd.events_remap);
+	st->events_remove = counter_get(upd.events_remove);
+	st->events_unmap = counter_get(upd.events_unmap);
+	st->clients_exited = counter_get(upd.clients_exited);
+	st->protocol_errors = counter_get(upd.protocol_errors);
+	return reply(c, &r, sizeof(r), UPG_STATS, m, 0, -1) ?: 1;
+}
+
+static int do_attach(struct conn *c, const struct upg_name *m)
+{
+	struct upg_attach_reply r;
+	struct segment *seg;
+	unsigned int want = 4;
+	int ret, fd = -1;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) ||
+	    (m->flags & ~UPAGER_ATTACH_RDONLY))
+		return -EINVAL;
+	if (!(m->flags & UPAGER_ATTACH_RDONLY))
+		want |= 2;
+	memset(&r, 0, sizeof(r));
+	pthread_mutex_lock(&upd.lock);
+	seg = seg_find(m->name);
+	ret = seg ? seg_access(seg, c, want) : -ENOENT;
+	if (!ret) {
+		r.seg_id = seg->id;
+		r.size = seg->size;
+		r.page_size = seg->page_size;
+		r.source = seg->src->ops->kind;
+		fd = seg->memfd;
+		if (m->flags & UPAGER_ATTACH_RDONLY) {
+			/* A read-only open file: it cannot be mapped for
+			 * writing, nor written. */
+			char path[64];
+
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				ret = -errno;
+		}
+	}
+	pthread_mutex_unlock(&upd.lock);
+	if (ret)
+		return ret;
+	ret = reply(c, &r, sizeof(r), UPG_ATTACH, &m->h, 0, fd);
+	if (m->flags & UPAGER_ATTACH_RDONLY)
+		close(fd);
+	return ret ?: 1;
+}
+
+/* @fd is a userfaultfd (of any process: the kernel binds it to its mm). */
+static bool is_uffd(int fd)
+{
+	char path[64], link[64];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return false;
+	link[n] = '\0';
+	return !strcmp(link, "anon_inode:[userfaultfd]");
+}
+
+/*
+ * Whether [addr, addr + len) of @pid maps @seg's memfd from offset 0, by
+ * its inode in /proc/PID/maps: the daemon trusts no address it cannot see.
+ */
+static bool maps_segment(pid_t pid, struct segment *seg, uint64_t addr,
+			 uint64_t len)
+{
+	char path[64], line[512];
+	uint64_t covered = addr;
+	struct stat st;
+	FILE *f;
+
+	if (fstat(seg->memfd, &st) < 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long lo, hi, off, ino;
+
+		if (sscanf(line, "%llx-%llx %*s %llx %*s %llu", &lo, &hi, &off,
+			   &ino) != 4)
+			continue;
+		if (ino != st.st_ino || !strstr(line, "upager:"))
+			continue;
+		/* The VMA must map segment offset p - addr at address p. */
+		if (lo <= covered && hi > covered && lo >= addr &&
+		    off == lo - addr)
+			covered = hi;
+	}
+	fclose(f);
+	return covered >= addr + len;
+}
+
+static int do_register(struct conn *c, const struct upg_register *m, int fd)
+{
+	struct upg_register_reply r;
+	struct attachment *att = NULL;
+	struct segment *seg;
+	unsigned int want = 4;
+	int ret;
+
+	if (fd < 0 || !is_uffd(fd) || (m->flags & ~UPG_REGISTER_RDONLY) ||
+	    !(m->uffd_ioctls & (1ull << _UFFDIO_COPY)))
+		return -EINVAL;
+	if (!(m->flags & UPG_REGISTER_RDONLY))
+		want |= 2;
+	pthread_mutex_lock(&upd.lock);
+	seg = seg_find_id(m->seg_id);
+	ret = seg ? seg_access(seg, c, want) : -ENOENT;
+	if (!ret && (m->addr % seg->page_size || m->len != seg->size ||
+		     !maps_segment(c->pid, seg, m->addr, m->len)))
+		ret = -EINVAL;
+	if (!ret)
+		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
+	if (!ret) {
+		fd = -1;
+		att->flags = m->flags;
+		att->uffd_features = m->uffd_features;
+		att->uffd_ioctls = m->uffd_ioctls;
+		ret = attach_set_pid(att, c->pid);
+	}
+	if (!ret) {
+		list_add_tail(&att->seg_link, &seg->attachments);
+		seg->nr_attachments++;
+		atomic_fetch_add(&upd.nr_attachments, 1);
+		pr_info("attach", "%s: pid %d attached at %#llx: attachment %llu",
+			seg->name, (int)c->pid, (unsigned long long)m->addr,
+			(unsigned long long)att->id);
+	}
+	pthread_mutex_unlock(&upd.lock);
+	if (ret) {
+		attach_put(att);
+		if (fd >= 0)
+			close(fd);
+		return ret;
+	}
+	worker_add(worker_pick(), att);
+	memset(&r, 0, sizeof(r));
+	r.attach_id = att->id;
+	attach_put(att);
+	return reply(c, &r, sizeof(r), UPG_REGISTER, &m->h, 0, -1) ?: 1;
+}
+
+static int do_detach(struct conn *c, const struct upg_detach *m)
+{
+	struct attachment *att, *found = NULL;
+	struct segment *seg;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(seg, &upd.segments, link) {
+		list_for_each_entry(att, &seg->attachments, seg_link) {
+			if (att->id == m->attach_id) {
+				found = att;
+				break;
+			}
+		}
+		if (found)
+			break;
+	}
+	if (found && atomic_load(&found->pid) != c->pid && c->uid != 0)
+		found = NULL;
+	if (found)
+		attach_get(found);
+	pthread_mutex_unlock(&upd.lock);
+	if (!found)
+		return -ENOENT;
+	attach_kill(found, "detached");
+	attach_put(found);
+	return 0;
+}
+
+/* Runs one request; returns < 0 to drop the client for a protocol error. */
+static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
+{
+	const struct upg_hdr *h = buf;
+	struct upg_hdr r;
+	int ret;
+
+	if (proto_request_size(h->type) != n || h->status != 0 ||
+	    (!c->hello && h->type != UPG_HELLO)) {
+		if (fd >= 0)
+			close(fd);
+		return -EPROTO;
+	}
+	if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER) {
+		close(fd);
+		return -EPROTO;
+	}
+	switch (h->type) {
+	case UPG_HELLO: {
+		const struct upg_hello *m = buf;
+		struct upg_hello rh = { .features = m->features & UPG_FEATURES_KNOWN };
+
+		if (c->hello || (m->features & ~UPG_FEATURES_KNOWN))
+			return -EPROTO;
+		c->hello = true;
+		return reply(c, &rh, sizeof(rh), UPG_HELLO, h, 0, -1);
+	}
+	case UPG_CREATE:
+		ret = do_create(c, buf, fd);
+		if (fd >= 0)
+			close(fd);
+		break;
+	case UPG_DELETE:
+		ret = do_delete(c, buf);
+		break;
+	case UPG_STAT:
+		ret = do_stat(c, buf);
+		break;
+	case UPG_LIST:
+		ret = do_list(c, buf);
+		if (ret >= 0) {
+			proto_hdr_init(&r, UPG_LIST, sizeof(r), h->seq);
+			r.status = ret;
+			return proto_send(c->fd, &r, sizeof(r), -1, MSG_DONTWAIT);
+		}
+		break;
+	case UPG_STATS:
+		ret = do_stats(c, buf);
+		break;
+	case UPG_ATTACH:
+		ret = do_attach(c, buf);
+		break;
+	case UPG_REGISTER:
+		ret = do_register(c, buf, fd);
+		break;
+	case UPG_DETACH:
+		ret = do_detach(c, buf);
+		break;
+	default:
+		return -EPROTO;
+	}
+	if (ret == 1)
+		return 0;	/* replied already */
+	if (ret > 0)
+		ret = 0;
+	proto_hdr_init(&r, h->type, sizeof(r), h->seq);
+	r.status = ret;
+	/* A refused request gets a bare header whatever its type. */
+	return proto_send(c->fd, &r, sizeof(r), -1, MSG_DONTWAIT);
+}
+
+static struct conn *conn_find(struct server *s, uint64_t id)
+{
+	struct conn *c;
+
+	list_for_each_entry(c, &s->conns, link)
+		if (c->id == id)
+			return c;
+	return NULL;
+}
+
+static void conn_close(struct server *s, struct conn *c, const char *why)
+{
+	struct io_uring_sqe *sqe = sq(s);
+
+	pr_info("server", "pid %d: connection closed: %s", (int)c->pid, why);
+	io_uring_prep_poll_remove(sqe, c->id << 3 | MT_CONN);
+	io_uring_sqe_set_data64(sqe, 0);
+	list_del_init(&c->link);
+	close(c->fd);
+	free(c);
+	atomic_fetch_sub(&upd.connections, 1);
+}
+
+static void conn_readable(struct server *s, struct conn *c)
+{
+	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
+
+	for (;;) {
+		int fd;
+		ssize_t n = proto_recv(c->fd, buf, sizeof(buf), &fd, MSG_DONTWAIT);
+
+		if (n == -EAGAIN)
+			return;
+		if (n == 0) {
+			conn_close(s, c, "hang-up");
+			return;
+		}
+		if (n < 0 || handle_request(c, buf, n, fd) < 0) {
+			if (n == -EPROTO || n >= 0) {
+				counter_add(upd.protocol_errors, 1);
+				pr_warn("server", "pid %d: protocol error: disconnected",
+					(int)c->pid);
+			}
+			conn_close(s, c, n < 0 ? strerror(-n) : "bad request");
+			return;
+		}
+	}
+}
+
+static void do_accept(struct server *s)
+{
+	for (;;) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct conn *c;
+		int fd = accept4(s->listen_fd, NULL, NULL,
+				 SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int sndbuf = 1 << 20;
+
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				pr_warn("server", "accept: %s", strerror(errno));
+			return;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c ||
+		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+			free(c);
+			close(fd);
+			continue;
+		}
+		/* Room for a long list reply without blocking. */
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+		c->id = ++s->next_conn_id;
+		c->fd = fd;
+		c->pid = cred.pid;
+		c->uid = cred.uid;
+		list_add_tail(&c->link, &s->conns);
+		atomic_fetch_add(&upd.connections, 1);
+		arm_poll(s, fd, c->id << 3 | MT_CONN, true);
+		pr_info("server", "pid %d uid %d: connected", (int)c->pid,
+			(int)c->uid);
+	}
+}
+
+/* Forked children */
+
+static bool pid_taken(struct segment *seg, pid_t pid)
+{
+	struct attachment *att;
+
+	list_for_each_entry(att, &seg->attachments, seg_link)
+		if (atomic_load(&att->pid) == pid)
+			return true;
+	return false;
+}
+
+static bool pid_maps(pid_t pid, struct segment *seg)
+{
+	char path[64], line[512];
+	struct stat st;
+	bool found = false;
+	FILE *f;
+
+	if (fstat(seg->memfd, &st) < 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long long ino;
+
+		if (sscanf(line, "%*s %*s %*s %*s %llu", &ino) == 1 &&
+		    ino == st.st_ino && strstr(line, "upager:"))
+			found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+/* A child of a thread of @parent that maps @seg and is not attached. */
+static pid_t find_child_of(pid_t parent, struct segment *seg)
+{
+	char path[64];
+	DIR *d;
+	struct dirent *de;
+	pid_t found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)parent);
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while (!found && (de = readdir(d))) {
+		char cpath[384], buf[4096];
+		FILE *f;
+
+		if (!isdigit((unsigned char)de->d_name[0]))
+			continue;
+		snprintf(cpath, sizeof(cpath), "%s/%s/children", path,
+			 de->d_name);
+		f = fopen(cpath, "re");
+		if (!f)
+			continue;
+		while (!found && fscanf(f, "%4095s", buf) == 1) {
+			pid_t pid = atoi(buf);
+
+			if (pid > 0 && !pid_taken(seg, pid) && pid_maps(pid, seg))
+				found = pid;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return found;
+}
+
+static pid_t find_any_mapper(struct segment *seg)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+	pid_t found = 0;
+
+	if (!d)
+		return 0;
+	while (!found && (de = readdir(d))) {
+		pid_t pid;
+
+		if (!isdigit((unsigned char)de->d_name[0]))
+			continue;
+		pid = atoi(de->d_name);
+		if (pid != getpid() && !pid_taken(seg, pid) && pid_maps(pid, seg))
+			found = pid;
+	}
+	closedir(d);
+	return found;
+}
+
+static void resolve_forks(void)
+{
+	struct segment *seg;
+	struct attachment *att;
+	uint64_t now = now_ns();
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(seg, &upd.segments, link) {
+		list_for_each_entry(att, &seg->attachments, seg_link) {
+			pid_t pid = 0;
+
+			if (atomic_load(&att->pid) || atomic_load(&att->dead))
+				continue;
+			if (att->parent_pid)
+				pid = find_child_of(att->parent_pid, seg);
+			if (!pid)
+				pid = find_any_mapper(seg);
+			if (pid && attach_set_pid(att, pid) == 0) {
+				atomic_fetch_sub(&upd.unresolved, 1);
+				pr_info("attach", "%s: attachment %llu is pid %d",
+					seg->name, (unsigned long long)att->id,
+					(int)pid);
+				worker_watch_pid(att->owner, att);
+			} else if (now - att->created_ns > FORK_RESOLVE_NS) {
+				/* Mapped by no live process: it exited. */
+				atomic_store(&att->pid, -1);
+				atomic_fetch_sub(&upd.unresolved, 1);
+				/* attach_kill takes the lock itself */
+				attach_get(att);
+				pthread_mutex_unlock(&upd.lock);
+				counter_add(upd.clients_exited, 1);
+				attach_kill(att, "forked child exited");
+				attach_put(att);
+				pthread_mutex_lock(&upd.lock);
+				/* The lists may have changed: next tick. */
+				goto out;
+			}
+		}
+	}
+out:
+	pthread_mutex_unlock(&upd.lock);
+}
+
+/* The event loop */
+
+static int setup(struct server *s, int listen_fd)
+{
+	struct itimerspec its = {
+		.it_interval = { .tv_nsec = TICK_MS * 1000000L },
+		.it_value = { .tv_nsec = TICK_MS * 1000000L },
+	};
+	sigset_t mask;
+	int ret;
+
+	memset(s, 0, sizeof(*s));
+	list_init(&s->conns);
+	s->listen_fd = listen_fd;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	s->sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	s->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (s->sfd < 0 || s->tfd < 0)
+		return -errno;
+	if (timerfd_settime(s->tfd, 0, &its, NULL) < 0)
+		return -errno;
+	ret = io_uring_queue_init(256, &s->ring, 0);
+	if (ret < 0)
+		return ret;
+	arm_poll(s, listen_fd, MT_LISTEN, true);
+	arm_read(s, s->sfd, &s->si, sizeof(s->si), MT_SIGNAL);
+	arm_read(s, upd.main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
+	arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
+	return 0;
+}
+
+static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	struct conn *c;
+
+	switch (ud & 7) {
+	case MT_LISTEN:
+		do_accept(s);
+		if (!(cqe->flags & IORING_CQE_F_MORE))
+			arm_poll(s, s->listen_fd, MT_LISTEN, true);
+		break;
+	case MT_SIGNAL:
+		if (cqe->res == sizeof(s->si) && s->si.ssi_signo != SIGHUP) {
+			pr_notice("server", "%s: stopping",
+				  strsignal(s->si.ssi_signo));
+			s->stop = true;
+		} else {
+			arm_read(s, s->sfd, &s->si, sizeof(s->si), MT_SIGNAL);
+		}
+		break;
+	case MT_EFD:
+		if (atomic_load(&upd.unresolved))
+			resolve_forks();
+		arm_read(s, upd.main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
+		break;
+	case MT_TIMER:
+		if (atomic_load(&upd.unresolved))
+			resolve_forks();
+		arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
+		break;
+	case MT_CONN:
+		c = conn_find(s, ud >> 3);
+		if (!c)
+			break;
+		conn_readable(s, c);
+		/* c may be gone now */
+		c = conn_find(s, ud >> 3);
+		if (c && !(cqe->flags & IORING_CQE_F_MORE))
+			arm_poll(s, c->fd, c->id << 3 | MT_CONN, true);
+		break;
+	}
+}
+
+int server_run(int listen_fd)
+{
+	struct server s;
+	struct io_uring_cqe *cqe;
+	unsigned int head, n;
+	int ret;
+
+	ret = setup(&s, listen_fd);
+	if (ret)
+		return ret;
+	while (!s.stop) {
+		ret = io_uring_submit_and_wait(&s.ring, 1);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+			break;
+		ret = 0;
+		n = 0;
+		io_uring_for_each_cqe(&s.ring, head, cqe) {
+			handle_cqe(&s, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&s.ring, n);
+	}
+	while (!list_empty(&s.conns))
+		conn_close(&s, list_entry(s.conns.next, struct conn, link),
+			   "daemon stopping");
+	io_uring_queue_exit(&s.ring);
+	close(s.sfd);
+	close(s.tfd);
+	return ret < 0 ? ret : 0;
+}

@@ -1,0 +1,1257 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * upagerctl: the command-line tool for upagerd.
+ *
+ *	upagerctl [--socket PATH] COMMAND [ARGS]
+ *
+ * Every command is one entry in commands[]: its name, its handler, its
+ * usage line and help text, and the options it takes besides the two every
+ * command takes (--socket and --help).  One parser serves them all: it
+ * collects the options into struct args and the handler reads what it needs
+ * from there.  Options may come anywhere on the command's line, before or
+ * after the segment name ("--" ends them, for names that start with '-').
+ *
+ * cat and write go through a real attachment, so their bytes take the fault
+ * path like any client's.  They copy through a bounce buffer with memcpy()
+ * rather than handing the mapping to read(2) or write(2): a fault taken
+ * inside the kernel's copy_to_user()/copy_from_user() on a userfaultfd range
+ * registered user-mode-only fails with EFAULT instead of reaching the daemon.
+ *
+ * Exit status: 0 on success, 1 when an operation failed, 2 for a usage
+ * error (unknown command or option, missing or extra argument, bad value).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <upager/upager.h>
+
+#include "size.h"
+
+#ifndef UPAGER_VERSION
+#define UPAGER_VERSION "unknown"
+#endif
+
+#define PROG "upagerctl"
+#define EXIT_USAGE 2
+#define PARSE_OK -1			/* parsed; go on and run */
+#define BOUNCE_SIZE (1u << 20)		/* cat and write copy this at once */
+#define MAX_OPTIONS 16			/* per command, with the common ones */
+#define KEY_WIDTH 20			/* "key:" column of stat and stats */
+
+enum {
+	OPT_HELP = 'h',
+	OPT_SOCKET = 0x100,
+	OPT_VERSION,
+	OPT_SIZE,
+	OPT_SOURCE,
+	OPT_MODE,
+	OPT_FORCE,
+	OPT_JSON,
+	OPT_OFFSET,
+	OPT_LENGTH,
+	OPT_VERBOSE,
+};
+
+struct command;
+
+/* The parsed command line: what the handlers read. */
+struct args {
+	const struct command *cmd;
+	const char *socket;	/* NULL: the library's default */
+	const char *name;	/* the segment, for commands that take one */
+	const char *source;
+	uint64_t size;
+	uint64_t offset;
+	uint64_t length;
+	uint32_t mode;
+	bool has_size;
+	bool has_length;
+	bool force;
+	bool json;
+	bool verbose;
+};
+
+struct command {
+	const char *name;
+	int (*handler)(struct upager *u, const struct args *a);
+	const char *usage;		/* what follows the command's name */
+	const char *help;		/* what it does, its own options */
+	const struct option *options;	/* besides --socket and --help */
+	unsigned int needs;		/* NEEDS_* */
+};
+
+#define NEEDS_NAME 0x1u			/* a segment NAME */
+#define NEEDS_SIZE 0x2u			/* --size */
+
+static int usage_error(const struct command *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static int usage_error(const struct command *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": ");
+	if (cmd)
+		fprintf(stderr, "%s: ", cmd->name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '" PROG "%s%s --help'.\n", cmd ? " " : "",
+		cmd ? cmd->name : "");
+	return EXIT_USAGE;
+}
+
+/* One line: "upagerctl: COMMAND: [NAME: ]MESSAGE".  Returns 1. */
+static int fail(const struct args *a, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static int fail(const struct args *a, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": %s: ", a->cmd->name);
+	if (a->name)
+		fprintf(stderr, "%s: ", a->name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return EXIT_FAILURE;
+}
+
+/* The documented failures of the client API, in the tool's words. */
+static const char *error_text(int err)
+{
+	switch (err) {
+	case ENOENT:
+		return "no such segment";
+	case EEXIST:
+		return "segment exists";
+	case EACCES:
+	case EPERM:
+		return "permission denied";
+	case EBUSY:
+		return "segment is attached; use --force";
+	case EINVAL:
+		return "invalid argument";
+	case EPIPE:
+	case ECONNRESET:
+		return "upagerd hung up";
+	case EPROTO:
+		return "upagerd speaks another protocol version";
+	default:
+		return strerror(err);
+	}
+}
+
+/* A failed library call: @err is the positive errno. */
+static int fail_errno(const struct args *a, int err)
+{
+	return fail(a, "%s", error_text(err));
+}
+
+/*
+ * Just enough JSON for our output: nested objects and arrays, string and
+ * unsigned members.  Containers opened "multiline" put each member on its
+ * own indented line; the others keep them on one line.
+ */
+#define JSON_DEPTH 4
+
+struct json {
+	int depth;
+	bool empty[JSON_DEPTH];
+	bool multiline[JSON_DEPTH];
+};
+
+static void json_escape(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		switch (c) {
+		case '"':
+			fputs("\\\"", stdout);
+			break;
+		case '\\':
+			fputs("\\\\", stdout);
+			break;
+		case '\n':
+			fputs("\\n", stdout);
+			break;
+		case '\r':
+			fputs("\\r", stdout);
+			break;
+		case '\t':
+			fputs("\\t", stdout);
+			break;
+		default:
+			if (c < 0x20)
+				printf("\\u%04x", c);
+			else
+				putchar(c);
+		}
+	}
+	putchar('"');
+}
+
+/* The separator and the key, if any, before a member. */
+static void json_member(struct json *j, const char *key)
+{
+	int d = j->depth;
+
+	if (d >= 0) {
+		if (!j->empty[d])
+			putchar(',');
+		if (j->multiline[d])
+			printf("\n%*s", 2 * (d + 1), "");
+		else if (!j->empty[d])
+			putchar(' ');
+		j->empty[d] = false;
+	}
+	if (key) {
+		json_escape(key);
+		fputs(": ", stdout);
+	}
+}
+
+static void json_open(struct json *j, const char *key, char bracket,
+		      bool multiline)
+{
+	json_member(j, key);
+	putchar(bracket);
+	j->depth++;
+	j->empty[j->depth] = true;
+	j->multiline[j->depth] = multiline;
+}
+
+static void json_close(struct json *j, char bracket)
+{
+	int d = j->depth--;
+
+	if (j->multiline[d] && !j->empty[d])
+		printf("\n%*s", 2 * d, "");
+	putchar(bracket);
+	if (j->depth < 0)
+		putchar('\n');
+}
+
+static void json_u64(struct json *j, const char *key, uint64_t v)
+{
+	json_member(j, key);
+	printf("%" PRIu64, v);
+}
+
+static void json_string(struct json *j, const char *key, const char *s)
+{
+	json_member(j, key);
+	json_escape(s);
+}
+
+static void print_key(const char *key)
+{
+	printf("%s:%*s", key, (int)(KEY_WIDTH - strlen(key)), "");
+}
+
+static void print_u64(const char *key, uint64_t v)
+{
+	print_key(key);
+	printf("%" PRIu64 "\n", v);
+}
+
+static void print_str(const char *key, const char *s)
+{
+	print_key(key);
+	printf("%s\n", s);
+}
+
+/* "64.0 MiB (67108864 bytes)" */
+static void print_bytes(const char *key, uint64_t v)
+{
+	char human[SIZE_FORMAT_MAX];
+
+	size_format(v, human, sizeof(human));
+	print_key(key);
+	if (v < 1024)
+		printf("%s\n", human);
+	else
+		printf("%s (%" PRIu64 " bytes)\n", human, v);
+}
+
+/* The struct came over a socket: make its strings and counts safe to use. */
+static void info_sanitize(struct upager_segment_info *info)
+{
+	info->name[sizeof(info->name) - 1] = '\0';
+	info->source_path[sizeof(info->source_path) - 1] = '\0';
+	if (info->nr_pids > UPAGER_STAT_PIDS)
+		info->nr_pids = UPAGER_STAT_PIDS;
+}
+
+static const char *source_kind_name(uint32_t kind)
+{
+	const char *s = upager_source_name(kind);
+
+	return s ? s : "unknown";
+}
+
+/* "zero", or the file's path (or "file" when the daemon gave none). */
+static const char *source_text(const struct upager_segment_info *info)
+{
+	if (info->source_path[0])
+		return info->source_path;
+	return source_kind_name(info->source);
+}
+
+static uint64_t info_faults(const struct upager_segment_info *info)
+{
+	return info->faults_missing + info->faults_wp + info->faults_minor;
+}
+
+static void info_json(struct json *j, const struct upager_segment_info *info,
+		      bool multiline)
+{
+	uint32_t i;
+
+	json_open(j, NULL, '{', multiline);
+	json_string(j, "name", info->name);
+	json_string(j, "source_path", info->source_path);
+	json_u64(j, "id", info->id);
+	json_u64(j, "size", info->size);
+	json_u64(j, "page_size", info->page_size);
+	json_u64(j, "source", info->source);
+	json_string(j, "source_name", source_kind_name(info->source));
+	json_u64(j, "uid", info->uid);
+	json_u64(j, "mode", info->mode);
+	json_u64(j, "faults_missing", info->faults_missing);
+	json_u64(j, "faults_wp", info->faults_wp);
+	json_u64(j, "faults_minor", info->faults_minor);
+	json_u64(j, "faults_waited", info->faults_waited);
+	json_u64(j, "pages_filled", info->pages_filled);
+	json_u64(j, "bytes_read", info->bytes_read);
+	json_u64(j, "resident_bytes", info->resident_bytes);
+	json_u64(j, "readahead_max_pages", info->readahead_max_pages);
+	json_u64(j, "nr_attachments", info->nr_attachments);
+	json_u64(j, "nr_pids", info->nr_pids);
+	json_open(j, "pids", '[', false);
+	for (i = 0; i < info->nr_pids; i++)
+		json_u64(j, NULL, info->pids[i]);
+	json_close(j, ']');
+	json_close(j, '}');
+}
+
+static void print_owner(uint32_t uid)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	print_key("owner");
+	if (pw)
+		printf("%" PRIu32 " (%s)\n", uid, pw->pw_name);
+	else
+		printf("%" PRIu32 "\n", uid);
+}
+
+static void print_pids(const struct upager_segment_info *info)
+{
+	uint32_t i;
+
+	print_key("pids");
+	if (!info->nr_pids)
+		fputs("-", stdout);
+	/* pid 0: a forked child the daemon has not identified yet */
+	for (i = 0; i < info->nr_pids; i++) {
+		if (i)
+			putchar(' ');
+		if (info->pids[i])
+			printf("%" PRIu32, info->pids[i]);
+		else
+			putchar('?');
+	}
+	putchar('\n');
+}
+
+static void info_text(const struct upager_segment_info *info)
+{
+	char mode[16];
+
+	snprintf(mode, sizeof(mode), "%04" PRIo32, info->mode);
+	print_str("name", info->name);
+	print_u64("id", info->id);
+	print_bytes("size", info->size);
+	print_bytes("page size", info->page_size);
+	print_str("source", source_kind_name(info->source));
+	print_str("source path",
+		  info->source_path[0] ? info->source_path : "-");
+	print_owner(info->uid);
+	print_str("mode", mode);
+	print_u64("attachments", info->nr_attachments);
+	print_pids(info);
+	print_bytes("resident", info->resident_bytes);
+	print_u64("pages filled", info->pages_filled);
+	print_bytes("bytes read", info->bytes_read);
+	print_u64("readahead max pages", info->readahead_max_pages);
+	print_u64("faults missing", info->faults_missing);
+	print_u64("faults wp", info->faults_wp);
+	print_u64("faults minor", info->faults_minor);
+	print_u64("faults waited", info->faults_waited);
+}
+
+/* Open --source for the daemon to read.  Returns the fd, or -1 (reported). */
+static int open_source(const struct args *a)
+{
+	struct stat st;
+	int fd;
+
+	fd = open(a->source, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fail(a, "cannot open source %s: %s", a->source,
+		     strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0) {
+		fail(a, "source %s: %s", a->source, strerror(errno));
+		goto err;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		fail(a, "source %s: not a regular file", a->source);
+		goto err;
+	}
+	return fd;
+err:
+	close(fd);
+	return -1;
+}
+
+static int cmd_create(struct upager *u, const struct args *a)
+{
+	struct upager_create_opts opts = {
+		.size = a->size,
+		.source_fd = -1,
+		.mode = a->mode,
+	};
+	int ret;
+
+	if (a->source) {
+		opts.source_fd = open_source(a);
+		if (opts.source_fd < 0)
+			return EXIT_FAILURE;
+	}
+	ret = upager_create(u, a->name, &opts);
+	if (opts.source_fd >= 0)
+		close(opts.source_fd);
+	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
+}
+
+static int cmd_delete(struct upager *u, const struct args *a)
+{
+	int ret;
+
+	ret = upager_delete(u, a->name, a->force ? UPAGER_DELETE_FORCE : 0);
+	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
+}
+
+static int cmd_stat(struct upager *u, const struct args *a)
+{
+	struct upager_segment_info info;
+	struct json j = { .depth = -1 };
+	int ret;
+
+	memset(&info, 0, sizeof(info));
+	ret = upager_stat(u, a->name, &info);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	info_sanitize(&info);
+	if (a->json)
+		info_json(&j, &info, true);
+	else
+		info_text(&info);
+	return EXIT_SUCCESS;
+}
+
+/*
+ * Every segment, into a calloc()ed array.  Segments created between the
+ * count and the fetch make the count grow: fetch again with more room.
+ */
+static int list_fetch(struct upager *u, struct upager_segment_info **out,
+		      size_t *nr)
+{
+	struct upager_segment_info *infos = NULL;
+	size_t cap = 0;
+	int ret;
+
+	for (;;) {
+		ret = upager_list(u, infos, cap);
+		if (ret < 0 || (size_t)ret <= cap)
+			break;
+		free(infos);
+		cap = (size_t)ret + (size_t)ret / 4 + 4;
+		infos = calloc(cap, sizeof(*infos));
+		if (!infos) {
+			ret = -ENOMEM;
+			break;
+		}
+	}
+	if (ret < 0) {
+		free(infos);
+		return ret;
+	}
+	*out = infos;
+	*nr = (size_t)ret;
+	return 0;
+}
+
+static int info_cmp_name(const void *x, const void *y)
+{
+	const struct upager_segment_info *a = x, *b = y;
+
+	return strcmp(a->name, b->name);
+}
+
+static void list_json(const struct upager_segment_info *infos, size_t nr)
+{
+	struct json j = { .depth = -1 };
+	size_t i;
+
+	json_open(&j, NULL, '[', true);
+	for (i = 0; i < nr; i++)
+		info_json(&j, &infos[i], false);
+	json_close(&j, ']');
+}
+
+static int max_int(int a, int b)
+{
+	return a > b ? a : b;
+}
+
+static void list_text(const struct upager_segment_info *infos, size_t nr)
+{
+	char size[SIZE_FORMAT_MAX], resident[SIZE_FORMAT_MAX];
+	int wname = 4, wsource = 6;
+	size_t i;
+
+	for (i = 0; i < nr; i++) {
+		wname = max_int(wname, (int)strlen(infos[i].name));
+		wsource = max_int(wsource, (int)strlen(source_text(&infos[i])));
+	}
+	printf("%-*s %10s  %-*s %10s %7s %12s\n", wname, "NAME", "SIZE",
+	       wsource, "SOURCE", "RESIDENT", "ATTACH", "FAULTS");
+	for (i = 0; i < nr; i++) {
+		const struct upager_segment_info *info = &infos[i];
+
+		size_format(info->size, size, sizeof(size));
+		size_format(info->resident_bytes, resident, sizeof(resident));
+		printf("%-*s %10s  %-*s %10s %7" PRIu32 " %12" PRIu64 "\n",
+		       wname, info->name, size, wsource, source_text(info),
+		       resident, info->nr_attachments, info_faults(info));
+	}
+}
+
+static int cmd_list(struct upager *u, const struct args *a)
+{
+	struct upager_segment_info *infos;
+	size_t nr, i;
+	int ret;
+
+	ret = list_fetch(u, &infos, &nr);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	for (i = 0; i < nr; i++)
+		info_sanitize(&infos[i]);
+	if (nr)
+		qsort(infos, nr, sizeof(*infos), info_cmp_name);
+	if (a->json)
+		list_json(infos, nr);
+	else
+		list_text(infos, nr);
+	free(infos);
+	return EXIT_SUCCESS;
+}
+
+static void print_uptime(uint64_t ns)
+{
+	uint64_t s = ns / 1000000000u;
+
+	print_key("uptime");
+	if (s >= 86400)
+		printf("%" PRIu64 "d ", s / 86400);
+	printf("%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 " (%" PRIu64 " ns)\n",
+	       s / 3600 % 24, s / 60 % 60, s % 60, ns);
+}
+
+static void stats_text(const struct upager_daemon_stats *st)
+{
+	print_uptime(st->uptime_ns);
+	print_u64("segments", st->segments);
+	print_u64("attachments", st->attachments);
+	print_u64("connections", st->connections);
+	print_u64("threads", st->threads);
+	print_u64("faults missing", st->faults_missing);
+	print_u64("faults wp", st->faults_wp);
+	print_u64("faults minor", st->faults_minor);
+	print_u64("faults waited", st->faults_waited);
+	print_u64("pages filled", st->pages_filled);
+	print_bytes("bytes read", st->bytes_read);
+	print_bytes("resident", st->resident_bytes);
+	print_u64("events fork", st->events_fork);
+	print_u64("events remap", st->events_remap);
+	print_u64("events remove", st->events_remove);
+	print_u64("events unmap", st->events_unmap);
+	print_u64("clients exited", st->clients_exited);
+	print_u64("protocol errors", st->protocol_errors);
+}
+
+static void stats_json(const struct upager_daemon_stats *st)
+{
+	struct json j = { .depth = -1 };
+
+	json_open(&j, NULL, '{', true);
+	json_u64(&j, "uptime_ns", st->uptime_ns);
+	json_u64(&j, "segments", st->segments);
+	json_u64(&j, "attachments", st->attachments);
+	json_u64(&j, "connections", st->connections);
+	json_u64(&j, "threads", st->threads);
+	json_u64(&j, "faults_missing", st->faults_missing);
+	json_u64(&j, "faults_wp", st->faults_wp);
+	json_u64(&j, "faults_minor", st->faults_minor);
+	json_u64(&j, "faults_waited", st->faults_waited);
+	json_u64(&j, "pages_filled", st->pages_filled);
+	json_u64(&j, "bytes_read", st->bytes_read);
+	json_u64(&j, "resident_bytes", st->resident_bytes);
+	json_u64(&j, "events_fork", st->events_fork);
+	json_u64(&j, "events_remap", st->events_remap);
+	json_u64(&j, "events_remove", st->events_remove);
+	json_u64(&j, "events_unmap", st->events_unmap);
+	json_u64(&j, "clients_exited", st->clients_exited);
+	json_u64(&j, "protocol_errors", st->protocol_errors);
+	json_close(&j, '}');
+}
+
+static int cmd_stats(struct upager *u, const struct args *a)
+{
+	struct upager_daemon_stats st;
+	int ret;
+
+	memset(&st, 0, sizeof(st));
+	ret = upager_stats(u, &st);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	if (a->json)
+		stats_json(&st);
+	else
+		stats_text(&st);
+	return EXIT_SUCCESS;
+}
+
+/* Write all of @buf to @fd.  Returns 0 or -errno. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+	ssize_t n;
+
+	while (len) {
+		n = write(fd, buf, len);
+		if (n < 0 && errno == EAGAIN) {
+			/* a non-blocking stdout: wait until it drains */
+			if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+				return -errno;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Read @len bytes from @fd, fewer only at its end.  Returns them or -errno. */
+static ssize_t read_full(int fd, char *buf, size_t len)
+{
+	size_t done = 0;
+	ssize_t n;
+
+	while (done < len) {
+		n = read(fd, buf + done, len - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* Report a failed detach, unless something failed before it. */
+static int detach(const struct args *a, struct upager_attachment *at,
+		  int status)
+{
+	int ret = upager_detach(at);
+
+	if (ret < 0 && status == EXIT_SUCCESS)
+		return fail(a, "detach: %s", error_text(-ret));
+	return status;
+}
+
+static int check_offset(const struct args *a, uint64_t size)
+{
+	char off[SIZE_FORMAT_MAX], sz[SIZE_FORMAT_MAX];
+
+	if (a->offset <= size)
+		return 0;
+	size_format(a->offset, off, sizeof(off));
+	size_format(size, sz, sizeof(sz));
+	return fail(a, "offset %" PRIu64 " (%s) is beyond the end of the "
+		    "segment (size %" PRIu64 ", %s)", a->offset, off, size, sz);
+}
+
+/* Copy @len bytes of the mapping, from @src on, to stdout. */
+static int cat_range(const struct args *a, const char *src, uint64_t len)
+{
+	char *bounce;
+	size_t chunk;
+	int ret = 0;
+
+	bounce = malloc(BOUNCE_SIZE);
+	if (!bounce)
+		return fail(a, "%s", strerror(ENOMEM));
+	while (len && !ret) {
+		chunk = len < BOUNCE_SIZE ? (size_t)len : BOUNCE_SIZE;
+		/* faults here, in user mode, are the daemon's to serve */
+		memcpy(bounce, src, chunk);
+		ret = write_all(STDOUT_FILENO, bounce, chunk);
+		src += chunk;
+		len -= chunk;
+	}
+	free(bounce);
+	/* The reader went away (`upagerctl cat x | head`): not our failure. */
+	if (ret == -EPIPE)
+		return EXIT_SUCCESS;
+	if (ret < 0)
+		return fail(a, "write to stdout: %s", strerror(-ret));
+	return EXIT_SUCCESS;
+}
+
+static int cmd_cat(struct upager *u, const struct args *a)
+{
+	struct upager_attachment *at;
+	uint64_t size, len;
+	const char *base;
+	int ret, status;
+
+	ret = upager_attach(u, a->name, UPAGER_ATTACH_RDONLY, &at);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	base = upager_attachment_addr(at);
+	size = upager_attachment_size(at);
+
+	status = check_offset(a, size);
+	if (status)
+		goto out;
+	len = a->has_length ? a->length : size - a->offset;
+	if (len > size - a->offset) {
+		status = fail(a, "offset %" PRIu64 " + length %" PRIu64
+			      " is beyond the end of the segment (size %"
+			      PRIu64 ")", a->offset, len, size);
+		goto out;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	status = cat_range(a, base + a->offset, len);
+out:
+	return detach(a, at, status);
+}
+
+/*
+ * When stdin is a regular file we can tell before writing anything that it
+ * holds too much.  A pipe we only find out about once it is full.
+ */
+static int check_input_fits(const struct args *a, uint64_t room)
+{
+	struct stat st;
+	off_t pos;
+
+	if (fstat(STDIN_FILENO, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	pos = lseek(STDIN_FILENO, 0, SEEK_CUR);
+	if (pos < 0 || st.st_size <= pos ||
+	    (uint64_t)(st.st_size - pos) <= room)
+		return 0;
+	return fail(a, "input holds %" PRIu64 " bytes, but only %" PRIu64
+		    " fit at offset %" PRIu64 "; nothing written",
+		    (uint64_t)(st.st_size - pos), room, a->offset);
+}
+
+/* Copy stdin into @dst, which has @room bytes. */
+static int write_range(const struct args *a, char *dst, uint64_t room)
+{
+	uint64_t done = 0;
+	size_t fit;
+	char *bounce;
+	ssize_t n;
+	int status = EXIT_SUCCESS;
+
+	bounce = malloc(BOUNCE_SIZE);
+	if (!bounce)
+		return fail(a, "%s", strerror(ENOMEM));
+	for (;;) {
+		n = read_full(STDIN_FILENO, bounce, BOUNCE_SIZE);
+		if (n < 0) {
+			status = fail(a, "read from stdin: %s",
+				      strerror((int)-n));
+			break;
+		}
+		if (n == 0)
+			break;
+		fit = room - done < (uint64_t)n ? (size_t)(room - done)
+						 : (size_t)n;
+		memcpy(dst + done, bounce, fit);
+		done += fit;
+		if (fit < (size_t)n) {
+			status = fail(a, "input holds more than the %" PRIu64
+				      " bytes that fit at offset %" PRIu64
+				      "; only those were written",
+				      room, a->offset);
+			break;
+		}
+	}
+	free(bounce);
+	if (status == EXIT_SUCCESS && a->verbose)
+		printf("%" PRIu64 " bytes written\n", done);
+	return status;
+}
+
+static int cmd_write(struct upager *u, const struct args *a)
+{
+	struct upager_attachment *at;
+	uint64_t size;
+	char *base;
+	int ret, status;
+
+	ret = upager_attach(u, a->name, 0, &at);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	base = upager_attachment_addr(at);
+	size = upager_attachment_size(at);
+
+	status = check_offset(a, size);
+	if (!status)
+		status = check_input_fits(a, size - a->offset);
+	if (!status)
+		status = write_range(a, base + a->offset, size - a->offset);
+	return detach(a, at, status);
+}
+
+static const struct option create_options[] = {
+	{ "size", required_argument, NULL, OPT_SIZE },
+	{ "source", required_argument, NULL, OPT_SOURCE },
+	{ "mode", required_argument, NULL, OPT_MODE },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option delete_options[] = {
+	{ "force", no_argument, NULL, OPT_FORCE },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option json_options[] = {
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option cat_options[] = {
+	{ "offset", required_argument, NULL, OPT_OFFSET },
+	{ "length", required_argument, NULL, OPT_LENGTH },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option write_options[] = {
+	{ "offset", required_argument, NULL, OPT_OFFSET },
+	{ "verbose", no_argument, NULL, OPT_VERBOSE },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct command commands[] = {
+	{
+		.name = "create",
+		.handler = cmd_create,
+		.usage = "NAME --size SIZE [--source FILE] [--mode OCTAL]",
+		.help = "Create segment NAME.\n\n"
+			"  --size SIZE     bytes, or with a suffix K, M, G, T "
+			"(powers of 1024)\n"
+			"  --source FILE   fill never-written pages from FILE "
+			"(default: zeros)\n"
+			"  --mode OCTAL    permission bits (default 0600)\n",
+		.options = create_options,
+		.needs = NEEDS_NAME | NEEDS_SIZE,
+	},
+	{
+		.name = "delete",
+		.handler = cmd_delete,
+		.usage = "NAME [--force]",
+		.help = "Delete segment NAME.\n\n"
+			"  --force         even while attached: the name goes "
+			"now, the memory\n"
+			"                  when the last attachment does\n",
+		.options = delete_options,
+		.needs = NEEDS_NAME,
+	},
+	{
+		.name = "list",
+		.handler = cmd_list,
+		.usage = "[--json]",
+		.help = "List the segments you may see.\n\n"
+			"  --json          a JSON array of objects\n",
+		.options = json_options,
+	},
+	{
+		.name = "stat",
+		.handler = cmd_stat,
+		.usage = "NAME [--json]",
+		.help = "Describe segment NAME.\n\n"
+			"  --json          a JSON object\n",
+		.options = json_options,
+		.needs = NEEDS_NAME,
+	},
+	{
+		.name = "cat",
+		.handler = cmd_cat,
+		.usage = "NAME [--offset N] [--length N]",
+		.help = "Write the contents of segment NAME to stdout, "
+			"through an attachment.\n\n"
+			"  --offset N      start at byte N (default 0)\n"
+			"  --length N      write N bytes (default: up to the "
+			"end)\n",
+		.options = cat_options,
+		.needs = NEEDS_NAME,
+	},
+	{
+		.name = "write",
+		.handler = cmd_write,
+		.usage = "NAME [--offset N] [--verbose]",
+		.help = "Copy stdin into segment NAME, through an "
+			"attachment.\n\n"
+			"  --offset N      start at byte N (default 0)\n"
+			"  --verbose       say how many bytes were written\n",
+		.options = write_options,
+		.needs = NEEDS_NAME,
+	},
+	{
+		.name = "stats",
+		.handler = cmd_stats,
+		.usage = "[--json]",
+		.help = "Show the daemon's counters.\n\n"
+			"  --json          a JSON object\n",
+		.options = json_options,
+	},
+};
+
+#define NR_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const struct command *command_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NR_COMMANDS; i++)
+		if (!strcmp(commands[i].name, name))
+			return &commands[i];
+	return NULL;
+}
+
+static void command_help(const struct command *cmd)
+{
+	printf("usage: " PROG " [--socket PATH] %s %s\n\n%s"
+	       "  --socket PATH   the daemon's socket (default: "
+	       "$UPAGER_SOCKET, else the\n"
+	       "                  per-user default)\n"
+	       "  -h, --help      show this help\n",
+	       cmd->name, cmd->usage, cmd->help);
+}
+
+static void global_help(void)
+{
+	size_t i;
+
+	printf("usage: " PROG " [--socket PATH] COMMAND [ARGS]\n\n"
+	       "Manage the segments of upagerd.\n\ncommands:\n");
+	for (i = 0; i < NR_COMMANDS; i++)
+		printf("  %-7s %s\n", commands[i].name, commands[i].usage);
+	printf("\noptions:\n"
+	       "  --socket PATH   the daemon's socket (default: "
+	       "$UPAGER_SOCKET, else the\n"
+	       "                  per-user default)\n"
+	       "  -h, --help      show this help\n"
+	       "  --version       show the version\n\n"
+	       "SIZE, N: a byte count, optionally with K, M, G or T "
+	       "(powers of 1024).\n"
+	       "'" PROG " COMMAND --help' describes a command.\n");
+}
+
+/*
+ * getopt_long() returned ':' or '?' (opterr is 0): say why.  @word is the
+ * argument it was looking at; neither parser lets getopt permute, so that
+ * is argv[optind] as it was before the call.
+ */
+static int option_error(const struct command *cmd, const char *word, int c)
+{
+	if (strncmp(word, "--", 2)) {
+		if (c == ':')
+			return usage_error(cmd, "option '-%c' needs an "
+					   "argument", optopt);
+		return usage_error(cmd, "unknown option '-%c'", optopt);
+	}
+	if (c == ':')
+		return usage_error(cmd, "option '%s' needs an argument", word);
+	/* a known long option given "=value" sets optopt to its value */
+	if (optopt)
+		return usage_error(cmd, "option '%.*s' takes no argument",
+				   (int)strcspn(word, "="), word);
+	return usage_error(cmd, "unknown option '%s'", word);
+}
+
+static int parse_size_arg(const struct command *cmd, const char *opt,
+			  const char *arg, uint64_t *out)
+{
+	int ret = size_parse(arg, out);
+
+	if (ret == -ERANGE)
+		return usage_error(cmd, "%s '%s' is too large", opt, arg);
+	if (ret < 0)
+		return usage_error(cmd, "invalid %s '%s' (a byte count such "
+				   "as 4096, 64K or 1GiB)", opt, arg);
+	return PARSE_OK;
+}
+
+static int parse_mode_arg(const struct command *cmd, const char *arg,
+			  uint32_t *out)
+{
+	const char *p;
+	uint32_t mode = 0;
+
+	for (p = arg; *p >= '0' && *p <= '7' && mode <= 0777; p++)
+		mode = mode * 8 + (uint32_t)(*p - '0');
+	if (p == arg || *p || mode > 0777)
+		return usage_error(cmd, "invalid --mode '%s' (octal permission "
+				   "bits, 0 to 0777)", arg);
+	*out = mode;
+	return PARSE_OK;
+}
+
+static int apply_option(struct args *a, int opt, const char *arg)
+{
+	const struct command *cmd = a->cmd;
+	int ret;
+
+	switch (opt) {
+	case OPT_SOCKET:
+		a->socket = arg;
+		return PARSE_OK;
+	case OPT_SIZE:
+		a->has_size = true;
+		ret = parse_size_arg(cmd, "--size", arg, &a->size);
+		if (ret == PARSE_OK && (!a->size || a->size > UPAGER_MAX_SIZE))
+			return usage_error(cmd, "--size must be 1 byte to "
+					   "1 TiB, not '%s'", arg);
+		return ret;
+	case OPT_SOURCE:
+		a->source = arg;
+		return PARSE_OK;
+	case OPT_MODE:
+		return parse_mode_arg(cmd, arg, &a->mode);
+	case OPT_FORCE:
+		a->force = true;
+		return PARSE_OK;
+	case OPT_JSON:
+		a->json = true;
+		return PARSE_OK;
+	case OPT_OFFSET:
+		return parse_size_arg(cmd, "--offset", arg, &a->offset);
+	case OPT_LENGTH:
+		a->has_length = true;
+		return parse_size_arg(cmd, "--length", arg, &a->length);
+	case OPT_VERBOSE:
+		a->verbose = true;
+		return PARSE_OK;
+	}
+	return usage_error(cmd, "internal error: option %d", opt);
+}
+
+/* NAME, or an argument too many. */
+static int apply_positional(struct args *a, const char *arg)
+{
+	if (!(a->cmd->needs & NEEDS_NAME) || a->name)
+		return usage_error(a->cmd, "unexpected argument '%s'", arg);
+	if (!*arg || strlen(arg) > UPAGER_NAME_MAX)
+		return usage_error(a->cmd, "invalid segment name '%s' (1 to %d "
+				   "bytes)", arg, UPAGER_NAME_MAX);
+	a->name = arg;
+	return PARSE_OK;
+}
+
+/* The command's options after the common ones, in one getopt table. */
+static void command_options(const struct command *cmd, struct option *opts)
+{
+	static const struct option common[] = {
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "help", no_argument, NULL, OPT_HELP },
+	};
+	const struct option *o;
+	size_t n = 0;
+
+	for (; n < sizeof(common) / sizeof(common[0]); n++)
+		opts[n] = common[n];
+	for (o = cmd->options; o->name && n < MAX_OPTIONS - 1; o++)
+		opts[n++] = *o;
+	memset(&opts[n], 0, sizeof(*opts));
+}
+
+static int check_required(const struct args *a)
+{
+	if ((a->cmd->needs & NEEDS_NAME) && !a->name)
+		return usage_error(a->cmd, "missing segment NAME");
+	if ((a->cmd->needs & NEEDS_SIZE) && !a->has_size)
+		return usage_error(a->cmd, "missing --size");
+	return PARSE_OK;
+}
+
+/*
+ * Parse a command's line; argv[0] is the command's name.  "-" first in
+ * optstring hands us each non-option in place, so options may follow NAME
+ * even under POSIXLY_CORRECT; ":" lets us word the errors ourselves.
+ */
+static int parse_command(struct args *a, int argc, char **argv)
+{
+	struct option opts[MAX_OPTIONS];
+	int c, ret, at;
+
+	command_options(a->cmd, opts);
+	optind = 0;
+	opterr = 0;
+	for (;;) {
+		at = optind ? optind : 1;
+		c = getopt_long(argc, argv, "-:h", opts, NULL);
+		if (c == -1)
+			break;
+		switch (c) {
+		case 1:
+			ret = apply_positional(a, optarg);
+			break;
+		case OPT_HELP:
+			command_help(a->cmd);
+			return EXIT_SUCCESS;
+		case ':':
+		case '?':
+			return option_error(a->cmd, argv[at], c);
+		default:
+			ret = apply_option(a, c, optarg);
+		}
+		if (ret != PARSE_OK)
+			return ret;
+	}
+	/* after "--": the rest are arguments, even if they start with '-' */
+	for (; optind < argc; optind++) {
+		ret = apply_positional(a, argv[optind]);
+		if (ret != PARSE_OK)
+			return ret;
+	}
+	return check_required(a);
+}
+
+/* The options before COMMAND; "+" stops at the first non-option. */
+static int parse_global(struct args *a, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c, at;
+
+	opterr = 0;
+	for (;;) {
+		at = optind ? optind : 1;
+		c = getopt_long(argc, argv, "+:h", opts, NULL);
+		if (c == -1)
+			break;
+		switch (c) {
+		case OPT_SOCKET:
+			a->socket = optarg;
+			break;
+		case OPT_HELP:
+			global_help();
+			return EXIT_SUCCESS;
+		case OPT_VERSION:
+			printf(PROG " " UPAGER_VERSION "\n");
+			return EXIT_SUCCESS;
+		default:
+			return option_error(NULL, argv[at], c);
+		}
+	}
+	if (optind >= argc)
+		return usage_error(NULL, "missing COMMAND");
+	a->cmd = command_find(argv[optind]);
+	if (!a->cmd)
+		return usage_error(NULL, "unknown command '%s'", argv[optind]);
+	return PARSE_OK;
+}
+
+static int connect_daemon(const struct args *a, struct upager **u)
+{
+	char path[UPAGER_PATH_MAX];
+	int ret;
+
+	ret = upager_connect(a->socket, u);
+	if (ret == 0)
+		return EXIT_SUCCESS;
+	if (!a->socket && upager_socket_path(path, sizeof(path)) < 0)
+		snprintf(path, sizeof(path), "(the default socket)");
+	fprintf(stderr, PROG ": %s: cannot connect to upagerd at %s: %s\n",
+		a->cmd->name, a->socket ? a->socket : path, strerror(-ret));
+	return EXIT_FAILURE;
+}
+
+/* Output to a full disk or a closed pipe must not exit 0 silently. */
+static int flush_stdout(const struct args *a, int status)
+{
+	if (fflush(stdout) == 0 && !ferror(stdout))
+		return status;
+	if (status == EXIT_SUCCESS)
+		fprintf(stderr, PROG ": %s: write to stdout: %s\n",
+			a->cmd->name, strerror(errno));
+	return EXIT_FAILURE;
+}
+
+int main(int argc, char **argv)
+{
+	struct args a = { .cmd = NULL };
+	struct upager *u = NULL;
+	int ret;
+
+	ret = parse_global(&a, argc, argv);
+	if (ret != PARSE_OK)
+		return ret;
+	ret = parse_command(&a, argc - optind, argv + optind);
+	if (ret != PARSE_OK)
+		return flush_stdout(&a, ret);
+
+	ret = connect_daemon(&a, &u);
+	if (ret == EXIT_SUCCESS)
+		ret = a.cmd->handler(u, &a);
+	upager_disconnect(u);
+	return flush_stdout(&a, ret);
+}

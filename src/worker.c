@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Fault-serving threads.
+ *
+ * A worker sleeps in io_uring_submit_and_wait() on one ring that carries
+ * everything it waits for: a multishot poll on each owned userfaultfd, a
+ * poll on each owned pidfd, the source reads of its fills, and its inbox
+ * eventfd.  A readable uffd is drained with read() in batches; faults are
+ * served first, then events (which the kernel queues behind faults), then
+ * the faults that had to wait for those events.
+ *
+ * Polls are tagged with the attachment's id, not its address, so that a
+ * poll completion arriving after the attachment was removed finds nothing
+ * and is dropped.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include "attach.h"
+#include "log.h"
+#include "segment.h"
+#include "uffd-compat.h"
+#include "upagerd.h"
+#include "worker.h"
+
+#define RING_ENTRIES 256
+#define UFFD_MSG_BATCH 32
+#define BUF_CACHE 32
+
+enum cmd_kind { CMD_ADD, CMD_REMOVE, CMD_WATCH_PID, CMD_STOP };
+
+struct cmd {
+	enum cmd_kind kind;
+	struct attachment *att;	/* holds a reference */
+	struct cmd *next;
+};
+
+struct worker {
+	unsigned int id;
+	pthread_t thread;
+	struct io_uring ring;
+	int efd;
+	uint64_t efd_val;
+	bool stop;
+
+	pthread_mutex_t inbox_lock;
+	struct cmd *inbox, **inbox_tail;
+
+	struct attachment **atts;	/* owned; worker thread only */
+	unsigned int nr_atts, atts_cap;
+
+	unsigned int nr_fills;		/* in flight on this ring */
+
+	void *bufs[BUF_CACHE];
+	unsigned int nr_bufs;
+	size_t buf_size;
+};
+
+struct io_uring *worker_ring(struct worker *w)
+{
+	return &w->ring;
+}
+
+struct worker *worker_pick(void)
+{
+	unsigned int i = atomic_fetch_add(&upd.next_worker, 1);
+
+	return upd.workers[i % upd.nr_workers];
+}
+
+void worker_fill_begin(struct worker *w)
+{
+	w->nr_fills++;
+}
+
+void worker_fill_end(struct worker *w)
+{
+	w->nr_fills--;
+}
+
+void *worker_buf_get(struct worker *w)
+{
+	void *p;
+
+	if (w->nr_bufs)
+		return w->bufs[--w->nr_bufs];
+	p = mmap(NULL, w->buf_size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void worker_buf_put(struct worker *w, void *buf)
+{
+	if (w->nr_bufs < BUF_CACHE)
+		w->bufs[w->nr_bufs++] = buf;
+	else
+		munmap(buf, w->buf_size);
+}
+
+static struct io_uring_sqe *get_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+
+	if (!sqe) {
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	return sqe;
+}
+
+static void post(struct worker *w, enum cmd_kind kind, struct attachment *att)
+{
+	struct cmd *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		pr_err("worker", "out of memory posting to worker %u", w->id);
+		return;
+	}
+	c->kind = kind;
+	c->att = att;
+	if (att)
+		attach_get(att);
+	pthread_mutex_lock(&w->inbox_lock);
+	*w->inbox_tail = c;
+	w->inbox_tail = &c->next;
+	pthread_mutex_unlock(&w->inbox_lock);
+	worker_kick(w);
+}
+
+void worker_kick(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (write(w->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		pr_err("worker", "kick: %s", strerror(errno));
+}
+
+void worker_add(struct worker *w, struct attachment *att)
+{
+	att->owner = w;
+	post(w, CMD_ADD, att);
+}
+
+void worker_remove(struct worker *w, struct attachment *att)
+{
+	post(w, CMD_REMOVE, att);
+}
+
+void worker_watch_pid(struct worker *w, struct attachment *att)
+{
+	post(w, CMD_WATCH_PID, att);
+}
+
+static void arm_efd(struct worker *w)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_read(sqe, w->efd, &w->efd_val, sizeof(w->efd_val), 0);
+	io_uring_sqe_set_data64(sqe, TAG_INBOX);
+}
+
+static void arm_uffd(struct worker *w, struct attachment *att)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+
+	io_uring_prep_poll_multishot(sqe, att->uffd, POLLIN);
+	io_uring_sqe_set_data64(sqe, att->id << 3 | TAG_UFFD);
+}
+
+static void arm_pidfd(struct worker *w, struct attachment *att)
+{
+	struct io_uring_sqe *sqe;
+
+	if (att->pidfd < 0)
+		return;
+	sqe = get_sqe(w);
+	io_uring_prep_poll_add(sqe, att->pidfd, POLLIN);
+	io_uring_sqe_set_data64(sqe, att->id << 3 | TAG_PIDFD);
+}
+
+static struct attachment *find_att(struct worker *w, uint64_t id,
+				   unsigned int *idx)
+{
+	for (unsigned int i = 0; i < w->nr_atts; i++) {
+		if (w->atts[i]->id == id) {
+			if (idx)
+				*idx = i;
+			return w->atts[i];
+		}
+	}
+	return NULL;
+}
+
+static void own(struct worker *w, struct attachment *att)
+{
+	if (w->nr_atts == w->atts_cap) {
+		unsigned int cap = w->atts_cap ? 2 * w->atts_cap : 16;
+		void *p = realloc(w->atts, cap * sizeof(*w->atts));
+
+		if (!p) {
+			pr_err("worker", "out of memory: dropping attachment");
+			attach_kill(att, "dropped");
+			return;
+		}
+		w->atts = p;
+		w->atts_cap = cap;
+	}
+	attach_get(att);
+	w->atts[w->nr_atts++] = att;
+	arm_uffd(w, att);
+	arm_pidfd(w, att);
+}
+
+static void disown(struct worker *w, struct attachment *att)
+{
+	struct io_uring_sqe *sqe;
+	unsigned int i;
+
+	if (!find_att(w, att->id, &i))
+		return;
+	w->atts[i] = w->atts[--w->nr_atts];
+	sqe = get_sqe(w);
+	io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_UFFD);
+	io_uring_sqe_set_data64(sqe, 0);
+	if (att->pidfd >= 0) {
+		sqe = get_sqe(w);
+		io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_PIDFD);
+		io_uring_sqe_set_data64(sqe, 0);
+	}
+	attach_put(att);
+}
+
+static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
+{
+	struct attachment *child;
+	struct segment *seg = parent->seg;
+
+	counter_add(upd.events_fork, 1);
+	if (attach_fork(parent, ufd, &child)) {
+		/* Closing the uffd unregisters the child's ranges: its next
+		 * touch of an absent page would read zeros.  Nothing else
+		 * can be done without memory; say so loudly. */
+		pr_err("fault", "%s: out of memory for a forked child of pid %d",
+		       seg->name, (int)atomic_load(&parent->pid));
+		close(ufd);
+		return;
+	}
+	pthread_mutex_lock(&upd.lock);
+	list_add_tail(&child->seg_link, &seg->attachments);
+	seg->nr_attachments++;
+	atomic_fetch_add(&upd.unresolved, 1);
+	pthread_mutex_unlock(&upd.lock);
+	atomic_fetch_add(&upd.nr_attachments, 1);
+	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
+		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
+	worker_add(worker_pick(), child);
+	attach_put(child);
+	/* The main thread finds the child's pid. */
+	uint64_t one = 1;
+	if (write(upd.main_efd, &one, sizeof(one)) < 0)
+		pr_err("worker", "waking main: %s", strerror(errno));
+}
+
+static void handle_pagefault(struct worker *w, struct attachment *att,
+			     const struct uffd_msg *m)
+{
+	struct segment *seg = att->seg;
+	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(seg->page_size - 1);
+	uint64_t flags = m->arg.pagefault.flags;
+
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		/* No snapshot protects anything yet: let the write go. */
+		struct uffdio_writeprotect wp = {
+			.range = { .start = addr, .len = seg->page_size },
+		};
+
+		counter_add(seg->c.faults_wp, 1);
+		if (ioctl(att->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 &&
+		    errno == EAGAIN)
+			attach_requeue(att, addr);
+		return;
+	}
+	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+		/* The frame is in the memfd: map it.  The missing path
+		 * checks that and handles a frame punched meanwhile. */
+		counter_add(seg->c.faults_minor, 1);
+		segment_fault_missing(w, att, addr);
+		return;
+	}
+	counter_add(seg->c.faults_missing, 1);
+	segment_fault_missing(w, att, addr);
+}
+
+static void drive_retries(struct worker *w, struct attachment *att)
+{
+	uint64_t *addrs;
+	unsigned int n;
+
+	pthread_mutex_lock(&att->lock);
+	addrs = att->retry;
+	n = att->nr_retry;
+	att->retry = NULL;
+	att->nr_retry = att->retry_cap = 0;
+	pthread_mutex_unlock(&att->lock);
+	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
+		segment_fault_missing(w, att, addrs[i]);
+	free(addrs);
+}
+
+static void drain_uffd(struct worker *w, struct attachment *att)
+{
+	struct uffd_msg msgs[UFFD_MSG_BATCH];
+
+	for (;;) {
+		ssize_t n = read(att->uffd, msgs, sizeof(msgs));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				pr_warn("fault", "%s: read uffd: %s",
+					att->seg->name, strerror(errno));
+			break;
+		}
+		for (size_t i = 0; i < n / sizeof(msgs[0]); i++) {
+			const struct uffd_msg *m = &msgs[i];
+
+			switch (m->event) {
+			case UFFD_EVENT_PAGEFAULT:
+				handle_pagefault(w, att, m);
+				break;
+			case UFFD_EVENT_FORK:
+				handle_fork(w, att, m->arg.fork.ufd);
+				break;
+			case UFFD_EVENT_REMAP:
+				counter_add(upd.events_remap, 1);
+				attach_remap(att, m->arg.remap.from,
+					     m->arg.remap.to, m->arg.remap.len);
+				break;
+			case UFFD_EVENT_REMOVE:
+				/* The frames stay PRESENT in the table; a
+				 * fault on a punched one re-checks. */
+				counter_add(upd.events_remove, 1);
+				break;
+			case UFFD_EVENT_UNMAP:
+				counter_add(upd.events_unmap, 1);
+				attach_unmap(att, m->arg.remove.start,
+					     m->arg.remove.end);
+				if (!attach_has_ranges(att))
+					attach_kill(att, "unmapped");
+				break;
+			default:
+				pr_warn("fault", "%s: unknown uffd event %u",
+					att->seg->name, m->event);
+				break;
+			}
+		}
+		if ((size_t)n < sizeof(msgs))
+			break;
+	}
+	drive_retries(w, att);
+}
+
+static void run_inbox(struct worker *w)
+{
+	struct cmd *c;
+
+	pthread_mutex_lock(&w->inbox_lock);
+	c = w->inbox;
+	w->inbox = NULL;
+	w->inbox_tail = &w->inbox;
+	pthread_mutex_unlock(&w->inbox_lock);
+	while (c) {
+		struct cmd *next = c->next;
+
+		switch (c->kind) {
+		case CMD_ADD:
+			if (!w->stop && !atomic_load(&c->att->dead))
+				own(w, c->att);
+			break;
+		case CMD_REMOVE:
+			disown(w, c->att);
+			break;
+		case CMD_WATCH_PID:
+			if (find_att(w, c->att->id, NULL))
+				arm_pidfd(w, c->att);
+			break;
+		case CMD_STOP:
+			w->stop = true;
+			break;
+		}
+		if (c->att)
+			attach_put(c->att);
+		free(c);
+		c = next;
+	}
+	/* Faults re-driven from other threads land on their owner here. */
+	for (unsigned int i = 0; i < w->nr_atts; i++)
+		if (w->atts[i]->nr_retry)
+			drive_retries(w, w->atts[i]);
+}
+
+static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	struct attachment *att;
+
+	switch (ud & TAG_MASK) {
+	case TAG_FILL:
+		segment_fill_io_done(w, (void *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK),
+				     cqe->res);
+		break;
+	case TAG_UFFD:
+		att = find_att(w, ud >> 3, NULL);
+		if (!att)
+			break;
+		if (cqe->res < 0 && cqe->res != -ECANCELED)
+			pr_warn("fault", "%s: poll uffd: %s", att->seg->name,
+				strerror(-cqe->res));
+		drain_uffd(w, att);
+		if (!(cqe->flags & IORING_CQE_F_MORE) && !atomic_load(&att->dead))
+			arm_uffd(w, att);
+		break;
+	case TAG_PIDFD:
+		att = find_att(w, ud >> 3, NULL);
+		if (att && cqe->res >= 0) {
+			counter_add(upd.clients_exited, 1);
+			attach_kill(att, "exited");
+		}
+		break;
+	case TAG_INBOX:
+		run_inbox(w);
+		if (!w->stop)
+			arm_efd(w);
+		break;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct io_uring_cqe *cqe;
+	unsigned int head, n;
+
+	arm_efd(w);
+	/* After a stop, fills in flight still complete: they hold
+	 * references that must be dropped. */
+	while (!w->stop || w->nr_fills) {
+		int ret = io_uring_submit_and_wait(&w->ring, 1);
+
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN &&
+		    ret != -EBUSY) {
+			pr_err("worker", "%u: io_uring: %s", w->id, strerror(-ret));
+			break;
+		}
+		n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe) {
+			handle_cqe(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+	}
+	while (w->nr_atts)
+		disown(w, w->atts[w->nr_atts - 1]);
+	return NULL;
+}
+
+int worker_start(unsigned int id, struct worker **out)
+{
+	struct worker *w = calloc(1, sizeof(*w));
+	int ret;
+
+	if (!w)
+		return -ENOMEM;
+	w->id = id;
+	w->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
+	w->inbox_tail = &w->inbox;
+	pthread_mutex_init(&w->inbox_lock, NULL);
+	w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (w->efd < 0) {
+		ret = -errno;
+		goto err;
+	}
+	ret = io_uring_queue_init(RING_ENTRIES, &w->ring, 0);
+	if (ret < 0)
+		goto err;
+	ret = -pthread_create(&w->thread, NULL, worker_main, w);
+	if (ret) {
+		io_uring_queue_exit(&w->ring);
+		goto err;
+	}
+	*out = w;
+	return 0;
+err:
+	if (w->efd >= 0)
+		close(w->efd);
+	free(w);
+	return ret;
+}
+
+void worker_stop(struct worker *w)
+{
+	if (!w)
+		return;
+	post(w, CMD_STOP, NULL);
+	pthread_join(w->thread, NULL);
+	run_inbox(w);	/* drop what was posted after the stop */
+	while (w->nr_bufs)
+		munmap(w->bufs[--w->nr_bufs], w->buf_size);
+	io_uring_queue_exit(&w->ring);
+	close(w->efd);
+	pthread_mutex_destroy(&w->inbox_lock);
+	free(w->atts);
+	free(w);
+}

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fault-serving threads.  Each owns a set of attachments and an io_uring on
+ * which it polls their userfaultfds and pidfds and runs source reads.  The
+ * main thread and other workers talk to a worker only through its inbox
+ * (a locked queue and an eventfd).
+ */
+#ifndef UPAGER_WORKER_H
+#define UPAGER_WORKER_H
+
+#include <liburing.h>
+
+struct attachment;
+struct worker;
+
+int worker_start(unsigned int id, struct worker **out);
+/* Asks @w to stop, joins it and frees it. */
+void worker_stop(struct worker *w);
+
+/* Hands @att to @w (takes a reference); w polls its uffd and pidfd. */
+void worker_add(struct worker *w, struct attachment *att);
+/* Asks @w to stop serving @att and drop its reference. */
+void worker_remove(struct worker *w, struct attachment *att);
+/* @att's pidfd was opened after it was added: poll it. */
+void worker_watch_pid(struct worker *w, struct attachment *att);
+/* Wakes @w to look at its attachments' retry lists. */
+void worker_kick(struct worker *w);
+
+/* The worker for a new attachment: round robin. */
+struct worker *worker_pick(void);
+
+struct io_uring *worker_ring(struct worker *w);
+
+/* Read buffers of FILL_MAX_PAGES pages, recycled per worker. */
+#define FILL_MAX_PAGES 256
+void *worker_buf_get(struct worker *w);
+void worker_buf_put(struct worker *w, void *buf);
+
+/* Fills in flight on the worker's ring; a stopping worker waits for them. */
+void worker_fill_begin(struct worker *w);
+void worker_fill_end(struct worker *w);
+
+/* user_data tags: the low 3 bits of an SQE's user_data */
+enum {
+	TAG_FILL = 1,
+	TAG_UFFD = 2,
+	TAG_PIDFD = 3,
+	TAG_INBOX = 4,
+	TAG_MASK = 7,
+};
+
+#endif
