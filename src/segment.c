@@ -442,6 +442,25 @@ void segment_fill_io_done(struct worker *w, void *p, int res)
 		fill_finish(w, f, ret < 0 ? ret : 0);
 }
 
+/*
+ * A private attachment faulted on a frame that is in the memfd: map it and
+ * the present frames after it (up to the read-ahead window), so that a
+ * reader of a filled segment takes one round trip per window, not per page.
+ */
+static void continue_run(struct attachment *att, uint64_t addr,
+			 uint64_t pgoff, uint64_t run)
+{
+	struct segment *seg = att->seg;
+	uint64_t n, max = ra_pages(att, pgoff);
+
+	if (max > run)
+		max = run;
+	for (n = 1; n < max && (pte_get(&seg->pt, pgoff + n) & PTE_PRESENT); n++)
+		;
+	att->ra_next = pgoff + n;
+	uffd_continue(att, addr, n * seg->page_size);
+}
+
 void segment_fault_missing(struct worker *w, struct attachment *att,
 			   uint64_t addr)
 {
@@ -465,7 +484,7 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		if (st & PTE_PRESENT) {
 			if (memfd_has(seg, pgoff)) {
 				if (att->flags & UPG_REGISTER_RDONLY)
-					uffd_continue(att, addr, seg->page_size);
+					continue_run(att, addr, pgoff, run);
 				else
 					uffd_wake(att, addr, seg->page_size);
 				return;
