@@ -300,9 +300,11 @@ static uint32_t ra_pages(struct attachment *att, uint64_t pgoff)
 {
 	uint32_t win = att->ra_window ? att->ra_window : RA_START;
 
-	if (pgoff == att->ra_next)
+	/* Near where the last run ended counts as sequential: another
+	 * process's fills and parked faults shift a stream a little. */
+	if (pgoff + win >= att->ra_next && pgoff <= att->ra_next + win)
 		win = win * 2 > FILL_MAX_PAGES ? FILL_MAX_PAGES : win * 2;
-	else if (pgoff + 1 != att->ra_next)
+	else
 		win = win / 2 < RA_MIN ? RA_MIN : win / 2;
 	att->ra_window = win;
 	return win;

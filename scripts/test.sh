@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs the whole test suite twice:
+# in the normal build and in an ASan+UBSan build.  Ends with the line
+# "N passed, N failed[, N skipped]"; exits non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh || exit 1
+
+summary() {
+	python3 - "$@" <<'PY'
+import json, sys
+ok = fail = skip = 0
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        r = json.loads(line).get("result")
+        if r in ("OK", "EXPECTEDFAIL"):
+            ok += 1
+        elif r == "SKIP":
+            skip += 1
+        else:
+            fail += 1
+print(f"{ok} passed, {fail} failed, {skip} skipped")
+PY
+}
+
+status=0
+logs=()
+for variant in "build" "build-asan -Db_sanitize=address,undefined -Db_lundef=false"; do
+	read -r dir opts <<<"$variant"
+	echo "== $dir: build" >&2
+	# shellcheck disable=SC2086
+	if ! scripts/build.sh "$dir" $opts; then
+		echo "== $dir: build FAILED" >&2
+		status=1
+		continue
+	fi
+	echo "== $dir: tests" >&2
+	meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
+	logs+=("$dir/meson-logs/testlog.json")
+done
+
+echo
+summary "${logs[@]}"
+exit $status
