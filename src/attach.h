@@ -61,10 +61,6 @@ struct attachment {
 	uint64_t *retry;		/* fault addresses to drive again */
 	unsigned int nr_retry, retry_cap;
 
-	/* read-ahead: racy hints, a wrong value only costs speed */
-	uint64_t ra_next;		/* page after the last fill */
-	uint32_t ra_window;		/* pages */
-
 	struct list_head seg_link;	/* segment's list, daemon lock */
 };
 

@@ -32,7 +32,6 @@
 #include "worker.h"
 
 #define RA_MIN 1
-#define RA_START 8
 
 struct fill {
 	struct source_read rd;
@@ -293,21 +292,20 @@ static void seg_unpark(struct segment *seg, uint64_t first, uint64_t n)
 }
 
 /*
- * How many pages to read for a fault at @pgoff: the window grows while the
- * faults of this attachment follow each other and shrinks when they jump.
+ * How many pages to read for a fault at @pgoff.  Context read-ahead, as the
+ * kernel's page cache does it: the run of present pages just before this
+ * one says how sequential the access is, however many threads and
+ * processes interleave their streams, so no per-stream state is needed.
+ * A random access gets one page; a stream doubles its window each fault.
  */
-static uint32_t ra_pages(struct attachment *att, uint64_t pgoff)
+static uint32_t ra_pages(struct segment *seg, uint64_t pgoff)
 {
-	uint32_t win = att->ra_window ? att->ra_window : RA_START;
+	uint32_t h = 0;
 
-	/* Near where the last run ended counts as sequential: another
-	 * process's fills and parked faults shift a stream a little. */
-	if (pgoff + win >= att->ra_next && pgoff <= att->ra_next + win)
-		win = win * 2 > FILL_MAX_PAGES ? FILL_MAX_PAGES : win * 2;
-	else
-		win = win / 2 < RA_MIN ? RA_MIN : win / 2;
-	att->ra_window = win;
-	return win;
+	while (h < FILL_MAX_PAGES / 2 && h < pgoff &&
+	       (pte_get(&seg->pt, pgoff - h - 1) & PTE_PRESENT))
+		h++;
+	return h ? 2 * h : RA_MIN;
 }
 
 static void fill_free(struct worker *w, struct fill *f)
@@ -453,13 +451,12 @@ static void continue_run(struct attachment *att, uint64_t addr,
 			 uint64_t pgoff, uint64_t run)
 {
 	struct segment *seg = att->seg;
-	uint64_t n, max = ra_pages(att, pgoff);
+	uint64_t n, max = ra_pages(seg, pgoff);
 
 	if (max > run)
 		max = run;
 	for (n = 1; n < max && (pte_get(&seg->pt, pgoff + n) & PTE_PRESENT); n++)
 		;
-	att->ra_next = pgoff + n;
 	uffd_continue(att, addr, n * seg->page_size);
 }
 
@@ -503,12 +500,11 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		}
 	}
 
-	max = ra_pages(att, pgoff);
+	max = ra_pages(seg, pgoff);
 	if (max > run)
 		max = run;
 	for (n = 1; n < max && pte_try_busy(&seg->pt, pgoff + n); n++)
 		;
-	att->ra_next = pgoff + n;
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
 

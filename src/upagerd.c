@@ -39,6 +39,8 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+#define DEFAULT_SPIN_US 50
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -51,8 +53,10 @@ static void usage(FILE *f)
 		"  -t, --threads N        fault-serving threads (default: CPUs)\n"
 		"  -l, --log-level LEVEL  error, warning, notice (default), info, debug\n"
 		"  -f, --foreground       stay in the foreground (log to stderr)\n"
+		"      --spin-us N        after a fault, look for the next one for N us\n"
+		"                         before sleeping (default %u; 0: never spin)\n"
 		"  -h, --help             this text\n"
-		"  -V, --version          the version\n");
+		"  -V, --version          the version\n", DEFAULT_SPIN_US);
 }
 
 /* The kernel's userfaultfd features, from a throwaway uffd. */
@@ -182,6 +186,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "foreground", no_argument, NULL, 'f' },
+		{ "spin-us", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{}
@@ -190,6 +195,7 @@ int main(int argc, char **argv)
 	const char *sock = NULL;
 	long threads = sysconf(_SC_NPROCESSORS_ONLN);
 	bool foreground = false;
+	long spin_us = DEFAULT_SPIN_US;
 	sigset_t mask;
 	int c, fd, ret;
 
@@ -218,6 +224,15 @@ int main(int argc, char **argv)
 			break;
 		case 'f':
 			foreground = true;
+			break;
+		case 'S':
+			errno = 0;
+			spin_us = strtol(optarg, &end, 10);
+			if (errno || *end || spin_us < 0 || spin_us > 1000000) {
+				fprintf(stderr, "upagerd: --spin-us: expected 0..1000000, got '%s'\n",
+					optarg);
+				return 2;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -290,6 +305,7 @@ int main(int argc, char **argv)
 	}
 
 	upd.start_ns = now_ns();
+	upd.spin_ns = spin_us * 1000;
 	upd.main_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	upd.nr_workers = threads;
 	upd.workers = calloc(threads, sizeof(*upd.workers));

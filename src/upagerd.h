@@ -32,6 +32,8 @@ struct daemon_state {
 	_Atomic unsigned int next_worker;
 
 	uint64_t start_ns;
+	uint64_t spin_ns;		/* workers look for faults this long
+					 * before sleeping */
 	uint64_t uffd_features;		/* what the running kernel offers */
 	int main_efd;			/* wakes the main thread */
 	int fill_uffd;			/* registers segments' direct maps */
