@@ -8,8 +8,7 @@
  * (UFFD_EVENT_FORK) makes a new attachment with the parent's ranges, whose
  * pid the daemon finds afterwards (the event does not carry it).
  *
- * Lifetime: reference counted.  The owning worker holds one while it polls
- * the uffd, fills in flight and parked waiters hold theirs.  attach_kill()
+ * Lifetime: reference counted.  Each worker polling the uffd holds one, fills in flight and parked waiters hold theirs.  attach_kill()
  * takes an attachment out of its segment once (whoever comes first: the
  * process exited, it detached, its ranges are all unmapped) and asks the
  * owning worker to stop polling it; the uffd is closed with the last

@@ -39,7 +39,7 @@ uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
-#define DEFAULT_SPIN_US 50
+#define DEFAULT_SPIN_US 0
 
 static void usage(FILE *f)
 {
@@ -55,6 +55,7 @@ static void usage(FILE *f)
 		"  -f, --foreground       stay in the foreground (log to stderr)\n"
 		"      --spin-us N        after a fault, look for the next one for N us\n"
 		"                         before sleeping (default %u; 0: never spin)\n"
+		"      --no-pin           do not pin one worker to each CPU\n"
 		"  -h, --help             this text\n"
 		"  -V, --version          the version\n", DEFAULT_SPIN_US);
 }
@@ -187,6 +188,7 @@ int main(int argc, char **argv)
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "spin-us", required_argument, NULL, 'S' },
+		{ "no-pin", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{}
@@ -196,6 +198,7 @@ int main(int argc, char **argv)
 	long threads = sysconf(_SC_NPROCESSORS_ONLN);
 	bool foreground = false;
 	long spin_us = DEFAULT_SPIN_US;
+	bool pin = true;
 	sigset_t mask;
 	int c, fd, ret;
 
@@ -224,6 +227,9 @@ int main(int argc, char **argv)
 			break;
 		case 'f':
 			foreground = true;
+			break;
+		case 'P':
+			pin = false;
 			break;
 		case 'S':
 			errno = 0;
@@ -308,6 +314,10 @@ int main(int argc, char **argv)
 	upd.spin_ns = spin_us * 1000;
 	upd.main_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	upd.nr_workers = threads;
+	/* One worker per CPU, each pinned to its CPU: attachments follow
+	 * their faulting threads (worker.c).  Other counts float. */
+	upd.pinned = pin && threads == sysconf(_SC_NPROCESSORS_ONLN) &&
+		     threads == sysconf(_SC_NPROCESSORS_CONF);
 	upd.workers = calloc(threads, sizeof(*upd.workers));
 	if (upd.main_efd < 0 || !upd.workers) {
 		pr_err("main", "setup: %s", strerror(errno));

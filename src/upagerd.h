@@ -12,6 +12,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "list.h"
@@ -29,6 +30,7 @@ struct daemon_state {
 
 	struct worker **workers;
 	unsigned int nr_workers;
+	bool pinned;			/* worker i runs on CPU i only */
 	_Atomic unsigned int next_worker;
 
 	uint64_t start_ns;

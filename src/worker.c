@@ -14,6 +14,9 @@
  * and is dropped.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,15 +144,33 @@ void worker_kick(struct worker *w)
 		pr_err("worker", "kick: %s", strerror(errno));
 }
 
+/*
+ * Every worker polls the attachment's uffd, up to MAX_POLLERS of them from
+ * the owner on: a fault is read by whichever comes first, which is nearly
+ * always the worker pinned to the faulting thread's CPU, since it runs the
+ * moment the faulting thread sleeps while a wake-up of another CPU takes
+ * tens of microseconds (DESIGN.md, "Where the time goes").  Two threads of
+ * one process faulting on two CPUs are then served in parallel.  The owner
+ * alone watches the pidfd.
+ */
+#define MAX_POLLERS 4
+
+static unsigned int nr_pollers(void)
+{
+	return upd.nr_workers < MAX_POLLERS ? upd.nr_workers : MAX_POLLERS;
+}
+
 void worker_add(struct worker *w, struct attachment *att)
 {
 	att->owner = w;
-	post(w, CMD_ADD, att);
+	for (unsigned int i = 0; i < nr_pollers(); i++)
+		post(upd.workers[(w->id + i) % upd.nr_workers], CMD_ADD, att);
 }
 
 void worker_remove(struct worker *w, struct attachment *att)
 {
-	post(w, CMD_REMOVE, att);
+	for (unsigned int i = 0; i < nr_pollers(); i++)
+		post(upd.workers[(w->id + i) % upd.nr_workers], CMD_REMOVE, att);
 }
 
 void worker_watch_pid(struct worker *w, struct attachment *att)
@@ -214,7 +235,8 @@ static void own(struct worker *w, struct attachment *att)
 	attach_get(att);
 	w->atts[w->nr_atts++] = att;
 	arm_uffd(w, att);
-	arm_pidfd(w, att);
+	if (att->owner == w)
+		arm_pidfd(w, att);
 }
 
 static void disown(struct worker *w, struct attachment *att)
@@ -228,7 +250,7 @@ static void disown(struct worker *w, struct attachment *att)
 	sqe = get_sqe(w);
 	io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_UFFD);
 	io_uring_sqe_set_data64(sqe, 0);
-	if (att->pidfd >= 0) {
+	if (att->pidfd >= 0 && att->owner == w) {
 		sqe = get_sqe(w);
 		io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_PIDFD);
 		io_uring_sqe_set_data64(sqe, 0);
@@ -488,6 +510,14 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 
+	if (upd.pinned) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(w->id, &set);
+		if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+			pr_warn("worker", "%u: cannot pin to its CPU", w->id);
+	}
 	arm_efd(w);
 	/* After a stop, fills in flight still complete: they hold
 	 * references that must be dropped. */

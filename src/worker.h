@@ -17,9 +17,10 @@ int worker_start(unsigned int id, struct worker **out);
 /* Asks @w to stop, joins it and frees it. */
 void worker_stop(struct worker *w);
 
-/* Hands @att to @w (takes a reference); w polls its uffd and pidfd. */
+/* Makes @w the owner of @att (it polls the pidfd) and has it and the
+ * workers after it poll the uffd.  Each takes its own reference. */
 void worker_add(struct worker *w, struct attachment *att);
-/* Asks @w to stop serving @att and drop its reference. */
+/* Asks the workers polling @att (owner @w) to stop and drop their refs. */
 void worker_remove(struct worker *w, struct attachment *att);
 /* @att's pidfd was opened after it was added: poll it. */
 void worker_watch_pid(struct worker *w, struct attachment *att);
@@ -28,6 +29,7 @@ void worker_kick(struct worker *w);
 
 /* The worker for a new attachment: round robin. */
 struct worker *worker_pick(void);
+
 
 struct io_uring *worker_ring(struct worker *w);
 
