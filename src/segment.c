@@ -38,6 +38,7 @@ struct fill {
 	struct segment *seg;
 	struct attachment *att;	/* the faulting one; holds a reference */
 	uint64_t addr;		/* where the run starts in att */
+	bool prefetch;		/* nobody waits at addr */
 };
 
 int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
@@ -363,13 +364,122 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 	return ret < 0 ? c.copy : (long)len;
 }
 
+/*
+ * Puts the run into the memfd, page states following what each ioctl did.
+ * Returns the pages from the start of the run that are present now; @err
+ * is what stopped it, if anything did.
+ */
+static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
+{
+	struct segment *seg = f->seg;
+	uint32_t done = 0, filled = 0;
+
+	*err = 0;
+	*first_copied = false;
+	while (done < f->rd.npages) {
+		long n = fill_ioctl(f, done, err);
+
+		if (*err == 0)
+			n = (long)(f->rd.npages - done) * seg->page_size;
+		else if (n <= 0 && *err == EEXIST)
+			n = -1;		/* there already: present, not ours */
+		else if (n <= 0)
+			break;
+		if (n < 0) {
+			pte_end_busy(&seg->pt, f->rd.pgoff + done++, PTE_PRESENT);
+			continue;
+		}
+		/* A partial copy: the next call reports what stopped it. */
+		if (done == 0)
+			*first_copied = true;
+		filled += n / seg->page_size;
+		for (long i = 0; i < n / (long)seg->page_size; i++)
+			pte_end_busy(&seg->pt, f->rd.pgoff + done++, PTE_PRESENT);
+		*err = 0;
+	}
+	counter_add(seg->c.pages_filled, filled);
+	fill_release(f, done);
+	return done;
+}
+
+/*
+ * Tells the faulting thread how its fill went.  A UFFDIO_COPY into its
+ * own mapping woke it already; a frame found there already, or put in
+ * through the direct map, needs a wake or a UFFDIO_CONTINUE.
+ */
+static void fill_answer(struct fill *f, uint32_t done, int err,
+			bool first_copied)
+{
+	struct attachment *att = f->att;
+	struct segment *seg = f->seg;
+
+	if (done > 0) {
+		if (att->flags & UPG_REGISTER_RDONLY)
+			uffd_continue(att, f->addr, (uint64_t)done * seg->page_size);
+		else if (!first_copied)
+			uffd_wake(att, f->addr, seg->page_size);
+		return;
+	}
+	switch (err) {
+	case EAGAIN:
+		attach_requeue(att, f->addr);
+		break;
+	case ESRCH:
+	case ENOSPC:
+		attach_kill(att, "gone");
+		break;
+	default:
+		uffd_wake(att, f->addr, seg->page_size);
+		break;
+	}
+}
+
+static int fill_start(struct worker *w, struct segment *seg,
+		      struct attachment *att, uint64_t addr, uint64_t pgoff,
+		      uint32_t n, bool prefetch);
+
+/*
+ * Asynchronous read-ahead: a long sequential run starts reading the next
+ * one before anybody faults on it, and copies it into the same process's
+ * mapping, so that stream finds its pages mapped and other processes find
+ * them in the memfd, while the daemon reads further.  It runs at most
+ * PREFETCH_AHEAD windows past the latest fault, so a stream that stopped
+ * stops costing memory.
+ */
+#define PREFETCH_MIN 64
+#define PREFETCH_AHEAD 4
+
+static void fill_prefetch_next(struct worker *w, struct fill *f)
+{
+	struct segment *seg = f->seg;
+	uint64_t ps = seg->page_size;
+	uint64_t next = f->rd.pgoff + f->rd.npages;
+	uint64_t addr = f->addr + (uint64_t)f->rd.npages * ps;
+	uint64_t last = atomic_load_explicit(&seg->last_fault,
+					     memory_order_relaxed);
+	uint64_t pgoff, run;
+	uint32_t n = 0;
+
+	if (f->rd.npages < PREFETCH_MIN || !f->att ||
+	    atomic_load(&f->att->dead) ||
+	    next > last + PREFETCH_AHEAD * (uint64_t)FILL_MAX_PAGES ||
+	    attach_lookup(f->att, addr, &pgoff, &run) < 0 || pgoff != next)
+		return;
+	if (run > f->rd.npages)
+		run = f->rd.npages;
+	while (n < run && pte_try_busy(&seg->pt, next + n))
+		n++;
+	if (n)
+		fill_start(w, seg, f->att, addr, next, n, true);
+}
+
 /* The run is in the buffer (or failed with @res < 0): map it. */
 static void fill_finish(struct worker *w, struct fill *f, int res)
 {
 	struct segment *seg = f->seg;
-	struct attachment *att = f->att;
-	uint32_t done = 0, filled = 0;
-	int err = 0;
+	bool first_copied;
+	uint32_t done;
+	int err;
 
 	counter_add(seg->c.bytes_read, f->rd.bytes_read);
 	if (res < 0) {
@@ -378,56 +488,17 @@ static void fill_finish(struct worker *w, struct fill *f, int res)
 			f->rd.npages, strerror(-res));
 		for (uint32_t i = 0; i < f->rd.npages; i++)
 			pte_end_busy(&seg->pt, f->rd.pgoff + i, PTE_POISON);
-		uffd_poison(att, f->addr, seg->page_size);
+		if (!f->prefetch)
+			uffd_poison(f->att, f->addr, seg->page_size);
 		goto out;
 	}
-	while (done < f->rd.npages) {
-		long n = fill_ioctl(f, done, &err);
-
-		if (err == 0) {
-			filled += f->rd.npages - done;
-			for (; done < f->rd.npages; done++)
-				pte_end_busy(&seg->pt, f->rd.pgoff + done,
-					     PTE_PRESENT);
-			break;
-		}
-		if (n > 0) {
-			/* Partial: the next call reports what stopped it. */
-			filled += n / seg->page_size;
-			for (long i = 0; i < n / (long)seg->page_size; i++, done++)
-				pte_end_busy(&seg->pt, f->rd.pgoff + done,
-					     PTE_PRESENT);
-			continue;
-		}
-		if (err == EEXIST) {
-			pte_end_busy(&seg->pt, f->rd.pgoff + done, PTE_PRESENT);
-			if (done == 0)
-				uffd_wake(att, f->addr, seg->page_size);
-			done++;
-			continue;
-		}
-		break;
-	}
-	if (done < f->rd.npages) {
-		fill_release(f, done);
-		if (done == 0) {
-			switch (err) {
-			case EAGAIN:
-				attach_requeue(att, f->addr);
-				break;
-			case ESRCH:
-			case ENOSPC:
-				attach_kill(att, "gone");
-				break;
-			default:
-				uffd_wake(att, f->addr, seg->page_size);
-				break;
-			}
-		}
-	}
-	counter_add(seg->c.pages_filled, filled);
-	if (done > 0 && (att->flags & UPG_REGISTER_RDONLY))
-		uffd_continue(att, f->addr, (uint64_t)done * seg->page_size);
+	/* The next read goes out first, to run while this run is copied. */
+	fill_prefetch_next(w, f);
+	done = fill_map(f, &err, &first_copied);
+	if (!f->prefetch)
+		fill_answer(f, done, err, first_copied);
+	else if (done && (f->att->flags & UPG_REGISTER_RDONLY))
+		uffd_continue(f->att, f->addr, (uint64_t)done * seg->page_size);
 out:
 	seg_unpark(seg, f->rd.pgoff, f->rd.npages);
 	fill_free(w, f);
@@ -460,14 +531,53 @@ static void continue_run(struct attachment *att, uint64_t addr,
 	uffd_continue(att, addr, n * seg->page_size);
 }
 
+/*
+ * Reads pages [pgoff, pgoff + n), claimed BUSY by the caller, and puts them
+ * into the memfd through @att's mapping at @addr: for its fault there, or
+ * as read-ahead (@prefetch).  On failure the pages are given back and
+ * -ENOMEM returned.
+ */
+static int fill_start(struct worker *w, struct segment *seg,
+		      struct attachment *att, uint64_t addr, uint64_t pgoff,
+		      uint32_t n, bool prefetch)
+{
+	struct fill *f = calloc(1, sizeof(*f));
+	int ret;
+
+	if (f && seg->src->ops->kind != UPAGER_SOURCE_ZERO) {
+		f->rd.buf = worker_buf_get(w);
+		if (!f->rd.buf) {
+			free(f);
+			f = NULL;
+		}
+	}
+	if (!f) {
+		for (uint32_t i = 0; i < n; i++)
+			pte_end_busy(&seg->pt, pgoff + i, 0);
+		seg_unpark(seg, pgoff, n);
+		return -ENOMEM;
+	}
+	worker_fill_begin(w);
+	f->seg = seg;
+	f->att = att;
+	attach_get(att);
+	f->addr = addr;
+	f->prefetch = prefetch;
+	f->rd.pgoff = pgoff;
+	f->rd.npages = n;
+	f->rd.user_data = (void *)((uintptr_t)f | TAG_FILL);
+	ret = source_read(seg->src, &f->rd, worker_ring(w));
+	if (ret != 0)
+		fill_finish(w, f, ret < 0 ? ret : 0);
+	return 0;
+}
+
 void segment_fault_missing(struct worker *w, struct attachment *att,
 			   uint64_t addr)
 {
 	struct segment *seg = att->seg;
 	uint64_t pgoff, run, st;
 	uint32_t n, max;
-	struct fill *f;
-	int ret;
 
 	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
 		/* Not ours (any more): the retry finds what is there. */
@@ -500,6 +610,7 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		}
 	}
 
+	atomic_store_explicit(&seg->last_fault, pgoff, memory_order_relaxed);
 	max = ra_pages(seg, pgoff);
 	if (max > run)
 		max = run;
@@ -507,32 +618,6 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		;
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
-
-	f = calloc(1, sizeof(*f));
-	if (!f)
-		goto nomem;
-	worker_fill_begin(w);
-	f->seg = seg;
-	f->att = att;
-	attach_get(att);
-	f->addr = addr;
-	f->rd.pgoff = pgoff;
-	f->rd.npages = n;
-	f->rd.user_data = (void *)((uintptr_t)f | TAG_FILL);
-	if (seg->src->ops->kind != UPAGER_SOURCE_ZERO) {
-		f->rd.buf = worker_buf_get(w);
-		if (!f->rd.buf) {
-			fill_free(w, f);
-			goto nomem;
-		}
-	}
-	ret = source_read(seg->src, &f->rd, worker_ring(w));
-	if (ret != 0)
-		fill_finish(w, f, ret < 0 ? ret : 0);
-	return;
-nomem:
-	for (uint32_t i = 0; i < n; i++)
-		pte_end_busy(&seg->pt, pgoff + i, 0);
-	seg_unpark(seg, pgoff, n);
-	attach_requeue(att, addr);
+	if (fill_start(w, seg, att, addr, pgoff, n, false))
+		attach_requeue(att, addr);
 }

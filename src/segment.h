@@ -78,6 +78,7 @@ struct segment {
 	unsigned int nr_waiters, waiters_cap;
 
 	struct seg_counters c;
+	_Atomic uint64_t last_fault;	/* page; bounds read-ahead */
 };
 
 /*
