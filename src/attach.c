@@ -71,6 +71,7 @@ int attach_fork(struct attachment *parent, int uffd, struct attachment **out)
 	if (!att)
 		return -ENOMEM;
 	att->parent_pid = atomic_load(&parent->pid);
+	att->parent_id = parent->id;
 	att->flags = parent->flags;
 	att->uffd_features = parent->uffd_features;
 	att->uffd_ioctls = parent->uffd_ioctls;

@@ -49,6 +49,7 @@ struct attachment {
 	int pidfd;			/* -1 until the pid is known */
 	_Atomic pid_t pid;		/* 0: forked, not yet identified */
 	pid_t parent_pid;
+	uint64_t parent_id;		/* forked from this attachment */
 	uint32_t flags;			/* UPG_REGISTER_* */
 	uint64_t uffd_features;
 	uint64_t uffd_ioctls;

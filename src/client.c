@@ -13,10 +13,14 @@
  * in the memfd is mapped, a zero-source page is zeroed, and any other
  * access fails with SIGBUS (UFFDIO_POISON).  Never a wrong byte.
  *
- * A forked child inherits the mappings (the daemon serves the child's
- * faults through UFFD_EVENT_FORK) but not the connection: the socket is
- * shared with the parent, so in the child every call but detach and
- * disconnect fails with -ECHILD.  The child connects anew if it needs to.
+ * A forked child inherits the mappings; the daemon gets the child's uffd
+ * from UFFD_EVENT_FORK and serves it.  In the child, before fork() returns,
+ * a pthread_atfork handler connects anew (the inherited socket is the
+ * parent's), claims each attachment's new uffd from the daemon and starts
+ * the child's own watcher, so the child is as safe from a daemon crash as
+ * its parent and its connection works.  If the claim fails, the child's
+ * connection stays the parent's: calls other than detach and disconnect
+ * fail with -ECHILD there.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +54,7 @@ struct upager_attachment {
 	uint64_t attach_id;
 	uint32_t source;
 	unsigned int flags;
+	uint64_t features;	/* of the uffd */
 };
 
 /* A uffd the watcher serves after the daemon died: an attachment's, or a
@@ -60,6 +65,8 @@ struct orphan {
 };
 
 struct upager {
+	struct upager *reg_next;	/* every connection, for fork */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int sock;
 	pid_t pid;			/* the process that connected */
 	uint64_t seq;
@@ -78,6 +85,43 @@ static int set_errno(int ret)
 	if (ret < 0)
 		errno = -ret;
 	return ret;
+}
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct upager *reg_head;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void child_reconnect(struct upager *u);
+
+/* No request or attachment change may be half done across a fork. */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&reg_lock);
+	for (struct upager *u = reg_head; u; u = u->reg_next) {
+		pthread_mutex_lock(&u->req_lock);
+		pthread_mutex_lock(&u->att_lock);
+	}
+}
+
+static void atfork_parent(void)
+{
+	for (struct upager *u = reg_head; u; u = u->reg_next) {
+		pthread_mutex_unlock(&u->att_lock);
+		pthread_mutex_unlock(&u->req_lock);
+	}
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void atfork_child(void)
+{
+	atfork_parent();
+	for (struct upager *u = reg_head; u; u = u->reg_next)
+		child_reconnect(u);
+}
+
+static void atfork_register(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 UPAGER_API int upager_socket_path(char *buf, size_t len)
@@ -184,9 +228,11 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 		if (ret < 0)
 			return ret;
 	}
+	pthread_once(&atfork_once, atfork_register);
 	u = calloc(1, sizeof(*u));
 	if (!u)
 		return set_errno(-ENOMEM);
+	memcpy(u->path, sa.sun_path, sizeof(u->path));
 	u->pid = getpid();
 	u->wake_efd = -1;
 	pthread_mutex_init(&u->req_lock, NULL);
@@ -211,6 +257,10 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 		ret = -EPROTO;
 		goto err;
 	}
+	pthread_mutex_lock(&reg_lock);
+	u->reg_next = reg_head;
+	reg_head = u;
+	pthread_mutex_unlock(&reg_lock);
 	*out = u;
 	return 0;
 err:
@@ -623,6 +673,7 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	if (ret < 0)
 		goto err;
 	a->uffd = ret;
+	a->features = features;
 	/* Without fork events a child's copy of the range would be served
 	 * by nobody (zeros): it does not inherit the mapping then. */
 	if (!(features & UFFD_FEATURE_EVENT_FORK))
@@ -728,7 +779,8 @@ UPAGER_API int upager_detach(struct upager_attachment *a)
 		 * fork; ours is the parent's.  The daemon sees the unmap. */
 		munmap(a->addr, a->size);
 	}
-	close(a->uffd);
+	if (a->uffd >= 0)
+		close(a->uffd);
 	close(a->memfd);
 	free(a);
 	return set_errno(ret);
@@ -738,6 +790,14 @@ UPAGER_API void upager_disconnect(struct upager *u)
 {
 	if (!u)
 		return;
+	pthread_mutex_lock(&reg_lock);
+	for (struct upager **pp = &reg_head; *pp; pp = &(*pp)->reg_next) {
+		if (*pp == u) {
+			*pp = u->reg_next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg_lock);
 	while (u->atts)
 		upager_detach(u->atts);
 	if (u->watcher_running) {
@@ -755,4 +815,88 @@ UPAGER_API void upager_disconnect(struct upager *u)
 	pthread_mutex_destroy(&u->req_lock);
 	pthread_mutex_destroy(&u->att_lock);
 	free(u);
+}
+
+/*
+ * In a fork child, before fork() returns: a connection of our own, and our
+ * own uffd for each attachment (see the top of this file).  Only
+ * async-signal-safe work and what glibc allows after fork happen here.
+ */
+static int claim(struct upager *u, struct upager_attachment *a)
+{
+	struct upg_claim m;
+	struct upg_register_reply r;
+	int fd = -1, ret;
+
+	/* The daemon may not have read the fork event yet: -EAGAIN. */
+	for (int i = 0; i < 2000; i++) {
+		memset(&m, 0, sizeof(m));
+		m.parent_attach_id = a->attach_id;
+		ret = request(u, &m, sizeof(m), UPG_CLAIM, -1, &r, sizeof(r), &fd);
+		if (ret != -EAGAIN)
+			break;
+		usleep(500);
+	}
+	if (ret < 0)
+		return ret;
+	if (fd < 0)
+		return -EPROTO;
+	if (a->uffd >= 0)
+		close(a->uffd);		/* the parent's */
+	a->uffd = fd;
+	a->attach_id = r.attach_id;
+	return 0;
+}
+
+static void child_reconnect(struct upager *u)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct upg_hello hello = { .features = UPG_FEATURES_KNOWN }, rh;
+	struct upager_attachment *a, **pp;
+	int old = u->sock, sock;
+	pid_t parent = u->pid;
+
+	/* The parent's watcher did not come along. */
+	u->watcher_running = false;
+	if (u->wake_efd >= 0)
+		close(u->wake_efd);
+	u->wake_efd = -1;
+	/* Mappings made MADV_DONTFORK (no fork events) are not here. */
+	for (pp = &u->atts; (a = *pp);) {
+		if (a->features & UFFD_FEATURE_EVENT_FORK) {
+			pp = &a->next;
+			continue;
+		}
+		*pp = a->next;
+		close(a->uffd);
+		close(a->memfd);
+		free(a);
+	}
+	memcpy(sa.sun_path, u->path, sizeof(sa.sun_path));
+	sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return;
+	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(sock);
+		return;
+	}
+	u->sock = sock;
+	u->pid = getpid();
+	u->seq = 0;
+	if (request(u, &hello, sizeof(hello), UPG_HELLO, -1, &rh, sizeof(rh),
+		    NULL))
+		goto fail;
+	for (a = u->atts; a; a = a->next)
+		if (claim(u, a))
+			goto fail;
+	close(old);
+	if (u->atts)
+		watcher_start(u);
+	return;
+fail:
+	/* Stay the parent's connection: the daemon serves our faults
+	 * through the fork event all the same. */
+	close(sock);
+	u->sock = old;
+	u->pid = parent;
 }

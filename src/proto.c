@@ -24,6 +24,8 @@ size_t proto_request_size(uint16_t type)
 		return sizeof(struct upg_register);
 	case UPG_DETACH:
 		return sizeof(struct upg_detach);
+	case UPG_CLAIM:
+		return sizeof(struct upg_claim);
 	}
 	return 0;
 }

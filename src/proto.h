@@ -37,6 +37,7 @@ enum upg_type {
 	UPG_ATTACH,		/* reply + memfd */
 	UPG_REGISTER,		/* + userfaultfd */
 	UPG_DETACH,
+	UPG_CLAIM,		/* reply + the child's userfaultfd */
 	UPG_TYPE_MAX,
 };
 
@@ -101,6 +102,17 @@ struct upg_detach {
 	uint64_t attach_id;
 };
 
+/*
+ * A forked child claims the attachment the daemon made for it from
+ * UFFD_EVENT_FORK, naming its parent's attachment: the daemon learns the
+ * child's pid and hands it a copy of its uffd, so that the child, too, can
+ * answer its own faults if the daemon dies.  Reply: upg_register_reply.
+ */
+struct upg_claim {
+	struct upg_hdr h;
+	uint64_t parent_attach_id;
+};
+
 struct upg_info {
 	struct upg_hdr h;
 	struct upager_segment_info info;
@@ -119,6 +131,7 @@ _Static_assert(sizeof(struct upg_attach_reply) == 48, "upg_attach_reply");
 _Static_assert(sizeof(struct upg_register) == 72, "upg_register");
 _Static_assert(sizeof(struct upg_register_reply) == 32, "upg_register_reply");
 _Static_assert(sizeof(struct upg_detach) == 32, "upg_detach");
+_Static_assert(sizeof(struct upg_claim) == 32, "upg_claim");
 _Static_assert(sizeof(struct upager_segment_info) == 552, "segment_info");
 _Static_assert(sizeof(struct upg_info) == 576, "upg_info");
 _Static_assert(sizeof(struct upager_daemon_stats) == 144, "daemon_stats");

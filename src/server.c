@@ -472,6 +472,76 @@ static int do_detach(struct conn *c, const struct upg_detach *m)
 	return 0;
 }
 
+static bool pid_maps(pid_t pid, struct segment *seg);
+
+/* The parent of @pid, from /proc; 0 if unknown. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	pid_t ppid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')')))
+		sscanf(p + 1, " %*c %d", &ppid);
+	fclose(f);
+	return ppid;
+}
+
+static int do_claim(struct conn *c, const struct upg_claim *m)
+{
+	struct upg_register_reply r;
+	struct attachment *att, *found = NULL;
+	struct segment *seg;
+	pid_t ppid = parent_of(c->pid);
+	int ret = -EAGAIN, fd;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(seg, &upd.segments, link) {
+		list_for_each_entry(att, &seg->attachments, seg_link) {
+			pid_t pid = atomic_load(&att->pid);
+
+			if (att->parent_id != m->parent_attach_id ||
+			    att->parent_pid != ppid || (pid && pid != c->pid))
+				continue;
+			/* The claimer must be a child that maps it. */
+			if (!pid_maps(c->pid, seg)) {
+				ret = -EPERM;
+				continue;
+			}
+			found = att;
+			break;
+		}
+		if (found)
+			break;
+	}
+	if (found && !atomic_load(&found->pid)) {
+		ret = attach_set_pid(found, c->pid);
+		if (ret == 0) {
+			atomic_fetch_sub(&upd.unresolved, 1);
+			worker_watch_pid(found->owner, found);
+		}
+	} else if (found) {
+		ret = 0;
+	}
+	if (found && ret == 0)
+		attach_get(found);
+	pthread_mutex_unlock(&upd.lock);
+	if (!found || ret)
+		return ret;	/* -EAGAIN: the fork event is not read yet */
+	fd = found->uffd;
+	memset(&r, 0, sizeof(r));
+	r.attach_id = found->id;
+	pr_info("attach", "%s: pid %d claimed attachment %llu",
+		found->seg->name, (int)c->pid, (unsigned long long)found->id);
+	ret = reply(c, &r, sizeof(r), UPG_CLAIM, &m->h, 0, fd);
+	attach_put(found);
+	return ret ?: 1;
+}
+
 /* Runs one request; returns < 0 to drop the client for a protocol error. */
 static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
 {
@@ -529,6 +599,9 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
 		break;
 	case UPG_DETACH:
 		ret = do_detach(c, buf);
+		break;
+	case UPG_CLAIM:
+		ret = do_claim(c, buf);
 		break;
 	default:
 		return -EPROTO;
