@@ -44,6 +44,7 @@ static struct attachment *attach_alloc(struct segment *seg, int uffd)
 	att->created_ns = now_ns();
 	pthread_mutex_init(&att->lock, NULL);
 	list_init(&att->seg_link);
+	list_init(&att->all_link);
 	return att;
 }
 
@@ -89,6 +90,30 @@ int attach_fork(struct attachment *parent, int uffd, struct attachment **out)
 	pthread_mutex_unlock(&parent->lock);
 	*out = att;
 	return 0;
+}
+
+void attach_publish(struct attachment *att)
+{
+	list_add_tail(&att->seg_link, &att->seg->attachments);
+	list_add_tail(&att->all_link, &upd.attachments);
+	att->seg->nr_attachments++;
+	atomic_fetch_add(&upd.nr_attachments, 1);
+}
+
+struct attachment *attach_find(uint64_t id)
+{
+	struct attachment *att, *found = NULL;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(att, &upd.attachments, all_link) {
+		if (att->id == id) {
+			found = att;
+			attach_get(att);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&upd.lock);
+	return found;
 }
 
 void attach_get(struct attachment *att)
@@ -144,63 +169,75 @@ int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
 }
 
 /*
- * Cuts [start, end) out of the ranges; the cut-out pieces, with their
- * segment pages, are appended to @moved when it is not NULL.
+ * Cuts [start, end) out of the ranges; when @moved is not NULL, the pieces
+ * cut out are added to it, as ranges of @moved (which need not be sorted).
+ * Walks backwards, so the pieces it adds at the end are never walked.
+ * Returns 0 or -ENOMEM.
  */
-static void ranges_cut(struct attachment *att, uint64_t start, uint64_t end,
-		       struct att_range *moved, unsigned int *nr_moved,
-		       unsigned int max_moved)
+static int ranges_cut(struct attachment *att, uint64_t start, uint64_t end,
+		      struct attachment *moved)
 {
 	uint64_t ps = att->seg->page_size;
-	unsigned int n = att->nr_ranges;
+	int ret = 0;
 
-	for (unsigned int i = 0; i < n;) {
+	for (unsigned int i = att->nr_ranges; i-- > 0;) {
 		struct att_range r = att->ranges[i];
 		uint64_t rend = r.start + r.len;
 		uint64_t lo = start > r.start ? start : r.start;
 		uint64_t hi = end < rend ? end : rend;
 
-		if (lo >= hi) {
-			i++;
+		if (lo >= hi)
 			continue;
-		}
-		if (moved && *nr_moved < max_moved)
-			moved[(*nr_moved)++] = (struct att_range){
-				.start = lo, .len = hi - lo,
-				.pgoff = r.pgoff + (lo - r.start) / ps,
-			};
+		if (moved)
+			ret |= ranges_add(moved, lo, hi - lo,
+					  r.pgoff + (lo - r.start) / ps);
 		/* Remove r, then add back what is left on either side. */
 		att->ranges[i] = att->ranges[--att->nr_ranges];
-		n--;
 		if (r.start < lo)
-			ranges_add(att, r.start, lo - r.start, r.pgoff);
+			ret |= ranges_add(att, r.start, lo - r.start, r.pgoff);
 		if (hi < rend)
-			ranges_add(att, hi, rend - hi,
-				   r.pgoff + (hi - r.start) / ps);
+			ret |= ranges_add(att, hi, rend - hi,
+					  r.pgoff + (hi - r.start) / ps);
 	}
+	return ret ? -ENOMEM : 0;
+}
+
+static void ranges_oom(struct attachment *att)
+{
+	/* A lost range would leave faults in it unserved: give up the
+	 * attachment loudly rather than serve it wrong. */
+	pr_err("attach", "%s: out of memory tracking ranges", att->seg->name);
+	attach_kill(att, "dropped");
 }
 
 void attach_unmap(struct attachment *att, uint64_t start, uint64_t end)
 {
+	int ret;
+
 	pthread_mutex_lock(&att->lock);
-	ranges_cut(att, start, end, NULL, NULL, 0);
+	ret = ranges_cut(att, start, end, NULL);
 	pthread_mutex_unlock(&att->lock);
+	if (ret)
+		ranges_oom(att);
 }
 
 void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
 		  uint64_t len)
 {
-	struct att_range moved[8];
-	unsigned int nr = 0;
+	struct attachment moved = { .seg = att->seg };
+	int ret;
 
 	pthread_mutex_lock(&att->lock);
-	ranges_cut(att, from, from + len, moved, &nr, 8);
+	ret = ranges_cut(att, from, from + len, &moved);
 	/* What was mapped at the destination is gone (mremap unmaps it). */
-	ranges_cut(att, to, to + len, NULL, NULL, 0);
-	for (unsigned int i = 0; i < nr; i++)
-		ranges_add(att, moved[i].start - from + to, moved[i].len,
-			   moved[i].pgoff);
+	ret |= ranges_cut(att, to, to + len, NULL);
+	for (unsigned int i = 0; i < moved.nr_ranges; i++)
+		ret |= ranges_add(att, moved.ranges[i].start - from + to,
+				  moved.ranges[i].len, moved.ranges[i].pgoff);
 	pthread_mutex_unlock(&att->lock);
+	free(moved.ranges);
+	if (ret)
+		ranges_oom(att);
 }
 
 bool attach_has_ranges(struct attachment *att)
@@ -245,6 +282,7 @@ void attach_kill(struct attachment *att, const char *why)
 		(int)atomic_load(&att->pid), (unsigned long long)att->id, why);
 	pthread_mutex_lock(&upd.lock);
 	list_del_init(&att->seg_link);
+	list_del_init(&att->all_link);
 	seg->nr_attachments--;
 	if (atomic_load(&att->pid) == 0)
 		atomic_fetch_sub(&upd.unresolved, 1);

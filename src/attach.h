@@ -62,11 +62,21 @@ struct attachment {
 	unsigned int nr_retry, retry_cap;
 
 	struct list_head seg_link;	/* segment's list, daemon lock */
+	struct list_head all_link;	/* daemon's list, daemon lock */
 };
 
 /* A new attachment of @seg over [start, start+len) at segment page @pgoff. */
 int attach_new(struct segment *seg, int uffd, pid_t pid, uint64_t start,
 	       uint64_t len, uint64_t pgoff, struct attachment **out);
+
+/*
+ * attach_publish - make @att known: on its segment's list and the daemon's.
+ * The caller holds the daemon lock.
+ */
+void attach_publish(struct attachment *att);
+
+/* The live attachment @id, with a reference; NULL if none. */
+struct attachment *attach_find(uint64_t id);
 
 /* A child's attachment after UFFD_EVENT_FORK: the parent's ranges. */
 int attach_fork(struct attachment *parent, int uffd, struct attachment **out);

@@ -38,6 +38,8 @@ void log_msg(int level, const char *module, const char *fmt, ...)
 	n = snprintf(line, sizeof(line), "%lld.%03ld %s: %s: ",
 		     (long long)ts.tv_sec, ts.tv_nsec / 1000000,
 		     level_names[level], module);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - n, fmt, ap);
 	va_end(ap);

@@ -423,9 +423,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		ret = attach_set_pid(att, c->pid);
 	}
 	if (!ret) {
-		list_add_tail(&att->seg_link, &seg->attachments);
-		seg->nr_attachments++;
-		atomic_fetch_add(&upd.nr_attachments, 1);
+		attach_publish(att);
 		pr_info("attach", "%s: pid %d attached at %#llx: attachment %llu",
 			seg->name, (int)c->pid, (unsigned long long)m->addr,
 			(unsigned long long)att->id);
@@ -446,29 +444,16 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 
 static int do_detach(struct conn *c, const struct upg_detach *m)
 {
-	struct attachment *att, *found = NULL;
-	struct segment *seg;
+	struct attachment *att = attach_find(m->attach_id);
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(seg, &upd.segments, link) {
-		list_for_each_entry(att, &seg->attachments, seg_link) {
-			if (att->id == m->attach_id) {
-				found = att;
-				break;
-			}
-		}
-		if (found)
-			break;
+	if (att && atomic_load(&att->pid) != c->pid && c->uid != 0) {
+		attach_put(att);
+		att = NULL;
 	}
-	if (found && atomic_load(&found->pid) != c->pid && c->uid != 0)
-		found = NULL;
-	if (found)
-		attach_get(found);
-	pthread_mutex_unlock(&upd.lock);
-	if (!found)
+	if (!att)
 		return -ENOENT;
-	attach_kill(found, "detached");
-	attach_put(found);
+	attach_kill(att, "detached");
+	attach_put(att);
 	return 0;
 }
 
@@ -495,28 +480,23 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 {
 	struct upg_register_reply r;
 	struct attachment *att, *found = NULL;
-	struct segment *seg;
 	pid_t ppid = parent_of(c->pid);
 	int ret = -EAGAIN, fd;
 
 	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(seg, &upd.segments, link) {
-		list_for_each_entry(att, &seg->attachments, seg_link) {
-			pid_t pid = atomic_load(&att->pid);
+	list_for_each_entry(att, &upd.attachments, all_link) {
+		pid_t pid = atomic_load(&att->pid);
 
-			if (att->parent_id != m->parent_attach_id ||
-			    att->parent_pid != ppid || (pid && pid != c->pid))
-				continue;
-			/* The claimer must be a child that maps it. */
-			if (!pid_maps(c->pid, seg)) {
-				ret = -EPERM;
-				continue;
-			}
-			found = att;
-			break;
+		if (att->parent_id != m->parent_attach_id ||
+		    att->parent_pid != ppid || (pid && pid != c->pid))
+			continue;
+		/* The claimer must be a child that maps it. */
+		if (!pid_maps(c->pid, att->seg)) {
+			ret = -EPERM;
+			continue;
 		}
-		if (found)
-			break;
+		found = att;
+		break;
 	}
 	if (found && !atomic_load(&found->pid)) {
 		ret = attach_set_pid(found, c->pid);

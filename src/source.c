@@ -17,6 +17,7 @@ static int zero_read(struct source *src, struct source_read *rd,
 		     struct io_uring *ring)
 {
 	rd->zero = true;
+	rd->bytes_read = 0;
 	rd->done = rd->npages * src->page_size;
 	return 1;
 }
@@ -78,6 +79,7 @@ static int file_read(struct source *src, struct source_read *rd,
 		     struct io_uring *ring)
 {
 	rd->done = 0;
+	rd->bytes_read = 0;
 	rd->zero = false;
 	return file_queue(src, rd, ring);
 }

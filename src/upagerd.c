@@ -29,6 +29,7 @@
 struct daemon_state upd = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.segments = LIST_HEAD_INIT(upd.segments),
+	.attachments = LIST_HEAD_INIT(upd.attachments),
 };
 
 uint64_t now_ns(void)

@@ -24,6 +24,7 @@ struct daemon_state {
 	pthread_mutex_t lock;
 	struct list_head segments;	/* under lock */
 	unsigned int nr_segments;	/* under lock */
+	struct list_head attachments;	/* live ones, under lock */
 	uint64_t next_seg_id;		/* under lock */
 	_Atomic uint64_t next_att_id;
 	_Atomic uint64_t nr_attachments;

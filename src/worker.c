@@ -274,11 +274,9 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 		return;
 	}
 	pthread_mutex_lock(&upd.lock);
-	list_add_tail(&child->seg_link, &seg->attachments);
-	seg->nr_attachments++;
+	attach_publish(child);
 	atomic_fetch_add(&upd.unresolved, 1);
 	pthread_mutex_unlock(&upd.lock);
-	atomic_fetch_add(&upd.nr_attachments, 1);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
 	worker_add(worker_pick(), child);
