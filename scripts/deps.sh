@@ -7,7 +7,7 @@ pkgs=(
 	gcc libc6-dev pkg-config meson ninja-build	# build
 	liburing-dev check				# core, tests
 	libbpf-dev clang llvm bpftool			# upager-trace (optional)
-	gnuplot-nox python3				# plots, test helpers
+	gnuplot-nox jq python3				# plots, test helpers
 )
 
 missing=()
