@@ -1,0 +1,745 @@
+// SPDX-License-Identifier: MIT
+/*
+ * upager-bench: the systems (see bench-systems.h for the model).
+ *
+ * The kernel references and the minimal handler are here to give upagerd's
+ * figures a scale: the kernel is the floor a user-space pager cannot beat on
+ * a missing fault, and the minimal handler is what the textbook design costs
+ * on this machine (two thread hand-offs per fault).  Both are kept exactly
+ * plain on purpose: a tuned reference would hide what the daemon adds.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/userfaultfd.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <upager/upager.h>
+
+#include "bench-systems.h"
+
+/* Debian 12's 6.1 headers lack it (it is in 5.11+ kernels). */
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+uint64_t bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t ts_ns(const struct timespec *ts)
+{
+	return (uint64_t)ts->tv_sec * 1000000000ULL + (uint64_t)ts->tv_nsec;
+}
+
+void bench_touch_timed(const struct bench_touch *t)
+{
+	struct timespec a, b;
+	size_t k;
+
+	for (k = t->lo; k < t->hi; k++) {
+		volatile char *p = t->base + (size_t)t->order[k] * t->page_size;
+
+		/*
+		 * The access is volatile and clock_gettime is an opaque call:
+		 * the compiler cannot move it out of the pair, and a fault is
+		 * taken before the second reading can complete.
+		 */
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		if (t->write)
+			*p = 1;
+		else
+			(void)*p;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		t->samples[k] = ts_ns(&b) - ts_ns(&a);
+	}
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+double bench_timer_overhead_ns(void)
+{
+	enum { N = 4001 };
+	static uint64_t ns[N];
+	uint32_t order[N] = { 0 };
+	char page[64] = { 0 };
+	struct bench_touch t = {
+		.base = page, .page_size = 0, .order = order,
+		.lo = 0, .hi = N, .samples = ns, .write = true,
+	};
+
+	bench_touch_timed(&t);
+	qsort(ns, N, sizeof(ns[0]), cmp_u64);
+	return (double)ns[N / 2];
+}
+
+/*
+ * Transparent huge pages would turn 512 first touches into one fault and
+ * 511 plain accesses; every system is measured at 4 KiB.
+ */
+static void no_huge(void *addr, size_t len)
+{
+	madvise(addr, len, MADV_NOHUGEPAGE);
+}
+
+/* ---- kernel-memfd ---- */
+
+static int memfd_setup(struct bench_run *run)
+{
+	if (run->source_fd >= 0)
+		return -EINVAL;
+	run->fd = memfd_create("upager-bench", MFD_CLOEXEC);
+	if (run->fd < 0)
+		return -errno;
+	if (ftruncate(run->fd, (off_t)run->len) < 0) {
+		int r = -errno;
+
+		close(run->fd);
+		run->fd = -1;
+		return r;
+	}
+	return 0;
+}
+
+static int memfd_attach(struct bench_run *run, struct bench_map *map)
+{
+	void *p = mmap(NULL, run->len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       run->fd, 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	no_huge(p, run->len);
+	map->addr = p;
+	return 0;
+}
+
+static int unmap_detach(struct bench_run *run, struct bench_map *map)
+{
+	if (map->addr && munmap(map->addr, run->len) < 0)
+		return -errno;
+	map->addr = NULL;
+	return 0;
+}
+
+static void memfd_teardown(struct bench_run *run)
+{
+	if (run->fd >= 0)
+		close(run->fd);
+	run->fd = -1;
+}
+
+const struct bench_system bench_kernel_memfd = {
+	.name = "kernel-memfd",
+	.summary = "plain memfd, MAP_SHARED (children share it)",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = memfd_setup,
+	.attach = memfd_attach,
+	.touch = bench_touch_timed,
+	.detach = unmap_detach,
+	.teardown = memfd_teardown,
+};
+
+/* ---- kernel-anon ---- */
+
+static int nothing_setup(struct bench_run *run)
+{
+	(void)run;
+	return 0;
+}
+
+static void nothing_teardown(struct bench_run *run)
+{
+	(void)run;
+}
+
+static int anon_attach(struct bench_run *run, struct bench_map *map)
+{
+	void *p;
+
+	if (run->source_fd >= 0)
+		return -EINVAL;
+	p = mmap(NULL, run->len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	no_huge(p, run->len);
+	map->addr = p;
+	return 0;
+}
+
+const struct bench_system bench_kernel_anon = {
+	.name = "kernel-anon",
+	.summary = "private anonymous mapping (one per process)",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = nothing_setup,
+	.attach = anon_attach,
+	.touch = bench_touch_timed,
+	.detach = unmap_detach,
+	.teardown = nothing_teardown,
+};
+
+/* ---- kernel-file ---- */
+
+static int file_attach(struct bench_run *run, struct bench_map *map)
+{
+	void *p;
+
+	if (run->source_fd < 0)
+		return -EINVAL;
+	/* private: a write access copies the page, the file stays intact */
+	p = mmap(NULL, run->len, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+		 run->source_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	map->addr = p;
+	return 0;
+}
+
+const struct bench_system bench_kernel_file = {
+	.name = "kernel-file",
+	.summary = "mmap of the file, MAP_PRIVATE (kernel read-ahead)",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = nothing_setup,
+	.attach = file_attach,
+	.touch = bench_touch_timed,
+	.detach = unmap_detach,
+	.teardown = nothing_teardown,
+};
+
+/* ---- minimal: the userfaultfd(2) example, one handler thread ---- */
+
+struct minimal {
+	int uffd;
+	int stopfd;
+	pthread_t thread;
+	bool started;
+	char *base;
+	size_t len;
+	size_t page_size;
+	int source_fd;
+	char *page;
+	int error;		/* -errno of the handler, read after join */
+};
+
+static int uffd_open(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	/* vm.unprivileged_userfaultfd=0: user-mode faults are still allowed */
+	if (fd < 0 && errno == EPERM)
+		fd = (int)syscall(SYS_userfaultfd,
+				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	return fd < 0 ? -errno : fd;
+}
+
+static int minimal_fill(struct minimal *m, unsigned long addr)
+{
+	struct uffdio_copy copy;
+
+	if (m->source_fd >= 0) {
+		off_t off = (off_t)(addr - (unsigned long)m->base);
+		ssize_t n = pread(m->source_fd, m->page, m->page_size, off);
+
+		if (n < 0)
+			return -errno;
+		/* past the end of the file reads as zero */
+		memset(m->page + n, 0, m->page_size - (size_t)n);
+	}
+	copy.src = (unsigned long)m->page;
+	copy.dst = addr;
+	copy.len = m->page_size;
+	copy.mode = 0;
+	copy.copy = 0;
+	if (ioctl(m->uffd, UFFDIO_COPY, &copy) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static void *minimal_handler(void *arg)
+{
+	struct minimal *m = arg;
+	struct uffd_msg msg;
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = m->uffd, .events = POLLIN },
+			{ .fd = m->stopfd, .events = POLLIN },
+		};
+		ssize_t n;
+		int r;
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			m->error = -errno;
+			break;
+		}
+		if (pfd[1].revents)
+			break;
+		n = read(m->uffd, &msg, sizeof(msg));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			m->error = -errno;
+			break;
+		}
+		if (n != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT) {
+			m->error = -EPROTO;
+			break;
+		}
+		r = minimal_fill(m, (unsigned long)msg.arg.pagefault.address &
+				 ~(unsigned long)(m->page_size - 1));
+		if (r < 0) {
+			m->error = r;
+			break;
+		}
+	}
+	if (m->error) {
+		/* unregistering wakes the faulting threads: never a hang */
+		struct uffdio_range range = {
+			.start = (unsigned long)m->base, .len = m->len,
+		};
+
+		ioctl(m->uffd, UFFDIO_UNREGISTER, &range);
+	}
+	return NULL;
+}
+
+static void minimal_free(struct minimal *m)
+{
+	if (!m)
+		return;
+	if (m->uffd >= 0)
+		close(m->uffd);
+	if (m->stopfd >= 0)
+		close(m->stopfd);
+	if (m->base)
+		munmap(m->base, m->len);
+	free(m->page);
+	free(m);
+}
+
+static int minimal_attach(struct bench_run *run, struct bench_map *map)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct minimal *m;
+	void *p;
+	int r;
+
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->uffd = -1;
+	m->stopfd = -1;
+	m->len = run->len;
+	m->page_size = run->env->page_size;
+	m->source_fd = run->source_fd;
+	p = mmap(NULL, m->len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		r = -errno;
+		goto fail;
+	}
+	m->base = p;
+	no_huge(p, m->len);
+	m->page = aligned_alloc(m->page_size, m->page_size);
+	if (!m->page) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	memset(m->page, 0, m->page_size);
+	r = uffd_open();
+	if (r < 0)
+		goto fail;
+	m->uffd = r;
+	if (ioctl(m->uffd, UFFDIO_API, &api) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	reg.range.start = (unsigned long)m->base;
+	reg.range.len = m->len;
+	if (ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	m->stopfd = eventfd(0, EFD_CLOEXEC);
+	if (m->stopfd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	r = -pthread_create(&m->thread, NULL, minimal_handler, m);
+	if (r < 0)
+		goto fail;
+	m->started = true;
+	map->addr = m->base;
+	map->priv = m;
+	return 0;
+fail:
+	minimal_free(m);
+	return r;
+}
+
+static int minimal_detach(struct bench_run *run, struct bench_map *map)
+{
+	struct minimal *m = map->priv;
+	uint64_t one = 1;
+	int r = 0;
+
+	(void)run;
+	if (!m)
+		return 0;
+	if (m->started) {
+		if (write(m->stopfd, &one, sizeof(one)) != sizeof(one))
+			abort();	/* an eventfd write cannot fail here */
+		pthread_join(m->thread, NULL);
+		r = m->error;
+	}
+	minimal_free(m);
+	map->priv = NULL;
+	map->addr = NULL;
+	return r;
+}
+
+const struct bench_system bench_minimal = {
+	.name = "minimal",
+	.summary = "uffd MISSING on anon memory, 1 handler thread "
+		   "(textbook)",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = nothing_setup,
+	.attach = minimal_attach,
+	.touch = bench_touch_timed,
+	.detach = minimal_detach,
+	.teardown = nothing_teardown,
+};
+
+/* ---- upagerd ---- */
+
+struct upagerd_map {
+	struct upager *conn;	/* a child's own connection, or NULL */
+	struct upager_attachment *att;
+};
+
+/* ../src/upagerd next to the bench in a build tree, else $PATH. */
+static const char *daemon_lookup(const struct bench_env *env, char *buf,
+				 size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n;
+
+	if (env->daemon_path)
+		return env->daemon_path;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		bench_fmt(buf, len, "%s/../src/upagerd", dirname(exe));
+		if (access(buf, X_OK) == 0)
+			return buf;
+	}
+	return "upagerd";
+}
+
+static int daemon_start(struct bench_env *env)
+{
+	char pathbuf[PATH_MAX + 32];
+	const char *path = daemon_lookup(env, pathbuf, sizeof(pathbuf));
+	const char *tmp = getenv("TMPDIR");
+	uint64_t deadline;
+	int pipefd[2], err = 0, r, status, n;
+	unsigned int i;
+	pid_t pid;
+
+	if (!tmp || !*tmp)
+		tmp = "/tmp";
+	bench_fmt(env->tmpdir, sizeof(env->tmpdir), "%s/upager-bench.XXXXXX",
+		  tmp);
+	if (!mkdtemp(env->tmpdir)) {
+		r = -errno;
+		bench_fmt(env->error, sizeof(env->error), "mkdtemp %s: %s",
+			  env->tmpdir, strerror(-r));
+		env->tmpdir[0] = '\0';
+		return r;
+	}
+	if ((size_t)bench_fmt(env->sock, sizeof(env->sock), "%s/bench.sock",
+			      env->tmpdir) >= sizeof(env->sock)) {
+		bench_fmt(env->error, sizeof(env->error),
+			 "socket path too long under %s", env->tmpdir);
+		return -ENAMETOOLONG;
+	}
+	/* the child reports a failed exec through a close-on-exec pipe */
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		close(pipefd[0]);
+		close(pipefd[1]);
+		return r;
+	}
+	if (!pid) {
+		char *argv[6 + 16 + 1] = {
+			(char *)path, "--socket", env->sock, "--foreground",
+			"--log-level", "warning",
+		};
+		for (i = 0; env->daemon_args && env->daemon_args[i] && i < 16;
+		     i++)
+			argv[6 + i] = (char *)env->daemon_args[i];
+
+		/* never outlive the bench, even after a SIGKILL */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		/* keep --json on stdout clean */
+		dup2(STDERR_FILENO, STDOUT_FILENO);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		if (strchr(path, '/'))
+			execv(path, argv);
+		else
+			execvp(path, argv);
+		err = errno;
+		if (write(pipefd[1], &err, sizeof(err)) < 0)
+			_exit(127);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	env->daemon_pid = pid;
+	if (read(pipefd[0], &err, sizeof(err)) == sizeof(err)) {
+		close(pipefd[0]);
+		waitpid(pid, NULL, 0);
+		env->daemon_pid = 0;
+		bench_fmt(env->error, sizeof(env->error),
+			  "cannot run %s: %s (use --daemon PATH or --socket)",
+			  path, strerror(err));
+		return -err;
+	}
+	close(pipefd[0]);
+	n = bench_fmt(env->daemon_desc, sizeof(env->daemon_desc),
+		      "started %s (pid %d) on %s", path, (int)pid, env->sock);
+	for (i = 0; env->daemon_args && env->daemon_args[i]; i++)
+		if (n >= 0 && (size_t)n < sizeof(env->daemon_desc))
+			n += bench_fmt(env->daemon_desc + n,
+				       sizeof(env->daemon_desc) - (size_t)n,
+				       " %s", env->daemon_args[i]);
+
+	deadline = bench_now_ns() + 5000000000ULL;
+	for (;;) {
+		r = upager_connect(env->sock, &env->conn);
+		if (!r)
+			return 0;
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			env->daemon_pid = 0;
+			bench_fmt(env->error, sizeof(env->error),
+				  "%s exited (%s %d) before accepting "
+				  "connections", path,
+				  WIFEXITED(status) ? "status" : "signal",
+				  WIFEXITED(status) ? WEXITSTATUS(status) :
+						     WTERMSIG(status));
+			return -ECHILD;
+		}
+		if (bench_now_ns() > deadline) {
+			bench_fmt(env->error, sizeof(env->error),
+				  "%s did not accept connections on %s "
+				  "within 5 s: %s", path, env->sock,
+				  strerror(-r));
+			return -ETIMEDOUT;
+		}
+		usleep(10000);
+	}
+}
+
+static int upagerd_init(struct bench_env *env)
+{
+	int r;
+
+	if (!env->socket_path)
+		return daemon_start(env);
+	if (strlen(env->socket_path) >= sizeof(env->sock)) {
+		bench_fmt(env->error, sizeof(env->error),
+			  "socket path too long: %s", env->socket_path);
+		return -ENAMETOOLONG;
+	}
+	strcpy(env->sock, env->socket_path);
+	r = upager_connect(env->sock, &env->conn);
+	if (r < 0) {
+		bench_fmt(env->error, sizeof(env->error),
+			  "cannot connect to upagerd at %s: %s", env->sock,
+			  strerror(-r));
+		return r;
+	}
+	bench_fmt(env->daemon_desc, sizeof(env->daemon_desc),
+		  "existing daemon on %s", env->sock);
+	return 0;
+}
+
+int bench_env_check_daemon(struct bench_env *env, char *msg, size_t len)
+{
+	int status;
+
+	if (env->daemon_pid <= 0 ||
+	    waitpid(env->daemon_pid, &status, WNOHANG) != env->daemon_pid)
+		return 0;
+	env->daemon_pid = 0;
+	bench_fmt(msg, len, "upagerd %s %d", WIFSIGNALED(status) ?
+		  "died of signal" : "exited with status",
+		  WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+	return -ECHILD;
+}
+
+void bench_env_kill_daemon(struct bench_env *env)
+{
+	struct timespec tick = { 0, 10000000 };
+	pid_t pid = env->daemon_pid;
+	int i;
+
+	if (pid > 0) {
+		kill(pid, SIGTERM);
+		for (i = 0; i < 500; i++) {
+			if (waitpid(pid, NULL, WNOHANG) != 0)
+				break;
+			nanosleep(&tick, NULL);
+		}
+		if (i == 500) {
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+		}
+		env->daemon_pid = 0;
+	}
+	if (env->tmpdir[0]) {
+		/* the daemon should have removed its socket; make sure */
+		unlink(env->sock);
+		rmdir(env->tmpdir);
+		env->tmpdir[0] = '\0';
+	}
+}
+
+static void upagerd_fini(struct bench_env *env)
+{
+	upager_disconnect(env->conn);
+	env->conn = NULL;
+	bench_env_kill_daemon(env);
+}
+
+static int upagerd_setup(struct bench_run *run)
+{
+	struct upager_create_opts opts = {
+		.size = run->len,
+		.source_fd = run->source_fd,
+		.mode = 0600,
+	};
+
+	bench_fmt(run->name, sizeof(run->name), "bench-%d-%u", (int)getpid(),
+		  ++run->env->seq);
+	return upager_create(run->env->conn, run->name, &opts);
+}
+
+static int upagerd_attach(struct bench_run *run, struct bench_map *map)
+{
+	struct upagerd_map *um;
+	struct upager *conn = run->env->conn;
+	int r;
+
+	um = calloc(1, sizeof(*um));
+	if (!um)
+		return -ENOMEM;
+	/* a child must not speak on the bench's connection: its own */
+	if (map->in_child) {
+		r = upager_connect(run->env->sock, &um->conn);
+		if (r < 0)
+			goto fail;
+		conn = um->conn;
+	}
+	r = upager_attach(conn, run->name, 0, &um->att);
+	if (r < 0)
+		goto fail;
+	map->addr = upager_attachment_addr(um->att);
+	map->priv = um;
+	return 0;
+fail:
+	upager_disconnect(um->conn);
+	free(um);
+	return r;
+}
+
+static int upagerd_detach(struct bench_run *run, struct bench_map *map)
+{
+	struct upagerd_map *um = map->priv;
+	int r;
+
+	(void)run;
+	if (!um)
+		return 0;
+	r = upager_detach(um->att);
+	upager_disconnect(um->conn);
+	free(um);
+	map->priv = NULL;
+	map->addr = NULL;
+	return r;
+}
+
+static void upagerd_teardown(struct bench_run *run)
+{
+	struct upager_segment_info info;
+	struct bench_sys_stats *s = &run->stats;
+
+	if (!run->name[0])
+		return;
+	if (!upager_stat(run->env->conn, run->name, &info)) {
+		s->valid = true;
+		s->faults_missing = info.faults_missing;
+		s->faults_waited = info.faults_waited;
+		s->pages_filled = info.pages_filled;
+		s->bytes_read = info.bytes_read;
+		s->readahead_max_pages = info.readahead_max_pages;
+	}
+	if (upager_delete(run->env->conn, run->name, 0) == -EBUSY)
+		upager_delete(run->env->conn, run->name, UPAGER_DELETE_FORCE);
+	run->name[0] = '\0';
+}
+
+const struct bench_system bench_upagerd = {
+	.name = "upagerd",
+	.summary = "a daemon segment, upager_attach in every process",
+	.flags = BENCH_SYS_DAEMON,
+	.init = upagerd_init,
+	.fini = upagerd_fini,
+	.setup = upagerd_setup,
+	.attach = upagerd_attach,
+	.touch = bench_touch_timed,
+	.detach = upagerd_detach,
+	.teardown = upagerd_teardown,
+};
+
+const struct bench_system *const bench_all_systems[] = {
+	&bench_kernel_memfd,
+	&bench_kernel_anon,
+	&bench_kernel_file,
+	&bench_minimal,
+	&bench_upagerd,
+	NULL,
+};

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * upager-bench: the systems a workload is measured on, behind one table of
+ * operations.
+ *
+ * A run of one system goes:
+ *
+ *   setup     once, in the bench process: make the memory object (a memfd,
+ *             a daemon segment) that every process of the run will share;
+ *   attach    in each process that touches pages (the bench process itself,
+ *             or each forked child when the variant has several processes):
+ *             map it, and for the minimal handler start its handler thread;
+ *   touch     in each faulting thread: first-touch a slice of the pages,
+ *             timing every access;
+ *   detach    in the same process as attach: unmap, stop the handler;
+ *   teardown  in the bench process: drop the memory object.
+ *
+ * The systems:
+ *   kernel-memfd  a plain memfd mapped MAP_SHARED (children map the
+ *                 inherited memfd: the pages are shared);
+ *   kernel-anon   a private anonymous mapping (one per process: nothing is
+ *                 shared between processes);
+ *   kernel-file   a MAP_PRIVATE mmap of the file (file workload only);
+ *   minimal       a private anonymous mapping registered MISSING with a
+ *                 userfaultfd, served by one handler thread in the same
+ *                 process: poll + read + UFFDIO_COPY, the userfaultfd(2)
+ *                 manual page's example (one per process, like kernel-anon);
+ *   upagerd       a daemon segment: upager_create, then upager_attach in
+ *                 every touching process (children upager_connect first).
+ *
+ * Workloads choose the memory's content through bench_run.source_fd: -1 is
+ * zero-filled, otherwise the file whose pages the mapping must show.
+ */
+#ifndef UPAGER_BENCH_SYSTEMS_H
+#define UPAGER_BENCH_SYSTEMS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "bench-stats.h"
+
+struct upager;
+
+/* Per invocation: what the systems share across runs. */
+struct bench_env {
+	size_t page_size;
+	const char *daemon_path;	/* --daemon, or NULL to look it up */
+	const char *socket_path;	/* --socket, or NULL to start one */
+	const char *const *daemon_args;	/* more upagerd arguments */
+
+	/* upagerd state, set by its init */
+	char sock[108];			/* the socket the runs use */
+	char tmpdir[256];		/* private dir of a started daemon */
+	pid_t daemon_pid;		/* 0 when not started by us */
+	struct upager *conn;		/* the bench process's connection */
+	char daemon_desc[512];		/* for the report */
+	unsigned int seq;		/* segment names */
+	char error[160];		/* why init failed */
+};
+
+/* One run of one system. */
+struct bench_run {
+	struct bench_env *env;
+	size_t pages;
+	size_t len;			/* pages * page size */
+	int source_fd;			/* -1: zero-filled; else the file */
+	int fd;				/* kernel-memfd: the memfd */
+	char name[64];			/* upagerd: the segment */
+	struct bench_sys_stats stats;	/* filled by teardown, if it can */
+};
+
+/* One process's view of a run. */
+struct bench_map {
+	bool in_child;			/* a forked child, not the bench */
+	char *addr;
+	void *priv;
+};
+
+/* One faulting thread's share of a run. */
+struct bench_touch {
+	char *base;
+	size_t page_size;
+	const uint32_t *order;		/* page index of every access */
+	size_t lo, hi;			/* its accesses: [lo, hi) */
+	uint64_t *samples;		/* samples[k]: ns of access k */
+	bool write;
+};
+
+#define BENCH_SYS_REFERENCE 0x1u	/* upagerd is compared with it */
+#define BENCH_SYS_DAEMON 0x2u		/* needs init (upagerd) */
+
+struct bench_system {
+	const char *name;
+	const char *summary;
+	unsigned int flags;
+	/* once per invocation; optional; fini is called even if init failed */
+	int (*init)(struct bench_env *env);
+	void (*fini)(struct bench_env *env);
+	int (*setup)(struct bench_run *run);
+	int (*attach)(struct bench_run *run, struct bench_map *map);
+	void (*touch)(const struct bench_touch *t);
+	int (*detach)(struct bench_run *run, struct bench_map *map);
+	void (*teardown)(struct bench_run *run);
+};
+
+extern const struct bench_system bench_kernel_memfd;
+extern const struct bench_system bench_kernel_anon;
+extern const struct bench_system bench_kernel_file;
+extern const struct bench_system bench_minimal;
+extern const struct bench_system bench_upagerd;
+
+/* Every system, for --systems and --help. */
+extern const struct bench_system *const bench_all_systems[];
+
+/* The timed first touch every system uses. */
+void bench_touch_timed(const struct bench_touch *t);
+
+/* CLOCK_MONOTONIC in ns. */
+uint64_t bench_now_ns(void);
+
+/* Median cost of the timing pair around an access that does not fault. */
+double bench_timer_overhead_ns(void);
+
+/*
+ * Has the daemon we started died?  Returns 0 (alive, or not ours) or
+ * -ECHILD with @msg saying how it ended; it is reaped then.
+ */
+int bench_env_check_daemon(struct bench_env *env, char *msg, size_t len);
+
+/*
+ * Stop a daemon we started and remove its directory.  Async-signal-safe:
+ * the SIGINT handler calls it.
+ */
+void bench_env_kill_daemon(struct bench_env *env);
+
+#endif

@@ -1,0 +1,1532 @@
+// SPDX-License-Identifier: MIT
+/*
+ * upager-bench: the project's fault-latency yardstick.
+ *
+ * One invocation measures one workload (a subcommand) on several systems side
+ * by side: the kernel alone (memfd, anonymous, file mmap), a minimal
+ * userfaultfd handler in the same process, and upagerd.  A workload is a set
+ * of variants (page order x faulting threads x processes, and for `file` the
+ * page-cache state); each variant runs every system the workload lists.
+ *
+ * Every access that first touches a page is timed in the faulting thread,
+ * with CLOCK_MONOTONIC on each side of one volatile load or store.  Samples
+ * go to a preallocated array shared with forked children, so a run costs no
+ * allocation and no message while it is timed.  Throughput is the number of
+ * pages over the wall time from the barrier release to the last worker done.
+ *
+ * Noise: a 2-vCPU virtual machine swings by tens of percent from one second
+ * to the next.  So every system gets warm-up runs, then the measured runs
+ * are interleaved (run 1 of every system, then run 2 of every system, ...)
+ * so that a slow stretch of the machine hits all systems alike, and each
+ * figure is the median over the runs.  Ratios of medians are what the
+ * targets check; they are reported, never turned into a failing exit code.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+
+#include "bench-stats.h"
+#include "bench-systems.h"
+#include "size.h"
+
+#define BENCH_MAX_LIST 16
+#define BENCH_MAX_THREADS 64
+#define BENCH_MAX_PROCS 64
+#define BENCH_MAX_WORKERS (BENCH_MAX_THREADS * BENCH_MAX_PROCS)
+#define BENCH_DEFAULT_PAGES 16384	/* 64 MiB of 4 KiB pages */
+#define BENCH_QUICK_PAGES 256
+#define BENCH_VERIFY_MAX 65536		/* pages checked after a run */
+#define BENCH_PROGRESS_AFTER_NS 2000000000ULL
+
+struct bench_ctx;
+
+struct bench_opts {
+	uint64_t pages;
+	bool pages_set;
+	unsigned int runs;
+	unsigned int warmup;
+	unsigned int threads[BENCH_MAX_LIST], nr_threads;
+	unsigned int procs[BENCH_MAX_LIST], nr_procs;
+	const char *orders[2];
+	unsigned int nr_orders;
+	const char *caches[2];
+	unsigned int nr_caches;
+	const char *systems[8];
+	unsigned int nr_systems;
+	int access;		/* -1: the workload's default; 0 read; 1 write */
+	bool json;
+	const char *json_out;
+	const char *socket;
+	const char *daemon;
+	const char *daemon_args[16];
+	unsigned int nr_daemon_args;
+	const char *file;
+	uint64_t seed;
+	bool quick;
+	bool progress;
+};
+
+/*
+ * A workload: the variants it runs and the systems it runs them on.  Later
+ * workloads (wp, snapshot) add an entry here, with their own system list
+ * when their setup differs (populate, then protect or snapshot).
+ */
+struct bench_workload {
+	const char *name;
+	const char *summary;
+	const char *help;
+	bool write_default;
+	bool has_cache;		/* variants per page-cache state */
+	const unsigned int *default_threads;
+	const unsigned int *default_procs;	/* 0-terminated */
+	const struct bench_system *const *systems;
+	int (*prepare)(struct bench_ctx *c);
+	void (*cleanup)(struct bench_ctx *c);
+	/* before each run: set the page-cache state; returns -errno */
+	int (*before_run)(struct bench_ctx *c, const struct bench_variant *v,
+			  double *resident);
+	void (*targets)(struct bench_report *r);
+};
+
+/* Shared with forked children (MAP_SHARED): the barrier and the clock. */
+struct bench_ctl {
+	_Atomic uint32_t ready;		/* workers at the barrier */
+	_Atomic uint32_t go;		/* BENCH_GO_* */
+	_Atomic uint32_t done;		/* workers done touching */
+	_Atomic int32_t error;		/* first -errno of a child */
+	char errmsg[160];
+	uint64_t t_start;
+	uint64_t t_end[BENCH_MAX_WORKERS];
+};
+
+enum {
+	BENCH_GO_WAIT = 0,
+	BENCH_GO_TOUCH = 1,
+	BENCH_GO_VERIFY = 2,	/* every worker is done: check the content */
+	BENCH_GO_ABORT = 3,
+};
+
+struct bench_ctx {
+	const struct bench_workload *wl;
+	struct bench_opts *o;
+	struct bench_env env;
+	const struct bench_system *systems[8];
+	unsigned int nr_systems;
+	bool sys_failed[8];
+	size_t pages;
+	size_t page_size;
+	bool write;
+	int file_fd;
+	char file_path[PATH_MAX];
+	bool file_temp;
+	uint32_t *order;		/* [pages] */
+	uint64_t *samples;		/* [pages], shared */
+	struct bench_ctl *ctl;		/* shared */
+	char errmsg[200];
+	pid_t main_pid;
+	/* progress */
+	uint64_t t0, last_progress;
+	unsigned int step, nr_steps;
+	bool progress_tty, progress_shown;
+};
+
+struct bench_worker {
+	struct bench_ctx *c;
+	const struct bench_system *sys;
+	struct bench_touch touch;
+	unsigned int id;
+};
+
+static struct bench_ctx *g_ctx;	/* for the signal handlers */
+static volatile sig_atomic_t g_stopping;
+
+/* ---- small helpers ---- */
+
+static void die_usage(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2), noreturn));
+
+static void die_usage(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("upager-bench: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs(" (see --help)\n", stderr);
+	exit(2);
+}
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val,
+		  const struct timespec *timeout)
+{
+	/* not FUTEX_PRIVATE: the word lives in memory shared with children */
+	return syscall(SYS_futex, (uint32_t *)addr, op, val, timeout, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *addr)
+{
+	futex(addr, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+/* Wait until *addr != val, at most @ms milliseconds (-1: no limit). */
+static void futex_wait_ne(_Atomic uint32_t *addr, uint32_t val, int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	futex(addr, FUTEX_WAIT, val, ms < 0 ? NULL : &ts);
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+static size_t slice_lo(size_t n, unsigned int w, unsigned int nw)
+{
+	return (size_t)((unsigned __int128)n * w / nw);
+}
+
+/* ---- the file workload's source ---- */
+
+static int file_make_temp(struct bench_ctx *c)
+{
+	const char *tmp = getenv("TMPDIR");
+	size_t bytes = c->pages * c->page_size, off, i;
+	uint64_t seed = c->o->seed | 1;
+	uint64_t *buf;
+	int fd, r = 0;
+
+	if (!tmp || !*tmp)
+		tmp = "/tmp";
+	bench_fmt(c->file_path, sizeof(c->file_path),
+		  "%s/upager-bench-file.XXXXXX", tmp);
+	fd = mkstemp(c->file_path);
+	if (fd < 0) {
+		r = -errno;
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "mkstemp %s: %s",
+			  c->file_path, strerror(errno));
+		return r;
+	}
+	c->file_temp = true;
+	buf = malloc(1 << 20);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	/* pseudo-random: no sparse file, no zero page a pager could skip */
+	for (off = 0; off < bytes && !r; off += 1 << 20) {
+		size_t n = bytes - off < (1 << 20) ? bytes - off : (1 << 20);
+
+		for (i = 0; i < n / 8; i++)
+			buf[i] = xorshift(&seed);
+		if (pwrite(fd, buf, n, (off_t)off) != (ssize_t)n)
+			r = errno ? -errno : -EIO;
+	}
+	free(buf);
+	/* clean pages only: a cold run must be able to drop them */
+	if (!r && fdatasync(fd) < 0)
+		r = -errno;
+	close(fd);
+	if (r < 0) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "writing %s: %s",
+			  c->file_path, strerror(-r));
+		return r;
+	}
+	c->file_fd = open(c->file_path, O_RDONLY | O_CLOEXEC);
+	return c->file_fd < 0 ? -errno : 0;
+}
+
+static int file_prepare(struct bench_ctx *c)
+{
+	struct stat st;
+	size_t file_pages;
+
+	if (!c->o->file)
+		return file_make_temp(c);
+	bench_fmt(c->file_path, sizeof(c->file_path), "%s", c->o->file);
+	c->file_fd = open(c->file_path, O_RDONLY | O_CLOEXEC);
+	if (c->file_fd < 0 || fstat(c->file_fd, &st) < 0)
+		die_usage("--file %s: %s", c->o->file, strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		die_usage("--file %s: not a regular file", c->o->file);
+	file_pages = (size_t)st.st_size / c->page_size;
+	if (!file_pages)
+		die_usage("--file %s: smaller than a page", c->o->file);
+	if (file_pages < c->pages) {
+		if (c->o->pages_set)
+			fprintf(stderr, "upager-bench: --file has %zu pages; "
+				"using %zu\n", file_pages, file_pages);
+		c->pages = file_pages;
+	}
+	return 0;
+}
+
+static void file_cleanup(struct bench_ctx *c)
+{
+	if (c->file_fd >= 0)
+		close(c->file_fd);
+	c->file_fd = -1;
+	if (c->file_temp)
+		unlink(c->file_path);
+	c->file_temp = false;
+}
+
+/* Fraction of the run's part of the file in the page cache. */
+static double file_resident(struct bench_ctx *c)
+{
+	size_t len = c->pages * c->page_size, i, n = 0;
+	unsigned char *vec;
+	void *p;
+
+	p = mmap(NULL, len, PROT_READ, MAP_SHARED, c->file_fd, 0);
+	if (p == MAP_FAILED)
+		return -1;
+	vec = malloc(c->pages);
+	if (vec && !mincore(p, len, vec))
+		for (i = 0; i < c->pages; i++)
+			n += vec[i] & 1;
+	munmap(p, len);
+	free(vec);
+	return (double)n / (double)c->pages;
+}
+
+static int file_before_run(struct bench_ctx *c, const struct bench_variant *v,
+			   double *resident)
+{
+	size_t len = c->pages * c->page_size, off;
+	char *buf;
+
+	if (!strcmp(v->cache, "cold")) {
+		if (posix_fadvise(c->file_fd, 0, 0, POSIX_FADV_DONTNEED))
+			return -EIO;
+	} else {
+		buf = malloc(1 << 20);
+		if (!buf)
+			return -ENOMEM;
+		for (off = 0; off < len; off += 1 << 20)
+			if (pread(c->file_fd, buf, 1 << 20, (off_t)off) < 0)
+				break;
+		free(buf);
+	}
+	*resident = file_resident(c);
+	return 0;
+}
+
+/* ---- one run ---- */
+
+static void progress(struct bench_ctx *c, const char *what)
+{
+	uint64_t now = bench_now_ns();
+
+	c->step++;
+	if (!c->o->progress || now - c->t0 < BENCH_PROGRESS_AFTER_NS)
+		return;
+	if (c->progress_tty) {
+		fprintf(stderr, "\r\033[K[%u/%u] %s", c->step, c->nr_steps,
+			what);
+	} else {
+		if (c->last_progress && now - c->last_progress < 5000000000ULL)
+			return;
+		fprintf(stderr, "[%u/%u] %s\n", c->step, c->nr_steps, what);
+	}
+	fflush(stderr);
+	c->last_progress = now;
+	c->progress_shown = true;
+}
+
+static void progress_end(struct bench_ctx *c)
+{
+	if (c->progress_tty && c->progress_shown)
+		fprintf(stderr, "\r\033[K");
+}
+
+/* ---- signals and fatal errors ---- */
+
+static void cleanup_now(struct bench_ctx *c)
+{
+	if (!c || getpid() != c->main_pid)
+		return;
+	if (c->file_temp)
+		unlink(c->file_path);
+	bench_env_kill_daemon(&c->env);
+}
+
+static void on_signal(int sig)
+{
+	/* from now on a fault the dying daemon cannot serve is expected */
+	g_stopping = 1;
+	cleanup_now(g_ctx);
+	_exit(128 + sig);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	static const char msg[] = "upager-bench: SIGBUS: a page of a run "
+				  "could not be filled\n";
+
+	(void)sig;
+	(void)si;
+	(void)uc;
+	/* the thread that is stopping the bench will _exit: wait for it */
+	if (g_stopping)
+		for (;;)
+			pause();
+	g_stopping = 1;
+	if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
+		_exit(1);
+	cleanup_now(g_ctx);
+	_exit(1);
+}
+
+static void fatal(struct bench_ctx *c, const char *msg)
+{
+	g_stopping = 1;
+	progress_end(c);
+	fprintf(stderr, "upager-bench: %s during a run; stopping\n", msg);
+	cleanup_now(c);
+	_exit(1);
+}
+
+static void *worker_main(void *arg)
+{
+	struct bench_worker *w = arg;
+	struct bench_ctl *ctl = w->c->ctl;
+	uint32_t go;
+
+	atomic_fetch_add(&ctl->ready, 1);
+	futex_wake_all(&ctl->ready);
+	while ((go = atomic_load(&ctl->go)) == BENCH_GO_WAIT)
+		futex_wait_ne(&ctl->go, BENCH_GO_WAIT, -1);
+	if (go == BENCH_GO_ABORT)
+		return NULL;
+	w->sys->touch(&w->touch);
+	ctl->t_end[w->id] = bench_now_ns();
+	atomic_fetch_add(&ctl->done, 1);
+	futex_wake_all(&ctl->done);
+	return NULL;
+}
+
+/*
+ * Check the content of the pages process @p touched: a pager that fills a
+ * page with the wrong bytes must not look fast.
+ */
+static int verify(struct bench_ctx *c, const struct bench_variant *v,
+		  char *base, unsigned int p)
+{
+	unsigned int nw = v->threads * v->procs;
+	size_t lo = slice_lo(c->pages, p * v->threads, nw);
+	size_t hi = slice_lo(c->pages, (p + 1) * v->threads, nw);
+	size_t stride = c->pages / BENCH_VERIFY_MAX + 1, k;
+	unsigned char want[64];
+
+	for (k = lo; k < hi; k += stride) {
+		size_t page = c->order[k];
+		const char *got = base + page * c->page_size;
+
+		memset(want, 0, sizeof(want));
+		if (c->file_fd >= 0 &&
+		    pread(c->file_fd, want, sizeof(want),
+			  (off_t)(page * c->page_size)) < 0)
+			return -errno;
+		if (c->write)
+			want[0] = 1;
+		if (memcmp(got, want, sizeof(want))) {
+			bench_fmt(c->errmsg, sizeof(c->errmsg),
+				  "page %zu has wrong content", page);
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
+/* Start @threads workers of process @p on @base; they wait at the barrier. */
+static int start_workers(struct bench_ctx *c, const struct bench_system *sys,
+			 const struct bench_variant *v, unsigned int p,
+			 char *base, struct bench_worker *w, pthread_t *tid)
+{
+	unsigned int nw = v->threads * v->procs, t;
+	int r;
+
+	for (t = 0; t < v->threads; t++) {
+		unsigned int id = p * v->threads + t;
+
+		w[t] = (struct bench_worker){
+			.c = c, .sys = sys, .id = id,
+			.touch = {
+				.base = base, .page_size = c->page_size,
+				.order = c->order,
+				.lo = slice_lo(c->pages, id, nw),
+				.hi = slice_lo(c->pages, id + 1, nw),
+				.samples = c->samples, .write = c->write,
+			},
+		};
+		r = -pthread_create(&tid[t], NULL, worker_main, &w[t]);
+		if (r < 0) {
+			/* let the started ones go, as if aborted */
+			atomic_store(&c->ctl->go, BENCH_GO_ABORT);
+			futex_wake_all(&c->ctl->go);
+			while (t--)
+				pthread_join(tid[t], NULL);
+			return r;
+		}
+	}
+	return 0;
+}
+
+static void child_fail(struct bench_ctx *c, const char *what, int r)
+{
+	int32_t zero = 0;
+
+	if (atomic_compare_exchange_strong(&c->ctl->error, &zero, r))
+		bench_fmt(c->ctl->errmsg, sizeof(c->ctl->errmsg), "%s: %s",
+			  what, c->errmsg[0] ? c->errmsg : strerror(-r));
+}
+
+/* Body of forked child @p; never returns. */
+static void child_main(struct bench_ctx *c, const struct bench_system *sys,
+		       struct bench_run *run, const struct bench_variant *v,
+		       unsigned int p)
+{
+	struct bench_worker w[BENCH_MAX_THREADS];
+	pthread_t tid[BENCH_MAX_THREADS];
+	struct bench_map map = { .in_child = true };
+	unsigned int t;
+	int r, rc = 0;
+
+	/* a child left alone by a dead bench could hang on its next fault */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGBUS, SIG_DFL);
+	c->errmsg[0] = '\0';
+	r = sys->attach(run, &map);
+	if (r < 0) {
+		child_fail(c, "attach", r);
+		atomic_fetch_add(&c->ctl->ready, v->threads);
+		futex_wake_all(&c->ctl->ready);
+		_exit(1);
+	}
+	r = start_workers(c, sys, v, p, map.addr, w, tid);
+	if (r < 0) {
+		child_fail(c, "pthread_create", r);
+		atomic_fetch_add(&c->ctl->ready, v->threads);
+		futex_wake_all(&c->ctl->ready);
+		sys->detach(run, &map);
+		_exit(1);
+	}
+	for (t = 0; t < v->threads; t++)
+		pthread_join(tid[t], NULL);
+	/* check only once nobody touches any more: no skew on the others */
+	while (atomic_load(&c->ctl->go) == BENCH_GO_TOUCH)
+		futex_wait_ne(&c->ctl->go, BENCH_GO_TOUCH, -1);
+	if (atomic_load(&c->ctl->go) == BENCH_GO_VERIFY) {
+		r = verify(c, v, map.addr, p);
+		if (r < 0) {
+			child_fail(c, "verify", r);
+			rc = 1;
+		}
+	}
+	r = sys->detach(run, &map);
+	if (r < 0) {
+		child_fail(c, "detach", r);
+		rc = 1;
+	}
+	_exit(rc);
+}
+
+/*
+ * Wait until ctl->@word reaches @n, watching the children for an early death
+ * and the daemon for any: a dead pager leaves its faulting threads hung or
+ * SIGBUSed, so that ends the whole bench.
+ */
+static int wait_count(struct bench_ctx *c, _Atomic uint32_t *word, uint32_t n,
+		      pid_t *pids, bool *reaped, unsigned int nr_pids)
+{
+	char msg[128];
+	unsigned int i;
+	uint32_t cur;
+	int status;
+
+	while ((cur = atomic_load(word)) < n) {
+		futex_wait_ne(word, cur, 20);
+		if (bench_env_check_daemon(&c->env, msg, sizeof(msg)) < 0)
+			fatal(c, msg);
+		for (i = 0; i < nr_pids; i++) {
+			if (reaped[i] || waitpid(pids[i], &status, WNOHANG) !=
+					 pids[i])
+				continue;
+			reaped[i] = true;
+			bench_fmt(c->errmsg, sizeof(c->errmsg),
+				  "process %u of the run %s %d", i,
+				  WIFSIGNALED(status) ? "died of signal" :
+							"exited with",
+				  WIFSIGNALED(status) ? WTERMSIG(status) :
+							WEXITSTATUS(status));
+			return -ECHILD;
+		}
+	}
+	return 0;
+}
+
+static int run_procs(struct bench_ctx *c, const struct bench_system *sys,
+		     struct bench_run *run, const struct bench_variant *v)
+{
+	pid_t pids[BENCH_MAX_PROCS];
+	bool reaped[BENCH_MAX_PROCS] = { false };
+	uint32_t nw = v->threads * v->procs;
+	unsigned int p, started = 0;
+	int r = 0, status;
+
+	fflush(stdout);
+	fflush(stderr);
+	for (p = 0; p < v->procs; p++) {
+		pids[p] = fork();
+		if (pids[p] < 0) {
+			r = -errno;
+			bench_fmt(c->errmsg, sizeof(c->errmsg), "fork: %s",
+				  strerror(errno));
+			break;
+		}
+		if (!pids[p])
+			child_main(c, sys, run, v, p);
+		started++;
+	}
+	if (!r)
+		r = wait_count(c, &c->ctl->ready, nw, pids, reaped, started);
+	if (!r && atomic_load(&c->ctl->error))
+		r = atomic_load(&c->ctl->error);
+	if (r < 0) {
+		atomic_store(&c->ctl->go, BENCH_GO_ABORT);
+		futex_wake_all(&c->ctl->go);
+	} else {
+		c->ctl->t_start = bench_now_ns();
+		atomic_store(&c->ctl->go, BENCH_GO_TOUCH);
+		futex_wake_all(&c->ctl->go);
+		r = wait_count(c, &c->ctl->done, nw, pids, reaped, started);
+		atomic_store(&c->ctl->go, r < 0 ? BENCH_GO_ABORT :
+						  BENCH_GO_VERIFY);
+		futex_wake_all(&c->ctl->go);
+	}
+	for (p = 0; p < started; p++) {
+		if (reaped[p])
+			continue;
+		if (waitpid(pids[p], &status, 0) == pids[p] && !r &&
+		    !(WIFEXITED(status) && !WEXITSTATUS(status)))
+			r = -ECHILD;
+	}
+	if (atomic_load(&c->ctl->error)) {
+		r = atomic_load(&c->ctl->error);
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "%s", c->ctl->errmsg);
+	} else if (r == -ECHILD && !c->errmsg[0]) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "a process of the run "
+			  "failed");
+	}
+	return r;
+}
+
+static int run_here(struct bench_ctx *c, const struct bench_system *sys,
+		    struct bench_run *run, const struct bench_variant *v)
+{
+	struct bench_worker w[BENCH_MAX_THREADS];
+	pthread_t tid[BENCH_MAX_THREADS];
+	struct bench_map map = { .in_child = false };
+	unsigned int t;
+	int r;
+
+	r = sys->attach(run, &map);
+	if (r < 0) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "attach: %s",
+			  strerror(-r));
+		return r;
+	}
+	r = start_workers(c, sys, v, 0, map.addr, w, tid);
+	if (r < 0) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "pthread_create: %s",
+			  strerror(-r));
+		sys->detach(run, &map);
+		return r;
+	}
+	wait_count(c, &c->ctl->ready, v->threads, NULL, NULL, 0);
+	c->ctl->t_start = bench_now_ns();
+	atomic_store(&c->ctl->go, BENCH_GO_TOUCH);
+	futex_wake_all(&c->ctl->go);
+	wait_count(c, &c->ctl->done, v->threads, NULL, NULL, 0);
+	for (t = 0; t < v->threads; t++)
+		pthread_join(tid[t], NULL);
+	r = verify(c, v, map.addr, 0);
+	if (r < 0 && !c->errmsg[0])
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "verify: %s",
+			  strerror(-r));
+	t = (unsigned int)sys->detach(run, &map);
+	if ((int)t < 0 && !r) {
+		r = (int)t;
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "detach: %s",
+			  strerror(-r));
+	}
+	return r;
+}
+
+/* One run of @sys on @v: its samples are in c->samples, its wall time out. */
+static int run_one(struct bench_ctx *c, const struct bench_system *sys,
+		   const struct bench_variant *v, uint64_t *wall_ns,
+		   struct bench_sys_stats *stats)
+{
+	struct bench_run run = {
+		.env = &c->env, .pages = c->pages,
+		.len = c->pages * c->page_size, .source_fd = c->file_fd,
+		.fd = -1,
+	};
+	unsigned int nw = v->threads * v->procs, i;
+	uint64_t end = 0;
+	int r;
+
+	c->errmsg[0] = '\0';
+	memset(c->ctl, 0, sizeof(*c->ctl));
+	/*
+	 * A fresh open file description per run: the kernel keeps read-ahead
+	 * state in it, and no system should inherit another's (or the
+	 * checks').
+	 */
+	if (c->file_fd >= 0) {
+		run.source_fd = open(c->file_path, O_RDONLY | O_CLOEXEC);
+		if (run.source_fd < 0) {
+			r = -errno;
+			bench_fmt(c->errmsg, sizeof(c->errmsg), "open %s: %s",
+				  c->file_path, strerror(errno));
+			return r;
+		}
+	}
+	r = sys->setup(&run);
+	if (r < 0) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg), "setup: %s",
+			  strerror(-r));
+		if (run.source_fd >= 0)
+			close(run.source_fd);
+		return r;
+	}
+	if (v->procs == 1)
+		r = run_here(c, sys, &run, v);
+	else
+		r = run_procs(c, sys, &run, v);
+	sys->teardown(&run);
+	if (run.source_fd >= 0)
+		close(run.source_fd);
+	*stats = run.stats;
+	if (r < 0)
+		return r;
+	for (i = 0; i < nw; i++)
+		if (c->ctl->t_end[i] > end)
+			end = c->ctl->t_end[i];
+	*wall_ns = end > c->ctl->t_start ? end - c->ctl->t_start : 1;
+	return 0;
+}
+
+/* The order of the accesses: each worker's slice, shuffled for random. */
+static void make_order(struct bench_ctx *c, const struct bench_variant *v)
+{
+	unsigned int nw = v->threads * v->procs, w;
+	uint64_t seed = c->o->seed * 2 + 1;
+	size_t k;
+
+	for (k = 0; k < c->pages; k++)
+		c->order[k] = (uint32_t)k;
+	if (strcmp(v->order, "random"))
+		return;
+	for (w = 0; w < nw; w++) {
+		size_t lo = slice_lo(c->pages, w, nw);
+		size_t hi = slice_lo(c->pages, w + 1, nw);
+
+		for (k = hi - 1; k > lo; k--) {
+			size_t j = lo + xorshift(&seed) % (k - lo + 1);
+			uint32_t tmp = c->order[k];
+
+			c->order[k] = c->order[j];
+			c->order[j] = tmp;
+		}
+	}
+}
+
+/* ---- targets ---- */
+
+static bool res_ok(const struct bench_result *r)
+{
+	return r && !r->error[0] && r->nr_runs;
+}
+
+static void target_ratio(struct bench_report *rep, const char *name,
+			 const struct bench_result *a, double fa,
+			 const struct bench_result *b, double fb,
+			 const char *op, double goal)
+{
+	double v = -1;
+
+	if (res_ok(a) && res_ok(b) && fb > 0)
+		v = fa / fb;
+	bench_report_target(rep, name, v, op, goal);
+}
+
+static void missing_targets(struct bench_report *rep)
+{
+	static const char *const orders[] = { "seq", "random" };
+	const struct bench_result *u, *m, *u1, *u2;
+	bool any = false;
+	char name[96], v1[48], v2[48];
+	unsigned int i;
+
+	u = bench_report_find(rep, "upagerd", "random/1t/1p");
+	m = bench_report_find(rep, "minimal", "random/1t/1p");
+	target_ratio(rep, "missing/random/1t p50 upagerd/minimal", u,
+		     u ? u->fig.p50_ns : 0, m, m ? m->fig.p50_ns : 0, "<=", 1.0);
+	target_ratio(rep, "missing/random/1t p99/p50 upagerd", u,
+		     u ? u->fig.p99_ns : 0, u, u ? u->fig.p50_ns : 0, "<=", 3.0);
+	for (i = 0; i < 2; i++) {
+		bench_fmt(v1, sizeof(v1), "%s/1t/1p", orders[i]);
+		bench_fmt(v2, sizeof(v2), "%s/2t/1p", orders[i]);
+		u1 = bench_report_find(rep, "upagerd", v1);
+		u2 = bench_report_find(rep, "upagerd", v2);
+		if (!u1 && !u2 && (i == 0 || any))
+			continue;
+		bench_fmt(name, sizeof(name),
+			  "missing/%s/2t faults/s upagerd 2t/1t", orders[i]);
+		target_ratio(rep, name, u2, u2 ? u2->fig.faults_per_s : 0, u1,
+			     u1 ? u1->fig.faults_per_s : 0, ">=", 1.6);
+		any = true;
+	}
+}
+
+static void file_targets(struct bench_report *rep)
+{
+	const struct bench_result *u, *k;
+
+	u = bench_report_find(rep, "upagerd", "seq/1t/1p/cold");
+	k = bench_report_find(rep, "kernel-file", "seq/1t/1p/cold");
+	target_ratio(rep, "file/seq/cold faults/s upagerd/kernel-file", u,
+		     u ? u->fig.faults_per_s : 0, k,
+		     k ? k->fig.faults_per_s : 0, ">=", 1.0);
+	u = bench_report_find(rep, "upagerd", "seq/1t/1p/warm");
+	k = bench_report_find(rep, "kernel-file", "seq/1t/1p/warm");
+	target_ratio(rep, "file/seq/warm faults/s upagerd/kernel-file", u,
+		     u ? u->fig.faults_per_s : 0, k,
+		     k ? k->fig.faults_per_s : 0, ">=", 0.3);
+}
+
+/* ---- the workloads ---- */
+
+static const unsigned int threads_1_2[] = { 1, 2, 0 };
+static const unsigned int only_1[] = { 1, 0 };
+
+static const struct bench_system *const missing_systems[] = {
+	&bench_kernel_memfd, &bench_kernel_anon, &bench_minimal,
+	&bench_upagerd, NULL,
+};
+
+static const struct bench_system *const file_systems[] = {
+	&bench_kernel_file, &bench_minimal, &bench_upagerd, NULL,
+};
+
+static const struct bench_workload workloads[] = {
+	{
+		.name = "missing",
+		.summary = "first touch of a zero-filled segment",
+		.help =
+"Every page is touched once, for the first time: a missing fault on every\n"
+"system.  Variants: --order x --threads x --procs (defaults seq,random;\n"
+"1,2; 1,2).  With several processes, kernel-memfd and upagerd share one\n"
+"segment and each process touches its own slice; kernel-anon and minimal\n"
+"have one private mapping per process.  Default access: write.\n",
+		.write_default = true,
+		.default_threads = threads_1_2,
+		.default_procs = threads_1_2,
+		.systems = missing_systems,
+		.targets = missing_targets,
+	},
+	{
+		.name = "file",
+		.summary = "first touch of a file-backed segment vs mmap",
+		.help =
+"Every page of a file-backed segment is touched once; the reference is a\n"
+"MAP_PRIVATE mmap of the same file (with the kernel's read-ahead and\n"
+"fault-around: not every first touch faults there).  Variants: --order x\n"
+"--cache x --threads x --procs (defaults seq,random; warm,cold; 1; 1).\n"
+"cold drops the file's pages (posix_fadvise DONTNEED) before each run;\n"
+"warm reads the file through first.  Default access: read.\n"
+"The file is --file PATH, else a temporary file of --pages pages of\n"
+"pseudo-random bytes in $TMPDIR, removed at the end.\n",
+		.write_default = false,
+		.has_cache = true,
+		.default_threads = only_1,
+		.default_procs = only_1,
+		.systems = file_systems,
+		.prepare = file_prepare,
+		.cleanup = file_cleanup,
+		.before_run = file_before_run,
+		.targets = file_targets,
+	},
+};
+
+#define NR_WORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
+
+/* ---- command line ---- */
+
+static void usage(FILE *f)
+{
+	unsigned int i;
+
+	fprintf(f,
+"Usage: upager-bench <workload> [options]\n"
+"       upager-bench <workload> --help\n"
+"\n"
+"Measure first-touch fault latency and throughput of one access pattern on\n"
+"the kernel alone, a minimal userfaultfd handler, and upagerd, side by side.\n"
+"\n"
+"Workloads:\n");
+	for (i = 0; i < NR_WORKLOADS; i++)
+		fprintf(f, "  %-10s %s\n", workloads[i].name,
+			workloads[i].summary);
+	fprintf(f, "\nSystems:\n");
+	for (i = 0; bench_all_systems[i]; i++)
+		fprintf(f, "  %-14s %s\n", bench_all_systems[i]->name,
+			bench_all_systems[i]->summary);
+	fprintf(f,
+"\n"
+"Options (every workload):\n"
+"  --pages N          pages per run (K/M/G suffixes; default %d = 64 MiB)\n"
+"  --runs R           measured runs per system; the median is reported (5)\n"
+"  --warmup W         unmeasured runs per system first (1)\n"
+"  --threads LIST     faulting threads per process, e.g. 1,2\n"
+"  --procs LIST       processes sharing the segment, e.g. 1,2\n"
+"  --order LIST       seq, random (rand)\n"
+"  --cache LIST       file only: warm, cold\n"
+"  --systems LIST     systems to run (default: all the workload has)\n"
+"  --access read|write  the timed access (default per workload)\n"
+"  --json             JSON on stdout instead of the table\n"
+"  --json-out PATH    also write the JSON to PATH\n"
+"  --socket PATH      use the upagerd listening there; do not start one\n"
+"  --daemon PATH      the upagerd to start (default: ../src/upagerd next\n"
+"                     to this program, else upagerd in $PATH)\n"
+"  --daemon-arg ARG   one more argument for the upagerd started, e.g.\n"
+"                     --daemon-arg=--spin-us=20 (repeat for more)\n"
+"  --file PATH        file workload: the source file\n"
+"  --seed N           random page order seed (1)\n"
+"  --quick            tiny sizes, 1 run, no warm-up (the test suite)\n"
+"  --no-progress      no progress line on stderr\n"
+"  -h, --help         this help\n"
+"\n"
+"Every first touch of a page is timed in its thread; one that costs about\n"
+"the timer (\"timer N ns\" in the header) did not fault: the pager or the\n"
+"kernel had mapped it ahead (read-ahead, fault-around).\n"
+"\n"
+"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
+"are reported, never an error.\n",
+		BENCH_DEFAULT_PAGES);
+}
+
+static void workload_usage(const struct bench_workload *wl, FILE *f)
+{
+	unsigned int i;
+
+	fprintf(f, "Usage: upager-bench %s [options]\n\n%s: %s.\n\n%s\n"
+		"Systems:", wl->name, wl->name, wl->summary, wl->help);
+	for (i = 0; wl->systems[i]; i++)
+		fprintf(f, " %s", wl->systems[i]->name);
+	fprintf(f, "\n\nOptions: see upager-bench --help.\n");
+}
+
+static unsigned int parse_uint(const char *opt, const char *s,
+			       unsigned int min, unsigned int max)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max || *s == '-')
+		die_usage("%s: '%s' is not a number in %u..%u", opt, s, min,
+			  max);
+	return (unsigned int)v;
+}
+
+static unsigned int parse_uint_list(const char *opt, const char *s,
+				    unsigned int *out, unsigned int max)
+{
+	char *dup = strdup(s), *tok, *save = NULL;
+	unsigned int n = 0;
+
+	if (!dup)
+		abort();
+	for (tok = strtok_r(dup, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		if (n == BENCH_MAX_LIST)
+			die_usage("%s: at most %d values", opt,
+				  BENCH_MAX_LIST);
+		out[n++] = parse_uint(opt, tok, 1, max);
+	}
+	free(dup);
+	if (!n)
+		die_usage("%s: empty list", opt);
+	return n;
+}
+
+/* Split a LIST of names, each one of @allowed (aliases: "a=b"). */
+static unsigned int parse_names(const char *opt, const char *s,
+				const char **out, unsigned int max,
+				const char *const *allowed)
+{
+	char *dup = strdup(s), *tok, *save = NULL;
+	unsigned int n = 0, i, j;
+
+	if (!dup)
+		abort();
+	for (tok = strtok_r(dup, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		const char *name = NULL;
+
+		for (i = 0; allowed[i]; i++) {
+			const char *eq = strchr(allowed[i], '=');
+			size_t len = eq ? (size_t)(eq - allowed[i]) :
+					  strlen(allowed[i]);
+
+			if (strlen(tok) == len &&
+			    !strncmp(tok, allowed[i], len)) {
+				name = eq ? eq + 1 : allowed[i];
+				break;
+			}
+		}
+		if (!name)
+			die_usage("%s: unknown value '%s'", opt, tok);
+		for (j = 0; j < n; j++)
+			if (!strcmp(out[j], name))
+				break;
+		if (j < n)
+			continue;
+		if (n == max)
+			die_usage("%s: too many values", opt);
+		out[n++] = name;
+	}
+	free(dup);
+	if (!n)
+		die_usage("%s: empty list", opt);
+	return n;
+}
+
+enum {
+	OPT_PAGES = 256, OPT_RUNS, OPT_WARMUP, OPT_THREADS, OPT_PROCS,
+	OPT_ORDER, OPT_CACHE, OPT_SYSTEMS, OPT_ACCESS, OPT_JSON,
+	OPT_JSON_OUT, OPT_SOCKET, OPT_DAEMON, OPT_FILE, OPT_SEED, OPT_QUICK,
+	OPT_NO_PROGRESS, OPT_DAEMON_ARG,
+};
+
+static const struct option long_opts[] = {
+	{ "pages", required_argument, NULL, OPT_PAGES },
+	{ "runs", required_argument, NULL, OPT_RUNS },
+	{ "warmup", required_argument, NULL, OPT_WARMUP },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "procs", required_argument, NULL, OPT_PROCS },
+	{ "order", required_argument, NULL, OPT_ORDER },
+	{ "cache", required_argument, NULL, OPT_CACHE },
+	{ "systems", required_argument, NULL, OPT_SYSTEMS },
+	{ "access", required_argument, NULL, OPT_ACCESS },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "json-out", required_argument, NULL, OPT_JSON_OUT },
+	{ "socket", required_argument, NULL, OPT_SOCKET },
+	{ "daemon", required_argument, NULL, OPT_DAEMON },
+	{ "daemon-arg", required_argument, NULL, OPT_DAEMON_ARG },
+	{ "file", required_argument, NULL, OPT_FILE },
+	{ "seed", required_argument, NULL, OPT_SEED },
+	{ "quick", no_argument, NULL, OPT_QUICK },
+	{ "no-progress", no_argument, NULL, OPT_NO_PROGRESS },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
+		       struct bench_opts *o)
+{
+	static const char *const order_names[] = {
+		"seq", "sequential=seq", "random", "rand=random", NULL,
+	};
+	static const char *const cache_names[] = { "warm", "cold", NULL };
+	static const char *sys_names[8];
+	bool runs_set = false, warmup_set = false;
+	unsigned int i;
+	int opt;
+
+	for (i = 0; bench_all_systems[i]; i++)
+		sys_names[i] = bench_all_systems[i]->name;
+	sys_names[i] = NULL;
+	opterr = 0;
+	optind = 2;	/* argv[1] is the workload */
+	while ((opt = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
+		switch (opt) {
+		case OPT_PAGES:
+			if (size_parse(optarg, &o->pages) < 0 || !o->pages ||
+			    o->pages > UINT32_MAX)
+				die_usage("--pages: '%s' is not a page count "
+					  "in 1..2^32-1", optarg);
+			o->pages_set = true;
+			break;
+		case OPT_RUNS:
+			o->runs = parse_uint("--runs", optarg, 1, 1000);
+			runs_set = true;
+			break;
+		case OPT_WARMUP:
+			o->warmup = parse_uint("--warmup", optarg, 0, 1000);
+			warmup_set = true;
+			break;
+		case OPT_THREADS:
+			o->nr_threads = parse_uint_list("--threads", optarg,
+							o->threads,
+							BENCH_MAX_THREADS);
+			break;
+		case OPT_PROCS:
+			o->nr_procs = parse_uint_list("--procs", optarg,
+						      o->procs,
+						      BENCH_MAX_PROCS);
+			break;
+		case OPT_ORDER:
+			o->nr_orders = parse_names("--order", optarg,
+						   o->orders, 2, order_names);
+			break;
+		case OPT_CACHE:
+			if (!wl->has_cache)
+				die_usage("--cache: the %s workload has no "
+					  "cache variants", wl->name);
+			o->nr_caches = parse_names("--cache", optarg,
+						   o->caches, 2, cache_names);
+			break;
+		case OPT_SYSTEMS:
+			o->nr_systems = parse_names("--systems", optarg,
+						    o->systems, 8, sys_names);
+			break;
+		case OPT_ACCESS:
+			if (!strcmp(optarg, "read"))
+				o->access = 0;
+			else if (!strcmp(optarg, "write"))
+				o->access = 1;
+			else
+				die_usage("--access: '%s' is neither read "
+					  "nor write", optarg);
+			break;
+		case OPT_JSON:
+			o->json = true;
+			break;
+		case OPT_JSON_OUT:
+			o->json_out = optarg;
+			break;
+		case OPT_SOCKET:
+			o->socket = optarg;
+			break;
+		case OPT_DAEMON:
+			o->daemon = optarg;
+			break;
+		case OPT_DAEMON_ARG:
+			if (o->nr_daemon_args == 15)
+				die_usage("--daemon-arg: at most 15");
+			o->daemon_args[o->nr_daemon_args++] = optarg;
+			break;
+		case OPT_FILE:
+			if (strcmp(wl->name, "file"))
+				die_usage("--file: only for the file workload");
+			o->file = optarg;
+			break;
+		case OPT_SEED: {
+			char *end;
+
+			errno = 0;
+			o->seed = strtoull(optarg, &end, 0);
+			if (errno || end == optarg || *end)
+				die_usage("--seed: '%s' is not a number",
+					  optarg);
+			break;
+		}
+		case OPT_QUICK:
+			o->quick = true;
+			break;
+		case OPT_NO_PROGRESS:
+			o->progress = false;
+			break;
+		case 'h':
+			workload_usage(wl, stdout);
+			exit(0);
+		case ':':
+			die_usage("%s needs a value", argv[optind - 1]);
+		default:
+			die_usage("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		die_usage("unexpected argument '%s'", argv[optind]);
+	if (o->quick) {
+		if (!o->pages_set)
+			o->pages = BENCH_QUICK_PAGES;
+		if (!runs_set)
+			o->runs = 1;
+		if (!warmup_set)
+			o->warmup = 0;
+	}
+	if (!o->nr_threads)
+		for (; wl->default_threads[o->nr_threads]; o->nr_threads++)
+			o->threads[o->nr_threads] =
+				wl->default_threads[o->nr_threads];
+	if (!o->nr_procs)
+		for (; wl->default_procs[o->nr_procs]; o->nr_procs++)
+			o->procs[o->nr_procs] = wl->default_procs[o->nr_procs];
+	if (!o->nr_orders) {
+		o->orders[0] = "seq";
+		o->orders[1] = "random";
+		o->nr_orders = 2;
+	}
+	if (wl->has_cache && !o->nr_caches) {
+		o->caches[0] = "warm";
+		o->caches[1] = "cold";
+		o->nr_caches = 2;
+	}
+}
+
+/* ---- the run loop ---- */
+
+static void select_systems(struct bench_ctx *c)
+{
+	const struct bench_opts *o = c->o;
+	unsigned int i, j;
+
+	for (i = 0; c->wl->systems[i]; i++) {
+		const struct bench_system *s = c->wl->systems[i];
+		bool want = !o->nr_systems;
+
+		for (j = 0; j < o->nr_systems; j++)
+			if (!strcmp(o->systems[j], s->name))
+				want = true;
+		if (want)
+			c->systems[c->nr_systems++] = s;
+	}
+	for (j = 0; j < o->nr_systems; j++) {
+		for (i = 0; i < c->nr_systems; i++)
+			if (!strcmp(o->systems[j], c->systems[i]->name))
+				break;
+		if (i == c->nr_systems)
+			fprintf(stderr, "upager-bench: %s does not apply to "
+				"%s; skipped\n", o->systems[j], c->wl->name);
+	}
+	if (!c->nr_systems)
+		die_usage("--systems: none applies to %s", c->wl->name);
+}
+
+static unsigned int make_variants(struct bench_ctx *c,
+				  struct bench_variant **out)
+{
+	const struct bench_opts *o = c->o;
+	unsigned int nc = c->wl->has_cache ? o->nr_caches : 1;
+	unsigned int oi, ti, pi, ci, n = 0;
+	struct bench_variant *v;
+
+	v = calloc((size_t)o->nr_orders * o->nr_threads * o->nr_procs * nc,
+		   sizeof(*v));
+	if (!v)
+		abort();
+	/* cache outermost for file: all warm results, then all cold */
+	for (ci = 0; ci < nc; ci++)
+		for (oi = 0; oi < o->nr_orders; oi++)
+			for (pi = 0; pi < o->nr_procs; pi++)
+				for (ti = 0; ti < o->nr_threads; ti++) {
+					struct bench_variant *x = &v[n];
+
+					x->order = o->orders[oi];
+					x->threads = o->threads[ti];
+					x->procs = o->procs[pi];
+					x->cache = c->wl->has_cache ?
+							   o->caches[ci] :
+							   NULL;
+					if ((size_t)x->threads * x->procs >
+					    c->pages)
+						continue;
+					bench_fmt(x->name, sizeof(x->name),
+						  "%s/%ut/%up%s%s", x->order,
+						  x->threads, x->procs,
+						  x->cache ? "/" : "",
+						  x->cache ? x->cache : "");
+					n++;
+				}
+	*out = v;
+	return n;
+}
+
+static void *shared_alloc(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("upager-bench: mmap");
+		exit(1);
+	}
+	return p;
+}
+
+static void result_finish(struct bench_result *res)
+{
+	bench_figures_median(res->runs, res->nr_runs, &res->fig);
+	bench_dist_compute(res->pool, res->nr_pool, &res->dist);
+	free(res->pool);
+	res->pool = NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct bench_opts o = {
+		.pages = BENCH_DEFAULT_PAGES, .runs = 5, .warmup = 1,
+		.access = -1, .seed = 1, .progress = true,
+	};
+	struct bench_ctx c = { .o = &o, .file_fd = -1 };
+	struct bench_report rep = { 0 };
+	struct bench_variant *variants;
+	struct bench_result *results;
+	unsigned int nv, vi, si, it, i;
+	bool failed = false;
+	struct utsname uts;
+	struct sigaction sa = { .sa_handler = on_signal };
+	struct sigaction sa_bus = {
+		.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO,
+	};
+	int r;
+
+	if (argc < 2)
+		die_usage("no workload given");
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+		usage(stdout);
+		return 0;
+	}
+	for (i = 0; i < NR_WORKLOADS; i++)
+		if (!strcmp(argv[1], workloads[i].name))
+			c.wl = &workloads[i];
+	if (!c.wl)
+		die_usage("unknown workload '%s'", argv[1]);
+	parse_opts(argc, argv, c.wl, &o);
+
+	c.main_pid = getpid();
+	c.page_size = (size_t)sysconf(_SC_PAGESIZE);
+	c.pages = (size_t)o.pages;
+	c.write = o.access < 0 ? c.wl->write_default : o.access == 1;
+	c.env.page_size = c.page_size;
+	c.env.daemon_path = o.daemon;
+	c.env.socket_path = o.socket;
+	c.env.daemon_args = o.daemon_args;
+	c.progress_tty = isatty(STDERR_FILENO);
+	select_systems(&c);
+
+	g_ctx = &c;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGBUS, &sa_bus, NULL);
+
+	if (c.wl->prepare) {
+		r = c.wl->prepare(&c);
+		if (r < 0) {
+			fprintf(stderr, "upager-bench: %s: %s\n", c.wl->name,
+				c.errmsg[0] ? c.errmsg : strerror(-r));
+			c.wl->cleanup(&c);
+			return 1;
+		}
+	}
+	for (si = 0; si < c.nr_systems; si++) {
+		const struct bench_system *s = c.systems[si];
+
+		if (!s->init)
+			continue;
+		r = s->init(&c.env);
+		if (r < 0) {
+			fprintf(stderr, "upager-bench: %s: %s\n", s->name,
+				c.env.error[0] ? c.env.error : strerror(-r));
+			c.sys_failed[si] = true;
+		}
+	}
+
+	c.order = calloc(c.pages, sizeof(*c.order));
+	c.samples = shared_alloc(c.pages * sizeof(*c.samples));
+	c.ctl = shared_alloc(sizeof(*c.ctl));
+	if (!c.order)
+		abort();
+	nv = make_variants(&c, &variants);
+	results = calloc((size_t)nv * c.nr_systems, sizeof(*results));
+	if (!results)
+		abort();
+	for (vi = 0; vi < nv; vi++) {
+		for (si = 0; si < c.nr_systems; si++) {
+			struct bench_result *res =
+				&results[vi * c.nr_systems + si];
+
+			res->workload = c.wl->name;
+			res->system = c.systems[si]->name;
+			res->access = c.write ? "write" : "read";
+			res->variant = variants[vi];
+			res->pages = c.pages;
+			res->page_size = c.page_size;
+			res->reference = c.systems[si]->flags &
+					 BENCH_SYS_REFERENCE;
+			res->cache_resident = -1;
+			res->runs = calloc(o.runs, sizeof(*res->runs));
+			if (!res->runs)
+				abort();
+			if (c.sys_failed[si])
+				bench_fmt(res->error, sizeof(res->error), "%s",
+					  c.env.error[0] ? c.env.error :
+							  "init failed");
+		}
+	}
+
+	rep.timer_ns = bench_timer_overhead_ns();
+	c.nr_steps = nv * (o.warmup + o.runs) * c.nr_systems;
+	c.t0 = bench_now_ns();
+	for (vi = 0; vi < nv; vi++) {
+		const struct bench_variant *v = &variants[vi];
+
+		make_order(&c, v);
+		/* every sample of the variant's runs, until its figures */
+		for (si = 0; si < c.nr_systems; si++) {
+			struct bench_result *res =
+				&results[vi * c.nr_systems + si];
+
+			res->pool = malloc(c.pages * o.runs *
+					   sizeof(*res->pool));
+			if (!res->pool)
+				abort();
+		}
+		for (it = 0; it < o.warmup + o.runs; it++) {
+			bool measured = it >= o.warmup;
+
+			for (si = 0; si < c.nr_systems; si++) {
+				struct bench_result *res =
+					&results[vi * c.nr_systems + si];
+				const struct bench_system *s = c.systems[si];
+				struct bench_figures *fig;
+				struct bench_sys_stats st = { 0 };
+				double resident = -1;
+				uint64_t wall = 0;
+				char what[160];
+
+				bench_fmt(what, sizeof(what), "%s %s %s %s %u/%u",
+					  c.wl->name, v->name, s->name,
+					  measured ? "run" : "warm-up",
+					  measured ? it - o.warmup + 1 : it + 1,
+					  measured ? o.runs : o.warmup);
+				progress(&c, what);
+				if (res->error[0])
+					continue;
+				if (c.wl->before_run) {
+					r = c.wl->before_run(&c, v, &resident);
+					if (r < 0) {
+						bench_fmt(res->error,
+							  sizeof(res->error),
+							  "cache %s: %s",
+							  v->cache,
+							  strerror(-r));
+						continue;
+					}
+				}
+				r = run_one(&c, s, v, &wall, &st);
+				if (r < 0) {
+					bench_fmt(res->error, sizeof(res->error),
+						  "%s", c.errmsg[0] ? c.errmsg :
+						  strerror(-r));
+					continue;
+				}
+				res->sys_stats = st;
+				res->cache_resident = resident;
+				if (!measured)
+					continue;
+				memcpy(res->pool + res->nr_pool, c.samples,
+				       c.pages * sizeof(*c.samples));
+				res->nr_pool += c.pages;
+				fig = &res->runs[res->nr_runs++];
+				bench_figures_compute(c.samples, c.pages, wall,
+						      c.page_size, fig);
+			}
+		}
+		for (si = 0; si < c.nr_systems; si++)
+			result_finish(&results[vi * c.nr_systems + si]);
+	}
+	progress_end(&c);
+
+	for (i = 0; i < nv * c.nr_systems; i++) {
+		if (results[i].error[0])
+			failed = true;
+		/* an init failure was said once already */
+		if (results[i].error[0] &&
+		    strcmp(results[i].error, c.env.error))
+			fprintf(stderr, "upager-bench: %s %s %s: %s\n",
+				results[i].workload, results[i].variant.name,
+				results[i].system, results[i].error);
+	}
+	rep.workload = c.wl->name;
+	rep.kernel = uname(&uts) ? NULL : uts.release;
+	rep.nr_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	rep.page_size = c.page_size;
+	rep.pages = c.pages;
+	rep.runs = o.runs;
+	rep.warmup = o.warmup;
+	rep.seed = o.seed;
+	rep.file = c.file_fd >= 0 ? c.file_path : NULL;
+	rep.daemon = c.env.daemon_desc[0] ? c.env.daemon_desc : NULL;
+	rep.results = results;
+	rep.nr_results = (size_t)nv * c.nr_systems;
+	c.wl->targets(&rep);
+
+	if (o.json_out) {
+		FILE *f = fopen(o.json_out, "w");
+
+		if (!f || bench_report_json(&rep, f) < 0 || fclose(f)) {
+			fprintf(stderr, "upager-bench: %s: %s\n", o.json_out,
+				strerror(errno));
+			failed = true;
+		}
+	}
+	if (o.json) {
+		bench_report_json(&rep, stdout);
+	} else {
+		bench_report_table(&rep, stdout);
+		fputc('\n', stdout);
+		bench_report_targets(&rep, stdout);
+	}
+	fflush(stdout);
+
+	for (si = 0; si < c.nr_systems; si++)
+		if (c.systems[si]->fini)
+			c.systems[si]->fini(&c.env);
+	if (c.wl->cleanup)
+		c.wl->cleanup(&c);
+	g_ctx = NULL;
+	for (i = 0; i < nv * c.nr_systems; i++)
+		free(results[i].runs);
+	free(results);
+	free(variants);
+	free(c.order);
+	return failed ? 1 : 0;
+}
