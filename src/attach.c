@@ -272,12 +272,12 @@ void attach_requeue(struct attachment *att, uint64_t addr)
 	worker_kick(att->owner);
 }
 
-void attach_kill(struct attachment *att, const char *why)
+bool attach_kill(struct attachment *att, const char *why)
 {
 	struct segment *seg = att->seg;
 
 	if (atomic_exchange(&att->dead, true))
-		return;
+		return false;
 	pr_info("attach", "%s: pid %d: attachment %llu %s", seg->name,
 		(int)atomic_load(&att->pid), (unsigned long long)att->id, why);
 	pthread_mutex_lock(&upd.lock);
@@ -289,4 +289,5 @@ void attach_kill(struct attachment *att, const char *why)
 	pthread_mutex_unlock(&upd.lock);
 	atomic_fetch_sub(&upd.nr_attachments, 1);
 	worker_remove(att->owner, att);
+	return true;
 }

@@ -47,7 +47,10 @@ struct attachment {
 	struct worker *owner;
 	int uffd;
 	int pidfd;			/* -1 until the pid is known */
+	bool pidfd_polled;		/* owner worker only */
 	_Atomic pid_t pid;		/* 0: forked, not yet identified */
+	_Atomic pid_t fault_tid;	/* a thread seen faulting, while pid
+					 * is 0 */
 	pid_t parent_pid;
 	uint64_t parent_id;		/* forked from this attachment */
 	uint32_t flags;			/* UPG_REGISTER_* */
@@ -106,8 +109,8 @@ void attach_requeue(struct attachment *att, uint64_t addr);
 
 /*
  * attach_kill - take @att out of service (idempotent).
- * @why: for the log.  Safe from any thread.
+ * @why: for the log.  Safe from any thread.  True for the call that did it.
  */
-void attach_kill(struct attachment *att, const char *why);
+bool attach_kill(struct attachment *att, const char *why);
 
 #endif

@@ -27,6 +27,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,7 +78,7 @@ struct upager {
 	pthread_t watcher;
 	bool watcher_running;
 	int wake_efd;			/* tells the watcher to look again */
-	bool stopping;
+	_Atomic bool stopping;
 };
 
 static int set_errno(int ret)
@@ -513,7 +514,7 @@ static void orphan_serve(struct upager *u)
 	}
 	pthread_mutex_unlock(&u->att_lock);
 
-	while (!u->stopping) {
+	while (!atomic_load(&u->stopping)) {
 		struct pollfd *pfd = calloc(n + 1, sizeof(*pfd));
 
 		if (!pfd)
@@ -583,14 +584,16 @@ static void *watcher_main(void *arg)
 
 		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
 			return NULL;
-		if (u->stopping)
-			return NULL;
+		/* Consume the kick before looking at why: a stop that comes
+		 * after the look kicks again. */
 		if (pfd[1].revents & POLLIN) {
 			uint64_t v;
 
 			if (read(u->wake_efd, &v, sizeof(v)) < 0)
 				v = 0;
 		}
+		if (atomic_load(&u->stopping))
+			return NULL;
 		if (pfd[0].revents & (POLLHUP | POLLERR)) {
 			orphan_serve(u);
 			return NULL;
@@ -804,7 +807,7 @@ UPAGER_API void upager_disconnect(struct upager *u)
 		if (inherited(u)) {
 			/* The watcher thread stayed in the parent. */
 		} else {
-			u->stopping = true;
+			atomic_store(&u->stopping, true);
 			watcher_kick(u);
 			pthread_join(u->watcher, NULL);
 		}
@@ -822,7 +825,35 @@ UPAGER_API void upager_disconnect(struct upager *u)
  * own uffd for each attachment (see the top of this file).  Only
  * async-signal-safe work and what glibc allows after fork happen here.
  */
-static int claim(struct upager *u, struct upager_attachment *a)
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+/*
+ * A page at an address derived from our pid, which no sibling forked from
+ * the same parent has mapped: the daemon proves with it which uffd is ours
+ * (see struct upg_claim).
+ */
+static void *probe_map(void)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+	uintptr_t slot = (uintptr_t)(getpid() & 0x3fffff) * 2 * ps;
+
+	for (uintptr_t base = 0x500000000000; base <= 0x700000000000;
+	     base += 0x100000000000) {
+		void *p = mmap((void *)(base + slot), ps, PROT_READ,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+			       -1, 0);
+
+		if (p == (void *)(base + slot))
+			return p;
+		if (p != MAP_FAILED)
+			munmap(p, ps);	/* an old kernel ignored the hint */
+	}
+	return MAP_FAILED;
+}
+
+static int claim(struct upager *u, struct upager_attachment *a, void *probe)
 {
 	struct upg_claim m;
 	struct upg_register_reply r;
@@ -832,6 +863,7 @@ static int claim(struct upager *u, struct upager_attachment *a)
 	for (int i = 0; i < 2000; i++) {
 		memset(&m, 0, sizeof(m));
 		m.parent_attach_id = a->attach_id;
+		m.probe_addr = (uintptr_t)probe;
 		ret = request(u, &m, sizeof(m), UPG_CLAIM, -1, &r, sizeof(r), &fd);
 		if (ret != -EAGAIN)
 			break;
@@ -855,6 +887,7 @@ static void child_reconnect(struct upager *u)
 	struct upager_attachment *a, **pp;
 	int old = u->sock, sock;
 	pid_t parent = u->pid;
+	void *probe;
 
 	/* The parent's watcher did not come along. */
 	u->watcher_running = false;
@@ -886,9 +919,15 @@ static void child_reconnect(struct upager *u)
 	if (request(u, &hello, sizeof(hello), UPG_HELLO, -1, &rh, sizeof(rh),
 		    NULL))
 		goto fail;
+	probe = probe_map();
+	if (probe == MAP_FAILED)
+		goto fail;
 	for (a = u->atts; a; a = a->next)
-		if (claim(u, a))
-			goto fail;
+		if (claim(u, a, probe))
+			break;
+	munmap(probe, sysconf(_SC_PAGESIZE));
+	if (a)
+		goto fail;
 	close(old);
 	if (u->atts)
 		watcher_start(u);

@@ -107,10 +107,16 @@ struct upg_detach {
  * UFFD_EVENT_FORK, naming its parent's attachment: the daemon learns the
  * child's pid and hands it a copy of its uffd, so that the child, too, can
  * answer its own faults if the daemon dies.  Reply: upg_register_reply.
+ *
+ * Siblings forked from one attachment have identical address spaces, so
+ * the child proves which uffd is its own: it maps a page at probe_addr
+ * that no sibling has, and the daemon's UFFDIO_REGISTER of that page
+ * succeeds only through the uffd of the child's mm.
  */
 struct upg_claim {
 	struct upg_hdr h;
 	uint64_t parent_attach_id;
+	uint64_t probe_addr;	/* one page, mapped by the child alone */
 };
 
 struct upg_info {
@@ -131,7 +137,7 @@ _Static_assert(sizeof(struct upg_attach_reply) == 48, "upg_attach_reply");
 _Static_assert(sizeof(struct upg_register) == 72, "upg_register");
 _Static_assert(sizeof(struct upg_register_reply) == 32, "upg_register_reply");
 _Static_assert(sizeof(struct upg_detach) == 32, "upg_detach");
-_Static_assert(sizeof(struct upg_claim) == 32, "upg_claim");
+_Static_assert(sizeof(struct upg_claim) == 40, "upg_claim");
 _Static_assert(sizeof(struct upager_segment_info) == 552, "segment_info");
 _Static_assert(sizeof(struct upg_info) == 576, "upg_info");
 _Static_assert(sizeof(struct upager_daemon_stats) == 144, "daemon_stats");

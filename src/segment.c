@@ -426,7 +426,8 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 		break;
 	case ESRCH:
 	case ENOSPC:
-		attach_kill(att, "gone");
+		if (attach_kill(att, "gone"))
+			counter_add(upd.clients_exited, 1);
 		break;
 	default:
 		uffd_wake(att, f->addr, seg->page_size);

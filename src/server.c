@@ -58,6 +58,7 @@ struct server {
 	struct signalfd_siginfo si;
 	struct list_head conns;
 	uint64_t next_conn_id;
+	uint64_t ticks;
 	bool stop;
 };
 
@@ -476,13 +477,45 @@ static pid_t parent_of(pid_t pid)
 	return ppid;
 }
 
+/*
+ * Whether @uffd belongs to the mm in which [addr, addr + page) is mapped:
+ * registering that page through it works only then.  Undone at once.
+ */
+static bool uffd_owns(int uffd, uint64_t addr)
+{
+	struct uffdio_register ur = {
+		.range = { .start = addr, .len = sysconf(_SC_PAGESIZE) },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	if (ioctl(uffd, UFFDIO_REGISTER, &ur) < 0) {
+		pr_debug("server", "probe %#llx: %s", (unsigned long long)addr,
+			 strerror(errno));
+		return false;
+	}
+	ioctl(uffd, UFFDIO_UNREGISTER, &ur.range);
+	return true;
+}
+
+static void resolved(struct attachment *att, pid_t pid, const char *how)
+{
+	if (attach_set_pid(att, pid))
+		return;
+	atomic_fetch_sub(&upd.unresolved, 1);
+	pr_info("attach", "%s: attachment %llu is pid %d (%s)", att->seg->name,
+		(unsigned long long)att->id, (int)pid, how);
+	worker_watch_pid(att->owner, att);
+}
+
 static int do_claim(struct conn *c, const struct upg_claim *m)
 {
 	struct upg_register_reply r;
 	struct attachment *att, *found = NULL;
 	pid_t ppid = parent_of(c->pid);
-	int ret = -EAGAIN, fd;
+	int ret;
 
+	if (m->probe_addr % sysconf(_SC_PAGESIZE))
+		return -EINVAL;
 	pthread_mutex_lock(&upd.lock);
 	list_for_each_entry(att, &upd.attachments, all_link) {
 		pid_t pid = atomic_load(&att->pid);
@@ -490,34 +523,21 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		if (att->parent_id != m->parent_attach_id ||
 		    att->parent_pid != ppid || (pid && pid != c->pid))
 			continue;
-		/* The claimer must be a child that maps it. */
-		if (!pid_maps(c->pid, att->seg)) {
-			ret = -EPERM;
-			continue;
+		if (pid == c->pid || uffd_owns(att->uffd, m->probe_addr)) {
+			found = att;
+			break;
 		}
-		found = att;
-		break;
 	}
-	if (found && !atomic_load(&found->pid)) {
-		ret = attach_set_pid(found, c->pid);
-		if (ret == 0) {
-			atomic_fetch_sub(&upd.unresolved, 1);
-			worker_watch_pid(found->owner, found);
-		}
-	} else if (found) {
-		ret = 0;
-	}
-	if (found && ret == 0)
+	if (found && !atomic_load(&found->pid))
+		resolved(found, c->pid, "claimed");
+	if (found)
 		attach_get(found);
 	pthread_mutex_unlock(&upd.lock);
-	if (!found || ret)
-		return ret;	/* -EAGAIN: the fork event is not read yet */
-	fd = found->uffd;
+	if (!found)
+		return -EAGAIN;	/* the fork event is not read yet */
 	memset(&r, 0, sizeof(r));
 	r.attach_id = found->id;
-	pr_info("attach", "%s: pid %d claimed attachment %llu",
-		found->seg->name, (int)c->pid, (unsigned long long)found->id);
-	ret = reply(c, &r, sizeof(r), UPG_CLAIM, &m->h, 0, fd);
+	ret = reply(c, &r, sizeof(r), UPG_CLAIM, &m->h, 0, found->uffd);
 	attach_put(found);
 	return ret ?: 1;
 }
@@ -743,7 +763,10 @@ static pid_t find_child_of(pid_t parent, struct segment *seg)
 		while (!found && fscanf(f, "%4095s", buf) == 1) {
 			pid_t pid = atoi(buf);
 
-			if (pid > 0 && !pid_taken(seg, pid) && pid_maps(pid, seg))
+			/* The daemon maps every memfd itself, and may be
+			 * a child of a client that starts its own. */
+			if (pid > 0 && pid != getpid() && !pid_taken(seg, pid) &&
+			    pid_maps(pid, seg))
 				found = pid;
 		}
 		fclose(f);
@@ -773,6 +796,44 @@ static pid_t find_any_mapper(struct segment *seg)
 	return found;
 }
 
+/* The thread group of thread @tid, from /proc; 0 if unknown. */
+static pid_t tgid_of(pid_t tid)
+{
+	char path[64], line[128];
+	pid_t tgid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Tgid: %d", &tgid) == 1)
+			break;
+	fclose(f);
+	return tgid;
+}
+
+static unsigned int unresolved_of(struct segment *seg, pid_t parent)
+{
+	struct attachment *att;
+	unsigned int n = 0;
+
+	list_for_each_entry(att, &seg->attachments, seg_link)
+		if (!atomic_load(&att->pid) && att->parent_pid == parent)
+			n++;
+	return n;
+}
+
+/*
+ * Finds the pids of forked children that did not claim their attachment
+ * (a raw clone, or a claim still on its way).  A fault tells for sure (its
+ * thread id).  Otherwise a child of the parent that maps the segment and is
+ * not attached is taken only when it is the one candidate for the one
+ * unresolved attachment: with several, a guess could hand one child's
+ * faults to another's pidfd.  An attachment whose process is gone (nobody
+ * unattached maps the segment any more) is dropped.
+ */
 static void resolve_forks(void)
 {
 	struct segment *seg;
@@ -782,38 +843,86 @@ static void resolve_forks(void)
 	pthread_mutex_lock(&upd.lock);
 	list_for_each_entry(seg, &upd.segments, link) {
 		list_for_each_entry(att, &seg->attachments, seg_link) {
-			pid_t pid = 0;
+			pid_t tid = atomic_load(&att->fault_tid), pid = 0;
 
 			if (atomic_load(&att->pid) || atomic_load(&att->dead))
 				continue;
-			if (att->parent_pid)
-				pid = find_child_of(att->parent_pid, seg);
-			if (!pid)
-				pid = find_any_mapper(seg);
-			if (pid && attach_set_pid(att, pid) == 0) {
-				atomic_fetch_sub(&upd.unresolved, 1);
-				pr_info("attach", "%s: attachment %llu is pid %d",
-					seg->name, (unsigned long long)att->id,
-					(int)pid);
-				worker_watch_pid(att->owner, att);
-			} else if (now - att->created_ns > FORK_RESOLVE_NS) {
-				/* Mapped by no live process: it exited. */
-				atomic_store(&att->pid, -1);
-				atomic_fetch_sub(&upd.unresolved, 1);
-				/* attach_kill takes the lock itself */
-				attach_get(att);
-				pthread_mutex_unlock(&upd.lock);
-				counter_add(upd.clients_exited, 1);
-				attach_kill(att, "forked child exited");
-				attach_put(att);
-				pthread_mutex_lock(&upd.lock);
-				/* The lists may have changed: next tick. */
-				goto out;
+			if (tid && (pid = tgid_of(tid)) > 0) {
+				resolved(att, pid, "faulted");
+				continue;
 			}
+			if (att->parent_pid &&
+			    unresolved_of(seg, att->parent_pid) == 1 &&
+			    (pid = find_child_of(att->parent_pid, seg))) {
+				resolved(att, pid, "only child");
+				continue;
+			}
+			if (now - att->created_ns < FORK_RESOLVE_NS ||
+			    find_any_mapper(seg))
+				continue;
+			/* Mapped by no unattached process: it exited. */
+			atomic_store(&att->pid, -1);
+			atomic_fetch_sub(&upd.unresolved, 1);
+			/* attach_kill takes the lock itself */
+			attach_get(att);
+			pthread_mutex_unlock(&upd.lock);
+			if (attach_kill(att, "forked child exited"))
+				counter_add(upd.clients_exited, 1);
+			attach_put(att);
+			pthread_mutex_lock(&upd.lock);
+			/* The lists may have changed: next tick. */
+			goto out;
 		}
 	}
 out:
 	pthread_mutex_unlock(&upd.lock);
+}
+
+/*
+ * A process that exec'd keeps its pid (the pidfd stays quiet) but dropped
+ * the mm its uffd belongs to.  UFFDIO_CONTINUE of one page of its range
+ * tells: -ESRCH when that mm is gone.  On a live mm it does nothing a
+ * fault would not (a shared attachment refuses it; a private one maps the
+ * frame if the memfd has it).
+ */
+#define PROBE_EVERY_TICKS 25
+
+static void probe_exec(void)
+{
+	struct attachment *att, **atts = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(att, &upd.attachments, all_link) {
+		if (atomic_load(&att->pid) <= 0)
+			continue;
+		if (n == cap) {
+			void *p = realloc(atts, (cap = cap ? 2 * cap : 16) *
+						      sizeof(*atts));
+			if (!p)
+				break;
+			atts = p;
+		}
+		attach_get(att);
+		atts[n++] = att;
+	}
+	pthread_mutex_unlock(&upd.lock);
+	for (size_t i = 0; i < n; i++) {
+		struct uffdio_continue c = { .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+
+		att = atts[i];
+		pthread_mutex_lock(&att->lock);
+		if (att->nr_ranges) {
+			c.range.start = att->ranges[0].start;
+			c.range.len = att->seg->page_size;
+		}
+		pthread_mutex_unlock(&att->lock);
+		if (c.range.len && ioctl(att->uffd, UFFDIO_CONTINUE, &c) < 0 &&
+		    errno == ESRCH && attach_kill(att, "gone (exec)"))
+			counter_add(upd.clients_exited, 1);
+		attach_put(att);
+	}
+	free(atts);
 }
 
 /* The event loop */
@@ -878,6 +987,8 @@ static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 	case MT_TIMER:
 		if (atomic_load(&upd.unresolved))
 			resolve_forks();
+		if (++s->ticks % PROBE_EVERY_TICKS == 0)
+			probe_exec();
 		arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
 		break;
 	case MT_CONN:

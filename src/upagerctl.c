@@ -38,6 +38,7 @@
 
 #include <upager/upager.h>
 
+#include "proto.h"
 #include "size.h"
 
 #ifndef UPAGER_VERSION
@@ -1095,9 +1096,10 @@ static int apply_positional(struct args *a, const char *arg)
 {
 	if (!(a->cmd->needs & NEEDS_NAME) || a->name)
 		return usage_error(a->cmd, "unexpected argument '%s'", arg);
-	if (!*arg || strlen(arg) > UPAGER_NAME_MAX)
+	if (!proto_name_valid(arg, UPAGER_NAME_MAX + 2))
 		return usage_error(a->cmd, "invalid segment name '%s' (1 to %d "
-				   "bytes)", arg, UPAGER_NAME_MAX);
+				   "of A-Z a-z 0-9 . _ -, not . or ..)", arg,
+				   UPAGER_NAME_MAX);
 	a->name = arg;
 	return PARSE_OK;
 }

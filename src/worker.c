@@ -33,7 +33,7 @@
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
-#define BUF_CACHE 32
+#define BUF_CACHE 8
 
 enum cmd_kind { CMD_ADD, CMD_REMOVE, CMD_WATCH_PID, CMD_STOP };
 
@@ -198,8 +198,9 @@ static void arm_pidfd(struct worker *w, struct attachment *att)
 {
 	struct io_uring_sqe *sqe;
 
-	if (att->pidfd < 0)
+	if (att->pidfd < 0 || att->pidfd_polled)
 		return;
+	att->pidfd_polled = true;
 	sqe = get_sqe(w);
 	io_uring_prep_poll_add(sqe, att->pidfd, POLLIN);
 	io_uring_sqe_set_data64(sqe, att->id << 3 | TAG_PIDFD);
@@ -258,6 +259,14 @@ static void disown(struct worker *w, struct attachment *att)
 	attach_put(att);
 }
 
+static void wake_main(void)
+{
+	uint64_t one = 1;
+
+	if (write(upd.main_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		pr_err("worker", "waking main: %s", strerror(errno));
+}
+
 static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 {
 	struct attachment *child;
@@ -282,9 +291,7 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 	worker_add(worker_pick(), child);
 	attach_put(child);
 	/* The main thread finds the child's pid. */
-	uint64_t one = 1;
-	if (write(upd.main_efd, &one, sizeof(one)) < 0)
-		pr_err("worker", "waking main: %s", strerror(errno));
+	wake_main();
 }
 
 static void handle_pagefault(struct worker *w, struct attachment *att,
@@ -315,6 +322,12 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 	}
 	counter_add(seg->c.faults_missing, 1);
 	segment_fault_missing(w, att, addr);
+	if (!atomic_load(&att->pid) && !atomic_load(&att->fault_tid) &&
+	    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
+		/* A forked child's first fault says who it is. */
+		atomic_store(&att->fault_tid, (pid_t)m->arg.pagefault.feat.ptid);
+		wake_main();
+	}
 }
 
 static void drive_retries(struct worker *w, struct attachment *att)
@@ -454,10 +467,8 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	case TAG_PIDFD:
 		att = find_att(w, ud >> 3, NULL);
-		if (att && cqe->res >= 0) {
+		if (att && cqe->res >= 0 && attach_kill(att, "exited"))
 			counter_add(upd.clients_exited, 1);
-			attach_kill(att, "exited");
-		}
 		break;
 	case TAG_INBOX:
 		run_inbox(w);

@@ -34,7 +34,7 @@ struct worker *worker_pick(void);
 struct io_uring *worker_ring(struct worker *w);
 
 /* Read buffers of FILL_MAX_PAGES pages, recycled per worker. */
-#define FILL_MAX_PAGES 256
+#define FILL_MAX_PAGES 1024
 void *worker_buf_get(struct worker *w);
 void worker_buf_put(struct worker *w, void *buf);
 

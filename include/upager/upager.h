@@ -14,7 +14,9 @@
  *   -EEXIST   create: the name is taken
  *   -EACCES   the segment's owner and mode do not allow it
  *   -EBUSY    delete: the segment is attached (pass UPAGER_DELETE_FORCE)
- *   -EINVAL   bad name, zero or absurd size, bad flags, unusable source
+ *   -EINVAL   bad name, zero or absurd size, bad flags, a source that is
+ *             not a regular file or block device
+ *   -EBADF    a source fd that is not open for reading
  *   -ECONNREFUSED / -ENOENT (connect)  no daemon listens there
  *   -EPIPE    the daemon hung up
  *   -EPROTO   the daemon spoke a protocol this library does not

@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The daemon's life: SIGTERM with clients attached, one daemon per socket,
+ * a stale socket replaced, a path that is not a socket left alone; and the
+ * client library's own life (connect, attach, detach, disconnect).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+/*
+ * SIGTERM while a client is attached: the daemon exits 0 and removes its
+ * socket; the client keeps its written bytes and reads zeros elsewhere.
+ */
+START_TEST(test_sigterm_with_client_attached)
+{
+	const size_t size = 4 * H_MIB, wlen = H_MIB;
+	struct upager_segment_info info;
+	struct h_daemon d;
+	struct upager *u;
+	struct stat st;
+	char *patch;
+	int to_c[2], to_p[2];
+	pid_t pid;
+
+	h_daemon_start(&d);
+	patch = malloc(wlen);
+	h_fill(patch, wlen, 81);
+	ck_assert_int_eq(pipe(to_c), 0);
+	ck_assert_int_eq(pipe(to_p), 0);
+	u = h_connect(&d);
+	h_create(u, "z", size, -1, 0);
+
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager_attachment *ca;
+		struct upager *cu;
+		char *map, c;
+		long diff;
+		int ret;
+
+		cu = h_child_connect(d.sock);
+		ret = upager_attach(cu, "z", 0, &ca);
+		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
+		map = upager_attachment_addr(ca);
+		memcpy(map, patch, wlen);
+		h_send(to_p[1], 'a');
+		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		/* the daemon is gone: our bytes, zeros where nobody wrote */
+		diff = h_first_diff(map, patch, wlen);
+		CHILD_CHECK(diff < 0, "byte %ld lost", diff);
+		diff = h_first_nonzero(map + wlen, size - wlen);
+		CHILD_CHECK(diff < 0, "byte %ld not zero", (long)wlen + diff);
+		memset(map + 2 * H_MIB, 0x44, 4096);
+		CHILD_CHECK(map[2 * H_MIB + 4095] == 0x44, "write lost");
+		upager_detach(ca);
+		upager_disconnect(cu);
+		_exit(0);
+	}
+	close(to_c[0]);
+	close(to_p[1]);
+	ck_assert_int_eq(h_recv(to_p[0]), 'a');
+	info = h_stat(u, "z");
+	ck_assert_uint_eq(info.nr_attachments, 1);
+	ck_assert_uint_eq(info.pids[0], (uint32_t)pid);
+	upager_disconnect(u);
+
+	h_daemon_term(&d);	/* asserts exit status 0 */
+	ck_assert_int_eq(lstat(d.sock, &st), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	h_send(to_c[1], 'g');
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_dir_remove(d.dir);
+	free(patch);
+}
+END_TEST
+
+/* One daemon per socket: a second one exits non-zero, the first serves on. */
+START_TEST(test_second_daemon_refused)
+{
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	struct h_run r;
+	char *map;
+
+	h_daemon_start(&d);
+	{
+		const char *argv[] = { h_upagerd(), "--socket", d.sock,
+				       "--foreground", NULL };
+
+		h_run(argv, NULL, 0, &r);
+	}
+	ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) != 0,
+		      "a second upagerd on %s: status %#x", d.sock, r.status);
+	ck_assert_msg(strstr(r.err, d.sock), "no word of the socket: %s",
+		      r.err);
+	h_run_free(&r);
+	/* the first still serves, on the same path */
+	u = h_connect(&d);
+	h_create(u, "z", H_MIB, -1, 0);
+	map = h_attach(u, "z", 0, &a);
+	map[12345] = 7;
+	ck_assert_int_eq(map[12345], 7);
+	ck_assert_int_eq(h_first_nonzero(map, 12345), -1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* A socket file left by a killed daemon is replaced by the next one. */
+START_TEST(test_stale_socket_replaced)
+{
+	const size_t size = 2 * H_MIB;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	struct stat st;
+	char path[512], *data, *map;
+	int fd;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "old", H_MIB, -1, 0);
+	upager_disconnect(u);
+	h_daemon_kill(&d);
+	ck_assert_int_eq(lstat(d.sock, &st), 0);
+	ck_assert_msg(S_ISSOCK(st.st_mode), "no stale socket left");
+	/* nobody answers there (the old listener may linger a moment in
+	 * the kernel, so the refusal can be a reset) */
+	ck_assert_int_lt(upager_connect(d.sock, &u), 0);
+
+	h_daemon_restart(&d);
+	u = h_connect(&d);
+	/* a new daemon: the old one's segments are gone */
+	ck_assert_int_eq(upager_list(u, NULL, 0), 0);
+	data = h_make_file(path, sizeof(path), d.dir, "img", size, 82);
+	fd = h_open_ro(path);
+	h_create(u, "img", size, fd, 0);
+	close(fd);
+	map = h_attach(u, "img", 0, &a);
+	ck_assert_int_eq(h_first_diff(map, data, size), -1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* Something at the socket path that is not a socket is not removed. */
+START_TEST(test_not_a_socket_left_alone)
+{
+	struct h_daemon d;
+	struct h_run r;
+	struct stat st;
+	FILE *f;
+
+	h_daemon_init(&d);
+	f = fopen(d.sock, "we");
+	ck_assert_ptr_nonnull(f);
+	fputs("precious\n", f);
+	fclose(f);
+	{
+		const char *argv[] = { h_upagerd(), "--socket", d.sock,
+				       "--foreground", NULL };
+
+		h_run(argv, NULL, 0, &r);
+	}
+	ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) != 0,
+		      "upagerd over a regular file: status %#x", r.status);
+	h_run_free(&r);
+	ck_assert_int_eq(lstat(d.sock, &st), 0);
+	ck_assert(S_ISREG(st.st_mode));
+	ck_assert_int_eq(st.st_size, 9);
+	h_dir_remove(d.dir);
+}
+END_TEST
+
+static void spin_ns(long ns)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+	       ns);
+}
+
+/*
+ * upager_disconnect() right after upager_detach(), many times: it must
+ * return every time (the library's watcher thread must see the stop).
+ * Runs in a child so that a hang is a bounded failure.
+ */
+START_TEST(test_detach_disconnect_loop)
+{
+	const int rounds = 4000;
+	struct h_daemon d;
+	struct upager *u;
+	int prog[2];
+	pid_t pid;
+	uint64_t done = 0;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "z", 64 * 1024, -1, 0);
+	upager_disconnect(u);
+	ck_assert_int_eq(pipe(prog), 0);
+	pid = h_fork();
+	if (pid == 0) {
+		close(prog[0]);
+		for (int i = 0; i < rounds; i++) {
+			struct upager_attachment *ca;
+			struct upager *cu = h_child_connect(d.sock);
+			volatile char *map;
+			int ret = upager_attach(cu, "z", 0, &ca);
+
+			CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
+			map = upager_attachment_addr(ca);
+			map[i % 65536] = 1;
+			/* let the watcher thread fall asleep in poll(), where the race
+			 * needs it */
+			spin_ns(200000);
+			ret = upager_detach(ca);
+			CHILD_CHECK(ret == 0, "detach: %s", strerror(-ret));
+			/* sweep the gap through the watcher's wake-up */
+			spin_ns((i * 37L) % 50000);
+			upager_disconnect(cu);
+			h_send_u64(prog[1], (uint64_t)i + 1);
+		}
+		_exit(0);
+	}
+	close(prog[1]);
+	/* progress, each round within the bound */
+	for (;;) {
+		char *p = (char *)&done;
+		uint64_t v = 0;
+		size_t got = 0;
+		int ret = 1;
+
+		while (got < sizeof(v) &&
+		       (ret = h_recv_timeout(prog[0], (char *)&v + got,
+					     H_TIMEOUT_MS)) == 1)
+			got++;
+		if (ret != 1)
+			break;
+		(void)p;
+		done = v;
+	}
+	if (done != (uint64_t)rounds) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		ck_abort_msg("the client hung after %llu of %d rounds "
+			     "(upager_disconnect after upager_detach)",
+			     (unsigned long long)done, rounds);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	u = h_connect(&d);
+	ck_assert_uint_eq(h_wait_attachments(u, "z", 0).nr_attachments, 0);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+static Suite *lifecycle_suite(void)
+{
+	Suite *s = suite_create("lifecycle");
+	TCase *tc = h_tcase("daemon");
+
+	tcase_add_test(tc, test_sigterm_with_client_attached);
+	tcase_add_test(tc, test_second_daemon_refused);
+	tcase_add_test(tc, test_stale_socket_replaced);
+	tcase_add_test(tc, test_not_a_socket_left_alone);
+	suite_add_tcase(s, tc);
+	tc = h_tcase("client");
+	tcase_add_test(tc, test_detach_disconnect_loop);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	h_main(lifecycle_suite(), H_NEED_BASE);
+}

@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Demand paging end to end: file and zero sources, shared frames across
+ * processes, read-only attachments.  Every read is compared with the
+ * source's bytes, never with another read of the segment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+#define NREADERS 4
+
+/*
+ * 64 MiB read by four processes released at once: each sees the file, and
+ * the daemon read every byte of it exactly once.
+ */
+START_TEST(test_file_concurrent_readers)
+{
+	const size_t size = 64 * H_MIB;
+	struct upager_segment_info info;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char path[512];
+	int go[2], res[2], fd;
+	pid_t pids[NREADERS];
+	uint64_t sum;
+	void *data;
+	char *map;
+
+	h_daemon_start(&d);
+	data = h_make_file(path, sizeof(path), d.dir, "img", size, 1);
+	sum = h_checksum(data, size);
+	u = h_connect(&d);
+	fd = h_open_ro(path);
+	h_create(u, "img", size, fd, 0);
+	close(fd);
+	ck_assert_int_eq(pipe(go), 0);
+	ck_assert_int_eq(pipe(res), 0);
+
+	for (int i = 0; i < NREADERS; i++) {
+		pids[i] = h_fork();
+		if (pids[i] == 0) {
+			struct upager *cu;
+			struct upager_attachment *ca;
+			char c;
+			long diff;
+			int ret;
+
+			close(go[1]);
+			cu = h_child_connect(d.sock);
+			ret = upager_attach(cu, "img", 0, &ca);
+			CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
+			CHILD_CHECK(upager_attachment_size(ca) == size,
+				    "attachment size %zu",
+				    upager_attachment_size(ca));
+			h_send(res[1], 'r');
+			/* released together: the parent closes go[1] */
+			CHILD_CHECK(read(go[0], &c, 1) == 0, "barrier");
+			map = upager_attachment_addr(ca);
+			h_send_u64(res[1], h_checksum(map, size));
+			diff = h_first_diff(map, data, size);
+			CHILD_CHECK(diff < 0, "byte %ld differs from the file",
+				    diff);
+			upager_detach(ca);
+			upager_disconnect(cu);
+			_exit(0);
+		}
+	}
+	close(go[0]);
+	for (int i = 0; i < NREADERS; i++)
+		ck_assert_int_eq(h_recv(res[0]), 'r');
+	close(go[1]);
+	for (int i = 0; i < NREADERS; i++)
+		ck_assert_msg(h_recv_u64(res[0]) == sum,
+			      "a reader's checksum differs from the file's");
+	for (int i = 0; i < NREADERS; i++)
+		ck_assert_int_eq(h_child_exit_code(pids[i]), 0);
+	close(res[0]);
+	close(res[1]);
+
+	info = h_wait_attachments(u, "img", 0);
+	ck_assert_uint_eq(info.nr_attachments, 0);
+	H_WAIT_STAT(u, "img", info, info.pages_filled >= size / H_PAGE);
+	ck_assert_uint_eq(info.size, size);
+	ck_assert_uint_eq(info.source, UPAGER_SOURCE_FILE);
+	/* nothing read twice, nothing filled twice */
+	ck_assert_uint_eq(info.bytes_read, size);
+	ck_assert_uint_eq(info.pages_filled, size / H_PAGE);
+	ck_assert_uint_eq(info.resident_bytes, size);
+
+	/* A second pass finds every frame in the memfd. */
+	map = h_attach(u, "img", 0, &a);
+	ck_assert_int_eq(h_first_diff(map, data, size), -1);
+	ck_assert_int_eq(h_checksum(map, size) == sum, 1);
+	info = h_stat(u, "img");
+	ck_assert_uint_eq(info.bytes_read, size);
+	ck_assert_uint_eq(info.pages_filled, size / H_PAGE);
+	ck_assert_uint_eq(info.nr_attachments, 1);
+	ck_assert_uint_eq(info.nr_pids, 1);
+	ck_assert_uint_eq(info.pids[0], (uint32_t)getpid());
+	ck_assert_int_eq(upager_detach(a), 0);
+
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* A file shorter than the segment (and a size not a page multiple). */
+START_TEST(test_file_shorter_than_segment)
+{
+	const size_t fsize = H_MIB + 1234, ssize = 4 * H_MIB - 100;
+	const size_t rounded = 4 * H_MIB;
+	struct upager_segment_info info;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char path[512];
+	void *data;
+	char *map;
+	int fd;
+
+	h_daemon_start(&d);
+	data = h_make_file(path, sizeof(path), d.dir, "short", fsize, 2);
+	u = h_connect(&d);
+	fd = h_open_ro(path);
+	h_create(u, "short", ssize, fd, 0);
+	close(fd);
+	info = h_stat(u, "short");
+	ck_assert_uint_eq(info.size, rounded);
+	ck_assert_str_eq(info.source_path, path);
+
+	map = h_attach(u, "short", 0, &a);
+	ck_assert_uint_eq(upager_attachment_size(a), rounded);
+	/* read the tail first: the file's end is read as part of a run */
+	ck_assert_int_eq(h_first_nonzero(map + fsize, rounded - fsize), -1);
+	ck_assert_int_eq(h_first_diff(map, data, fsize), -1);
+	H_WAIT_STAT(u, "short", info, info.pages_filled >= rounded / H_PAGE);
+	ck_assert_uint_eq(info.bytes_read, fsize);
+	ck_assert_uint_eq(info.pages_filled, rounded / H_PAGE);
+	ck_assert_int_eq(upager_detach(a), 0);
+
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* Holes in a sparse file read as zeros; its data where it is. */
+START_TEST(test_file_sparse)
+{
+	static const struct { size_t off, len; } runs[] = {
+		{ 0, 65536 },
+		{ H_MIB + 100, 4900 },		/* unaligned, inside a page */
+		{ 3 * H_MIB - 10, 20 },		/* across a page boundary */
+		{ 5 * H_MIB, H_MIB },
+		{ 8 * H_MIB - 4096, 4096 },	/* the last page */
+	};
+	const size_t size = 8 * H_MIB;
+	struct upager_segment_info info;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char path[512], *expect, *map;
+	int fd;
+
+	h_daemon_start(&d);
+	expect = calloc(1, size);
+	ck_assert_ptr_nonnull(expect);
+	snprintf(path, sizeof(path), "%s/sparse", d.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, size), 0);
+	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		h_fill(expect + runs[i].off, runs[i].len, 100 + i);
+		ck_assert_int_eq(pwrite(fd, expect + runs[i].off, runs[i].len,
+					runs[i].off), (ssize_t)runs[i].len);
+	}
+	/* it has holes indeed */
+	ck_assert_int_eq(lseek(fd, 0, SEEK_HOLE), 65536);
+	close(fd);
+
+	u = h_connect(&d);
+	fd = h_open_ro(path);
+	h_create(u, "sparse", size, fd, 0);
+	close(fd);
+	map = h_attach(u, "sparse", 0, &a);
+	ck_assert_int_eq(h_first_diff(map, expect, size), -1);
+	H_WAIT_STAT(u, "sparse", info, info.pages_filled >= size / H_PAGE);
+	ck_assert_uint_eq(info.pages_filled, size / H_PAGE);
+	ck_assert_int_eq(upager_detach(a), 0);
+
+	upager_disconnect(u);
+	free(expect);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/*
+ * Zero source: what one process writes another reads (the frames are
+ * shared), and the other's writes come back; untouched pages are zero.
+ */
+START_TEST(test_zero_shared_frames)
+{
+	const size_t size = 8 * H_MIB;
+	const size_t aoff = 4096 + 17, alen = 3 * H_MIB;	/* A writes */
+	const size_t boff = 6 * H_MIB, blen = H_MIB + 3;	/* B writes */
+	struct upager_segment_info info;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char *pa, *pb, *map, *expect;
+	int to_b[2], to_a[2];
+	pid_t pid;
+
+	pa = malloc(alen);
+	pb = malloc(blen);
+	expect = calloc(1, size);
+	h_fill(pa, alen, 7);
+	h_fill(pb, blen, 8);
+	memcpy(expect + aoff, pa, alen);
+	memcpy(expect + boff, pb, blen);
+
+	h_daemon_start(&d);
+	ck_assert_int_eq(pipe(to_b), 0);
+	ck_assert_int_eq(pipe(to_a), 0);
+	/* B: forked before A attaches, so it is its own client */
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager_attachment *ca;
+		struct upager *cu;
+		char c;
+		long diff;
+		int ret;
+
+		CHILD_CHECK(read(to_b[0], &c, 1) == 1, "wait for A");
+		cu = h_child_connect(d.sock);
+		ret = upager_attach(cu, "z", 0, &ca);
+		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
+		map = upager_attachment_addr(ca);
+		/* A's bytes, zeros elsewhere (B's range not written yet) */
+		diff = h_first_diff(map, expect, boff);
+		CHILD_CHECK(diff < 0, "byte %ld is not what A wrote", diff);
+		diff = h_first_nonzero(map + boff, size - boff);
+		CHILD_CHECK(diff < 0, "byte %ld is not zero", (long)boff + diff);
+		memcpy(map + boff, pb, blen);
+		h_send(to_a[1], 'w');
+		CHILD_CHECK(read(to_b[0], &c, 1) == 1, "wait for A");
+		upager_detach(ca);
+		upager_disconnect(cu);
+		_exit(0);
+	}
+	close(to_b[0]);
+	close(to_a[1]);
+
+	u = h_connect(&d);
+	h_create(u, "z", size, -1, 0);
+	info = h_stat(u, "z");
+	ck_assert_uint_eq(info.source, UPAGER_SOURCE_ZERO);
+	ck_assert_str_eq(info.source_path, "");
+	map = h_attach(u, "z", 0, &a);
+	memcpy(map + aoff, pa, alen);
+	h_send(to_b[1], 'g');
+	ck_assert_int_eq(h_recv(to_a[0]), 'w');
+	/* B's writes, through A's mapping */
+	ck_assert_int_eq(h_first_diff(map, expect, size), -1);
+	h_send(to_b[1], 'x');
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	info = h_stat(u, "z");
+	ck_assert_uint_eq(info.bytes_read, 0);
+	ck_assert_int_eq(upager_detach(a), 0);
+
+	upager_disconnect(u);
+	free(pa);
+	free(pb);
+	free(expect);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+static sigjmp_buf segv_jmp;
+static volatile void *segv_addr;
+
+static void on_segv(int sig, siginfo_t *si, void *uc)
+{
+	segv_addr = si->si_addr;
+	siglongjmp(segv_jmp, 1);
+}
+
+/*
+ * A read-only attachment sees the same bytes as a read-write one (file
+ * and written pages, and pages nobody touched yet), and a write through
+ * it is SIGSEGV.  Made writable with mprotect, its writes stay private.
+ */
+START_TEST(test_rdonly_attach)
+{
+	const size_t size = 4 * H_MIB;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char path[512], *map, *expect;
+	char patch[10000];
+	int fd, to_c[2], to_p[2];
+	pid_t pid;
+
+	h_daemon_start(&d);
+	expect = h_make_file(path, sizeof(path), d.dir, "img", size, 3);
+	h_fill(patch, sizeof(patch), 33);
+	memcpy(expect + 2 * H_MIB + 5, patch, sizeof(patch));
+	ck_assert_int_eq(pipe(to_c), 0);
+	ck_assert_int_eq(pipe(to_p), 0);
+
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager_attachment *ca;
+		struct upager *cu;
+		struct sigaction sa = { .sa_sigaction = on_segv,
+					.sa_flags = SA_SIGINFO };
+		volatile char *target;
+		char c;
+		long diff;
+		int ret;
+
+		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		cu = h_child_connect(d.sock);
+		ret = upager_attach(cu, "img", UPAGER_ATTACH_RDONLY, &ca);
+		CHILD_CHECK(ret == 0, "attach rdonly: %s", strerror(-ret));
+		map = upager_attachment_addr(ca);
+		/* backwards, so read-ahead does not hide a bad minor path */
+		for (size_t off = size; off > 0; off -= H_MIB) {
+			diff = h_first_diff(map + off - H_MIB,
+					    expect + off - H_MIB, H_MIB);
+			CHILD_CHECK(diff < 0, "byte %ld differs",
+				    (long)(off - H_MIB) + diff);
+		}
+		/* a write is SIGSEGV at that address */
+		target = map + 2 * H_MIB + 5;
+		sigaction(SIGSEGV, &sa, NULL);
+		if (sigsetjmp(segv_jmp, 1) == 0) {
+			*target = 'X';
+			CHILD_CHECK(0, "a write through a read-only attachment "
+				    "succeeded");
+		}
+		CHILD_CHECK(segv_addr == target, "SIGSEGV at %p, not %p",
+			    (void *)segv_addr, (void *)target);
+		signal(SIGSEGV, SIG_DFL);
+		/* made writable: the write is private */
+		CHILD_CHECK(mprotect(map, size, PROT_READ | PROT_WRITE) == 0,
+			    "mprotect: %s", strerror(errno));
+		memset(map + 3 * H_MIB, 'P', 8192);
+		CHILD_CHECK(map[3 * H_MIB] == 'P', "private write lost");
+		h_send(to_p[1], 'd');
+		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		upager_detach(ca);
+		upager_disconnect(cu);
+		_exit(0);
+	}
+	close(to_c[0]);
+	close(to_p[1]);
+
+	u = h_connect(&d);
+	fd = h_open_ro(path);
+	h_create(u, "img", size, fd, 0);
+	close(fd);
+	map = h_attach(u, "img", 0, &a);
+	/* some pages filled and written, the rest left to the reader */
+	memcpy(map + 2 * H_MIB + 5, patch, sizeof(patch));
+	h_send(to_c[1], 'g');
+	ck_assert_int_eq(h_recv(to_p[0]), 'd');
+	/* neither the SIGSEGV write nor the private one reached the frames */
+	ck_assert_int_eq(h_first_diff(map, expect, size), -1);
+	h_send(to_c[1], 'x');
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	ck_assert_int_eq(upager_detach(a), 0);
+
+	upager_disconnect(u);
+	free(expect);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* Read-only attachment of a zero segment: zeros, and written bytes. */
+START_TEST(test_rdonly_zero)
+{
+	const size_t size = 2 * H_MIB;
+	struct upager_attachment *a, *r;
+	struct h_daemon d;
+	struct upager *u;
+	char *map, *ro, *expect;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "z", size, -1, 0644);
+	expect = calloc(1, size);
+	h_fill(expect + H_MIB, 5000, 9);
+	map = h_attach(u, "z", 0, &a);
+	memcpy(map + H_MIB, expect + H_MIB, 5000);
+	ro = h_attach(u, "z", UPAGER_ATTACH_RDONLY, &r);
+	ck_assert_int_eq(h_first_diff(ro, expect, size), -1);
+	ck_assert_uint_eq(h_stat(u, "z").nr_attachments, 2);
+	ck_assert_int_eq(upager_detach(r), 0);
+	ck_assert_int_eq(upager_detach(a), 0);
+	ck_assert_uint_eq(h_stat(u, "z").nr_attachments, 0);
+	upager_disconnect(u);
+	free(expect);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+static Suite *paging_suite(void)
+{
+	Suite *s = suite_create("paging");
+	TCase *tc = h_tcase("file");
+
+	tcase_add_test(tc, test_file_concurrent_readers);
+	tcase_add_test(tc, test_file_shorter_than_segment);
+	tcase_add_test(tc, test_file_sparse);
+	suite_add_tcase(s, tc);
+	tc = h_tcase("zero");
+	tcase_add_test(tc, test_zero_shared_frames);
+	suite_add_tcase(s, tc);
+	tc = h_tcase("rdonly");
+	tcase_add_test(tc, test_rdonly_attach);
+	tcase_add_test(tc, test_rdonly_zero);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	h_main(paging_suite(), H_NEED_BASE);
+}
