@@ -58,6 +58,14 @@ struct attachment {
 	uint64_t uffd_ioctls;
 	uint64_t created_ns;
 
+	/*
+	 * Written around reading the uffd and applying the events read
+	 * (remap, unmap, fork), read around a UFFDIO_COPY into the process:
+	 * a copy that succeeds (no event pending, or it fails EAGAIN) then
+	 * sees ranges that match the process's mappings.
+	 */
+	pthread_rwlock_t evlock;
+
 	pthread_mutex_t lock;
 	struct att_range *ranges;
 	unsigned int nr_ranges, ranges_cap;

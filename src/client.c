@@ -58,11 +58,20 @@ struct upager_attachment {
 	uint64_t features;	/* of the uffd */
 };
 
-/* A uffd the watcher serves after the daemon died: an attachment's, or a
- * forked child's that the kernel handed us in orphan mode. */
+/*
+ * A uffd the watcher serves after the daemon died: an attachment's, or a
+ * forked child's that the kernel handed us then.  Self-contained (its own
+ * descriptors, the geometry copied), so a detach meanwhile frees nothing
+ * it uses; @a only names the attachment, to notice the detach.
+ */
 struct orphan {
 	int uffd;
-	struct upager_attachment *a;
+	int memfd;
+	uintptr_t base;
+	size_t size;
+	uint32_t source;
+	unsigned int flags;
+	const struct upager_attachment *a;	/* NULL: a child's, kept */
 };
 
 struct upager {
@@ -78,6 +87,7 @@ struct upager {
 	pthread_t watcher;
 	bool watcher_running;
 	int wake_efd;			/* tells the watcher to look again */
+	int daemon_pidfd;		/* readable when the daemon is gone */
 	_Atomic bool stopping;
 };
 
@@ -236,6 +246,7 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 	memcpy(u->path, sa.sun_path, sizeof(u->path));
 	u->pid = getpid();
 	u->wake_efd = -1;
+	u->daemon_pidfd = -1;
 	pthread_mutex_init(&u->req_lock, NULL);
 	pthread_mutex_init(&u->att_lock, NULL);
 	u->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -250,6 +261,9 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 		ret = -EPERM;
 		goto err;
 	}
+	/* The daemon's death, not a closed connection, orphans our faults.
+	 * (No pid across pid namespaces: then the hang-up must do.) */
+	u->daemon_pidfd = cred.pid > 0 ? syscall(SYS_pidfd_open, cred.pid, 0) : -1;
 	ret = request(u, &hello, sizeof(hello), UPG_HELLO, -1, &rh, sizeof(rh),
 		      NULL);
 	if (ret)
@@ -267,6 +281,8 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 err:
 	if (u->sock >= 0)
 		close(u->sock);
+	if (u->daemon_pidfd >= 0)
+		close(u->daemon_pidfd);
 	free(u);
 	return set_errno(ret);
 }
@@ -446,10 +462,8 @@ static int uffd_create(uint64_t *features)
 
 static void orphan_answer(struct orphan *o, const struct uffd_msg *m)
 {
-	struct upager_attachment *a = o->a;
 	long ps = sysconf(_SC_PAGESIZE);
 	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(ps - 1);
-	uint64_t base = (uintptr_t)a->addr;
 	struct uffdio_range r = { .start = addr, .len = ps };
 
 	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
@@ -458,18 +472,18 @@ static void orphan_answer(struct orphan *o, const struct uffd_msg *m)
 		ioctl(o->uffd, UFFDIO_WRITEPROTECT, &wp);
 		return;
 	}
-	if (addr >= base && addr - base < a->size) {
-		off_t off = addr - base;
+	if (addr >= o->base && addr - o->base < o->size) {
+		off_t off = addr - o->base;
 
-		if (lseek(a->memfd, off, SEEK_DATA) == off) {
+		if (lseek(o->memfd, off, SEEK_DATA) == off) {
 			struct uffdio_continue c = { .range = r };
 
-			if (!(a->flags & UPAGER_ATTACH_RDONLY) ||
+			if (!(o->flags & UPAGER_ATTACH_RDONLY) ||
 			    ioctl(o->uffd, UFFDIO_CONTINUE, &c) < 0)
 				ioctl(o->uffd, UFFDIO_WAKE, &r);
 			return;
 		}
-		if (a->source == UPAGER_SOURCE_ZERO) {
+		if (o->source == UPAGER_SOURCE_ZERO) {
 			struct uffdio_zeropage z = { .range = r };
 
 			if (ioctl(o->uffd, UFFDIO_ZEROPAGE, &z) < 0)
@@ -484,30 +498,52 @@ static void orphan_answer(struct orphan *o, const struct uffd_msg *m)
 		kill(getpid(), SIGBUS);
 }
 
-static int orphan_add(struct orphan **os, size_t *n, int uffd,
-		      struct upager_attachment *a)
+static void orphan_close(struct orphan *o)
+{
+	close(o->uffd);
+	close(o->memfd);
+}
+
+static int orphan_add(struct orphan **os, size_t *n, const struct orphan *o)
 {
 	void *p = realloc(*os, (*n + 1) * sizeof(**os));
 
 	if (!p)
 		return -ENOMEM;
 	*os = p;
-	(*os)[(*n)++] = (struct orphan){ .uffd = uffd, .a = a };
+	(*os)[(*n)++] = *o;
 	return 0;
+}
+
+static bool listed(struct upager *u, const struct upager_attachment *a)
+{
+	for (struct upager_attachment *it = u->atts; it; it = it->next)
+		if (it == a)
+			return true;
+	return false;
 }
 
 static void orphan_serve(struct upager *u)
 {
-	struct orphan *os = NULL;
-	size_t n = 0, nchild = 0;
+	struct orphan *os = NULL, o;
 	struct upager_attachment *a;
+	size_t n = 0;
 
 	pthread_mutex_lock(&u->att_lock);
 	for (a = u->atts; a; a = a->next) {
 		struct uffdio_range r = { .start = (uintptr_t)a->addr,
 					  .len = a->size };
 
-		orphan_add(&os, &n, a->uffd, a);
+		o = (struct orphan){
+			.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, 3),
+			.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, 3),
+			.base = (uintptr_t)a->addr, .size = a->size,
+			.source = a->source, .flags = a->flags, .a = a,
+		};
+		if (o.uffd < 0 || o.memfd < 0 || orphan_add(&os, &n, &o)) {
+			orphan_close(&o);
+			continue;
+		}
 		/* Faults the daemon read but never answered are lost with
 		 * it: wake their threads so they fault again, to us. */
 		ioctl(a->uffd, UFFDIO_WAKE, &r);
@@ -516,6 +552,7 @@ static void orphan_serve(struct upager *u)
 
 	while (!atomic_load(&u->stopping)) {
 		struct pollfd *pfd = calloc(n + 1, sizeof(*pfd));
+		size_t live = n;
 
 		if (!pfd)
 			break;
@@ -533,39 +570,41 @@ static void orphan_serve(struct upager *u)
 			if (read(u->wake_efd, &v, sizeof(v)) < 0)
 				v = 0;
 		}
-		size_t live = n;
 		for (size_t i = 0; i < live; i++) {
 			struct uffd_msg m;
 
 			if (!(pfd[i + 1].revents & POLLIN))
 				continue;
 			while (read(os[i].uffd, &m, sizeof(m)) == sizeof(m)) {
-				if (m.event == UFFD_EVENT_PAGEFAULT)
+				if (m.event == UFFD_EVENT_PAGEFAULT) {
 					orphan_answer(&os[i], &m);
-				else if (m.event == UFFD_EVENT_FORK &&
-					 orphan_add(&os, &n, m.arg.fork.ufd,
-						    os[i].a) == 0)
-					nchild++;
+					continue;
+				}
+				if (m.event != UFFD_EVENT_FORK)
+					continue;
+				o = os[i];
+				o.uffd = m.arg.fork.ufd;
+				o.memfd = fcntl(os[i].memfd, F_DUPFD_CLOEXEC, 3);
+				o.a = NULL;
+				if (o.memfd < 0 || orphan_add(&os, &n, &o))
+					orphan_close(&o);
 			}
 		}
 		free(pfd);
-		/* Detached attachments: drop their entries. */
+		/* Drop what was detached meanwhile. */
 		pthread_mutex_lock(&u->att_lock);
 		for (size_t i = 0; i < n;) {
-			for (a = u->atts; a && a != os[i].a; a = a->next)
-				;
-			if (a) {
+			if (!os[i].a || listed(u, os[i].a)) {
 				i++;
 				continue;
 			}
-			if (os[i].uffd != -1 && i >= n - nchild)
-				close(os[i].uffd);
+			orphan_close(&os[i]);
 			os[i] = os[--n];
 		}
 		pthread_mutex_unlock(&u->att_lock);
 	}
-	for (size_t i = n - nchild; i < n; i++)
-		close(os[i].uffd);
+	for (size_t i = 0; i < n; i++)
+		orphan_close(&os[i]);
 	free(os);
 }
 
@@ -578,7 +617,10 @@ static void *watcher_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
 		struct pollfd pfd[2] = {
-			{ .fd = u->sock, .events = 0 },	/* hang-up only */
+			u->daemon_pidfd >= 0 ?
+				(struct pollfd){ .fd = u->daemon_pidfd,
+						 .events = POLLIN } :
+				(struct pollfd){ .fd = u->sock, .events = 0 },
 			{ .fd = u->wake_efd, .events = POLLIN },
 		};
 
@@ -594,7 +636,7 @@ static void *watcher_main(void *arg)
 		}
 		if (atomic_load(&u->stopping))
 			return NULL;
-		if (pfd[0].revents & (POLLHUP | POLLERR)) {
+		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			orphan_serve(u);
 			return NULL;
 		}
@@ -725,10 +767,12 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	*out = a;
 	return 0;
 err:
-	if (a->addr != MAP_FAILED)
-		munmap(a->addr, a->size);
+	/* The uffd goes first: munmap of a range registered with unmap
+	 * events would wait for a reader that is not there. */
 	if (a->uffd >= 0)
 		close(a->uffd);
+	if (a->addr != MAP_FAILED)
+		munmap(a->addr, a->size);
 	if (a->memfd >= 0)
 		close(a->memfd);
 	free(a);
@@ -774,7 +818,7 @@ UPAGER_API int upager_detach(struct upager_attachment *a)
 		memset(&m, 0, sizeof(m));
 		m.attach_id = a->attach_id;
 		ret = request(u, &m, sizeof(m), UPG_DETACH, -1, NULL, 0, NULL);
-		if (ret == -EPIPE)
+		if (ret == -EPIPE || ret == -ECONNRESET || ret == -ENOTCONN)
 			ret = 0;	/* the daemon is gone: nothing to tell */
 		watcher_kick(u);
 	} else {
@@ -814,6 +858,8 @@ UPAGER_API void upager_disconnect(struct upager *u)
 	}
 	if (u->wake_efd >= 0)
 		close(u->wake_efd);
+	if (u->daemon_pidfd >= 0)
+		close(u->daemon_pidfd);
 	close(u->sock);
 	pthread_mutex_destroy(&u->req_lock);
 	pthread_mutex_destroy(&u->att_lock);

@@ -220,6 +220,14 @@ static void uffd_poison(struct attachment *att, uint64_t addr, uint64_t len)
 	if (att->uffd_features & UFFD_FEATURE_POISON) {
 		if (ioctl(att->uffd, UFFDIO_POISON, &p) == 0 || errno == EEXIST)
 			return;
+		if (errno == EAGAIN) {		/* an event first */
+			attach_requeue(att, addr);
+			return;
+		}
+		if (errno != ENOSPC && errno != ESRCH) {
+			uffd_wake(att, addr, len);	/* it moved: refault */
+			return;
+		}
 	}
 	/* No poison markers: the thread cannot be answered with a wrong
 	 * byte, so the process gets the SIGBUS directly. */
@@ -228,11 +236,14 @@ static void uffd_poison(struct attachment *att, uint64_t addr, uint64_t len)
 		kill(pid, SIGBUS);
 }
 
-/* Parks a fault on a BUSY page; false when the page stopped being BUSY. */
-static bool seg_park(struct segment *seg, struct attachment *att,
-		     uint64_t pgoff, uint64_t addr)
+/*
+ * Parks a fault on a BUSY page: 1, or 0 when the page stopped being BUSY,
+ * or -ENOMEM.
+ */
+static int seg_park(struct segment *seg, struct attachment *att,
+		    uint64_t pgoff, uint64_t addr)
 {
-	bool parked = false;
+	int parked = 0;
 
 	pthread_mutex_lock(&seg->wait_lock);
 	if (pte_get(&seg->pt, pgoff) & PTE_BUSY) {
@@ -240,8 +251,10 @@ static bool seg_park(struct segment *seg, struct attachment *att,
 			unsigned int cap = seg->waiters_cap ? 2 * seg->waiters_cap : 16;
 			void *p = realloc(seg->waiters, cap * sizeof(*seg->waiters));
 
-			if (!p)
+			if (!p) {
+				parked = -ENOMEM;
 				goto out;
+			}
 			seg->waiters = p;
 			seg->waiters_cap = cap;
 		}
@@ -249,7 +262,7 @@ static bool seg_park(struct segment *seg, struct attachment *att,
 		seg->waiters[seg->nr_waiters++] = (struct seg_waiter){
 			.pgoff = pgoff, .addr = addr, .att = att,
 		};
-		parked = true;
+		parked = 1;
 	}
 out:
 	pthread_mutex_unlock(&seg->wait_lock);
@@ -341,8 +354,19 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 	uint64_t dst = direct ? (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps
 			      : f->addr + from * ps;
 	int uffd = direct ? upd.fill_uffd : f->att->uffd;
-	long ret;
+	uint64_t pgoff, run;
+	long ret, done;
 
+	if (!direct) {
+		/* The address still maps these pages (see attach.h). */
+		pthread_rwlock_rdlock(&f->att->evlock);
+		if (attach_lookup(f->att, dst, &pgoff, &run) < 0 ||
+		    pgoff != f->rd.pgoff + from || run < len / ps) {
+			pthread_rwlock_unlock(&f->att->evlock);
+			*err = ENOENT;
+			return -ENOENT;
+		}
+	}
 	if (f->rd.zero) {
 		struct uffdio_zeropage z = {
 			.range = { .start = dst, .len = len },
@@ -350,18 +374,22 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 		};
 
 		ret = ioctl(uffd, UFFDIO_ZEROPAGE, &z);
-		*err = ret < 0 ? errno : 0;
-		return ret < 0 ? z.zeropage : (long)len;
+		done = z.zeropage;
+	} else {
+		struct uffdio_copy c = {
+			.dst = dst,
+			.src = (uint64_t)(uintptr_t)f->rd.buf + from * ps,
+			.len = len,
+			.mode = direct ? UFFDIO_COPY_MODE_DONTWAKE : 0,
+		};
+
+		ret = ioctl(uffd, UFFDIO_COPY, &c);
+		done = c.copy;
 	}
-	struct uffdio_copy c = {
-		.dst = dst,
-		.src = (uint64_t)(uintptr_t)f->rd.buf + from * ps,
-		.len = len,
-		.mode = direct ? UFFDIO_COPY_MODE_DONTWAKE : 0,
-	};
-	ret = ioctl(uffd, UFFDIO_COPY, &c);
 	*err = ret < 0 ? errno : 0;
-	return ret < 0 ? c.copy : (long)len;
+	if (!direct)
+		pthread_rwlock_unlock(&f->att->evlock);
+	return ret < 0 ? done : (long)len;
 }
 
 /*
@@ -483,14 +511,24 @@ static void fill_finish(struct worker *w, struct fill *f, int res)
 	int err;
 
 	counter_add(seg->c.bytes_read, f->rd.bytes_read);
+	if (res == -EBUSY || res == -ENOMEM) {
+		/* Our own shortage, not the source's: try again later. */
+		fill_release(f, 0);
+		if (!f->prefetch)
+			attach_requeue(f->att, f->addr);
+		goto out;
+	}
 	if (res < 0) {
+		/* Only the page asked for is poisoned: the read-ahead may
+		 * read fine on its own. */
 		pr_warn("fault", "%s: source read of pages %llu+%u failed: %s",
 			seg->name, (unsigned long long)f->rd.pgoff,
 			f->rd.npages, strerror(-res));
-		for (uint32_t i = 0; i < f->rd.npages; i++)
-			pte_end_busy(&seg->pt, f->rd.pgoff + i, PTE_POISON);
-		if (!f->prefetch)
+		fill_release(f, f->prefetch ? 0 : 1);
+		if (!f->prefetch) {
+			pte_end_busy(&seg->pt, f->rd.pgoff, PTE_POISON);
 			uffd_poison(f->att, f->addr, seg->page_size);
+		}
 		goto out;
 	}
 	/* The next read goes out first, to run while this run is copied. */
@@ -579,6 +617,7 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 	struct segment *seg = att->seg;
 	uint64_t pgoff, run, st;
 	uint32_t n, max;
+	int ret;
 
 	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
 		/* Not ours (any more): the retry finds what is there. */
@@ -605,8 +644,13 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		}
 		if (pte_try_busy(&seg->pt, pgoff))
 			break;
-		if (seg_park(seg, att, pgoff, addr)) {
+		ret = seg_park(seg, att, pgoff, addr);
+		if (ret > 0) {
 			counter_add(seg->c.faults_waited, 1);
+			return;
+		}
+		if (ret < 0) {
+			attach_requeue(att, addr);	/* out of memory */
 			return;
 		}
 	}

@@ -363,12 +363,14 @@ static bool is_uffd(int fd)
 /*
  * Whether [addr, addr + len) of @pid maps @seg's memfd from offset 0, by
  * its inode in /proc/PID/maps: the daemon trusts no address it cannot see.
+ * With @len 0: whether @pid maps the memfd anywhere.
  */
 static bool maps_segment(pid_t pid, struct segment *seg, uint64_t addr,
 			 uint64_t len)
 {
 	char path[64], line[512];
 	uint64_t covered = addr;
+	bool any = false;
 	struct stat st;
 	FILE *f;
 
@@ -386,13 +388,16 @@ static bool maps_segment(pid_t pid, struct segment *seg, uint64_t addr,
 			continue;
 		if (ino != st.st_ino || !strstr(line, "upager:"))
 			continue;
+		any = true;
+		if (!len)
+			break;
 		/* The VMA must map segment offset p - addr at address p. */
 		if (lo <= covered && hi > covered && lo >= addr &&
 		    off == lo - addr)
 			covered = hi;
 	}
 	fclose(f);
-	return covered >= addr + len;
+	return len ? covered >= addr + len : any;
 }
 
 static int do_register(struct conn *c, const struct upg_register *m, int fd)
@@ -403,9 +408,13 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	unsigned int want = 4;
 	int ret;
 
-	if (fd < 0 || !is_uffd(fd) || (m->flags & ~UPG_REGISTER_RDONLY) ||
-	    !(m->uffd_ioctls & (1ull << _UFFDIO_COPY)))
+	if (fd < 0)
 		return -EINVAL;
+	if (!is_uffd(fd) || (m->flags & ~UPG_REGISTER_RDONLY) ||
+	    !(m->uffd_ioctls & (1ull << _UFFDIO_COPY))) {
+		close(fd);
+		return -EINVAL;
+	}
 	if (!(m->flags & UPG_REGISTER_RDONLY))
 		want |= 2;
 	pthread_mutex_lock(&upd.lock);
@@ -418,6 +427,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
 		fd = -1;
+		att->owner = worker_pick();
 		att->flags = m->flags;
 		att->uffd_features = m->uffd_features;
 		att->uffd_ioctls = m->uffd_ioctls;
@@ -436,7 +446,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 			close(fd);
 		return ret;
 	}
-	worker_add(worker_pick(), att);
+	worker_add(att->owner, att);
 	memset(&r, 0, sizeof(r));
 	r.attach_id = att->id;
 	attach_put(att);
@@ -457,8 +467,6 @@ static int do_detach(struct conn *c, const struct upg_detach *m)
 	attach_put(att);
 	return 0;
 }
-
-static bool pid_maps(pid_t pid, struct segment *seg);
 
 /* The parent of @pid, from /proc; 0 if unknown. */
 static pid_t parent_of(pid_t pid)
@@ -715,26 +723,7 @@ static bool pid_taken(struct segment *seg, pid_t pid)
 
 static bool pid_maps(pid_t pid, struct segment *seg)
 {
-	char path[64], line[512];
-	struct stat st;
-	bool found = false;
-	FILE *f;
-
-	if (fstat(seg->memfd, &st) < 0)
-		return false;
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "re");
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		unsigned long long ino;
-
-		if (sscanf(line, "%*s %*s %*s %*s %llu", &ino) == 1 &&
-		    ino == st.st_ino && strstr(line, "upager:"))
-			found = true;
-	}
-	fclose(f);
-	return found;
+	return maps_segment(pid, seg, 0, 0);
 }
 
 /* A child of a thread of @parent that maps @seg and is not attached. */

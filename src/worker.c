@@ -162,7 +162,6 @@ static unsigned int nr_pollers(void)
 
 void worker_add(struct worker *w, struct attachment *att)
 {
-	att->owner = w;
 	for (unsigned int i = 0; i < nr_pollers(); i++)
 		post(upd.workers[(w->id + i) % upd.nr_workers], CMD_ADD, att);
 }
@@ -282,13 +281,15 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 		close(ufd);
 		return;
 	}
+	/* Owned before anyone can find it. */
+	child->owner = worker_pick();
 	pthread_mutex_lock(&upd.lock);
 	attach_publish(child);
 	atomic_fetch_add(&upd.unresolved, 1);
 	pthread_mutex_unlock(&upd.lock);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
-	worker_add(worker_pick(), child);
+	worker_add(child->owner, child);
 	attach_put(child);
 	/* The main thread finds the child's pid. */
 	wake_main();
@@ -347,56 +348,72 @@ static void drive_retries(struct worker *w, struct attachment *att)
 }
 
 /* Reads and serves what @att's uffd holds; returns the messages read. */
+/* Applies a non-fault event; the caller holds att->evlock for writing. */
+static void handle_event(struct worker *w, struct attachment *att,
+			 const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_FORK:
+		handle_fork(w, att, m->arg.fork.ufd);
+		break;
+	case UFFD_EVENT_REMAP:
+		counter_add(upd.events_remap, 1);
+		attach_remap(att, m->arg.remap.from, m->arg.remap.to,
+			     m->arg.remap.len);
+		break;
+	case UFFD_EVENT_REMOVE:
+		/* The frames stay PRESENT in the table; a fault on a
+		 * punched one re-checks. */
+		counter_add(upd.events_remove, 1);
+		break;
+	case UFFD_EVENT_UNMAP:
+		counter_add(upd.events_unmap, 1);
+		attach_unmap(att, m->arg.remove.start, m->arg.remove.end);
+		if (!attach_has_ranges(att))
+			attach_kill(att, "unmapped");
+		break;
+	default:
+		pr_warn("fault", "%s: unknown uffd event %u", att->seg->name,
+			m->event);
+		break;
+	}
+}
+
+/*
+ * Reads and serves what @att's uffd holds; returns the messages read.
+ * Events are applied before the faults read with them: a fault's address
+ * is looked up in the mappings as they are now, which is what a
+ * UFFDIO_COPY to that address fills.
+ */
 static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 {
 	struct uffd_msg msgs[UFFD_MSG_BATCH];
 	unsigned int total = 0;
 
 	for (;;) {
-		ssize_t n = read(att->uffd, msgs, sizeof(msgs));
+		size_t nr = 0;
+		ssize_t n;
 
+		pthread_rwlock_wrlock(&att->evlock);
+		do
+			n = read(att->uffd, msgs, sizeof(msgs));
+		while (n < 0 && errno == EINTR);
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				msgs[nr++] = msgs[i];
+			else
+				handle_event(w, att, &msgs[i]);
+		}
+		pthread_rwlock_unlock(&att->evlock);
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
 			if (errno != EAGAIN)
 				pr_warn("fault", "%s: read uffd: %s",
 					att->seg->name, strerror(errno));
 			break;
 		}
 		total += n / sizeof(msgs[0]);
-		for (size_t i = 0; i < n / sizeof(msgs[0]); i++) {
-			const struct uffd_msg *m = &msgs[i];
-
-			switch (m->event) {
-			case UFFD_EVENT_PAGEFAULT:
-				handle_pagefault(w, att, m);
-				break;
-			case UFFD_EVENT_FORK:
-				handle_fork(w, att, m->arg.fork.ufd);
-				break;
-			case UFFD_EVENT_REMAP:
-				counter_add(upd.events_remap, 1);
-				attach_remap(att, m->arg.remap.from,
-					     m->arg.remap.to, m->arg.remap.len);
-				break;
-			case UFFD_EVENT_REMOVE:
-				/* The frames stay PRESENT in the table; a
-				 * fault on a punched one re-checks. */
-				counter_add(upd.events_remove, 1);
-				break;
-			case UFFD_EVENT_UNMAP:
-				counter_add(upd.events_unmap, 1);
-				attach_unmap(att, m->arg.remove.start,
-					     m->arg.remove.end);
-				if (!attach_has_ranges(att))
-					attach_kill(att, "unmapped");
-				break;
-			default:
-				pr_warn("fault", "%s: unknown uffd event %u",
-					att->seg->name, m->event);
-				break;
-			}
-		}
+		for (size_t i = 0; i < nr; i++)
+			handle_pagefault(w, att, &msgs[i]);
 		if ((size_t)n < sizeof(msgs))
 			break;
 	}

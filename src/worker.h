@@ -17,8 +17,8 @@ int worker_start(unsigned int id, struct worker **out);
 /* Asks @w to stop, joins it and frees it. */
 void worker_stop(struct worker *w);
 
-/* Makes @w the owner of @att (it polls the pidfd) and has it and the
- * workers after it poll the uffd.  Each takes its own reference. */
+/* Has @w, @att's owner (set before @att was published: it polls the
+ * pidfd), and the workers after it poll the uffd.  Each takes a ref. */
 void worker_add(struct worker *w, struct attachment *att);
 /* Asks the workers polling @att (owner @w) to stop and drop their refs. */
 void worker_remove(struct worker *w, struct attachment *att);

@@ -408,7 +408,9 @@ END_TEST
  */
 START_TEST(test_daemon_killed_after_fork)
 {
-	const size_t size = 16 * H_MIB, first = 2 * H_MIB;
+	/* Large enough that read-ahead after the first part (up to 4 windows
+	 * of 4 MiB) cannot reach the last page. */
+	const size_t size = 64 * H_MIB, first = 2 * H_MIB;
 	struct upager_attachment *a;
 	struct h_daemon d;
 	struct upager *u;
@@ -465,7 +467,8 @@ END_TEST
  */
 START_TEST(test_daemon_killed_rdonly)
 {
-	const size_t size = 8 * H_MIB, first = H_MIB;
+	/* Beyond read-ahead's reach from the first part, as above. */
+	const size_t size = 64 * H_MIB, first = H_MIB;
 	struct upager_attachment *a;
 	struct h_daemon d;
 	struct upager *u;
