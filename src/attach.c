@@ -43,7 +43,6 @@ static struct attachment *attach_alloc(struct segment *seg, int uffd)
 	att->pidfd = -1;
 	att->created_ns = now_ns();
 	pthread_mutex_init(&att->lock, NULL);
-	pthread_rwlock_init(&att->evlock, NULL);
 	list_init(&att->seg_link);
 	list_init(&att->all_link);
 	return att;
@@ -132,7 +131,6 @@ void attach_put(struct attachment *att)
 		close(att->pidfd);
 	segment_put(att->seg);
 	pthread_mutex_destroy(&att->lock);
-	pthread_rwlock_destroy(&att->evlock);
 	free(att->ranges);
 	free(att->retry);
 	free(att);

@@ -23,6 +23,7 @@
 #define UPAGER_ATTACH_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,6 +33,59 @@
 
 struct segment;
 struct worker;
+
+/* -1: a writer; n > 0: n readers. */
+struct spin_rwlock {
+	_Atomic int v;
+};
+
+static inline void spin_relax(unsigned int *n)
+{
+	if (++*n % 64 == 0)
+		sched_yield();	/* the holder may have been preempted */
+	else
+		__builtin_ia32_pause();
+}
+
+static inline void spin_read_lock(struct spin_rwlock *l)
+{
+	unsigned int n = 0;
+
+	for (;;) {
+		int v = atomic_load_explicit(&l->v, memory_order_relaxed);
+
+		if (v >= 0 && atomic_compare_exchange_weak_explicit(
+				      &l->v, &v, v + 1, memory_order_acquire,
+				      memory_order_relaxed))
+			return;
+		spin_relax(&n);
+	}
+}
+
+static inline void spin_read_unlock(struct spin_rwlock *l)
+{
+	atomic_fetch_sub_explicit(&l->v, 1, memory_order_release);
+}
+
+static inline void spin_write_lock(struct spin_rwlock *l)
+{
+	unsigned int n = 0;
+
+	for (;;) {
+		int v = 0;
+
+		if (atomic_compare_exchange_weak_explicit(
+			    &l->v, &v, -1, memory_order_acquire,
+			    memory_order_relaxed))
+			return;
+		spin_relax(&n);
+	}
+}
+
+static inline void spin_write_unlock(struct spin_rwlock *l)
+{
+	atomic_store_explicit(&l->v, 0, memory_order_release);
+}
 
 struct att_range {
 	uint64_t start;
@@ -62,9 +116,12 @@ struct attachment {
 	 * Written around reading the uffd and applying the events read
 	 * (remap, unmap, fork), read around a UFFDIO_COPY into the process:
 	 * a copy that succeeds (no event pending, or it fails EAGAIN) then
-	 * sees ranges that match the process's mappings.
+	 * sees ranges that match the process's mappings.  A spinning lock:
+	 * it is held for one syscall, and every worker polling the uffd
+	 * takes it on every fault; sleeping on it would cost a cross-CPU
+	 * wake-up (tens of microseconds) each time.
 	 */
-	pthread_rwlock_t evlock;
+	struct spin_rwlock evlock;
 
 	pthread_mutex_t lock;
 	struct att_range *ranges;

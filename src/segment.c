@@ -359,10 +359,10 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 
 	if (!direct) {
 		/* The address still maps these pages (see attach.h). */
-		pthread_rwlock_rdlock(&f->att->evlock);
+		spin_read_lock(&f->att->evlock);
 		if (attach_lookup(f->att, dst, &pgoff, &run) < 0 ||
 		    pgoff != f->rd.pgoff + from || run < len / ps) {
-			pthread_rwlock_unlock(&f->att->evlock);
+			spin_read_unlock(&f->att->evlock);
 			*err = ENOENT;
 			return -ENOENT;
 		}
@@ -388,7 +388,7 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 	}
 	*err = ret < 0 ? errno : 0;
 	if (!direct)
-		pthread_rwlock_unlock(&f->att->evlock);
+		spin_read_unlock(&f->att->evlock);
 	return ret < 0 ? done : (long)len;
 }
 

@@ -383,18 +383,19 @@ static void handle_event(struct worker *w, struct attachment *att,
  * Reads and serves what @att's uffd holds; returns the messages read.
  * Events are applied before the faults read with them: a fault's address
  * is looked up in the mappings as they are now, which is what a
- * UFFDIO_COPY to that address fills.
+ * UFFDIO_COPY to that address fills.  Reading and applying the events is
+ * one step under the evlock (see attach.h).
  */
 static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 {
 	struct uffd_msg msgs[UFFD_MSG_BATCH];
 	unsigned int total = 0;
+	ssize_t n;
 
-	for (;;) {
+	do {
 		size_t nr = 0;
-		ssize_t n;
 
-		pthread_rwlock_wrlock(&att->evlock);
+		spin_write_lock(&att->evlock);
 		do
 			n = read(att->uffd, msgs, sizeof(msgs));
 		while (n < 0 && errno == EINTR);
@@ -404,7 +405,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 			else
 				handle_event(w, att, &msgs[i]);
 		}
-		pthread_rwlock_unlock(&att->evlock);
+		spin_write_unlock(&att->evlock);
 		if (n < 0) {
 			if (errno != EAGAIN)
 				pr_warn("fault", "%s: read uffd: %s",
@@ -414,9 +415,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 		total += n / sizeof(msgs[0]);
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
-		if ((size_t)n < sizeof(msgs))
-			break;
-	}
+	} while (n == (ssize_t)sizeof(msgs));	/* a full batch: more? */
 	drive_retries(w, att);
 	w->served += total;
 	return total;
