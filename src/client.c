@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -89,6 +90,7 @@ struct upager {
 	int wake_efd;			/* tells the watcher to look again */
 	int daemon_pidfd;		/* readable when the daemon is gone */
 	_Atomic bool stopping;
+	_Atomic bool watcher_ready;
 };
 
 static int set_errno(int ret)
@@ -615,6 +617,7 @@ static void *watcher_main(void *arg)
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	atomic_store(&u->watcher_ready, true);
 	for (;;) {
 		struct pollfd pfd[2] = {
 			u->daemon_pidfd >= 0 ?
@@ -658,6 +661,13 @@ static int watcher_start(struct upager *u)
 			u->watcher_running = true;
 	}
 	pthread_mutex_unlock(&u->att_lock);
+	/*
+	 * Return only once the thread runs its own code: a fork while it
+	 * is still being set up (allocating, in an ASan build, under the
+	 * allocator's lock) would leave the child a lock nobody unlocks.
+	 */
+	while (!ret && !atomic_load(&u->watcher_ready))
+		sched_yield();
 	return ret;
 }
 
@@ -937,6 +947,7 @@ static void child_reconnect(struct upager *u)
 
 	/* The parent's watcher did not come along. */
 	u->watcher_running = false;
+	atomic_store(&u->watcher_ready, false);
 	if (u->wake_efd >= 0)
 		close(u->wake_efd);
 	u->wake_efd = -1;
