@@ -946,3 +946,15 @@ void h_run_free(struct h_run *r)
 	free(r->err);
 	r->out = r->err = NULL;
 }
+
+char *h_file_segment(struct h_daemon *d, struct upager *u, const char *name,
+		     size_t size, uint64_t seed)
+{
+	char path[512];
+	char *data = h_make_file(path, sizeof(path), d->dir, name, size, seed);
+	int fd = h_open_ro(path);
+
+	h_create(u, name, size, fd, 0);
+	close(fd);
+	return data;
+}

@@ -162,6 +162,13 @@ void *h_make_file(char *path, size_t pathlen, const char *dir,
 /* Opens @path read-only (asserted). */
 int h_open_ro(const char *path);
 
+/*
+ * h_file_segment - a file of @size bytes of h_fill(@seed) data in @d's
+ * directory, and segment @name over it.  Returns the data (free it).
+ */
+char *h_file_segment(struct h_daemon *d, struct upager *u, const char *name,
+		     size_t size, uint64_t seed);
+
 /* The whole of @path, malloc'ed; @size gets its length. */
 void *h_read_file(const char *path, size_t *size);
 

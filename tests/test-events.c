@@ -18,18 +18,6 @@
 
 /* A file-backed segment @name of @size bytes from seed @seed; returns the
  * file's bytes. */
-static char *file_segment(struct h_daemon *d, struct upager *u,
-			  const char *name, size_t size, uint64_t seed)
-{
-	char path[512];
-	char *data = h_make_file(path, sizeof(path), d->dir, name, size, seed);
-	int fd = h_open_ro(path);
-
-	h_create(u, name, size, fd, 0);
-	close(fd);
-	return data;
-}
-
 static bool has_pid(const struct upager_segment_info *info, pid_t pid)
 {
 	for (uint32_t i = 0; i < info->nr_pids; i++)
@@ -58,7 +46,7 @@ START_TEST(test_fork_child)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 11);
+	data = h_file_segment(&d, u, "img", size, 11);
 	patch = malloc(wlen);
 	h_fill(patch, wlen, 12);
 	ck_assert_int_eq(pipe(to_c), 0);
@@ -153,7 +141,7 @@ START_TEST(test_fork_daemon_is_our_child)
 	d.direct = true;
 	h_daemon_restart(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 14);
+	data = h_file_segment(&d, u, "img", size, 14);
 	ck_assert_int_eq(pipe(to_c), 0);
 	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
@@ -216,7 +204,7 @@ START_TEST(test_fork_many_children)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 15);
+	data = h_file_segment(&d, u, "img", size, 15);
 	ck_assert_int_eq(pipe(to_p), 0);
 	for (int i = 0; i < NCHILD; i++)
 		ck_assert_int_eq(pipe(to_c[i]), 0);
@@ -337,7 +325,7 @@ START_TEST(test_fork_rdonly)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 16);
+	data = h_file_segment(&d, u, "img", size, 16);
 	map = h_attach(u, "img", UPAGER_ATTACH_RDONLY, &a);
 	ck_assert_int_eq(memcmp(map, data, H_PAGE), 0);
 	pid = h_fork();
@@ -376,7 +364,7 @@ START_TEST(test_fork_child_detaches)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 13);
+	data = h_file_segment(&d, u, "img", size, 13);
 	ck_assert_int_eq(pipe(to_c), 0);
 	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
@@ -477,7 +465,7 @@ START_TEST(test_munmap_middle)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 21);
+	data = h_file_segment(&d, u, "img", size, 21);
 	map = h_attach(u, "img", 0, &a);
 	st0 = h_stats(u);
 	ck_assert_int_eq(munmap(map + 2 * H_MIB, 2 * H_MIB), 0);
@@ -512,7 +500,7 @@ START_TEST(test_mremap_part)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 31);
+	data = h_file_segment(&d, u, "img", size, 31);
 	map = h_attach(u, "img", 0, &a);
 	/* a page before the moved part, so a stream seems to lead into it */
 	ck_assert_int_eq(memcmp(map + moff - 4096, data + moff - 4096, 4096), 0);
@@ -565,7 +553,7 @@ START_TEST(test_mremap_tail_untouched)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 32);
+	data = h_file_segment(&d, u, "img", size, 32);
 	map = h_attach(u, "img", 0, &a);
 	dst = mmap(NULL, mlen, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert_ptr_ne(dst, MAP_FAILED);
@@ -601,7 +589,7 @@ START_TEST(test_madv_dontneed_keeps)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 41);
+	data = h_file_segment(&d, u, "img", size, 41);
 	patch = malloc(len);
 	h_fill(patch, len, 42);
 	map = h_attach(u, "img", 0, &a);
@@ -638,7 +626,7 @@ START_TEST(test_madv_remove_file)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 51);
+	data = h_file_segment(&d, u, "img", size, 51);
 	patch = malloc(len);
 	h_fill(patch, len, 52);
 	map = h_attach(u, "img", 0, &a);

@@ -23,18 +23,6 @@
 #define EX_SIGBUS 3		/* SIGBUS where the test expects one */
 #define EX_NO_SIGBUS 4		/* read to the end without SIGBUS */
 
-static char *file_segment(struct h_daemon *d, struct upager *u,
-			  const char *name, size_t size, uint64_t seed)
-{
-	char path[512];
-	char *data = h_make_file(path, sizeof(path), d->dir, name, size, seed);
-	int fd = h_open_ro(path);
-
-	h_create(u, name, size, fd, 0);
-	close(fd);
-	return data;
-}
-
 /*
  * A child that reads the whole segment, checking every byte, punches it
  * out of the memfd (MADV_REMOVE) and reads it again, forever: it faults
@@ -80,7 +68,7 @@ START_TEST(test_client_killed_while_faulting)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 61);
+	data = h_file_segment(&d, u, "img", size, 61);
 	ck_assert_int_eq(pipe(vrep), 0);
 	ck_assert_int_eq(pipe(srep), 0);
 	ck_assert_int_eq(pipe(sstop), 0);
@@ -170,7 +158,7 @@ START_TEST(test_client_killed_many)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 62);
+	data = h_file_segment(&d, u, "img", size, 62);
 	ck_assert_int_eq(pipe(rep), 0);
 	for (int round = 0; round < 8; round++) {
 		pid_t pid = h_fork();
@@ -281,7 +269,7 @@ START_TEST(test_daemon_killed_file)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 72);
+	data = h_file_segment(&d, u, "img", size, 72);
 	upager_disconnect(u);
 	ck_assert_int_eq(pipe(to_c), 0);
 	ck_assert_int_eq(pipe(to_p), 0);
@@ -366,7 +354,7 @@ START_TEST(test_daemon_killed_mid_stream)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 73);
+	data = h_file_segment(&d, u, "img", size, 73);
 	ck_assert_int_eq(pipe(rep), 0);
 	pid = h_fork();
 	if (pid == 0) {
@@ -422,7 +410,7 @@ START_TEST(test_daemon_killed_after_fork)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 74);
+	data = h_file_segment(&d, u, "img", size, 74);
 	ck_assert_int_eq(pipe(to_c), 0);
 	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
@@ -478,7 +466,7 @@ START_TEST(test_daemon_killed_rdonly)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	data = file_segment(&d, u, "img", size, 75);
+	data = h_file_segment(&d, u, "img", size, 75);
 	h_create(u, "z", size, -1, 0644);
 	patch = malloc(H_MIB);
 	h_fill(patch, H_MIB, 76);
