@@ -8,16 +8,16 @@
  * (UFFD_EVENT_FORK) makes a new attachment with the parent's ranges, whose
  * pid the daemon finds afterwards (the event does not carry it).
  *
- * Lifetime: reference counted.  Each worker polling the uffd holds one, fills in flight and parked waiters hold theirs.  attach_kill()
- * takes an attachment out of its segment once (whoever comes first: the
- * process exited, it detached, its ranges are all unmapped) and asks the
- * owning worker to stop polling it; the uffd is closed with the last
- * reference.
+ * Lifetime: reference counted.  Each worker polling the uffd holds one;
+ * fills in flight and parked waiters hold theirs.  attach_kill() takes an
+ * attachment out of service once (whoever comes first: the process exited
+ * or exec'd, it detached, its ranges are all unmapped) and asks the
+ * workers polling it to stop; the uffd is closed with the last reference.
  *
- * Locking: ranges and the retry list are under `lock`, as another worker
- * may re-drive a parked fault of this attachment.  `pid` is written once
- * by the main thread (resolution of forked children) and read racily for
- * statistics only.
+ * Locking: ranges and the retry list are under `lock`, as any worker may
+ * serve or re-drive a fault of this attachment; `evlock` orders event
+ * reading against copies (below).  `pid` is written once (a forked
+ * child's, when it is identified) and read racily for statistics only.
  */
 #ifndef UPAGER_ATTACH_H
 #define UPAGER_ATTACH_H

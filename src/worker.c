@@ -3,11 +3,14 @@
  * Fault-serving threads.
  *
  * A worker sleeps in io_uring_submit_and_wait() on one ring that carries
- * everything it waits for: a multishot poll on each owned userfaultfd, a
- * poll on each owned pidfd, the source reads of its fills, and its inbox
- * eventfd.  A readable uffd is drained with read() in batches; faults are
- * served first, then events (which the kernel queues behind faults), then
- * the faults that had to wait for those events.
+ * everything it waits for: a multishot poll on the userfaultfd of each
+ * attachment it serves, a poll on the pidfd of each it owns, the source
+ * reads of its fills, and its inbox eventfd.  One worker is pinned to each
+ * CPU and every worker polls every uffd (see worker_add), so a fault is
+ * read by the worker on the faulting thread's CPU.  A readable uffd is
+ * drained with read() in batches; a batch's events are applied before its
+ * faults are served (see drain_uffd), then the faults that had to wait for
+ * an event are driven again.
  *
  * Polls are tagged with the attachment's id, not its address, so that a
  * poll completion arriving after the attachment was removed finds nothing
