@@ -489,8 +489,7 @@ static void fill_prefetch_next(struct worker *w, struct fill *f)
 	uint64_t pgoff, run;
 	uint32_t n = 0;
 
-	if (f->rd.npages < PREFETCH_MIN || !f->att ||
-	    atomic_load(&f->att->dead) ||
+	if (f->rd.npages < PREFETCH_MIN || atomic_load(&f->att->dead) ||
 	    next > last + PREFETCH_AHEAD * (uint64_t)FILL_MAX_PAGES ||
 	    attach_lookup(f->att, addr, &pgoff, &run) < 0 || pgoff != next)
 		return;
