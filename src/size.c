@@ -15,7 +15,11 @@ static char to_lower(char c)
 	return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
 }
 
-/* The suffix after the digits: "", "B", or K/M/G/T then "", "B" or "iB". */
+/*
+ * The suffix after the digits: "", "B", or K/M/G/T/P/E/Z/Y then "", "B" or
+ * "iB".  P and beyond are accepted so that "1P" is "too large" for a caller
+ * with a limit, and "1Z" is -ERANGE here, rather than either being "invalid".
+ */
 static int suffix_shift(const char *p, unsigned int *shift)
 {
 	switch (to_lower(*p)) {
@@ -36,6 +40,18 @@ static int suffix_shift(const char *p, unsigned int *shift)
 		break;
 	case 't':
 		*shift = 40;
+		break;
+	case 'p':
+		*shift = 50;
+		break;
+	case 'e':
+		*shift = 60;
+		break;
+	case 'z':
+		*shift = 70;
+		break;
+	case 'y':
+		*shift = 80;
 		break;
 	default:
 		return -EINVAL;
@@ -73,9 +89,12 @@ int size_parse(const char *s, uint64_t *out)
 			return -ERANGE;
 		v = v * 10 + d;
 	}
-	if (v > UINT64_MAX >> shift)
+	/* Z and Y: anything but 0 is past 2^64 (and >> 64 is undefined). */
+	if (shift >= 64 && v)
 		return -ERANGE;
-	*out = v << shift;
+	if (shift < 64 && v > UINT64_MAX >> shift)
+		return -ERANGE;
+	*out = shift < 64 ? v << shift : 0;
 	return 0;
 }
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Byte counts as people write them: "4096", "64K", "64MiB", "1g".
- * Suffixes are powers of 1024 (K, M, G, T), in either case, optionally
- * followed by "B" or "iB".
+ * Suffixes are powers of 1024 (K, M, G, T, P, E, Z, Y), in either case,
+ * optionally followed by "B" or "iB".
  */
 #ifndef UPAGER_SIZE_H
 #define UPAGER_SIZE_H
@@ -15,12 +15,14 @@
 
 /*
  * size_parse - parse a byte count with an optional binary suffix
- * @s: the text: decimal digits, then nothing, "B", or one of K, M, G, T
- *     (either case) followed by nothing, "B" or "iB"; no sign, no spaces
+ * @s: the text: decimal digits, then nothing, "B", or one of K, M, G, T,
+ *     P, E, Z, Y (either case) followed by nothing, "B" or "iB"; no sign,
+ *     no spaces
  * @out: the value on success; untouched on failure
  *
  * Returns 0, -EINVAL for an empty string or anything but the above, or
- * -ERANGE when the value does not fit in 64 bits.
+ * -ERANGE when the value does not fit in 64 bits (so "1Z" and "16E" are
+ * -ERANGE: too large, not malformed; "0Z" is 0).
  */
 int size_parse(const char *s, uint64_t *out);
 

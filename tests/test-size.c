@@ -44,6 +44,14 @@ static const struct parse_case parse_good[] = {
 	{ "018446744073709551615", 0, UINT64_MAX },
 	{ "16777215T", 0, UINT64_C(16777215) << 40 },
 	{ "17179869183G", 0, UINT64_C(17179869183) << 30 },
+	{ "1P", 0, UINT64_C(1) << 50 },
+	{ "1p", 0, UINT64_C(1) << 50 },
+	{ "1PiB", 0, UINT64_C(1) << 50 },
+	{ "16383P", 0, UINT64_C(16383) << 50 },
+	{ "1E", 0, UINT64_C(1) << 60 },
+	{ "15eb", 0, UINT64_C(15) << 60 },
+	{ "0Z", 0, 0 },
+	{ "0YiB", 0, 0 },
 };
 
 static const struct parse_case parse_bad[] = {
@@ -59,7 +67,9 @@ static const struct parse_case parse_bad[] = {
 	{ "12abc", -EINVAL, 0 },
 	{ "1.5G", -EINVAL, 0 },
 	{ "0x10", -EINVAL, 0 },
-	{ "1P", -EINVAL, 0 },
+	{ "1X", -EINVAL, 0 },
+	{ "1Pi", -EINVAL, 0 },
+	{ "1PB2", -EINVAL, 0 },
 	{ "1KK", -EINVAL, 0 },
 	{ "1Ki", -EINVAL, 0 },
 	{ "1iB", -EINVAL, 0 },
@@ -73,6 +83,13 @@ static const struct parse_case parse_bad[] = {
 	{ "16777216T", -ERANGE, 0 },
 	{ "17179869184G", -ERANGE, 0 },
 	{ "18014398509481984K", -ERANGE, 0 },
+	/* past 2^64 with a big suffix: too large, never "invalid" */
+	{ "16384P", -ERANGE, 0 },
+	{ "16E", -ERANGE, 0 },
+	{ "1Z", -ERANGE, 0 },
+	{ "1ZiB", -ERANGE, 0 },
+	{ "1Y", -ERANGE, 0 },
+	{ "99999999999999999999Y", -ERANGE, 0 },
 };
 
 START_TEST(test_parse_good)
