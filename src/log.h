@@ -1,9 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* Daemon and tool logging: a level, a module prefix, one line a message. */
+/*
+ * Daemon and tool logging: a level, a module prefix, one line a message.
+ * Each line starts with the time in UTC, ISO 8601 to the millisecond:
+ *	2026-12-01T15:20:27.123Z notice: main: listening on ...
+ */
 #ifndef UPAGER_LOG_H
 #define UPAGER_LOG_H
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_NOTICE, LOG_INFO, LOG_DEBUG };
+
+/* Room for "2026-12-01T15:20:27.123Z" and its NUL, with years to spare. */
+#define LOG_TIMESTAMP_MAX 32
 
 extern int log_max_level;
 
