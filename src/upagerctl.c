@@ -17,6 +17,28 @@
  * inside the kernel's copy_to_user()/copy_from_user() on a userfaultfd range
  * registered user-mode-only fails with EFAULT instead of reaching the daemon.
  *
+ * A page of the mapping that cannot be filled (its source failed, or the
+ * daemon died before filling it) raises SIGBUS in the copy, as a file
+ * mapping with an I/O error would.  cat and write catch it around the copy
+ * (sigsetjmp/siglongjmp) and fail with the offset of that page.
+ *
+ * stdio: a descriptor 0, 1 or 2 that is closed when we start is held open
+ * on /dev/null, opened the wrong way round so that reading a closed stdin
+ * or writing a closed stdout still fails (EBADF), and so that no later
+ * open() or socket() -- the library's connection -- can take its number and
+ * receive our output.  A command that needs a closed stream refuses to run.
+ * With stderr closed the commands run; their messages are lost, the exit
+ * status is not.
+ *
+ * Text from the daemon or the command line (names, paths) is escaped before
+ * it is shown: in text output, control characters (C0, DEL, C1), bytes that
+ * are not UTF-8 and the backslash are written as \xNN (backslash as \\), so
+ * a path cannot move the cursor, recolour a terminal or break a table row.
+ * JSON output is always valid UTF-8: control characters become \u00NN and
+ * each byte that is not part of well-formed UTF-8 becomes \ufffd (U+FFFD,
+ * the replacement character).  Such bytes cannot be carried by a JSON string,
+ * so they are replaced rather than guessed at.
+ *
  * Exit status: 0 on success, 1 when an operation failed, 2 for a usage
  * error (unknown command or option, missing or extra argument, bad value).
  */
@@ -26,6 +48,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pwd.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -51,6 +74,19 @@
 #define BOUNCE_SIZE (1u << 20)		/* cat and write copy this at once */
 #define MAX_OPTIONS 16			/* per command, with the common ones */
 #define KEY_WIDTH 20			/* "key:" column of stat and stats */
+#define SHOW_CHARS 40			/* of an argument quoted in a message */
+#define SHOW_MAX (4 * SHOW_CHARS + 8)	/* escaped, with "…" and the NUL */
+#define PATH_CHARS 1024			/* of a path quoted in a message */
+/* A name or path from the daemon, escaped: at most 4 bytes a byte. */
+#define TEXT_MAX (4 * UPAGER_PATH_MAX + 8)
+#define ELLIPSIS "\u2026"
+
+#define STDIN_CLOSED (1u << STDIN_FILENO)
+#define STDOUT_CLOSED (1u << STDOUT_FILENO)
+#define STDERR_CLOSED (1u << STDERR_FILENO)
+
+/* Which of fds 0, 1, 2 were closed when we started (STDIN_CLOSED...). */
+static unsigned int stdio_closed;
 
 enum {
 	OPT_HELP = 'h',
@@ -96,6 +132,126 @@ struct command {
 
 #define NEEDS_NAME 0x1u			/* a segment NAME */
 #define NEEDS_SIZE 0x2u			/* --size */
+#define NEEDS_STDIN 0x4u		/* reads stdin */
+#define NEEDS_STDOUT 0x8u		/* writes stdout */
+
+/*
+ * The length of the well-formed UTF-8 sequence at @s (1 to 4 bytes), its
+ * code point in *@cp; 0 when @s does not start one: a stray continuation
+ * byte, an overlong form, a surrogate, past U+10FFFF, or cut short (a NUL is
+ * never a continuation byte, so this never reads past the string's end).
+ */
+static size_t utf8_decode(const unsigned char *s, uint32_t *cp)
+{
+	uint32_t v, min;
+	size_t n, i;
+
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2;
+		v = s[0] & 0x1f;
+		min = 0x80;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		v = s[0] & 0x0f;
+		min = 0x800;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		v = s[0] & 0x07;
+		min = 0x10000;
+	} else {
+		return 0;
+	}
+	for (i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		v = v << 6 | (s[i] & 0x3f);
+	}
+	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+		return 0;
+	*cp = v;
+	return n;
+}
+
+/* C0 controls, DEL and the C1 controls (0x9b is a one-byte CSI). */
+static bool is_control(uint32_t cp)
+{
+	return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
+}
+
+/*
+ * text_escape - @s made safe to show on a terminal or in a table
+ * @buf, @len: the result, NUL-terminated; 4 * strlen(@s) + 4 is enough
+ * @s: the text, any bytes
+ * @max: show at most this many characters of @s, then "…"
+ *
+ * Control characters, bytes that are not UTF-8 and the backslash become
+ * \xNN (the backslash \\).  Returns the width of the result in columns,
+ * one a character (wide characters are not measured).  Stops early, with
+ * what fitted, when @len is too small.
+ */
+static int text_escape(char *buf, size_t len, const char *s, size_t max)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t at = 0, chars = 0, n, i, need;
+	bool escape;
+	int width = 0;
+	uint32_t cp;
+
+	buf[0] = '\0';
+	for (; *p; p += n, chars++) {
+		if (chars == max) {
+			if (at + sizeof(ELLIPSIS) <= len) {
+				memcpy(buf + at, ELLIPSIS, sizeof(ELLIPSIS));
+				width++;
+			}
+			break;
+		}
+		n = utf8_decode(p, &cp);
+		escape = !n || is_control(cp);
+		if (!n)
+			n = 1;
+		if (escape)
+			need = 4 * n;
+		else if (cp == '\\')
+			need = 2;
+		else
+			need = n;
+		if (at + need + 1 > len)
+			break;
+		if (escape) {
+			for (i = 0; i < n; i++)
+				snprintf(buf + at + 4 * i, 5, "\\x%02x", p[i]);
+			width += (int)need;
+		} else if (cp == '\\') {
+			memcpy(buf + at, "\\\\", 2);
+			width += 2;
+		} else {
+			memcpy(buf + at, p, n);
+			width++;
+		}
+		at += need;
+		buf[at] = '\0';
+	}
+	return width;
+}
+
+/*
+ * @s escaped and cut to SHOW_CHARS characters, to quote in a message.  Two
+ * buffers in turn, so one message can quote two things.
+ */
+static const char *show(const char *s)
+{
+	static char bufs[2][SHOW_MAX];
+	static unsigned int next;
+	char *buf = bufs[next++ % 2];
+
+	text_escape(buf, SHOW_MAX, s, SHOW_CHARS);
+	return buf;
+}
 
 static int usage_error(const struct command *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -115,7 +271,17 @@ static int usage_error(const struct command *cmd, const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-/* One line: "upagerctl: COMMAND: [NAME: ]MESSAGE".  Returns 1. */
+/* One line: "upagerctl: COMMAND: [NAME: ]MESSAGE". */
+static void vreport(const struct args *a, const char *fmt, va_list ap)
+{
+	fprintf(stderr, PROG ": %s: ", a->cmd->name);
+	if (a->name)
+		fprintf(stderr, "%s: ", a->name);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+/* A failure, reported.  Returns 1. */
 static int fail(const struct args *a, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
@@ -123,14 +289,23 @@ static int fail(const struct args *a, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, PROG ": %s: ", a->cmd->name);
-	if (a->name)
-		fprintf(stderr, "%s: ", a->name);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vreport(a, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	return EXIT_FAILURE;
+}
+
+/* Something the user should know, though it worked. */
+static void note(const struct args *a, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void note(const struct args *a, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport(a, fmt, ap);
+	va_end(ap);
 }
 
 /* The documented failures of the client API, in the tool's words. */
@@ -177,13 +352,26 @@ struct json {
 	bool multiline[JSON_DEPTH];
 };
 
+/*
+ * A JSON string, valid UTF-8 whatever @s holds: well-formed UTF-8 is
+ * copied, control characters (C0, DEL, C1) are escaped as \u00NN, and each
+ * byte that is not part of well-formed UTF-8 becomes \ufffd.
+ */
 static void json_escape(const char *s)
 {
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
+	const unsigned char *p = (const unsigned char *)s;
+	uint32_t cp;
+	size_t n;
 
-		switch (c) {
+	putchar('"');
+	for (; *p; p += n) {
+		n = utf8_decode(p, &cp);
+		if (!n) {
+			fputs("\\ufffd", stdout);
+			n = 1;
+			continue;
+		}
+		switch (cp) {
 		case '"':
 			fputs("\\\"", stdout);
 			break;
@@ -200,10 +388,10 @@ static void json_escape(const char *s)
 			fputs("\\t", stdout);
 			break;
 		default:
-			if (c < 0x20)
-				printf("\\u%04x", c);
+			if (is_control(cp))
+				printf("\\u%04" PRIx32, cp);
 			else
-				putchar(c);
+				fwrite(p, 1, n, stdout);
 		}
 	}
 	putchar('"');
@@ -273,10 +461,14 @@ static void print_u64(const char *key, uint64_t v)
 	printf("%" PRIu64 "\n", v);
 }
 
+/* @s escaped: it may be a name or path from the daemon. */
 static void print_str(const char *key, const char *s)
 {
+	char text[TEXT_MAX];
+
+	text_escape(text, sizeof(text), s, SIZE_MAX);
 	print_key(key);
-	printf("%s\n", s);
+	printf("%s\n", text);
 }
 
 /* "64.0 MiB (67108864 bytes)" */
@@ -321,9 +513,16 @@ static uint64_t info_faults(const struct upager_segment_info *info)
 	return info->faults_missing + info->faults_wp + info->faults_minor;
 }
 
+/* "0644": the permission bits as stat shows them, in text and JSON. */
+static void mode_text(uint32_t mode, char *buf, size_t len)
+{
+	snprintf(buf, len, "%04" PRIo32, mode);
+}
+
 static void info_json(struct json *j, const struct upager_segment_info *info,
 		      bool multiline)
 {
+	char mode[16];
 	uint32_t i;
 
 	json_open(j, NULL, '{', multiline);
@@ -335,7 +534,8 @@ static void info_json(struct json *j, const struct upager_segment_info *info,
 	json_u64(j, "source", info->source);
 	json_string(j, "source_name", source_kind_name(info->source));
 	json_u64(j, "uid", info->uid);
-	json_u64(j, "mode", info->mode);
+	mode_text(info->mode, mode, sizeof(mode));
+	json_string(j, "mode", mode);
 	json_u64(j, "faults_missing", info->faults_missing);
 	json_u64(j, "faults_wp", info->faults_wp);
 	json_u64(j, "faults_minor", info->faults_minor);
@@ -387,7 +587,7 @@ static void info_text(const struct upager_segment_info *info)
 {
 	char mode[16];
 
-	snprintf(mode, sizeof(mode), "%04" PRIo32, info->mode);
+	mode_text(info->mode, mode, sizeof(mode));
 	print_str("name", info->name);
 	print_u64("id", info->id);
 	print_bytes("size", info->size);
@@ -409,30 +609,87 @@ static void info_text(const struct upager_segment_info *info)
 	print_u64("faults waited", info->faults_waited);
 }
 
-/* Open --source for the daemon to read.  Returns the fd, or -1 (reported). */
+/* "a directory": what a file that is not what we wanted is instead. */
+static const char *file_type_text(mode_t mode)
+{
+	if (S_ISREG(mode))
+		return "a regular file";
+	if (S_ISDIR(mode))
+		return "a directory";
+	if (S_ISCHR(mode))
+		return "a character device";
+	if (S_ISBLK(mode))
+		return "a block device";
+	if (S_ISFIFO(mode))
+		return "a FIFO";
+	if (S_ISSOCK(mode))
+		return "a socket";
+	if (S_ISLNK(mode))
+		return "a symbolic link";
+	return "of an unknown type";
+}
+
+/*
+ * Open --source for the daemon to read.  Returns the fd, or -1 (reported).
+ * O_NONBLOCK so that opening a FIFO with no writer returns at once (to be
+ * refused); it is cleared again, as the daemon's io_uring reads of a file
+ * marked O_NONBLOCK could fail with EAGAIN instead of waiting.
+ */
 static int open_source(const struct args *a)
 {
+	char path[4 * PATH_CHARS + 8];
 	struct stat st;
-	int fd;
+	int fd, flags;
 
-	fd = open(a->source, O_RDONLY | O_CLOEXEC);
+	text_escape(path, sizeof(path), a->source, PATH_CHARS);
+	fd = open(a->source, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
-		fail(a, "cannot open source %s: %s", a->source,
-		     strerror(errno));
+		fail(a, "cannot open source %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) < 0) {
-		fail(a, "source %s: %s", a->source, strerror(errno));
+		fail(a, "source %s: %s", path, strerror(errno));
 		goto err;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		fail(a, "source %s: not a regular file", a->source);
+		fail(a, "source %s: not a regular file but %s", path,
+		     file_type_text(st.st_mode));
+		goto err;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+		fail(a, "source %s: %s", path, strerror(errno));
 		goto err;
 	}
 	return fd;
 err:
 	close(fd);
 	return -1;
+}
+
+/*
+ * A segment is whole pages: say so when --size was not.  The daemon's own
+ * figure when it lets us stat the segment, else our page size's.
+ */
+static void note_rounding(struct upager *u, const struct args *a)
+{
+	struct upager_segment_info info;
+	uint64_t size, page;
+	long ps;
+
+	memset(&info, 0, sizeof(info));
+	if (upager_stat(u, a->name, &info) == 0 && info.size &&
+	    info.page_size) {
+		size = info.size;
+		page = info.page_size;
+	} else {
+		ps = sysconf(_SC_PAGESIZE);
+		page = ps > 0 ? (uint64_t)ps : 4096;
+		size = (a->size + page - 1) / page * page;
+	}
+	if (size != a->size)
+		note(a, "size rounded up to %" PRIu64 " bytes (whole pages "
+		     "of %" PRIu64 " bytes)", size, page);
 }
 
 static int cmd_create(struct upager *u, const struct args *a)
@@ -452,7 +709,10 @@ static int cmd_create(struct upager *u, const struct args *a)
 	ret = upager_create(u, a->name, &opts);
 	if (opts.source_fd >= 0)
 		close(opts.source_fd);
-	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	note_rounding(u, a);
+	return EXIT_SUCCESS;
 }
 
 static int cmd_delete(struct upager *u, const struct args *a)
@@ -536,25 +796,36 @@ static int max_int(int a, int b)
 	return a > b ? a : b;
 }
 
+/*
+ * The table pads by columns, not bytes: names and paths are escaped first
+ * and may hold multi-byte characters.
+ */
 static void list_text(const struct upager_segment_info *infos, size_t nr)
 {
 	char size[SIZE_FORMAT_MAX], resident[SIZE_FORMAT_MAX];
-	int wname = 4, wsource = 6;
+	char name[TEXT_MAX], source[TEXT_MAX];
+	int wname = 4, wsource = 6, n, m;
 	size_t i;
 
 	for (i = 0; i < nr; i++) {
-		wname = max_int(wname, (int)strlen(infos[i].name));
-		wsource = max_int(wsource, (int)strlen(source_text(&infos[i])));
+		n = text_escape(name, sizeof(name), infos[i].name, SIZE_MAX);
+		m = text_escape(source, sizeof(source), source_text(&infos[i]),
+				SIZE_MAX);
+		wname = max_int(wname, n);
+		wsource = max_int(wsource, m);
 	}
 	printf("%-*s %10s  %-*s %10s %7s %12s\n", wname, "NAME", "SIZE",
 	       wsource, "SOURCE", "RESIDENT", "ATTACH", "FAULTS");
 	for (i = 0; i < nr; i++) {
 		const struct upager_segment_info *info = &infos[i];
 
+		n = text_escape(name, sizeof(name), info->name, SIZE_MAX);
+		m = text_escape(source, sizeof(source), source_text(info),
+				SIZE_MAX);
 		size_format(info->size, size, sizeof(size));
 		size_format(info->resident_bytes, resident, sizeof(resident));
-		printf("%-*s %10s  %-*s %10s %7" PRIu32 " %12" PRIu64 "\n",
-		       wname, info->name, size, wsource, source_text(info),
+		printf("%s%*s %10s  %s%*s %10s %7" PRIu32 " %12" PRIu64 "\n",
+		       name, wname - n, "", size, source, wsource - m, "",
 		       resident, info->nr_attachments, info_faults(info));
 	}
 }
@@ -721,9 +992,90 @@ static int check_offset(const struct args *a, uint64_t size)
 		    "segment (size %" PRIu64 ", %s)", a->offset, off, size, sz);
 }
 
-/* Copy @len bytes of the mapping, from @src on, to stdout. */
-static int cat_range(const struct args *a, const char *src, uint64_t len)
+/*
+ * The copy a SIGBUS interrupts (see copy_guarded()).  Only the main thread
+ * copies; the library's threads never touch the mapping.
+ */
+static sigjmp_buf bus_env;
+static volatile sig_atomic_t bus_armed;
+static void *volatile bus_addr;
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
 {
+	/* a fault in our copy, not a kill(2) */
+	if (bus_armed && si->si_code > 0) {
+		bus_armed = 0;
+		bus_addr = si->si_addr;
+		siglongjmp(bus_env, 1);
+	}
+	/* not ours: die of it, as without the handler (it is blocked here,
+	 * so it is delivered when we return) */
+	signal(SIGBUS, SIG_DFL);
+	raise(SIGBUS);
+}
+
+/* Returns 0, or -1 with errno set. */
+static int bus_catch(void)
+{
+	struct sigaction sa = {
+		.sa_sigaction = on_sigbus,
+		.sa_flags = SA_SIGINFO,
+	};
+
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGBUS, &sa, NULL);
+}
+
+/*
+ * memcpy(@dst, @src, @n) where one side lies in the mapping @map of @size
+ * bytes.  Returns 0, or -EFAULT when a page of the mapping could not be
+ * filled (SIGBUS), with the offset of that page in the mapping in *@bad
+ * (UINT64_MAX if the address is not in it).  bus_catch() first.
+ */
+static int copy_guarded(void *dst, const void *src, size_t n, const char *map,
+			uint64_t size, uint64_t *bad)
+{
+	uintptr_t at, base = (uintptr_t)map;
+	long page;
+
+	if (sigsetjmp(bus_env, 1)) {
+		at = (uintptr_t)bus_addr;
+		page = sysconf(_SC_PAGESIZE);
+		if (page <= 0)
+			page = 1;
+		*bad = UINT64_MAX;
+		if (at >= base && at - base < size)
+			*bad = (at - base) / (uint64_t)page * (uint64_t)page;
+		return -EFAULT;
+	}
+	bus_armed = 1;
+	/* faults here, in user mode, are the daemon's to serve */
+	memcpy(dst, src, n);
+	bus_armed = 0;
+	return 0;
+}
+
+/* A page of the mapping raised SIGBUS: say which and why.  Returns 1. */
+static int fail_sigbus(const struct args *a, const char *verb, uint64_t bad,
+		       uint64_t done)
+{
+	char at[48] = "a page";
+
+	if (bad != UINT64_MAX)
+		snprintf(at, sizeof(at), "the page at offset %" PRIu64, bad);
+	return fail(a, "cannot %s %s (SIGBUS: its source failed, or upagerd "
+		    "is gone); %" PRIu64 " bytes copied before it", verb, at,
+		    done);
+}
+
+/*
+ * Copy @len bytes of the mapping @map (@size bytes), from @off on, to
+ * stdout.
+ */
+static int cat_range(const struct args *a, const char *map, uint64_t size,
+		     uint64_t off, uint64_t len)
+{
+	uint64_t done = 0, bad = UINT64_MAX;
 	char *bounce;
 	size_t chunk;
 	int ret = 0;
@@ -731,15 +1083,23 @@ static int cat_range(const struct args *a, const char *src, uint64_t len)
 	bounce = malloc(BOUNCE_SIZE);
 	if (!bounce)
 		return fail(a, "%s", strerror(ENOMEM));
+	if (bus_catch() < 0) {
+		free(bounce);
+		return fail(a, "sigaction: %s", strerror(errno));
+	}
 	while (len && !ret) {
 		chunk = len < BOUNCE_SIZE ? (size_t)len : BOUNCE_SIZE;
-		/* faults here, in user mode, are the daemon's to serve */
-		memcpy(bounce, src, chunk);
+		ret = copy_guarded(bounce, map + off, chunk, map, size, &bad);
+		if (ret)
+			break;
 		ret = write_all(STDOUT_FILENO, bounce, chunk);
-		src += chunk;
+		off += chunk;
 		len -= chunk;
+		done += chunk;
 	}
 	free(bounce);
+	if (ret == -EFAULT)
+		return fail_sigbus(a, "read", bad, done);
 	/* The reader went away (`upagerctl cat x | head`): not our failure. */
 	if (ret == -EPIPE)
 		return EXIT_SUCCESS;
@@ -772,7 +1132,7 @@ static int cmd_cat(struct upager *u, const struct args *a)
 		goto out;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	status = cat_range(a, base + a->offset, len);
+	status = cat_range(a, base, size, a->offset, len);
 out:
 	return detach(a, at, status);
 }
@@ -797,10 +1157,12 @@ static int check_input_fits(const struct args *a, uint64_t room)
 		    (uint64_t)(st.st_size - pos), room, a->offset);
 }
 
-/* Copy stdin into @dst, which has @room bytes. */
-static int write_range(const struct args *a, char *dst, uint64_t room)
+/* Copy stdin into the mapping @map (@size bytes) from @off on. */
+static int write_range(const struct args *a, char *map, uint64_t size,
+		       uint64_t off)
 {
-	uint64_t done = 0;
+	uint64_t room = size - off, done = 0, bad = UINT64_MAX;
+	char *dst = map + off;
 	size_t fit;
 	char *bounce;
 	ssize_t n;
@@ -809,6 +1171,10 @@ static int write_range(const struct args *a, char *dst, uint64_t room)
 	bounce = malloc(BOUNCE_SIZE);
 	if (!bounce)
 		return fail(a, "%s", strerror(ENOMEM));
+	if (bus_catch() < 0) {
+		free(bounce);
+		return fail(a, "sigaction: %s", strerror(errno));
+	}
 	for (;;) {
 		n = read_full(STDIN_FILENO, bounce, BOUNCE_SIZE);
 		if (n < 0) {
@@ -820,7 +1186,10 @@ static int write_range(const struct args *a, char *dst, uint64_t room)
 			break;
 		fit = room - done < (uint64_t)n ? (size_t)(room - done)
 						 : (size_t)n;
-		memcpy(dst + done, bounce, fit);
+		if (copy_guarded(dst + done, bounce, fit, map, size, &bad)) {
+			status = fail_sigbus(a, "write", bad, done);
+			break;
+		}
 		done += fit;
 		if (fit < (size_t)n) {
 			status = fail(a, "input holds more than the %" PRIu64
@@ -853,7 +1222,7 @@ static int cmd_write(struct upager *u, const struct args *a)
 	if (!status)
 		status = check_input_fits(a, size - a->offset);
 	if (!status)
-		status = write_range(a, base + a->offset, size - a->offset);
+		status = write_range(a, base, size, a->offset);
 	return detach(a, at, status);
 }
 
@@ -893,7 +1262,9 @@ static const struct command commands[] = {
 		.usage = "NAME --size SIZE [--source FILE] [--mode OCTAL]",
 		.help = "Create segment NAME.\n\n"
 			"  --size SIZE     bytes, or with a suffix K, M, G, T "
-			"(powers of 1024)\n"
+			"(powers of 1024);\n"
+			"                  rounded up to whole pages (said on "
+			"stderr), at most 1T\n"
 			"  --source FILE   fill never-written pages from FILE "
 			"(default: zeros)\n"
 			"  --mode OCTAL    permission bits (default 0600)\n",
@@ -918,6 +1289,7 @@ static const struct command commands[] = {
 		.help = "List the segments you may see.\n\n"
 			"  --json          a JSON array of objects\n",
 		.options = json_options,
+		.needs = NEEDS_STDOUT,
 	},
 	{
 		.name = "stat",
@@ -926,7 +1298,7 @@ static const struct command commands[] = {
 		.help = "Describe segment NAME.\n\n"
 			"  --json          a JSON object\n",
 		.options = json_options,
-		.needs = NEEDS_NAME,
+		.needs = NEEDS_NAME | NEEDS_STDOUT,
 	},
 	{
 		.name = "cat",
@@ -938,7 +1310,7 @@ static const struct command commands[] = {
 			"  --length N      write N bytes (default: up to the "
 			"end)\n",
 		.options = cat_options,
-		.needs = NEEDS_NAME,
+		.needs = NEEDS_NAME | NEEDS_STDOUT,
 	},
 	{
 		.name = "write",
@@ -949,7 +1321,7 @@ static const struct command commands[] = {
 			"  --offset N      start at byte N (default 0)\n"
 			"  --verbose       say how many bytes were written\n",
 		.options = write_options,
-		.needs = NEEDS_NAME,
+		.needs = NEEDS_NAME | NEEDS_STDIN,
 	},
 	{
 		.name = "stats",
@@ -958,6 +1330,7 @@ static const struct command commands[] = {
 		.help = "Show the daemon's counters.\n\n"
 			"  --json          a JSON object\n",
 		.options = json_options,
+		.needs = NEEDS_STDOUT,
 	},
 };
 
@@ -973,6 +1346,13 @@ static const struct command *command_find(const char *name)
 	return NULL;
 }
 
+/* What proto_name_valid() accepts, in words. */
+static void name_rules_help(void)
+{
+	printf("NAME: 1 to %d characters of A-Z a-z 0-9 . _ - "
+	       "(not \".\" or \"..\").\n", UPAGER_NAME_MAX);
+}
+
 static void command_help(const struct command *cmd)
 {
 	printf("usage: " PROG " [--socket PATH] %s %s\n\n%s"
@@ -981,6 +1361,10 @@ static void command_help(const struct command *cmd)
 	       "                  per-user default)\n"
 	       "  -h, --help      show this help\n",
 	       cmd->name, cmd->usage, cmd->help);
+	if (cmd->needs & NEEDS_NAME) {
+		putchar('\n');
+		name_rules_help();
+	}
 }
 
 static void global_help(void)
@@ -998,8 +1382,9 @@ static void global_help(void)
 	       "  -h, --help      show this help\n"
 	       "  --version       show the version\n\n"
 	       "SIZE, N: a byte count, optionally with K, M, G or T "
-	       "(powers of 1024).\n"
-	       "'" PROG " COMMAND --help' describes a command.\n");
+	       "(powers of 1024).\n");
+	name_rules_help();
+	printf("'" PROG " COMMAND --help' describes a command.\n");
 }
 
 /*
@@ -1009,31 +1394,41 @@ static void global_help(void)
  */
 static int option_error(const struct command *cmd, const char *word, int c)
 {
+	char opt[2] = { (char)optopt, '\0' };
+
 	if (strncmp(word, "--", 2)) {
 		if (c == ':')
-			return usage_error(cmd, "option '-%c' needs an "
-					   "argument", optopt);
-		return usage_error(cmd, "unknown option '-%c'", optopt);
+			return usage_error(cmd, "option '-%s' needs an "
+					   "argument", show(opt));
+		return usage_error(cmd, "unknown option '-%s'", show(opt));
 	}
 	if (c == ':')
-		return usage_error(cmd, "option '%s' needs an argument", word);
+		return usage_error(cmd, "option '%s' needs an argument",
+				   show(word));
 	/* a known long option given "=value" sets optopt to its value */
 	if (optopt)
 		return usage_error(cmd, "option '%.*s' takes no argument",
 				   (int)strcspn(word, "="), word);
-	return usage_error(cmd, "unknown option '%s'", word);
+	return usage_error(cmd, "unknown option '%s'", show(word));
 }
 
+/* A byte count of at most @max ("1P" is too large, not invalid). */
 static int parse_size_arg(const struct command *cmd, const char *opt,
-			  const char *arg, uint64_t *out)
+			  const char *arg, uint64_t max, uint64_t *out)
 {
-	int ret = size_parse(arg, out);
+	char limit[SIZE_FORMAT_MAX];
+	uint64_t v;
+	int ret = size_parse(arg, &v);
 
-	if (ret == -ERANGE)
-		return usage_error(cmd, "%s '%s' is too large", opt, arg);
+	if (ret == -ERANGE || (!ret && v > max)) {
+		size_format(max, limit, sizeof(limit));
+		return usage_error(cmd, "%s '%s' is too large (at most %s)",
+				   opt, show(arg), limit);
+	}
 	if (ret < 0)
 		return usage_error(cmd, "invalid %s '%s' (a byte count such "
-				   "as 4096, 64K or 1GiB)", opt, arg);
+				   "as 4096, 64K or 1GiB)", opt, show(arg));
+	*out = v;
 	return PARSE_OK;
 }
 
@@ -1047,7 +1442,7 @@ static int parse_mode_arg(const struct command *cmd, const char *arg,
 		mode = mode * 8 + (uint32_t)(*p - '0');
 	if (p == arg || *p || mode > 0777)
 		return usage_error(cmd, "invalid --mode '%s' (octal permission "
-				   "bits, 0 to 0777)", arg);
+				   "bits, 0 to 0777)", show(arg));
 	*out = mode;
 	return PARSE_OK;
 }
@@ -1059,14 +1454,17 @@ static int apply_option(struct args *a, int opt, const char *arg)
 
 	switch (opt) {
 	case OPT_SOCKET:
+		if (!*arg)
+			return usage_error(cmd, "--socket needs a path");
 		a->socket = arg;
 		return PARSE_OK;
 	case OPT_SIZE:
 		a->has_size = true;
-		ret = parse_size_arg(cmd, "--size", arg, &a->size);
-		if (ret == PARSE_OK && (!a->size || a->size > UPAGER_MAX_SIZE))
-			return usage_error(cmd, "--size must be 1 byte to "
-					   "1 TiB, not '%s'", arg);
+		ret = parse_size_arg(cmd, "--size", arg, UPAGER_MAX_SIZE,
+				     &a->size);
+		if (ret == PARSE_OK && !a->size)
+			return usage_error(cmd, "--size must be at least 1 "
+					   "byte");
 		return ret;
 	case OPT_SOURCE:
 		a->source = arg;
@@ -1080,10 +1478,12 @@ static int apply_option(struct args *a, int opt, const char *arg)
 		a->json = true;
 		return PARSE_OK;
 	case OPT_OFFSET:
-		return parse_size_arg(cmd, "--offset", arg, &a->offset);
+		return parse_size_arg(cmd, "--offset", arg, UINT64_MAX,
+				      &a->offset);
 	case OPT_LENGTH:
 		a->has_length = true;
-		return parse_size_arg(cmd, "--length", arg, &a->length);
+		return parse_size_arg(cmd, "--length", arg, UINT64_MAX,
+				      &a->length);
 	case OPT_VERBOSE:
 		a->verbose = true;
 		return PARSE_OK;
@@ -1092,16 +1492,26 @@ static int apply_option(struct args *a, int opt, const char *arg)
 }
 
 /* NAME, or an argument too many. */
+/* NAME, or an argument too many.  Shown cut short and escaped. */
 static int apply_positional(struct args *a, const char *arg)
 {
+	size_t len;
+
 	if (!(a->cmd->needs & NEEDS_NAME) || a->name)
-		return usage_error(a->cmd, "unexpected argument '%s'", arg);
-	if (!proto_name_valid(arg, UPAGER_NAME_MAX + 2))
-		return usage_error(a->cmd, "invalid segment name '%s' (1 to %d "
-				   "of A-Z a-z 0-9 . _ -, not . or ..)", arg,
+		return usage_error(a->cmd, "unexpected argument '%s'",
+				   show(arg));
+	if (proto_name_valid(arg, UPAGER_NAME_MAX + 2)) {
+		a->name = arg;
+		return PARSE_OK;
+	}
+	len = strlen(arg);
+	if (len > UPAGER_NAME_MAX)
+		return usage_error(a->cmd, "segment name '%s' is too long "
+				   "(%zu bytes; at most %d)", show(arg), len,
 				   UPAGER_NAME_MAX);
-	a->name = arg;
-	return PARSE_OK;
+	return usage_error(a->cmd, "invalid segment name '%s' (1 to %d of "
+			   "A-Z a-z 0-9 . _ -, not . or ..)", show(arg),
+			   UPAGER_NAME_MAX);
 }
 
 /* The command's options after the common ones, in one getopt table. */
@@ -1192,6 +1602,9 @@ static int parse_global(struct args *a, int argc, char **argv)
 			break;
 		switch (c) {
 		case OPT_SOCKET:
+			if (!*optarg)
+				return usage_error(NULL, "--socket needs a "
+						   "path");
 			a->socket = optarg;
 			break;
 		case OPT_HELP:
@@ -1208,33 +1621,117 @@ static int parse_global(struct args *a, int argc, char **argv)
 		return usage_error(NULL, "missing COMMAND");
 	a->cmd = command_find(argv[optind]);
 	if (!a->cmd)
-		return usage_error(NULL, "unknown command '%s'", argv[optind]);
+		return usage_error(NULL, "unknown command '%s'",
+				   show(argv[optind]));
 	return PARSE_OK;
+}
+
+/*
+ * Why connecting to @path failed, in words that say what to do: connect(2)
+ * says "Connection refused" alike for a file that is no socket and for a
+ * socket nobody listens on.
+ */
+static const char *connect_error_text(const char *path, int err, char *buf,
+				      size_t len)
+{
+	struct stat st;
+
+	if (err != ECONNREFUSED && err != ENOENT && err != ENOTSOCK)
+		return error_text(err);
+	/* stat, not lstat: connect(2) follows symbolic links */
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return "no such socket (is upagerd running?)";
+		return strerror(err);
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(buf, len, "not a socket but %s",
+			 file_type_text(st.st_mode));
+		return buf;
+	}
+	if (err == ECONNREFUSED)
+		return "nothing listens on it (is upagerd running?)";
+	return strerror(err);
 }
 
 static int connect_daemon(const struct args *a, struct upager **u)
 {
-	char path[UPAGER_PATH_MAX];
+	char path[UPAGER_PATH_MAX], shown[4 * PATH_CHARS + 8], why[64];
+	const char *p = a->socket;
 	int ret;
 
 	ret = upager_connect(a->socket, u);
 	if (ret == 0)
 		return EXIT_SUCCESS;
-	if (!a->socket && upager_socket_path(path, sizeof(path)) < 0)
-		snprintf(path, sizeof(path), "(the default socket)");
+	if (!p) {
+		p = path;
+		if (upager_socket_path(path, sizeof(path)) < 0)
+			snprintf(path, sizeof(path), "(the default socket)");
+	}
+	text_escape(shown, sizeof(shown), p, PATH_CHARS);
 	fprintf(stderr, PROG ": %s: cannot connect to upagerd at %s: %s\n",
-		a->cmd->name, a->socket ? a->socket : path, strerror(-ret));
+		a->cmd->name, shown,
+		connect_error_text(p, -ret, why, sizeof(why)));
 	return EXIT_FAILURE;
+}
+
+/*
+ * Hold each of fds 0, 1, 2 that is closed open on /dev/null (see the top of
+ * the file), and note it in stdio_closed.  Returns 0 or -errno.
+ */
+static int stdio_guard(void)
+{
+	int fd, nfd;
+
+	for (fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		/* the lowest free number, so @fd: the ones below are open */
+		nfd = open("/dev/null",
+			   fd == STDIN_FILENO ? O_WRONLY : O_RDONLY);
+		if (nfd < 0)
+			return -errno;
+		if (nfd != fd) {
+			if (dup2(nfd, fd) < 0) {
+				close(nfd);
+				return -errno;
+			}
+			close(nfd);
+		}
+		stdio_closed |= 1u << fd;
+	}
+	return 0;
+}
+
+/* A command that needs a stream that was closed does not start. */
+static int check_stdio(const struct args *a)
+{
+	bool out = (a->cmd->needs & NEEDS_STDOUT) || a->verbose;
+
+	if ((a->cmd->needs & NEEDS_STDIN) && (stdio_closed & STDIN_CLOSED))
+		return fail(a, "stdin is closed: nothing to read");
+	if (out && (stdio_closed & STDOUT_CLOSED))
+		return fail(a, "stdout is closed: nowhere to write");
+	return EXIT_SUCCESS;
 }
 
 /* Output to a full disk or a closed pipe must not exit 0 silently. */
 static int flush_stdout(const struct args *a, int status)
 {
+	int err;
+
 	if (fflush(stdout) == 0 && !ferror(stdout))
 		return status;
-	if (status == EXIT_SUCCESS)
-		fprintf(stderr, PROG ": %s: write to stdout: %s\n",
-			a->cmd->name, strerror(errno));
+	err = errno;
+	if (status != EXIT_SUCCESS)
+		return EXIT_FAILURE;
+	fputs(PROG ": ", stderr);
+	if (a->cmd)
+		fprintf(stderr, "%s: ", a->cmd->name);
+	if (stdio_closed & STDOUT_CLOSED)
+		fputs("stdout is closed: nowhere to write\n", stderr);
+	else
+		fprintf(stderr, "write to stdout: %s\n", strerror(err));
 	return EXIT_FAILURE;
 }
 
@@ -1244,14 +1741,22 @@ int main(int argc, char **argv)
 	struct upager *u = NULL;
 	int ret;
 
+	ret = stdio_guard();
+	if (ret < 0) {
+		/* stderr may be what is missing: the status still says it */
+		fprintf(stderr, PROG ": cannot open /dev/null: %s\n",
+			strerror(-ret));
+		return EXIT_FAILURE;
+	}
 	ret = parse_global(&a, argc, argv);
-	if (ret != PARSE_OK)
-		return ret;
-	ret = parse_command(&a, argc - optind, argv + optind);
+	if (ret == PARSE_OK)
+		ret = parse_command(&a, argc - optind, argv + optind);
 	if (ret != PARSE_OK)
 		return flush_stdout(&a, ret);
 
-	ret = connect_daemon(&a, &u);
+	ret = check_stdio(&a);
+	if (ret == EXIT_SUCCESS)
+		ret = connect_daemon(&a, &u);
 	if (ret == EXIT_SUCCESS)
 		ret = a.cmd->handler(u, &a);
 	upager_disconnect(u);
