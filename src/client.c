@@ -2,28 +2,36 @@
 /*
  * libupager: the client side.
  *
- * Attaching maps the segment's memfd MAP_SHARED, registers the mapping
- * with a fresh userfaultfd and hands that uffd to the daemon.  The library
- * keeps its own reference to the uffd for one reason: if the daemon dies,
- * nobody else would answer the mapping's faults, and a thread touching an
- * absent page would hang; had the library closed its reference too, the
- * kernel would fill such pages with zeros, silently.  So each connection
- * has a watcher thread that sleeps until the socket hangs up and then
- * serves the faults itself, where it can do so correctly: a page already
- * in the memfd is mapped, a zero-source page is zeroed, and any other
- * access fails with SIGBUS (UFFDIO_POISON).  Never a wrong byte.
+ * Attaching maps the segment's memfd (MAP_SHARED; MAP_PRIVATE of a
+ * read-only descriptor for a read-only attachment), registers the mapping
+ * with a fresh userfaultfd and hands that uffd to the daemon.
  *
- * A forked child inherits the mappings; the daemon gets the child's uffd
- * from UFFD_EVENT_FORK and serves it.  In the child, before fork() returns,
- * a pthread_atfork handler connects anew (the inherited socket is the
- * parent's), claims each attachment's new uffd from the daemon and starts
- * the child's own watcher, so the child is as safe from a daemon crash as
- * its parent and its connection works.  If the claim fails, the child's
- * connection stays the parent's: calls other than detach and disconnect
- * fail with -ECHILD there.
+ * The one rule everything here follows: a mapping of a segment must never
+ * be touchable while no live userfaultfd stands behind it, because the
+ * kernel then fills a never-filled page of the shared memfd with zeros,
+ * which every process reads as data.  Hence:
+ *
+ *  - The library keeps its own copy of each uffd.  A watcher thread per
+ *    connection sleeps on the daemon's pidfd; when the daemon dies it
+ *    answers the faults itself, where it can do so correctly: a page in the
+ *    memfd is mapped, a zero-source page is zeroed (in the memfd, so that
+ *    other processes' later writes stay visible), any other access gets
+ *    SIGBUS in the faulting thread (UFFDIO_POISON).  It finds what an
+ *    address maps in /proc/self/maps, so ranges moved or grown by mremap
+ *    are answered too.  It takes no lock that fork() holds (see atfork).
+ *  - Detach makes every mapping of the attachment inaccessible before it
+ *    unregisters the uffd: a thread still touching it gets SIGSEGV, as
+ *    under munmap, never a zero page.
+ *  - A forked child gets its own uffd from the daemon (the claim) before
+ *    fork() returns.  When the daemon is gone by then, the child registers
+ *    a uffd of its own and answers its faults itself.
+ *
+ * No descriptor of the library is ever 0, 1 or 2, and every wait for the
+ * daemon is bounded by $UPAGER_TIMEOUT_MS (default 30 s).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -33,17 +41,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include "proto.h"
 #include "uffd-compat.h"
 
 #define UPAGER_API __attribute__((visibility("default")))
+
+#define DEFAULT_TIMEOUT_MS 30000
 
 struct upager_attachment {
 	struct upager *u;
@@ -57,29 +71,38 @@ struct upager_attachment {
 	uint32_t source;
 	unsigned int flags;
 	uint64_t features;	/* of the uffd */
+	uint64_t reg_mode;	/* UFFDIO_REGISTER_MODE_* of its mappings */
+	dev_t dev;		/* the memfd's inode: what its mappings */
+	ino_t ino;		/* show in /proc/self/maps */
 };
 
 /*
- * A uffd the watcher serves after the daemon died: an attachment's, or a
- * forked child's that the kernel handed us then.  Self-contained (its own
- * descriptors, the geometry copied), so a detach meanwhile frees nothing
- * it uses; @a only names the attachment, to notice the detach.
+ * A uffd the watcher answers once the daemon is gone.  Self-contained (its
+ * own descriptors), so a detach meanwhile frees nothing it uses: detach
+ * only marks it @gone, and the watcher closes it.
  */
-struct orphan {
+#define SERVE_MAX 256	/* see orphan_serve */
+
+struct serve {
 	int uffd;
 	int memfd;
-	uintptr_t base;
-	size_t size;
+	dev_t dev;
+	ino_t ino;
 	uint32_t source;
-	unsigned int flags;
-	const struct upager_attachment *a;	/* NULL: a child's, kept */
+	uint64_t features;
+	const struct upager_attachment *a;
+	bool gone;
 };
 
 struct upager {
 	struct upager *reg_next;	/* every connection, for fork */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	int sock;
+	int sock;			/* -1: the daemon is gone */
 	pid_t pid;			/* the process that connected */
+	uid_t daemon_uid;		/* the daemon's identity, pinned at */
+	pid_t daemon_pid;		/* connect for the process's life */
+	int timeout_ms;
+	bool broken;			/* a reply timed out: out of step */
 	uint64_t seq;
 	pthread_mutex_t req_lock;	/* one request at a time */
 
@@ -91,6 +114,12 @@ struct upager {
 	int daemon_pidfd;		/* readable when the daemon is gone */
 	_Atomic bool stopping;
 	_Atomic bool watcher_ready;
+
+	/* Not taken by the fork handlers: the watcher must be able to read
+	 * a fork event while fork() holds the locks above. */
+	pthread_mutex_t serve_lock;
+	struct serve *serves;
+	size_t nr_serves, serves_cap;
 };
 
 static int set_errno(int ret)
@@ -98,6 +127,40 @@ static int set_errno(int ret)
 	if (ret < 0)
 		errno = -ret;
 	return ret;
+}
+
+/*
+ * Moves @fd to 3 or above: a program started with stdio closed must not
+ * find its output going into the daemon's socket.  Returns the new fd, or
+ * -errno (and @fd is closed either way).
+ */
+static int fd_high(int fd)
+{
+	int nfd, err;
+
+	if (fd < 0)
+		return -errno;
+	if (fd > 2)
+		return fd;
+	nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	err = errno;
+	close(fd);
+	return nfd < 0 ? -err : nfd;
+}
+
+static int timeout_from_env(void)
+{
+	const char *e = getenv("UPAGER_TIMEOUT_MS");
+	char *end;
+	long v;
+
+	if (!e || !*e)
+		return DEFAULT_TIMEOUT_MS;
+	errno = 0;
+	v = strtol(e, &end, 10);
+	if (errno || *end || v <= 0 || v > INT_MAX)
+		return DEFAULT_TIMEOUT_MS;
+	return v;
 }
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -175,6 +238,43 @@ static bool inherited(const struct upager *u)
 }
 
 /*
+ * One reply from the daemon.  Returns its size, or -EPIPE when the daemon
+ * hung up, -ETIMEDOUT when it did not answer within the connection's
+ * timeout (the connection is out of step then, and fails from now on).
+ */
+static ssize_t recv_reply(struct upager *u, void *buf, size_t len, int *fd)
+{
+	ssize_t n = proto_recv(u->sock, buf, len, fd, 0);
+
+	if (n == -EAGAIN || n == -EWOULDBLOCK) {
+		u->broken = true;
+		return -ETIMEDOUT;
+	}
+	if (n > 0 && *fd >= 0 && (*fd = fd_high(*fd)) < 0)
+		return *fd;
+	return n == 0 ? -EPIPE : n;
+}
+
+/* Sends a request: 0, or -errno as recv_reply says. */
+static int send_request(struct upager *u, void *msg, size_t len,
+			uint16_t type, int fd)
+{
+	int ret;
+
+	if (u->sock < 0)
+		return -EPIPE;
+	if (u->broken)
+		return -ETIMEDOUT;
+	proto_hdr_init(msg, type, len, ++u->seq);
+	ret = proto_send(u->sock, msg, len, fd, 0);
+	if (ret == -EAGAIN || ret == -EWOULDBLOCK) {
+		u->broken = true;
+		ret = -ETIMEDOUT;
+	}
+	return ret;
+}
+
+/*
  * One request and its reply.  @reply gets the reply (at most @rlen bytes);
  * @rfd a descriptor that came with it.  Returns the reply's status.
  */
@@ -182,20 +282,19 @@ static int request(struct upager *u, void *msg, size_t len, uint16_t type,
 		   int fd, void *reply, size_t rlen, int *rfd)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
-	struct upg_hdr *h = msg, *r = (struct upg_hdr *)buf;
+	struct upg_hdr *r = (struct upg_hdr *)buf;
 	int ret, got_fd = -1;
 	ssize_t n;
 
 	if (inherited(u))
 		return -ECHILD;
 	pthread_mutex_lock(&u->req_lock);
-	proto_hdr_init(h, type, len, ++u->seq);
-	ret = proto_send(u->sock, msg, len, fd, 0);
+	ret = send_request(u, msg, len, type, fd);
 	if (ret)
 		goto out;
-	n = proto_recv(u->sock, buf, sizeof(buf), &got_fd, 0);
-	if (n <= 0) {
-		ret = n == 0 ? -EPIPE : (int)n;
+	n = recv_reply(u, buf, sizeof(buf), &got_fd);
+	if (n < 0) {
+		ret = n;
 		goto out;
 	}
 	if (r->seq != u->seq || r->type != type) {
@@ -221,41 +320,80 @@ out:
 	return ret;
 }
 
-UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
+/*
+ * A connected socket to @path, with @timeout_ms on every send and receive
+ * (connect included), and the peer's credentials in @cred.  Returns the
+ * socket or -errno.
+ */
+static int sock_connect(const char *path, int timeout_ms, struct ucred *cred)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct upg_hello hello = { .features = UPG_FEATURES_KNOWN }, rh;
+	struct timeval tv = { .tv_sec = timeout_ms / 1000,
+			      .tv_usec = timeout_ms % 1000 * 1000 };
+	socklen_t clen = sizeof(*cred);
+	int fd, ret;
+
+	memcpy(sa.sun_path, path, sizeof(sa.sun_path));
+	fd = fd_high(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+	if (fd < 0)
+		return fd;
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &clen) < 0) {
+		ret = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT
+							      : -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+/* Says hello on a fresh connection. */
+static int hello(struct upager *u)
+{
+	struct upg_hello m = { .features = UPG_FEATURES_KNOWN }, r;
+	int ret = request(u, &m, sizeof(m), UPG_HELLO, -1, &r, sizeof(r), NULL);
+
+	if (!ret && (r.features & ~UPG_FEATURES_KNOWN))
+		ret = -EPROTO;
+	return ret;
+}
+
+UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
+{
 	struct ucred cred;
-	socklen_t clen = sizeof(cred);
 	struct upager *u;
 	int ret;
 
 	if (!out)
 		return set_errno(-EINVAL);
-	if (socket_path) {
-		if (strlen(socket_path) >= sizeof(sa.sun_path))
-			return set_errno(-ENAMETOOLONG);
-		strcpy(sa.sun_path, socket_path);
-	} else {
-		ret = upager_socket_path(sa.sun_path, sizeof(sa.sun_path));
-		if (ret < 0)
-			return ret;
-	}
-	pthread_once(&atfork_once, atfork_register);
 	u = calloc(1, sizeof(*u));
 	if (!u)
 		return set_errno(-ENOMEM);
-	memcpy(u->path, sa.sun_path, sizeof(u->path));
-	u->pid = getpid();
+	u->sock = -1;
 	u->wake_efd = -1;
 	u->daemon_pidfd = -1;
+	if (socket_path) {
+		ret = strlen(socket_path) < sizeof(u->path) ? 0 : -ENAMETOOLONG;
+		if (!ret)
+			strcpy(u->path, socket_path);
+	} else {
+		ret = upager_socket_path(u->path, sizeof(u->path));
+	}
+	if (ret < 0) {
+		free(u);
+		return set_errno(ret);
+	}
+	pthread_once(&atfork_once, atfork_register);
+	u->pid = getpid();
+	u->timeout_ms = timeout_from_env();
 	pthread_mutex_init(&u->req_lock, NULL);
 	pthread_mutex_init(&u->att_lock, NULL);
-	u->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (u->sock < 0 ||
-	    connect(u->sock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    getsockopt(u->sock, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
-		ret = -errno;
+	pthread_mutex_init(&u->serve_lock, NULL);
+	u->sock = sock_connect(u->path, u->timeout_ms, &cred);
+	if (u->sock < 0) {
+		ret = u->sock;
 		goto err;
 	}
 	/* Only root or ourselves may serve our memory. */
@@ -263,17 +401,15 @@ UPAGER_API int upager_connect(const char *socket_path, struct upager **out)
 		ret = -EPERM;
 		goto err;
 	}
+	u->daemon_uid = cred.uid;
+	u->daemon_pid = cred.pid;
 	/* The daemon's death, not a closed connection, orphans our faults.
 	 * (No pid across pid namespaces: then the hang-up must do.) */
-	u->daemon_pidfd = cred.pid > 0 ? syscall(SYS_pidfd_open, cred.pid, 0) : -1;
-	ret = request(u, &hello, sizeof(hello), UPG_HELLO, -1, &rh, sizeof(rh),
-		      NULL);
+	if (cred.pid > 0)
+		u->daemon_pidfd = fd_high(syscall(SYS_pidfd_open, cred.pid, 0));
+	ret = hello(u);
 	if (ret)
 		goto err;
-	if (rh.features & ~UPG_FEATURES_KNOWN) {
-		ret = -EPROTO;
-		goto err;
-	}
 	pthread_mutex_lock(&reg_lock);
 	u->reg_next = reg_head;
 	reg_head = u;
@@ -285,6 +421,9 @@ err:
 		close(u->sock);
 	if (u->daemon_pidfd >= 0)
 		close(u->daemon_pidfd);
+	pthread_mutex_destroy(&u->req_lock);
+	pthread_mutex_destroy(&u->att_lock);
+	pthread_mutex_destroy(&u->serve_lock);
 	free(u);
 	return set_errno(ret);
 }
@@ -359,13 +498,12 @@ UPAGER_API int upager_list(struct upager *u, struct upager_segment_info *infos,
 	if (inherited(u))
 		return set_errno(-ECHILD);
 	pthread_mutex_lock(&u->req_lock);
-	proto_hdr_init(&m, UPG_LIST, sizeof(m), ++u->seq);
-	ret = proto_send(u->sock, &m, sizeof(m), -1, 0);
+	ret = send_request(u, &m, sizeof(m), UPG_LIST, -1);
 	while (ret == 0) {
-		ssize_t len = proto_recv(u->sock, buf, sizeof(buf), &fd, 0);
+		ssize_t len = recv_reply(u, buf, sizeof(buf), &fd);
 
-		if (len <= 0) {
-			ret = len == 0 ? -EPIPE : (int)len;
+		if (len < 0) {
+			ret = len;
 			break;
 		}
 		if (fd >= 0)
@@ -422,7 +560,7 @@ static int uffd_open(void)
 	if (fd < 0 && errno == EPERM)
 		fd = syscall(SYS_userfaultfd,
 			     O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	return fd < 0 ? -errno : fd;
+	return fd_high(fd);
 }
 
 /*
@@ -460,154 +598,481 @@ static int uffd_create(uint64_t *features)
 	return fd;
 }
 
-/* The watcher: serves our own faults once the daemon is gone. */
+/* The mappings of a memfd in this process, from /proc/self/maps. */
 
-static void orphan_answer(struct orphan *o, const struct uffd_msg *m)
+struct vma {
+	uintptr_t start, end;
+	uint64_t off;		/* file offset at start */
+	dev_t dev;
+	ino_t ino;
+	bool shared;
+};
+
+/*
+ * Calls @fn for each mapping, stopping when it returns non-zero.  Returns
+ * what @fn returned last, or -errno when the maps cannot be read.
+ */
+static int maps_walk(int (*fn)(const struct vma *, void *), void *arg)
 {
-	long ps = sysconf(_SC_PAGESIZE);
-	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(ps - 1);
-	struct uffdio_range r = { .start = addr, .len = ps };
+	/* No stdio, no malloc: the watcher reads this while another thread
+	 * may be inside fork() with the allocator's locks held. */
+	char buf[8192];
+	size_t have = 0;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	while (!ret) {
+		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+		char *line = buf, *nl;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		have += n;
+		buf[have] = '\0';
+		while (!ret && (nl = strchr(line, '\n'))) {
+			unsigned long long lo, hi, off, ino;
+			unsigned int maj, min;
+			char perms[8];
+
+			*nl = '\0';
+			if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo,
+				   &hi, perms, &off, &maj, &min, &ino) == 7) {
+				struct vma v = {
+					.start = lo, .end = hi, .off = off,
+					.dev = makedev(maj, min), .ino = ino,
+					.shared = perms[3] == 's',
+				};
+
+				ret = fn(&v, arg);
+			}
+			line = nl + 1;
+		}
+		have -= line - buf;
+		if (have == sizeof(buf) - 1) {
+			/* A line longer than the buffer (a long path): its
+			 * head was parsed at the start, drop the rest. */
+			have = 0;
+			continue;
+		}
+		memmove(buf, line, have);
+	}
+	close(fd);
+	return ret;
+}
+
+struct vma_find {
+	uintptr_t addr;
+	struct vma *out;
+};
+
+static int vma_find_fn(const struct vma *v, void *arg)
+{
+	struct vma_find *q = arg;
+
+	if (q->addr < v->start || q->addr >= v->end)
+		return 0;
+	*q->out = *v;
+	return 1;
+}
+
+/* The mapping at @addr: 1 (in @out), 0 when none, or -errno. */
+static int vma_at(uintptr_t addr, struct vma *out)
+{
+	struct vma_find q = { .addr = addr, .out = out };
+
+	return maps_walk(vma_find_fn, &q);
+}
+
+struct vma_list {
+	dev_t dev;
+	ino_t ino;
+	struct vma *v;
+	size_t n;
+	int err;
+};
+
+static int vma_list_fn(const struct vma *v, void *arg)
+{
+	struct vma_list *l = arg;
+	void *p;
+
+	if (v->ino != l->ino || v->dev != l->dev)
+		return 0;
+	p = realloc(l->v, (l->n + 1) * sizeof(*l->v));
+	if (!p) {
+		l->err = -ENOMEM;
+		return 1;
+	}
+	l->v = p;
+	l->v[l->n++] = *v;
+	return 0;
+}
+
+/* Every mapping of (@dev, @ino): the count, with the array in @out. */
+static int vmas_of(dev_t dev, ino_t ino, struct vma **out)
+{
+	struct vma_list l = { .dev = dev, .ino = ino };
+	int ret = maps_walk(vma_list_fn, &l);
+
+	if (ret < 0 || l.err) {
+		free(l.v);
+		return ret < 0 ? ret : l.err;
+	}
+	*out = l.v;
+	return l.n;
+}
+
+/*
+ * Registers [v->start, v->end) with @uffd in @mode.  For a range already
+ * registered through @uffd this succeeds and changes nothing, and it fails
+ * with EBUSY for a range registered through another uffd: which is how we
+ * tell our mappings from another attachment's of the same segment.
+ */
+static int uffd_register(int uffd, const struct vma *v, uint64_t mode)
+{
+	struct uffdio_register r = {
+		.range = { .start = v->start, .len = v->end - v->start },
+		.mode = mode,
+	};
+
+	return ioctl(uffd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+}
+
+/*
+ * The mappings of @a now, wherever mremap took them: those of its memfd
+ * registered through its uffd (all of its memfd's, when @probe is false).
+ */
+static int att_vmas(struct upager_attachment *a, bool probe, struct vma **out)
+{
+	struct vma *v;
+	int n = vmas_of(a->dev, a->ino, &v), k = 0;
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++)
+		if (!probe || uffd_register(a->uffd, &v[i], a->reg_mode) == 0)
+			v[k++] = v[i];
+	*out = v;
+	return k;
+}
+
+/* The watcher's list */
+
+static int serve_add(struct upager *u, const struct upager_attachment *a)
+{
+	struct serve e = {
+		.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, 3),
+		.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, 3),
+		.dev = a->dev, .ino = a->ino, .source = a->source,
+		.features = a->features, .a = a,
+	};
+	int ret = 0;
+
+	pthread_mutex_lock(&u->serve_lock);
+	if (e.uffd < 0 || e.memfd < 0) {
+		ret = -errno;
+	} else if (u->nr_serves == SERVE_MAX) {
+		ret = -EMFILE;	/* attachments of one connection */
+	} else if (u->nr_serves == u->serves_cap) {
+		size_t cap = u->serves_cap ? 2 * u->serves_cap : 4;
+		void *p = realloc(u->serves, cap * sizeof(*u->serves));
+
+		if (p) {
+			u->serves = p;
+			u->serves_cap = cap;
+		} else {
+			ret = -ENOMEM;
+		}
+	}
+	if (!ret)
+		u->serves[u->nr_serves++] = e;
+	pthread_mutex_unlock(&u->serve_lock);
+	if (ret) {
+		if (e.uffd >= 0)
+			close(e.uffd);
+		if (e.memfd >= 0)
+			close(e.memfd);
+	}
+	return ret;
+}
+
+static void serve_forget(struct upager *u, const struct upager_attachment *a)
+{
+	pthread_mutex_lock(&u->serve_lock);
+	for (size_t i = 0; i < u->nr_serves; i++)
+		if (u->serves[i].a == a)
+			u->serves[i].gone = true;
+	pthread_mutex_unlock(&u->serve_lock);
+}
+
+static void serve_close(struct serve *e)
+{
+	close(e->uffd);
+	close(e->memfd);
+}
+
+/* Closes what detach left behind.  The watcher's own (or no thread's). */
+static void serve_reap(struct upager *u, bool all)
+{
+	pthread_mutex_lock(&u->serve_lock);
+	for (size_t i = 0; i < u->nr_serves;) {
+		if (!all && !u->serves[i].gone) {
+			i++;
+			continue;
+		}
+		serve_close(&u->serves[i]);
+		u->serves[i] = u->serves[--u->nr_serves];
+	}
+	pthread_mutex_unlock(&u->serve_lock);
+}
+
+/* Answering faults after the daemon died */
+
+static long page_size(void)
+{
+	static long ps;
+
+	if (!ps)
+		ps = sysconf(_SC_PAGESIZE);
+	return ps;
+}
+
+static uint64_t mmap_min_addr = 1ull << 16;
+
+/* Read once, before the watcher may have to run during a fork. */
+static void read_mmap_min_addr(void)
+{
+	char buf[32] = "";
+	int fd = open("/proc/sys/vm/mmap_min_addr", O_RDONLY | O_CLOEXEC);
+	unsigned long long v;
+
+	if (fd < 0)
+		return;
+	if (read(fd, buf, sizeof(buf) - 1) > 0 && sscanf(buf, "%llu", &v) == 1 &&
+	    v > mmap_min_addr)
+		mmap_min_addr = (v + page_size() - 1) & ~(uint64_t)(page_size() - 1);
+	close(fd);
+}
+
+/*
+ * Wakes every thread waiting on @uffd, wherever it faulted: the daemon
+ * read those faults and will never answer them; they fault again, to us.
+ * The range is the whole user address space, whose top we try from the
+ * largest the architecture may have down.
+ */
+static void uffd_wake_all(int uffd)
+{
+	static const unsigned int bits[] = { 56, 52, 48, 47, 39 };
+
+	for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+		struct uffdio_range r = {
+			.start = mmap_min_addr,
+			.len = (1ull << bits[i]) - page_size() - mmap_min_addr,
+		};
+
+		if (ioctl(uffd, UFFDIO_WAKE, &r) == 0)
+			return;
+	}
+}
+
+/* An ioctl's result, as answer() needs it: 0, -EAGAIN, or 1 to wake. */
+static int uffd_result(int ret)
+{
+	if (ret == 0)
+		return 0;
+	return errno == EAGAIN ? -EAGAIN : 1;
+}
+
+/*
+ * A frame for page @off of a zero-source segment, put into the memfd
+ * through a shared read-only mapping of our own (a read fault on a hole of
+ * a shared shmem mapping allocates the page), so that a private attachment
+ * maps the segment's frame, not a private zero page.
+ */
+static int memfd_materialize(int memfd, off_t off)
+{
+	void *p = mmap(NULL, page_size(), PROT_READ, MAP_SHARED, memfd, off);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	(void)*(volatile const char *)p;
+	munmap(p, page_size());
+	return 0;
+}
+
+/*
+ * Answers the fault @m on @e's uffd: 0, or -EAGAIN when an event is pending
+ * on the uffd (read it, then answer again).  The bytes come from the
+ * memfd, or are zeros for a zero source; anything else gets SIGBUS in the
+ * faulting thread.
+ */
+static int answer(const struct serve *e, const struct uffd_msg *m)
+{
+	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(page_size() - 1);
+	struct uffdio_range r = { .start = addr, .len = page_size() };
+	struct vma v;
+	int ret;
 
 	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
 		struct uffdio_writeprotect wp = { .range = r };
 
-		ioctl(o->uffd, UFFDIO_WRITEPROTECT, &wp);
-		return;
+		ret = uffd_result(ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp));
+		goto out;
 	}
-	if (addr >= o->base && addr - o->base < o->size) {
-		off_t off = addr - o->base;
+	ret = vma_at(addr, &v);
+	if (ret <= 0) {
+		ret = 1;	/* unmapped meanwhile: the refault decides */
+		goto out;
+	}
+	if (v.ino == e->ino && v.dev == e->dev) {
+		off_t off = v.off + (addr - v.start);
+		bool present = lseek(e->memfd, off, SEEK_DATA) == off;
+		struct uffdio_continue c = { .range = r };
 
-		if (lseek(o->memfd, off, SEEK_DATA) == off) {
-			struct uffdio_continue c = { .range = r };
+		if (!present && e->source == UPAGER_SOURCE_ZERO) {
+			if (v.shared) {
+				struct uffdio_zeropage z = { .range = r };
 
-			if (!(o->flags & UPAGER_ATTACH_RDONLY) ||
-			    ioctl(o->uffd, UFFDIO_CONTINUE, &c) < 0)
-				ioctl(o->uffd, UFFDIO_WAKE, &r);
-			return;
+				ret = uffd_result(ioctl(e->uffd, UFFDIO_ZEROPAGE,
+							&z));
+				goto out;
+			}
+			present = memfd_materialize(e->memfd, off) == 0;
 		}
-		if (o->source == UPAGER_SOURCE_ZERO) {
-			struct uffdio_zeropage z = { .range = r };
-
-			if (ioctl(o->uffd, UFFDIO_ZEROPAGE, &z) < 0)
-				ioctl(o->uffd, UFFDIO_WAKE, &r);
-			return;
+		if (present) {
+			/* A shared mapping finds the frame on the refault;
+			 * a private one is mapped it. */
+			ret = v.shared ? 1 : uffd_result(ioctl(
+				e->uffd, UFFDIO_CONTINUE, &c));
+			goto out;
 		}
 	}
-	/* The bytes are at the source, which only the daemon reads (or the
-	 * range moved and its offset is unknown): fail the access. */
-	struct uffdio_poison p = { .range = r };
-	if (ioctl(o->uffd, UFFDIO_POISON, &p) < 0 && errno != EEXIST)
-		kill(getpid(), SIGBUS);
+	/* The bytes are at the source, which only the daemon reads: the
+	 * access fails, and only that thread's. */
+	if (e->features & UFFD_FEATURE_POISON) {
+		struct uffdio_poison p = { .range = r };
+
+		ret = ioctl(e->uffd, UFFDIO_POISON, &p);
+		if (ret < 0 && errno == EEXIST)
+			ret = 1;
+		else
+			ret = uffd_result(ret);
+	} else if (e->features & UFFD_FEATURE_THREAD_ID) {
+		syscall(SYS_tgkill, getpid(), m->arg.pagefault.feat.ptid,
+			SIGBUS);
+		ret = 1;
+	} else {
+		ret = 1;	/* cannot answer it: it faults again */
+	}
+out:
+	if (ret == 1)
+		ioctl(e->uffd, UFFDIO_WAKE, &r);
+	return ret == -EAGAIN ? -EAGAIN : 0;
 }
 
-static void orphan_close(struct orphan *o)
-{
-	close(o->uffd);
-	close(o->memfd);
-}
+/*
+ * The most uffds one connection's watcher answers, and faults it keeps
+ * waiting for an event: fixed, because the watcher must not allocate (a
+ * fork in another thread holds the allocator's locks while it waits for
+ * the watcher to read its fork event).
+ */
+#define DEFER_MAX 256
 
-static int orphan_add(struct orphan **os, size_t *n, const struct orphan *o)
-{
-	void *p = realloc(*os, (*n + 1) * sizeof(**os));
+struct deferred {
+	int uffd;
+	struct uffd_msg m;
+};
 
-	if (!p)
-		return -ENOMEM;
-	*os = p;
-	(*os)[(*n)++] = *o;
-	return 0;
-}
-
-static bool listed(struct upager *u, const struct upager_attachment *a)
+/*
+ * Reads what @e's uffd holds and answers it.  A fault that meets a pending
+ * event is kept in @defer (the event is read next) and answered again.  A
+ * forked child's uffd is closed at once: the child registers its own (see
+ * child_fallback), and holding its ctx would only make it wait.
+ */
+static void serve_read(const struct serve *e, struct deferred *defer,
+		       size_t *nr_defer)
 {
-	for (struct upager_attachment *it = u->atts; it; it = it->next)
-		if (it == a)
-			return true;
-	return false;
+	struct uffd_msg m;
+
+	while (read(e->uffd, &m, sizeof(m)) == sizeof(m)) {
+		if (m.event == UFFD_EVENT_FORK) {
+			close((int)m.arg.fork.ufd);
+			continue;
+		}
+		if (m.event != UFFD_EVENT_PAGEFAULT || answer(e, &m) == 0)
+			continue;
+		if (*nr_defer < DEFER_MAX) {
+			defer[(*nr_defer)++] = (struct deferred){ e->uffd, m };
+		} else {
+			struct uffdio_range r = {
+				.start = m.arg.pagefault.address &
+					 ~(uint64_t)(page_size() - 1),
+				.len = page_size(),
+			};
+
+			ioctl(e->uffd, UFFDIO_WAKE, &r);	/* refaults */
+		}
+	}
 }
 
 static void orphan_serve(struct upager *u)
 {
-	struct orphan *os = NULL, o;
-	struct upager_attachment *a;
-	size_t n = 0;
+	struct deferred defer[DEFER_MAX];
+	struct serve snap[SERVE_MAX];
+	struct pollfd pfd[SERVE_MAX + 1];
+	size_t nr_defer = 0, n;
 
-	pthread_mutex_lock(&u->att_lock);
-	for (a = u->atts; a; a = a->next) {
-		struct uffdio_range r = { .start = (uintptr_t)a->addr,
-					  .len = a->size };
-
-		o = (struct orphan){
-			.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, 3),
-			.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, 3),
-			.base = (uintptr_t)a->addr, .size = a->size,
-			.source = a->source, .flags = a->flags, .a = a,
-		};
-		if (o.uffd < 0 || o.memfd < 0 || orphan_add(&os, &n, &o)) {
-			orphan_close(&o);
-			continue;
-		}
-		/* Faults the daemon read but never answered are lost with
-		 * it: wake their threads so they fault again, to us. */
-		ioctl(a->uffd, UFFDIO_WAKE, &r);
-	}
-	pthread_mutex_unlock(&u->att_lock);
+	pthread_mutex_lock(&u->serve_lock);
+	for (size_t i = 0; i < u->nr_serves; i++)
+		uffd_wake_all(u->serves[i].uffd);
+	pthread_mutex_unlock(&u->serve_lock);
 
 	while (!atomic_load(&u->stopping)) {
-		struct pollfd *pfd = calloc(n + 1, sizeof(*pfd));
-		size_t live = n;
+		uint64_t v;
+		size_t k;
 
-		if (!pfd)
-			break;
+		/* The list as it is now; only this thread closes its fds. */
+		serve_reap(u, false);
+		pthread_mutex_lock(&u->serve_lock);
+		n = u->nr_serves;
+		memcpy(snap, u->serves, n * sizeof(*snap));
+		pthread_mutex_unlock(&u->serve_lock);
 		pfd[0] = (struct pollfd){ .fd = u->wake_efd, .events = POLLIN };
 		for (size_t i = 0; i < n; i++)
-			pfd[i + 1] = (struct pollfd){ .fd = os[i].uffd,
+			pfd[i + 1] = (struct pollfd){ .fd = snap[i].uffd,
 						      .events = POLLIN };
-		if (poll(pfd, n + 1, -1) < 0 && errno != EINTR) {
-			free(pfd);
+		if (poll(pfd, n + 1, nr_defer ? 1 : -1) < 0 && errno != EINTR)
 			break;
-		}
-		if (pfd[0].revents & POLLIN) {
-			uint64_t v;
+		if ((pfd[0].revents & POLLIN) &&
+		    read(u->wake_efd, &v, sizeof(v)) < 0)
+			v = 0;
+		for (size_t i = 0; i < n; i++)
+			if (pfd[i + 1].revents & POLLIN)
+				serve_read(&snap[i], defer, &nr_defer);
+		/* Faults that met an event: the event is read now. */
+		k = 0;
+		for (size_t i = 0; i < nr_defer; i++) {
+			size_t j;
 
-			if (read(u->wake_efd, &v, sizeof(v)) < 0)
-				v = 0;
+			for (j = 0; j < n && snap[j].uffd != defer[i].uffd; j++)
+				;
+			if (j < n && answer(&snap[j], &defer[i].m) == -EAGAIN)
+				defer[k++] = defer[i];
 		}
-		for (size_t i = 0; i < live; i++) {
-			struct uffd_msg m;
-
-			if (!(pfd[i + 1].revents & POLLIN))
-				continue;
-			while (read(os[i].uffd, &m, sizeof(m)) == sizeof(m)) {
-				if (m.event == UFFD_EVENT_PAGEFAULT) {
-					orphan_answer(&os[i], &m);
-					continue;
-				}
-				if (m.event != UFFD_EVENT_FORK)
-					continue;
-				o = os[i];
-				o.uffd = m.arg.fork.ufd;
-				o.memfd = fcntl(os[i].memfd, F_DUPFD_CLOEXEC, 3);
-				o.a = NULL;
-				if (o.memfd < 0 || orphan_add(&os, &n, &o))
-					orphan_close(&o);
-			}
-		}
-		free(pfd);
-		/* Drop what was detached meanwhile. */
-		pthread_mutex_lock(&u->att_lock);
-		for (size_t i = 0; i < n;) {
-			if (!os[i].a || listed(u, os[i].a)) {
-				i++;
-				continue;
-			}
-			orphan_close(&os[i]);
-			os[i] = os[--n];
-		}
-		pthread_mutex_unlock(&u->att_lock);
+		nr_defer = k;
 	}
-	for (size_t i = 0; i < n; i++)
-		orphan_close(&os[i]);
-	free(os);
+}
+
+static bool daemon_gone(struct upager *u, int wait_ms)
+{
+	struct pollfd p = { .fd = u->daemon_pidfd, .events = POLLIN };
+
+	if (u->daemon_pidfd < 0)
+		return u->sock < 0;
+	return poll(&p, 1, wait_ms) > 0;
 }
 
 static void *watcher_main(void *arg)
@@ -627,6 +1092,7 @@ static void *watcher_main(void *arg)
 			{ .fd = u->wake_efd, .events = POLLIN },
 		};
 
+		serve_reap(u, false);
 		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
 			return NULL;
 		/* Consume the kick before looking at why: a stop that comes
@@ -639,7 +1105,8 @@ static void *watcher_main(void *arg)
 		}
 		if (atomic_load(&u->stopping))
 			return NULL;
-		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+		if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR) ||
+		    u->sock < 0) {
 			orphan_serve(u);
 			return NULL;
 		}
@@ -650,11 +1117,13 @@ static int watcher_start(struct upager *u)
 {
 	int ret = 0;
 
+	page_size();
+	read_mmap_min_addr();
 	pthread_mutex_lock(&u->att_lock);
 	if (!u->watcher_running) {
-		u->wake_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		u->wake_efd = fd_high(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 		if (u->wake_efd < 0)
-			ret = -errno;
+			ret = u->wake_efd;
 		else
 			ret = -pthread_create(&u->watcher, NULL, watcher_main, u);
 		if (!ret)
@@ -689,6 +1158,7 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	struct upg_register_reply rr;
 	struct uffdio_register ur;
 	struct upager_attachment *a;
+	struct stat st;
 	uint64_t features = 0;
 	int prot = PROT_READ, ret;
 
@@ -705,6 +1175,12 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	ret = name_request(u, UPG_ATTACH, name, flags, &ar, sizeof(ar), &a->memfd);
 	if (ret < 0)
 		goto err;
+	if (a->memfd < 0 || fstat(a->memfd, &st) < 0) {
+		ret = -EPROTO;
+		goto err;
+	}
+	a->dev = st.st_dev;
+	a->ino = st.st_ino;
 	a->seg_id = ar.seg_id;
 	a->size = ar.size;
 	a->source = ar.source;
@@ -733,25 +1209,31 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	 * by nobody (zeros): it does not inherit the mapping then. */
 	if (!(features & UFFD_FEATURE_EVENT_FORK))
 		madvise(a->addr, a->size, MADV_DONTFORK);
-	ur = (struct uffdio_register){
-		.range = { .start = (uintptr_t)a->addr, .len = a->size },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
-	};
+	a->reg_mode = UFFDIO_REGISTER_MODE_MISSING;
 	/* Write-protect mode now, so snapshots need no re-registration. */
 	if (!(flags & UPAGER_ATTACH_RDONLY) &&
 	    (features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
-		ur.mode |= UFFDIO_REGISTER_MODE_WP;
+		a->reg_mode |= UFFDIO_REGISTER_MODE_WP;
 	if (flags & UPAGER_ATTACH_RDONLY) {
 		if (!(features & UFFD_FEATURE_MINOR_SHMEM)) {
 			ret = -EOPNOTSUPP;
 			goto err;
 		}
-		ur.mode |= UFFDIO_REGISTER_MODE_MINOR;
+		a->reg_mode |= UFFDIO_REGISTER_MODE_MINOR;
 	}
+	ur = (struct uffdio_register){
+		.range = { .start = (uintptr_t)a->addr, .len = a->size },
+		.mode = a->reg_mode,
+	};
 	if (ioctl(a->uffd, UFFDIO_REGISTER, &ur) < 0) {
 		ret = -errno;
 		goto err;
 	}
+	ret = watcher_start(u);
+	if (!ret)
+		ret = serve_add(u, a);
+	if (ret < 0)
+		goto err;
 	memset(&reg, 0, sizeof(reg));
 	reg.seg_id = a->seg_id;
 	reg.addr = (uintptr_t)a->addr;
@@ -761,24 +1243,22 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	reg.flags = flags & UPAGER_ATTACH_RDONLY ? UPG_REGISTER_RDONLY : 0;
 	ret = request(u, &reg, sizeof(reg), UPG_REGISTER, a->uffd, &rr,
 		      sizeof(rr), NULL);
-	if (ret < 0)
-		goto err;
-	a->attach_id = rr.attach_id;
-	ret = watcher_start(u);
 	if (ret < 0) {
-		upager_detach(a);
-		return set_errno(ret);
+		serve_forget(u, a);
+		watcher_kick(u);
+		goto err;
 	}
+	a->attach_id = rr.attach_id;
 	pthread_mutex_lock(&u->att_lock);
 	a->next = u->atts;
 	u->atts = a;
 	pthread_mutex_unlock(&u->att_lock);
-	watcher_kick(u);
 	*out = a;
 	return 0;
 err:
 	/* The uffd goes first: munmap of a range registered with unmap
-	 * events would wait for a reader that is not there. */
+	 * events would wait for a reader that is not there.  Nothing has
+	 * touched the mapping: its address was never handed out. */
 	if (a->uffd >= 0)
 		close(a->uffd);
 	if (a->addr != MAP_FAILED)
@@ -797,6 +1277,42 @@ UPAGER_API void *upager_attachment_addr(const struct upager_attachment *a)
 UPAGER_API size_t upager_attachment_size(const struct upager_attachment *a)
 {
 	return a ? a->size : 0;
+}
+
+/*
+ * Unmaps every mapping of @a, wherever mremap moved it.  Each becomes
+ * inaccessible before its range stops being served (unregistered, or its
+ * uffd closed): a thread that still touches it gets SIGSEGV, as it would
+ * under munmap, instead of a zero page in the segment.  @own: the uffd is
+ * ours (not a forked child's inherited copy of the parent's).
+ */
+static void att_unmap(struct upager_attachment *a, bool own)
+{
+	struct vma *v = NULL, whole = {
+		.start = (uintptr_t)a->addr,
+		.end = (uintptr_t)a->addr + a->size,
+	};
+	int n = att_vmas(a, own, &v);
+
+	if (n < 0) {
+		/* /proc unreadable: the range as we mapped it. */
+		v = &whole;
+		n = 1;
+	}
+	for (int i = 0; i < n; i++)
+		mprotect((void *)v[i].start, v[i].end - v[i].start, PROT_NONE);
+	for (int i = 0; own && i < n; i++) {
+		struct uffdio_range r = { .start = v[i].start,
+					  .len = v[i].end - v[i].start };
+
+		/* Else munmap would wait for the daemon to read its unmap
+		 * event. */
+		ioctl(a->uffd, UFFDIO_UNREGISTER, &r);
+	}
+	for (int i = 0; i < n; i++)
+		munmap((void *)v[i].start, v[i].end - v[i].start);
+	if (v != &whole)
+		free(v);
 }
 
 UPAGER_API int upager_detach(struct upager_attachment *a)
@@ -818,13 +1334,8 @@ UPAGER_API int upager_detach(struct upager_attachment *a)
 	}
 	pthread_mutex_unlock(&u->att_lock);
 	if (!inherited(u)) {
-		struct uffdio_range r = { .start = (uintptr_t)a->addr,
-					  .len = a->size };
-
-		/* Unregister first: with the range registered, munmap would
-		 * wait for the daemon to read its unmap event. */
-		ioctl(a->uffd, UFFDIO_UNREGISTER, &r);
-		munmap(a->addr, a->size);
+		serve_forget(u, a);
+		att_unmap(a, true);
 		memset(&m, 0, sizeof(m));
 		m.attach_id = a->attach_id;
 		ret = request(u, &m, sizeof(m), UPG_DETACH, -1, NULL, 0, NULL);
@@ -834,7 +1345,7 @@ UPAGER_API int upager_detach(struct upager_attachment *a)
 	} else {
 		/* The child's range belongs to the uffd the daemon got at
 		 * fork; ours is the parent's.  The daemon sees the unmap. */
-		munmap(a->addr, a->size);
+		att_unmap(a, false);
 	}
 	if (a->uffd >= 0)
 		close(a->uffd);
@@ -857,29 +1368,31 @@ UPAGER_API void upager_disconnect(struct upager *u)
 	pthread_mutex_unlock(&reg_lock);
 	while (u->atts)
 		upager_detach(u->atts);
-	if (u->watcher_running) {
-		if (inherited(u)) {
-			/* The watcher thread stayed in the parent. */
-		} else {
-			atomic_store(&u->stopping, true);
-			watcher_kick(u);
-			pthread_join(u->watcher, NULL);
-		}
+	if (u->watcher_running && !inherited(u)) {
+		atomic_store(&u->stopping, true);
+		watcher_kick(u);
+		pthread_join(u->watcher, NULL);
 	}
+	/* (An inherited connection's watcher stayed in the parent.) */
+	serve_reap(u, true);
+	free(u->serves);
 	if (u->wake_efd >= 0)
 		close(u->wake_efd);
 	if (u->daemon_pidfd >= 0)
 		close(u->daemon_pidfd);
-	close(u->sock);
+	if (u->sock >= 0)
+		close(u->sock);
 	pthread_mutex_destroy(&u->req_lock);
 	pthread_mutex_destroy(&u->att_lock);
+	pthread_mutex_destroy(&u->serve_lock);
 	free(u);
 }
 
 /*
  * In a fork child, before fork() returns: a connection of our own, and our
- * own uffd for each attachment (see the top of this file).  Only
- * async-signal-safe work and what glibc allows after fork happen here.
+ * own uffd for each attachment (see the top of this file).  Only the
+ * forking thread exists here and nothing touches the mappings until we
+ * return.
  */
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -892,7 +1405,7 @@ UPAGER_API void upager_disconnect(struct upager *u)
  */
 static void *probe_map(void)
 {
-	long ps = sysconf(_SC_PAGESIZE);
+	long ps = page_size();
 	uintptr_t slot = (uintptr_t)(getpid() & 0x3fffff) * 2 * ps;
 
 	for (uintptr_t base = 0x500000000000; base <= 0x700000000000;
@@ -936,21 +1449,102 @@ static int claim(struct upager *u, struct upager_attachment *a, void *probe)
 	return 0;
 }
 
+/*
+ * Registers every mapping of @a's memfd with a uffd of our own, in the
+ * child, once the daemon is gone: until then the daemon's copy of our
+ * uffd (or the dying daemon's io_uring) holds the registration and this
+ * fails with EBUSY, so it is retried for the connection's timeout.  A
+ * mapping registered already through @mine (another attachment of the
+ * same segment, done first) is ours.  Returns 0 or -errno.
+ */
+static int child_register(struct upager *u, struct upager_attachment *a,
+			  int uffd, struct upager_attachment *mine)
+{
+	uint64_t deadline = 0;
+	struct vma *v;
+	int n = vmas_of(a->dev, a->ino, &v), ret = 0;
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		for (;;) {
+			struct timespec ts;
+			uint64_t now;
+
+			ret = uffd_register(uffd, &v[i], a->reg_mode);
+			if (ret != -EBUSY || (mine &&
+			    uffd_register(mine->uffd, &v[i], mine->reg_mode) == 0)) {
+				ret = ret == -EBUSY ? 0 : ret;
+				break;
+			}
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			now = ts.tv_sec * 1000ull + ts.tv_nsec / 1000000;
+			if (!deadline)
+				deadline = now + u->timeout_ms;
+			if (now > deadline)
+				break;
+			usleep(1000);
+		}
+		if (ret)
+			break;
+	}
+	if (ret) {
+		/* Nobody will serve these: inaccessible beats zeros. */
+		for (int i = 0; i < n; i++)
+			mprotect((void *)v[i].start, v[i].end - v[i].start,
+				 PROT_NONE);
+	}
+	free(v);
+	return ret;
+}
+
+/*
+ * The daemon died before the child had its own uffd: register our own and
+ * answer our faults ourselves, as the parent does.
+ */
+static void child_fallback(struct upager *u)
+{
+	struct upager_attachment *a, *prev = NULL;
+
+	if (u->sock >= 0)
+		close(u->sock);
+	u->sock = -1;
+	u->pid = getpid();
+	for (a = u->atts; a; prev = a, a = a->next) {
+		uint64_t features;
+		int fd = uffd_create(&features);
+
+		if (a->uffd >= 0)
+			close(a->uffd);		/* the parent's */
+		a->uffd = fd;
+		if (fd < 0)
+			continue;
+		a->features = features;
+		child_register(u, a, fd, prev && prev->ino == a->ino &&
+					 prev->uffd >= 0 ? prev : NULL);
+		serve_add(u, a);
+	}
+	if (u->atts && watcher_start(u) == 0)
+		watcher_kick(u);
+}
+
 static void child_reconnect(struct upager *u)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct upg_hello hello = { .features = UPG_FEATURES_KNOWN }, rh;
 	struct upager_attachment *a, **pp;
-	int old = u->sock, sock;
+	int old = u->sock, ret;
 	pid_t parent = u->pid;
+	struct ucred cred;
 	void *probe;
 
-	/* The parent's watcher did not come along. */
+	/* The parent's watcher did not come along; its list holds the
+	 * parent's uffds, which must not be used here. */
 	u->watcher_running = false;
 	atomic_store(&u->watcher_ready, false);
 	if (u->wake_efd >= 0)
 		close(u->wake_efd);
 	u->wake_efd = -1;
+	pthread_mutex_init(&u->serve_lock, NULL);
+	serve_reap(u, true);
 	/* Mappings made MADV_DONTFORK (no fork events) are not here. */
 	for (pp = &u->atts; (a = *pp);) {
 		if (a->features & UFFD_FEATURE_EVENT_FORK) {
@@ -962,37 +1556,52 @@ static void child_reconnect(struct upager *u)
 		close(a->memfd);
 		free(a);
 	}
-	memcpy(sa.sun_path, u->path, sizeof(sa.sun_path));
-	sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (sock < 0)
-		return;
-	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		close(sock);
-		return;
+	ret = sock_connect(u->path, u->timeout_ms, &cred);
+	if (ret >= 0 && (cred.uid != u->daemon_uid ||
+			 (u->daemon_pid > 0 && cred.pid != u->daemon_pid))) {
+		/* Not the daemon we attached through: tell it nothing. */
+		close(ret);
+		ret = -EPERM;
 	}
-	u->sock = sock;
+	if (ret < 0)
+		goto fail;
+	u->sock = ret;
 	u->pid = getpid();
 	u->seq = 0;
-	if (request(u, &hello, sizeof(hello), UPG_HELLO, -1, &rh, sizeof(rh),
-		    NULL))
-		goto fail;
+	u->broken = false;
+	ret = hello(u);
+	if (ret)
+		goto fail_sock;
 	probe = probe_map();
-	if (probe == MAP_FAILED)
-		goto fail;
+	if (probe == MAP_FAILED) {
+		ret = -ENOMEM;
+		goto fail_sock;
+	}
 	for (a = u->atts; a; a = a->next)
-		if (claim(u, a, probe))
+		if ((ret = claim(u, a, probe)))
 			break;
-	munmap(probe, sysconf(_SC_PAGESIZE));
-	if (a)
-		goto fail;
+	munmap(probe, page_size());
+	if (ret)
+		goto fail_sock;
 	close(old);
+	for (a = u->atts; a; a = a->next)
+		serve_add(u, a);
 	if (u->atts)
 		watcher_start(u);
 	return;
+fail_sock:
+	close(u->sock);
 fail:
-	/* Stay the parent's connection: the daemon serves our faults
-	 * through the fork event all the same. */
-	close(sock);
 	u->sock = old;
 	u->pid = parent;
+	u->broken = false;
+	/*
+	 * The daemon gone (or going: a hang-up mid-claim): nobody else will
+	 * hold our uffds.  Alive: it serves our faults through the fork
+	 * event all the same, on the parent's connection.
+	 */
+	if (daemon_gone(u, ret == -EPIPE || ret == -ECONNRESET ||
+				   ret == -ECONNREFUSED || ret == -ENOENT ?
+				   u->timeout_ms : 0))
+		child_fallback(u);
 }
