@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 
 #include "attach.h"
 #include "log.h"
@@ -208,6 +211,78 @@ static void ranges_oom(struct attachment *att)
 	 * attachment loudly rather than serve it wrong. */
 	pr_err("attach", "%s: out of memory tracking ranges", att->seg->name);
 	attach_kill(att, "dropped");
+}
+
+/* The mapping of @pid at @addr: 0 with its bounds and file, or -ENOENT. */
+static int vma_at(pid_t pid, uint64_t addr, uint64_t *lo, uint64_t *hi,
+		  uint64_t *off, dev_t *dev, ino_t *ino)
+{
+	char path[64], line[512];
+	int ret = -ENOENT;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -ENOENT;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long l, h, o, i;
+		unsigned int maj, min;
+
+		/* A long path may split a line: its tail never parses. */
+		if (sscanf(line, "%llx-%llx %*s %llx %x:%x %llu", &l, &h, &o,
+			   &maj, &min, &i) != 6 || addr < l || addr >= h)
+			continue;
+		*lo = l;
+		*hi = h;
+		*off = o;
+		*dev = makedev(maj, min);
+		*ino = i;
+		ret = 0;
+		break;
+	}
+	fclose(f);
+	return ret;
+}
+
+int attach_discover(struct attachment *att, uint64_t addr, pid_t tid)
+{
+	pid_t pid = atomic_load(&att->pid) > 0 ? atomic_load(&att->pid) : tid;
+	uint64_t ps = att->seg->page_size;
+	struct stat st;
+
+	if (pid <= 0 || fstat(att->seg->memfd, &st) < 0)
+		return -ENOENT;
+	for (int tries = 0; tries < 4; tries++) {
+		uint64_t gen = atomic_load(&att->ev_gen), lo, hi, off;
+		bool same = false;
+		dev_t dev;
+		ino_t ino;
+		int ret = vma_at(pid, addr, &lo, &hi, &off, &dev, &ino);
+
+		if (ret)
+			return ret;
+		if (dev != st.st_dev || ino != st.st_ino || off % ps ||
+		    (hi - lo) % ps)
+			return -EINVAL;
+		/* What /proc said holds unless an event was applied since:
+		 * an event read later describes a change made later. */
+		spin_write_lock(&att->evlock);
+		if (atomic_load(&att->ev_gen) == gen) {
+			pthread_mutex_lock(&att->lock);
+			ret = ranges_cut(att, lo, hi, NULL);
+			ret |= ranges_add(att, lo, hi - lo, off / ps);
+			pthread_mutex_unlock(&att->lock);
+			same = true;
+		}
+		spin_write_unlock(&att->evlock);
+		if (same) {
+			if (ret)
+				ranges_oom(att);
+			return ret ? -ENOMEM : 0;
+		}
+	}
+	return -EAGAIN;
 }
 
 void attach_unmap(struct attachment *att, uint64_t start, uint64_t end)

@@ -122,6 +122,8 @@ struct attachment {
 	 * wake-up (tens of microseconds) each time.
 	 */
 	struct spin_rwlock evlock;
+	_Atomic uint64_t ev_gen;	/* bumped, under evlock, by every
+					 * event that changes the ranges */
 
 	pthread_mutex_t lock;
 	struct att_range *ranges;
@@ -162,6 +164,17 @@ int attach_set_pid(struct attachment *att, pid_t pid);
  */
 int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
 		  uint64_t *run);
+
+/*
+ * attach_discover - learn what is mapped at @addr from /proc/PID/maps
+ * (@tid: a thread of the process, for a forked child whose pid is not
+ * known yet), for what the events do not say: mremap growing a range in
+ * place or past its old length, the old range MREMAP_DONTUNMAP leaves
+ * mapped.  Returns 0 when @addr maps the segment now (and the ranges say
+ * so), -ENOENT when nothing is mapped there, -EINVAL when something else
+ * is, -EAGAIN when the mappings kept changing meanwhile.
+ */
+int attach_discover(struct attachment *att, uint64_t addr, pid_t tid);
 
 /* Range bookkeeping for the uffd events. */
 void attach_unmap(struct attachment *att, uint64_t start, uint64_t end);

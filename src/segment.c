@@ -39,6 +39,9 @@ struct fill {
 	struct attachment *att;	/* the faulting one; holds a reference */
 	uint64_t addr;		/* where the run starts in att */
 	bool prefetch;		/* nobody waits at addr */
+	bool answered;		/* the faulting thread was answered */
+	uint32_t from;		/* pages before it are in the memfd */
+	struct list_head stall_link;	/* on its worker's stalled list */
 };
 
 int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
@@ -400,7 +403,7 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 {
 	struct segment *seg = f->seg;
-	uint32_t done = 0, filled = 0;
+	uint32_t done = f->from, filled = 0;
 
 	*err = 0;
 	*first_copied = false;
@@ -426,7 +429,6 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 		*err = 0;
 	}
 	counter_add(seg->c.pages_filled, filled);
-	fill_release(f, done);
 	return done;
 }
 
@@ -501,13 +503,12 @@ static void fill_prefetch_next(struct worker *w, struct fill *f)
 		fill_start(w, seg, f->att, addr, next, n, true);
 }
 
+static void fill_deliver(struct worker *w, struct fill *f);
+
 /* The run is in the buffer (or failed with @res < 0): map it. */
 static void fill_finish(struct worker *w, struct fill *f, int res)
 {
 	struct segment *seg = f->seg;
-	bool first_copied;
-	uint32_t done;
-	int err;
 
 	counter_add(seg->c.bytes_read, f->rd.bytes_read);
 	if (res == -EBUSY || res == -ENOMEM) {
@@ -532,14 +533,70 @@ static void fill_finish(struct worker *w, struct fill *f, int res)
 	}
 	/* The next read goes out first, to run while this run is copied. */
 	fill_prefetch_next(w, f);
-	done = fill_map(f, &err, &first_copied);
-	if (!f->prefetch)
-		fill_answer(f, done, err, first_copied);
-	else if (done && (f->att->flags & UPG_REGISTER_RDONLY))
-		uffd_continue(f->att, f->addr, (uint64_t)done * seg->page_size);
+	fill_deliver(w, f);
+	return;
 out:
 	seg_unpark(seg, f->rd.pgoff, f->rd.npages);
 	fill_free(w, f);
+}
+
+/*
+ * Puts the run that is in the buffer into the memfd and answers the
+ * faulting thread.  A copy that meets a pending event (EAGAIN) keeps the
+ * buffer and the pages it has not copied yet: the fill waits on its
+ * worker's stalled list until the event is read, then resumes here.  The
+ * source is never read twice for it.
+ */
+static void fill_deliver(struct worker *w, struct fill *f)
+{
+	struct segment *seg = f->seg;
+	uint32_t first = f->from, done;
+	bool first_copied;
+	int err;
+
+	done = fill_map(f, &err, &first_copied);
+	if (err == EAGAIN && done < f->rd.npages &&
+	    !(f->att->flags & UPG_REGISTER_RDONLY) &&
+	    !atomic_load(&f->att->dead)) {
+		if (done > 0 && !f->prefetch && !f->answered) {
+			fill_answer(f, done, 0, first_copied);
+			f->answered = true;
+		}
+		seg_unpark(seg, f->rd.pgoff + first, done - first);
+		f->from = done;
+		list_add_tail(&f->stall_link, worker_stalled(w));
+		return;
+	}
+	fill_release(f, done);
+	if (!f->prefetch && !f->answered)
+		fill_answer(f, done, err, first_copied);
+	else if (done > first && (f->att->flags & UPG_REGISTER_RDONLY))
+		uffd_continue(f->att, f->addr + (uint64_t)first * seg->page_size,
+			      (uint64_t)(done - first) * seg->page_size);
+	seg_unpark(seg, f->rd.pgoff + first, f->rd.npages - first);
+	fill_free(w, f);
+}
+
+void segment_fills_resume(struct worker *w, struct list_head *stalled)
+{
+	struct fill *f, *tmp;
+
+	list_for_each_entry_safe(f, tmp, stalled, stall_link) {
+		list_del_init(&f->stall_link);
+		if (atomic_load(&f->att->dead)) {
+			fill_release(f, f->from);
+			seg_unpark(f->seg, f->rd.pgoff + f->from,
+				   f->rd.npages - f->from);
+			fill_free(w, f);
+			continue;
+		}
+		fill_deliver(w, f);
+	}
+}
+
+struct attachment *segment_fill_attachment(struct list_head *stall_link)
+{
+	return list_entry(stall_link, struct fill, stall_link)->att;
 }
 
 void segment_fill_io_done(struct worker *w, void *p, int res)
@@ -604,6 +661,7 @@ static int fill_start(struct worker *w, struct segment *seg,
 	f->rd.pgoff = pgoff;
 	f->rd.npages = n;
 	f->rd.user_data = (void *)((uintptr_t)f | TAG_FILL);
+	list_init(&f->stall_link);
 	ret = source_read(seg->src, &f->rd, worker_ring(w));
 	if (ret != 0)
 		fill_finish(w, f, ret < 0 ? ret : 0);
@@ -611,7 +669,7 @@ static int fill_start(struct worker *w, struct segment *seg,
 }
 
 void segment_fault_missing(struct worker *w, struct attachment *att,
-			   uint64_t addr)
+			   uint64_t addr, pid_t tid)
 {
 	struct segment *seg = att->seg;
 	uint64_t pgoff, run, st;
@@ -619,9 +677,21 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 	int ret;
 
 	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
-		/* Not ours (any more): the retry finds what is there. */
-		uffd_wake(att, addr, seg->page_size);
-		return;
+		/*
+		 * A range the events did not describe (mremap grew it, or
+		 * left it mapped): /proc says what it maps.  Nothing there:
+		 * the retry finds that out (SIGSEGV).  Something else,
+		 * registered with our uffd by the client: SIGBUS, rather
+		 * than a fault that comes back for ever.
+		 */
+		ret = attach_discover(att, addr, tid);
+		if (ret == -EINVAL)
+			uffd_poison(att, addr, seg->page_size);
+		if (ret || attach_lookup(att, addr, &pgoff, &run) < 0) {
+			if (ret != -EINVAL)
+				uffd_wake(att, addr, seg->page_size);
+			return;
+		}
 	}
 	for (;;) {
 		st = pte_get(&seg->pt, pgoff);

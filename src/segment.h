@@ -97,9 +97,15 @@ uint64_t segment_resident_bytes(struct segment *seg);
 /*
  * segment_fault_missing - serve a missing fault at @addr (page-aligned)
  * of @att, on worker @w.  Never blocks on I/O: a read goes to @w's ring.
+ * @tid: the faulting thread, when known (0 otherwise).
  */
 void segment_fault_missing(struct worker *w, struct attachment *att,
-			   uint64_t addr);
+			   uint64_t addr, pid_t tid);
+
+/* Resumes the stalled fills on @list (taken off @w's stalled list). */
+void segment_fills_resume(struct worker *w, struct list_head *list);
+/* The attachment of the stalled fill whose link is @stall_link. */
+struct attachment *segment_fill_attachment(struct list_head *stall_link);
 
 /* Maps frames in the memfd into @att (a private attachment). */
 void uffd_continue(struct attachment *att, uint64_t addr, uint64_t len);

@@ -63,6 +63,9 @@ struct worker {
 	unsigned int nr_fills;		/* in flight on this ring */
 	uint64_t served;		/* uffd messages read */
 
+	struct list_head stalled;	/* fills waiting for an event to be
+					 * read (segment.c) */
+
 	void *bufs[BUF_CACHE];
 	unsigned int nr_bufs;
 	size_t buf_size;
@@ -71,6 +74,11 @@ struct worker {
 struct io_uring *worker_ring(struct worker *w)
 {
 	return &w->ring;
+}
+
+struct list_head *worker_stalled(struct worker *w)
+{
+	return &w->stalled;
 }
 
 struct worker *worker_pick(void)
@@ -304,6 +312,8 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 	struct segment *seg = att->seg;
 	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(seg->page_size - 1);
 	uint64_t flags = m->arg.pagefault.flags;
+	pid_t tid = att->uffd_features & UFFD_FEATURE_THREAD_ID ?
+			    (pid_t)m->arg.pagefault.feat.ptid : 0;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
 		/* No snapshot protects anything yet: let the write go. */
@@ -321,11 +331,11 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 		/* The frame is in the memfd: map it.  The missing path
 		 * checks that and handles a frame punched meanwhile. */
 		counter_add(seg->c.faults_minor, 1);
-		segment_fault_missing(w, att, addr);
+		segment_fault_missing(w, att, addr, tid);
 		return;
 	}
 	counter_add(seg->c.faults_missing, 1);
-	segment_fault_missing(w, att, addr);
+	segment_fault_missing(w, att, addr, tid);
 	if (!atomic_load(&att->pid) && !atomic_load(&att->fault_tid) &&
 	    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
 		/* A forked child's first fault says who it is. */
@@ -346,7 +356,7 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	att->nr_retry = att->retry_cap = 0;
 	pthread_mutex_unlock(&att->lock);
 	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
-		segment_fault_missing(w, att, addrs[i]);
+		segment_fault_missing(w, att, addrs[i], 0);
 	free(addrs);
 }
 
@@ -361,6 +371,7 @@ static void handle_event(struct worker *w, struct attachment *att,
 		break;
 	case UFFD_EVENT_REMAP:
 		counter_add(upd.events_remap, 1);
+		atomic_fetch_add(&att->ev_gen, 1);
 		attach_remap(att, m->arg.remap.from, m->arg.remap.to,
 			     m->arg.remap.len);
 		break;
@@ -371,6 +382,7 @@ static void handle_event(struct worker *w, struct attachment *att,
 		break;
 	case UFFD_EVENT_UNMAP:
 		counter_add(upd.events_unmap, 1);
+		atomic_fetch_add(&att->ev_gen, 1);
 		attach_unmap(att, m->arg.remove.start, m->arg.remove.end);
 		if (!attach_has_ranges(att))
 			attach_kill(att, "unmapped");
@@ -497,6 +509,29 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	}
 }
 
+/*
+ * Fills whose copy met a pending event: read the events (and whatever
+ * faults came with them), then copy again what the fills hold.
+ */
+static void resume_stalled(struct worker *w)
+{
+	struct list_head list, *n;
+
+	list_init(&list);
+	while (!list_empty(&w->stalled)) {
+		n = w->stalled.next;
+		list_del_init(n);
+		list_add_tail(n, &list);
+	}
+	for (n = list.next; n != &list; n = n->next) {
+		struct attachment *att = segment_fill_attachment(n);
+
+		if (!atomic_load(&att->dead))
+			drain_uffd(w, att);
+	}
+	segment_fills_resume(w, &list);
+}
+
 static void reap(struct worker *w)
 {
 	struct io_uring_cqe *cqe;
@@ -507,6 +542,8 @@ static void reap(struct worker *w)
 		n++;
 	}
 	io_uring_cq_advance(&w->ring, n);
+	if (!list_empty(&w->stalled))
+		resume_stalled(w);
 }
 
 /*
@@ -577,6 +614,7 @@ int worker_start(unsigned int id, struct worker **out)
 	w->id = id;
 	w->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
 	w->inbox_tail = &w->inbox;
+	list_init(&w->stalled);
 	pthread_mutex_init(&w->inbox_lock, NULL);
 	w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w->efd < 0) {

@@ -10,6 +10,8 @@
 
 #include <liburing.h>
 
+#include "list.h"
+
 struct attachment;
 struct worker;
 
@@ -32,6 +34,9 @@ struct worker *worker_pick(void);
 
 
 struct io_uring *worker_ring(struct worker *w);
+
+/* Fills waiting on @w for an event to be read (segment.c's). */
+struct list_head *worker_stalled(struct worker *w);
 
 /* Read buffers of FILL_MAX_PAGES pages, recycled per worker. */
 #define FILL_MAX_PAGES 1024
