@@ -172,7 +172,9 @@ START_TEST(test_client_killed_many)
 			ck_assert_int_eq(h_recv(rep[0]), 'p');
 		kill(pid, SIGKILL);
 		status = h_wait_child(pid);
-		ck_assert_msg(WIFSIGNALED(status), "child ended by itself");
+		ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+			      "child ended otherwise than by our SIGKILL: %#x",
+			      status);
 		while (h_recv_timeout(rep[0], &(char){ 0 }, 0) == 1)
 			;
 	}

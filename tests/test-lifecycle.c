@@ -226,7 +226,10 @@ START_TEST(test_detach_disconnect_loop)
 
 			CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 			map = upager_attachment_addr(ca);
-			map[i % 65536] = 1;
+			map[i * 4099 % 65536] = (char)(i % 127 + 1);
+			CHILD_CHECK(map[i * 4099 % 65536] == (char)(i % 127 + 1),
+				    "round %d: wrote and read back another byte",
+				    i);
 			/* let the watcher thread fall asleep in poll(), where the race
 			 * needs it */
 			spin_ns(200000);
@@ -266,6 +269,18 @@ START_TEST(test_detach_disconnect_loop)
 	ck_assert_int_eq(h_child_exit_code(pid), 0);
 	u = h_connect(&d);
 	ck_assert_uint_eq(h_wait_attachments(u, "z", 0).nr_attachments, 0);
+	/* every byte the rounds wrote is in the segment, nothing else */
+	{
+		struct upager_attachment *a;
+		char *expect = calloc(1, 65536);
+		char *map = h_attach(u, "z", 0, &a);
+
+		for (int i = 0; i < rounds; i++)
+			expect[i * 4099 % 65536] = (char)(i % 127 + 1);
+		ck_assert_int_eq(h_first_diff(map, expect, 65536), -1);
+		ck_assert_int_eq(upager_detach(a), 0);
+		free(expect);
+	}
 	upager_disconnect(u);
 	h_daemon_stop(&d);
 }
