@@ -317,11 +317,9 @@ static void seg_unpark(struct segment *seg, uint64_t first, uint64_t n)
  */
 static uint32_t ra_pages(struct segment *seg, uint64_t pgoff)
 {
-	uint32_t h = 0;
+	uint32_t h = pte_run_below(&seg->pt, pgoff, FILL_MAX_PAGES / 2,
+				   PTE_PRESENT);
 
-	while (h < FILL_MAX_PAGES / 2 && h < pgoff &&
-	       (pte_get(&seg->pt, pgoff - h - 1) & PTE_PRESENT))
-		h++;
 	return h ? 2 * h : RA_MIN;
 }
 
@@ -337,8 +335,9 @@ static void fill_free(struct worker *w, struct fill *f)
 /* Puts pages [from, npages) of the run back to absent. */
 static void fill_release(struct fill *f, uint32_t from)
 {
-	for (uint32_t i = from; i < f->rd.npages; i++)
-		pte_end_busy(&f->seg->pt, f->rd.pgoff + i, 0);
+	if (from < f->rd.npages)
+		pte_end_busy_run(&f->seg->pt, f->rd.pgoff + from,
+				 f->rd.npages - from, 0);
 }
 
 /*
@@ -424,8 +423,9 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 		if (done == 0)
 			*first_copied = true;
 		filled += n / seg->page_size;
-		for (long i = 0; i < n / (long)seg->page_size; i++)
-			pte_end_busy(&seg->pt, f->rd.pgoff + done++, PTE_PRESENT);
+		pte_end_busy_run(&seg->pt, f->rd.pgoff + done,
+				 n / seg->page_size, PTE_PRESENT);
+		done += n / seg->page_size;
 		*err = 0;
 	}
 	counter_add(seg->c.pages_filled, filled);
@@ -497,8 +497,7 @@ static void fill_prefetch_next(struct worker *w, struct fill *f)
 		return;
 	if (run > f->rd.npages)
 		run = f->rd.npages;
-	while (n < run && pte_try_busy(&seg->pt, next + n))
-		n++;
+	n = pte_claim_run(&seg->pt, next, run);
 	if (n)
 		fill_start(w, seg, f->att, addr, next, n, true);
 }
@@ -621,8 +620,8 @@ static void continue_run(struct attachment *att, uint64_t addr,
 
 	if (max > run)
 		max = run;
-	for (n = 1; n < max && (pte_get(&seg->pt, pgoff + n) & PTE_PRESENT); n++)
-		;
+	n = 1 + (max > 1 ? pte_run_from(&seg->pt, pgoff + 1, max - 1,
+					  PTE_PRESENT) : 0);
 	uffd_continue(att, addr, n * seg->page_size);
 }
 
@@ -647,8 +646,7 @@ static int fill_start(struct worker *w, struct segment *seg,
 		}
 	}
 	if (!f) {
-		for (uint32_t i = 0; i < n; i++)
-			pte_end_busy(&seg->pt, pgoff + i, 0);
+		pte_end_busy_run(&seg->pt, pgoff, n, 0);
 		seg_unpark(seg, pgoff, n);
 		return -ENOMEM;
 	}
@@ -711,8 +709,13 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 			pte_present_to_absent(&seg->pt, pgoff);
 			continue;
 		}
-		if (pte_try_busy(&seg->pt, pgoff))
+		ret = pte_claim(&seg->pt, pgoff);
+		if (ret > 0)
 			break;
+		if (ret < 0) {
+			attach_requeue(att, addr);	/* out of memory */
+			return;
+		}
 		ret = seg_park(seg, att, pgoff, addr);
 		if (ret > 0) {
 			counter_add(seg->c.faults_waited, 1);
@@ -728,8 +731,7 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 	max = ra_pages(seg, pgoff);
 	if (max > run)
 		max = run;
-	for (n = 1; n < max && pte_try_busy(&seg->pt, pgoff + n); n++)
-		;
+	n = 1 + (max > 1 ? pte_claim_run(&seg->pt, pgoff + 1, max - 1) : 0);
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
 	if (fill_start(w, seg, att, addr, pgoff, n, false))
