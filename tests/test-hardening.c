@@ -417,11 +417,11 @@ static void fork_kill(enum kill_point at, unsigned int rounds)
 		h_daemon_start(&d);
 		u = h_connect(&d);
 		free(h_file_segment(&d, u, "img", size, 103 + round));
+		memfd = h_open_memfd(d.pid, "img");
 		ck_assert_int_eq(write(go[1], d.sock, sizeof(d.sock)),
 				 sizeof(d.sock));
 		ck_assert_int_eq(write(go[1], &d.pid, sizeof(d.pid)),
 				 sizeof(d.pid));
-		memfd = h_open_memfd(d.pid, "img");
 		upager_disconnect(u);
 		expect_exit(pid, EX_OK);
 		/* the memfd got no zero page at the end */

@@ -5,6 +5,7 @@
  * source's bytes, never with another read of the segment.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -417,6 +418,114 @@ START_TEST(test_rdonly_zero)
 }
 END_TEST
 
+/*
+ * The counters say what happened, exactly: one random fault is one missing
+ * fault filling one page; a sequential read grows the read-ahead window
+ * and takes fewer faults than pages; a read-only reader of filled pages
+ * takes minor faults only; no write-protect fault without a snapshot; and
+ * threads that fault on one page at once wait for a single fill.
+ */
+struct same_page {
+	const char *map;
+	const char *data;
+	pthread_barrier_t *bar;
+	size_t first, rounds;
+	int bad;
+};
+
+static void *same_page_main(void *arg)
+{
+	struct same_page *t = arg;
+
+	for (size_t r = 0; r < t->rounds; r++) {
+		size_t off = (t->first + r * 16) * H_PAGE;
+
+		pthread_barrier_wait(t->bar);
+		if (memcmp(t->map + off, t->data + off, H_PAGE))
+			t->bad++;
+	}
+	return NULL;
+}
+
+START_TEST(test_counters)
+{
+	const size_t size = 64 * H_MIB, seq = 4 * H_MIB;
+	struct upager_segment_info i0, i1;
+	struct upager_attachment *a, *r;
+	struct same_page t[4];
+	pthread_barrier_t bar;
+	pthread_t th[4];
+	struct h_daemon d;
+	struct upager *u;
+	char *data, *map, *rmap;
+	size_t off;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	data = h_file_segment(&d, u, "img", size, 21);
+	map = h_attach(u, "img", 0, &a);
+
+	/* one random page: one fault, one page, one page's bytes */
+	ck_assert_int_eq(h_read_check(map + 40 * H_MIB, data + 40 * H_MIB,
+				      H_PAGE, &off), H_READ_OK);
+	H_WAIT_STAT(u, "img", i0, i0.pages_filled >= 1);
+	ck_assert_uint_eq(i0.faults_missing, 1);
+	ck_assert_uint_eq(i0.faults_minor, 0);
+	ck_assert_uint_eq(i0.faults_wp, 0);
+	ck_assert_uint_eq(i0.pages_filled, 1);
+	ck_assert_uint_eq(i0.bytes_read, H_PAGE);
+	ck_assert_uint_eq(i0.readahead_max_pages, 1);
+
+	/* sequential: the window grows, faults are fewer than pages */
+	ck_assert_int_eq(h_read_check(map, data, seq, &off), H_READ_OK);
+	/* (read-ahead may still be filling beyond: wait for the bytes and
+	 * the pages of its fills to agree) */
+	H_WAIT_STAT(u, "img", i1, i1.pages_filled >= 1 + seq / H_PAGE &&
+		    i1.bytes_read == i1.pages_filled * H_PAGE);
+	ck_assert_uint_ge(i1.pages_filled, 1 + seq / H_PAGE);
+	ck_assert_uint_gt(i1.readahead_max_pages, 16);
+	ck_assert_uint_lt(i1.faults_missing - i0.faults_missing,
+			  seq / H_PAGE / 8);
+	ck_assert_uint_eq(i1.faults_minor, 0);
+	ck_assert_uint_eq(i1.faults_wp, 0);
+	ck_assert_uint_eq(i1.bytes_read, i1.pages_filled * H_PAGE);
+
+	/* a reader of filled pages: minor faults only */
+	rmap = h_attach(u, "img", UPAGER_ATTACH_RDONLY, &r);
+	ck_assert_int_eq(h_read_check(rmap, data, seq, &off), H_READ_OK);
+	H_WAIT_STAT(u, "img", i0, i0.faults_minor > 0);
+	ck_assert_uint_gt(i0.faults_minor, 0);
+	ck_assert_uint_eq(i0.faults_missing, i1.faults_missing);
+	ck_assert_uint_eq(i0.faults_wp, 0);
+	ck_assert_int_eq(upager_detach(r), 0);
+
+	/* four threads on one page at once, round after round on pages
+	 * nobody read: some fault waits for another's fill */
+	pthread_barrier_init(&bar, NULL, 4);
+	for (int i = 0; i < 4; i++) {
+		t[i] = (struct same_page){ .map = map, .data = data,
+					   .bar = &bar, .first = 2048,
+					   .rounds = 400 };
+		pthread_create(&th[i], NULL, same_page_main, &t[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(t[i].bad, 0);
+	}
+	pthread_barrier_destroy(&bar);
+	H_WAIT_STAT(u, "img", i1, i1.faults_waited > 0);
+	ck_assert_msg(i1.faults_waited > 0, "no fault ever waited for another's "
+		      "fill in 400 rounds of 4 threads on one page");
+	ck_assert_uint_eq(i1.faults_wp, 0);
+	ck_assert_uint_eq(h_stats(u).faults_waited, i1.faults_waited);
+
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *paging_suite(void)
 {
 	Suite *s = suite_create("paging");
@@ -425,6 +534,7 @@ static Suite *paging_suite(void)
 	tcase_add_test(tc, test_file_concurrent_readers);
 	tcase_add_test(tc, test_file_shorter_than_segment);
 	tcase_add_test(tc, test_file_sparse);
+	tcase_add_test(tc, test_counters);
 	suite_add_tcase(s, tc);
 	tc = h_tcase("zero");
 	tcase_add_test(tc, test_zero_shared_frames);
