@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +11,61 @@
 #include <sys/stat.h>
 #include <linux/fs.h>
 
+#include "log.h"
 #include "source.h"
+
+/*
+ * Test hook: UPAGER_TEST_FAIL_PAGES=FIRST-LAST (or =PAGE) in the daemon's
+ * environment makes every file source fail to read pages FIRST..LAST with
+ * EIO, as a disk with bad sectors there would: a read that starts in the
+ * range fails, one that runs into it stops short before it.  Read once, at
+ * the first file source; for the tests of the read-error path, which no
+ * real file can be made to take on demand.  Never set it otherwise.
+ */
+static struct {
+	bool on;
+	uint64_t first, last;
+} fail_pages;
+
+static void fail_pages_init(void)
+{
+	const char *env = getenv("UPAGER_TEST_FAIL_PAGES");
+	uint64_t first, last;
+	char *end;
+
+	if (!env || !*env)
+		return;
+	first = last = strtoull(env, &end, 10);
+	if (end != env && *end == '-')
+		last = strtoull(end + 1, &end, 10);
+	if (end == env || *end || last < first) {
+		pr_err("source", "UPAGER_TEST_FAIL_PAGES=%s: expected FIRST-LAST",
+		       env);
+		return;
+	}
+	fail_pages.first = first;
+	fail_pages.last = last;
+	fail_pages.on = true;
+	pr_warn("source", "test hook: file sources fail to read pages %" PRIu64
+		"-%" PRIu64 " (UPAGER_TEST_FAIL_PAGES)", first, last);
+}
+
+/*
+ * How much of a read of @len bytes at @off gets through the test hook:
+ * @len, less (it runs into a failing page), or -EIO (it starts in one).
+ */
+static int64_t fail_pages_clip(const struct source *src, uint64_t off,
+			       uint32_t len)
+{
+	uint64_t lo = fail_pages.first * src->page_size;
+	uint64_t hi = (fail_pages.last + 1) * src->page_size;
+
+	if (!src->fail_pages || off + len <= lo || off >= hi)
+		return len;
+	if (off >= lo)
+		return -EIO;
+	return lo - off;
+}
 
 /* zero */
 
@@ -56,7 +112,10 @@ static int file_queue(struct source *src, struct source_read *rd,
 	uint32_t len = rd->npages * src->page_size;
 	uint64_t off = rd->pgoff * src->page_size + rd->done;
 	struct io_uring_sqe *sqe;
+	int64_t n = fail_pages_clip(src, off, len - rd->done);
 
+	if (n < 0)
+		return n;
 	if (off >= src->file_size) {
 		memset((char *)rd->buf + rd->done, 0, len - rd->done);
 		rd->done = len;
@@ -69,8 +128,7 @@ static int file_queue(struct source *src, struct source_read *rd,
 		if (!sqe)
 			return -EBUSY;
 	}
-	io_uring_prep_read(sqe, src->fd, (char *)rd->buf + rd->done,
-			   len - rd->done, off);
+	io_uring_prep_read(sqe, src->fd, (char *)rd->buf + rd->done, n, off);
 	io_uring_sqe_set_data(sqe, rd->user_data);
 	return 0;
 }
@@ -134,7 +192,9 @@ int source_zero_new(uint32_t page_size, struct source **out)
 
 int source_file_new(int fd, uint32_t page_size, struct source **out)
 {
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	struct source *src;
+	uint64_t size;
 	char link[64];
 	struct stat st;
 	int flags, ret;
@@ -142,6 +202,12 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
+	/*
+	 * A regular file, or a block device on purpose (a raw disk or
+	 * partition image is what a pager reads).  Nothing else: a FIFO,
+	 * socket or character device cannot be read at an offset, may block
+	 * for ever, and has no size.
+	 */
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 		return -EINVAL;
 	flags = fcntl(fd, F_GETFL);
@@ -149,6 +215,11 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 		return -errno;
 	if ((flags & O_ACCMODE) == O_WRONLY || (flags & O_PATH))
 		return -EBADF;
+	size = st.st_size;
+	/* A device's size comes from the device; without it every page
+	 * would read as past the end, that is as zeros. */
+	if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0)
+		return -errno;
 	ret = source_alloc(&file_ops, page_size, &src);
 	if (ret)
 		return ret;
@@ -158,13 +229,9 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 		free(src);
 		return ret;
 	}
-	src->file_size = st.st_size;
-	if (S_ISBLK(st.st_mode)) {
-		uint64_t bytes;
-
-		if (ioctl(fd, BLKGETSIZE64, &bytes) == 0)
-			src->file_size = bytes;
-	}
+	src->file_size = size;
+	pthread_once(&once, fail_pages_init);
+	src->fail_pages = fail_pages.on;
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", src->fd);
 	n = readlink(link, src->path, sizeof(src->path) - 1);
 	src->path[n > 0 ? n : 0] = '\0';

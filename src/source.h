@@ -49,6 +49,7 @@ struct source {
 	int fd;				/* file: the image, read-only */
 	uint64_t file_size;		/* file: at create */
 	char path[UPAGER_PATH_MAX];	/* file: for stat */
+	bool fail_pages;		/* file: the test hook applies */
 };
 
 int source_zero_new(uint32_t page_size, struct source **out);
@@ -57,8 +58,11 @@ int source_zero_new(uint32_t page_size, struct source **out);
  * source_file_new - a raw image read through @fd
  *
  * @fd must be readable and a regular file or block device; the source
- * takes its own duplicate.  Returns 0 or -errno (-EINVAL: not a file,
- * -EBADF: not readable).
+ * takes its own duplicate.  Returns 0 or -errno (-EINVAL: neither a
+ * regular file nor a block device, -EBADF: not readable).
+ *
+ * A read that fails (->complete returns -errno) leaves in rd->done the
+ * bytes at the start of the buffer that were read before the error.
  */
 int source_file_new(int fd, uint32_t page_size, struct source **out);
 
