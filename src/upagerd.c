@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: MIT
 /*
- * upagerd: the daemon.  Parses options, claims the socket, probes the
- * kernel's userfaultfd features, starts the fault-serving workers and runs
- * the control plane until SIGTERM/SIGINT.
+ * upagerd: the daemon.  Parses options, opens the userfaultfds it needs
+ * (probing the kernel's features), claims the socket, starts the
+ * fault-serving workers and runs the control plane until SIGTERM/SIGINT.
+ *
+ * Whatever can fail for want of a privilege is done before the socket is
+ * bound, and a start that fails after that removes the socket again: a
+ * socket file nobody listens on would tell clients "connection refused"
+ * instead of "no daemon".
  */
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -30,6 +36,8 @@ struct daemon_state upd = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.segments = LIST_HEAD_INIT(upd.segments),
 	.attachments = LIST_HEAD_INIT(upd.attachments),
+	.main_efd = -1,
+	.fill_uffd = -1,
 };
 
 uint64_t now_ns(void)
@@ -61,23 +69,63 @@ static void usage(FILE *f)
 		"  -V, --version          the version\n", DEFAULT_SPIN_US);
 }
 
-/* The kernel's userfaultfd features, from a throwaway uffd. */
-static int probe_uffd(uint64_t *features)
+/*
+ * A userfaultfd of the daemon's own, with @features.  User-mode faults
+ * only: that is all an unprivileged daemon may have while
+ * vm.unprivileged_userfaultfd is 0 (the default), and all the daemon needs
+ * (see main).  Returns the fd, or -errno.
+ */
+static int uffd_open(uint64_t features, uint64_t *offered)
 {
-	struct uffdio_api api = { .api = UFFD_API };
-	int fd = syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+	int fd = syscall(SYS_userfaultfd,
+			 O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	int ret;
 
 	if (fd < 0)
 		return -errno;
 	if (ioctl(fd, UFFDIO_API, &api) < 0) {
-		int ret = -errno;
-
+		ret = -errno;
 		close(fd);
 		return ret;
 	}
-	close(fd);
-	*features = api.features;
-	return 0;
+	if (offered)
+		*offered = api.features;
+	return fd;
+}
+
+static void uffd_error(const char *what, int err)
+{
+	if (err == -EPERM)
+		pr_err("main", "%s: %s: allow it with 'sysctl vm.unprivileged_userfaultfd=1', or run upagerd as root or with CAP_SYS_PTRACE (a seccomp or security policy may forbid it, too)",
+		       what, strerror(-err));
+	else if (err == -ENOSYS)
+		pr_err("main", "%s: %s: the kernel has no userfaultfd (CONFIG_USERFAULTFD)",
+		       what, strerror(-err));
+	else
+		pr_err("main", "%s: %s", what, strerror(-err));
+}
+
+/*
+ * The soft descriptor limit up to the hard one: every attachment costs the
+ * daemon descriptors (its uffd, a pidfd), and systemd's soft default of
+ * 1024 is far from what it may use.
+ */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+	rlim_t old;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	old = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		pr_warn("main", "descriptor limit stays %llu: %s",
+			(unsigned long long)old, strerror(errno));
+	else
+		pr_info("main", "descriptor limit raised from %llu to %llu",
+			(unsigned long long)old, (unsigned long long)rl.rlim_cur);
 }
 
 /* Creates the socket's directory for the default root path. */
@@ -200,6 +248,7 @@ int main(int argc, char **argv)
 	bool foreground = false;
 	long spin_us = DEFAULT_SPIN_US;
 	bool pin = true;
+	long started = 0;
 	sigset_t mask;
 	int c, fd, ret;
 
@@ -265,9 +314,25 @@ int main(int argc, char **argv)
 		sock = path;
 	}
 
-	ret = probe_uffd(&upd.uffd_features);
-	if (ret) {
-		pr_err("main", "userfaultfd unavailable: %s", strerror(-ret));
+	raise_nofile();
+	/* The kernel's features, from a throwaway uffd. */
+	ret = uffd_open(0, &upd.uffd_features);
+	if (ret < 0) {
+		uffd_error("userfaultfd", ret);
+		return 1;
+	}
+	close(ret);
+	/*
+	 * The daemon's own uffd, for filling frames through its direct maps.
+	 * No fault ever arrives on it: the daemon writes frames there only
+	 * with UFFDIO_COPY, which does not fault, and never touches an absent
+	 * frame, from user space or in a system call.  User-mode-only costs
+	 * nothing then, and a kernel-mode access by mistake fails with EFAULT
+	 * instead of waiting for ever on a uffd nobody reads.
+	 */
+	upd.fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, NULL);
+	if (upd.fill_uffd < 0) {
+		uffd_error("userfaultfd for direct maps", upd.fill_uffd);
 		return 1;
 	}
 	fd = listen_on(sock);
@@ -279,9 +344,10 @@ int main(int argc, char **argv)
 			pr_err("main", "%s: %s", sock, strerror(-fd));
 		return 1;
 	}
+	/* From here on, a failed start removes the socket. */
 	if (!foreground && daemon(0, 1) < 0) {
 		pr_err("main", "daemon: %s", strerror(errno));
-		return 1;
+		goto fail;
 	}
 
 	/* Signals arrive through the main ring's signalfd; workers and the
@@ -292,24 +358,6 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-
-	/* The daemon's own uffd, for filling frames through its direct
-	 * maps; no fault ever arrives on it (the daemon never touches an
-	 * absent frame). */
-	upd.fill_uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (upd.fill_uffd >= 0) {
-		struct uffdio_api api = { .api = UFFD_API,
-					  .features = UFFD_FEATURE_MISSING_SHMEM };
-
-		if (ioctl(upd.fill_uffd, UFFDIO_API, &api) < 0) {
-			close(upd.fill_uffd);
-			upd.fill_uffd = -1;
-		}
-	}
-	if (upd.fill_uffd < 0) {
-		pr_err("main", "userfaultfd for direct maps: %s", strerror(errno));
-		return 1;
-	}
 
 	upd.start_ns = now_ns();
 	upd.spin_ns = spin_us * 1000;
@@ -322,13 +370,13 @@ int main(int argc, char **argv)
 	upd.workers = calloc(threads, sizeof(*upd.workers));
 	if (upd.main_efd < 0 || !upd.workers) {
 		pr_err("main", "setup: %s", strerror(errno));
-		return 1;
+		goto fail;
 	}
-	for (long i = 0; i < threads; i++) {
-		ret = worker_start(i, &upd.workers[i]);
+	for (; started < threads; started++) {
+		ret = worker_start(started, &upd.workers[started]);
 		if (ret) {
-			pr_err("main", "worker %ld: %s", i, strerror(-ret));
-			return 1;
+			pr_err("main", "worker %ld: %s", started, strerror(-ret));
+			goto fail;
 		}
 	}
 	pr_notice("main", "listening on %s with %ld threads (uffd features %#llx)",
@@ -349,4 +397,14 @@ int main(int argc, char **argv)
 	}
 	pr_notice("main", "stopped");
 	return 0;
+fail:
+	close(fd);
+	unlink(sock);
+	for (long i = 0; i < started; i++)
+		worker_stop(upd.workers[i]);
+	free(upd.workers);
+	if (upd.main_efd >= 0)
+		close(upd.main_efd);
+	close(upd.fill_uffd);
+	return 1;
 }
