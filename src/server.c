@@ -7,6 +7,17 @@
  * malformed is disconnected: with SEQPACKET a bad record cannot be skipped
  * safely, and nobody else is affected.
  *
+ * Out of descriptors: accept() fails with EMFILE and the connection stays
+ * in the backlog, where nothing would ever tell the loop about it again
+ * (the listening socket's poll fires on arrivals, not on what waits).  So
+ * the server keeps one descriptor in reserve: it gives it up to accept the
+ * client at the head of the backlog, answers that client's hello with
+ * -EMFILE before it is even read (its first request is always hello, seq
+ * 1), reads the hello (closing a socket with an unread request would reset
+ * the connection and lose the answer), closes it and takes the reserve
+ * back, then goes on with the backlog.  A client that does not say hello
+ * within REFUSE_WAIT_MS is closed all the same.
+ *
  * Forked children: UFFD_EVENT_FORK gives the daemon the child's uffd but not
  * its pid.  The housekeeping tick finds it: first among the parent's
  * children, then among all processes, as the one that maps the segment's
@@ -19,6 +30,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +43,7 @@
 #include "attach.h"
 #include "log.h"
 #include "proto.h"
+#include "ring.h"
 #include "segment.h"
 #include "server.h"
 #include "uffd-compat.h"
@@ -39,16 +52,29 @@
 
 #define TICK_MS 20
 #define FORK_RESOLVE_NS (3ull * 1000000000)
+#define REFUSE_WAIT_MS 1000
+#define LOG_EVERY_NS 1000000000ull	/* rate limit of repeated warnings */
 
-enum { MT_LISTEN = 1, MT_SIGNAL, MT_EFD, MT_TIMER, MT_CONN };
+enum { MT_LISTEN = 1, MT_SIGNAL, MT_EFD, MT_TIMER, MT_CONN, MT_REFUSE };
 
 struct conn {
 	uint64_t id;
 	int fd;
 	pid_t pid;
 	uid_t uid;
+	gid_t gid;
+	gid_t *groups;		/* supplementary groups at connect */
+	int nr_groups;
 	bool hello;
+	int send_err;		/* a reply could not be sent: drop it */
+	char why[128];		/* the protocol error, for the log */
 	struct list_head link;
+};
+
+/* A warning that may repeat quickly: logged at most once a second. */
+struct ratelimit {
+	uint64_t last_ns;
+	unsigned int missed;
 };
 
 struct server {
@@ -60,7 +86,40 @@ struct server {
 	uint64_t next_conn_id;
 	uint64_t ticks;
 	bool stop;
+
+	int reserve_fd;		/* /dev/null, given up to refuse one */
+	int refuse_fd;		/* that client, until its hello is read */
+	uint64_t refuse_gen;	/* tags refuse_fd's poll */
+	uint64_t refuse_deadline_ns;
+	bool accept_stalled;	/* the backlog may hold connections */
+	struct ratelimit rl_refuse, rl_accept, rl_lost_fd;
 };
+
+/*
+ * The group of each segment, under the daemon lock: the creator's group,
+ * for the permission check.  (Kept here until struct segment has a gid.)
+ */
+struct seg_group {
+	uint64_t seg_id;
+	gid_t gid;
+};
+
+static struct seg_group *seg_groups;
+static size_t nr_seg_groups, seg_groups_cap;
+
+static bool ratelimit_ok(struct ratelimit *rl, unsigned int *missed)
+{
+	uint64_t now = now_ns();
+
+	if (rl->last_ns && now - rl->last_ns < LOG_EVERY_NS) {
+		rl->missed++;
+		return false;
+	}
+	rl->last_ns = now;
+	*missed = rl->missed;
+	rl->missed = 0;
+	return true;
+}
 
 static struct io_uring_sqe *sq(struct server *s)
 {
@@ -115,15 +174,86 @@ static struct segment *seg_find_id(uint64_t id)
 	return NULL;
 }
 
-/* File-like permission check: @want is a mask of 4 (read) and 2 (write). */
+static int seg_group_set(uint64_t seg_id, gid_t gid)
+{
+	if (nr_seg_groups == seg_groups_cap) {
+		size_t cap = seg_groups_cap ? 2 * seg_groups_cap : 16;
+		void *p = realloc(seg_groups, cap * sizeof(*seg_groups));
+
+		if (!p)
+			return -ENOMEM;
+		seg_groups = p;
+		seg_groups_cap = cap;
+	}
+	seg_groups[nr_seg_groups].seg_id = seg_id;
+	seg_groups[nr_seg_groups].gid = gid;
+	nr_seg_groups++;
+	return 0;
+}
+
+static struct seg_group *seg_group_find(uint64_t seg_id)
+{
+	for (size_t i = 0; i < nr_seg_groups; i++)
+		if (seg_groups[i].seg_id == seg_id)
+			return &seg_groups[i];
+	return NULL;
+}
+
+static void seg_group_drop(uint64_t seg_id)
+{
+	struct seg_group *g = seg_group_find(seg_id);
+
+	if (g)
+		*g = seg_groups[--nr_seg_groups];
+}
+
+static bool conn_in_group(const struct conn *c, gid_t gid)
+{
+	if (c->gid == gid)
+		return true;
+	for (int i = 0; i < c->nr_groups; i++)
+		if (c->groups[i] == gid)
+			return true;
+	return false;
+}
+
+/*
+ * File-like permission check: @want is a mask of 4 (read) and 2 (write).
+ * The owner's bits apply to the owner, the group's to a member of the
+ * segment's group (by the peer's gid or a supplementary group), the
+ * others' to the rest; as with a file, the owner does not fall back to the
+ * group's bits.
+ */
 static int seg_access(struct segment *seg, struct conn *c, unsigned int want)
 {
+	struct seg_group *g;
 	unsigned int bits;
 
 	if (c->uid == 0)
 		return 0;
-	bits = c->uid == seg->uid ? seg->mode >> 6 : seg->mode;
+	if (c->uid == seg->uid)
+		bits = seg->mode >> 6;
+	else if ((g = seg_group_find(seg->id)) && conn_in_group(c, g->gid))
+		bits = seg->mode >> 3;
+	else
+		bits = seg->mode;
 	return (bits & want) == want ? 0 : -EACCES;
+}
+
+/*
+ * Sends one message to @c.  A failure (the client is gone, or does not
+ * read its replies) is remembered: the request is then not answered with
+ * it, the connection is dropped, and it is no protocol error.
+ */
+static int conn_send(struct conn *c, const void *msg, size_t len, int fd)
+{
+	int ret = proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
+
+	if (ret == -EPROTO)
+		ret = -EMSGSIZE;	/* short: not the client's fault */
+	if (ret && !c->send_err)
+		c->send_err = ret;
+	return ret;
 }
 
 /* Requests: each returns the reply's status and sends what it needs to. */
@@ -135,7 +265,7 @@ static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
 
 	proto_hdr_init(h, type, len, req->seq);
 	h->status = status;
-	return proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
+	return conn_send(c, msg, len, fd);
 }
 
 static int do_create(struct conn *c, const struct upg_create *m, int fd)
@@ -174,7 +304,19 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 	if (ret)
 		goto out;
 	src = NULL;
+	/*
+	 * A memfd is created with mode 0777: a client handed it read-only
+	 * could reopen it read-write through /proc/self/fd.  Only the daemon
+	 * may.  (Belongs in segment_new.)
+	 */
+	ret = fchmod(seg->memfd, 0600) < 0 ? -errno : 0;
 	seg->id = ++upd.next_seg_id;
+	if (!ret)
+		ret = seg_group_set(seg->id, c->gid);
+	if (ret) {
+		segment_put(seg);
+		goto out;
+	}
 	list_add_tail(&seg->link, &upd.segments);
 	upd.nr_segments++;
 	pr_notice("segment", "%s: created by pid %d: %llu bytes, %s source%s%s",
@@ -206,6 +348,7 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 	if (!ret) {
 		seg->deleted = true;
 		list_del_init(&seg->link);
+		seg_group_drop(seg->id);
 		upd.nr_segments--;
 		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
 			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
@@ -550,32 +693,179 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 	return ret ?: 1;
 }
 
-/* Runs one request; returns < 0 to drop the client for a protocol error. */
-static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
+static const char *type_name(uint16_t type)
+{
+	static const char *const names[UPG_TYPE_MAX] = {
+		[UPG_HELLO] = "hello", [UPG_CREATE] = "create",
+		[UPG_DELETE] = "delete", [UPG_STAT] = "stat",
+		[UPG_LIST] = "list", [UPG_LIST_ENTRY] = "list entry",
+		[UPG_STATS] = "stats", [UPG_ATTACH] = "attach",
+		[UPG_REGISTER] = "register", [UPG_DETACH] = "detach",
+		[UPG_CLAIM] = "claim",
+	};
+
+	return type < UPG_TYPE_MAX && names[type] ? names[type] : "unknown";
+}
+
+/* A protocol error: says which check failed, in @c->why. */
+__attribute__((format(printf, 2, 3)))
+static int protocol_error(struct conn *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->why, sizeof(c->why), fmt, ap);
+	va_end(ap);
+	return -EPROTO;
+}
+
+/*
+ * The checks of proto_recv(), each with its reason for the log, and one
+ * more outcome: a descriptor that came with the record but could not be
+ * installed because the daemon is at its descriptor limit (@lost gets
+ * -EMFILE or -ENFILE).  That is the daemon's shortage, not the client's
+ * mistake: the request is answered with it.  Returns the record's size,
+ * 0 on hang-up, -EPROTO (reason in @c->why) or -errno.
+ */
+static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
+			 int *lost)
+{
+	union {
+		struct cmsghdr c;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} cbuf;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr mh = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = cbuf.buf,
+		.msg_controllen = sizeof(cbuf.buf),
+	};
+	const struct upg_hdr *h = buf;
+	int nfds = 0, ret = 0;
+	bool other = false;
+	ssize_t n;
+
+	*fd = -1;
+	*lost = 0;
+	do
+		n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm;
+	     cm = CMSG_NXTHDR(&mh, cm)) {
+		size_t k;
+
+		if (cm->cmsg_level != SOL_SOCKET ||
+		    cm->cmsg_type != SCM_RIGHTS) {
+			other = true;
+			continue;
+		}
+		k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++, nfds++) {
+			int d;
+
+			memcpy(&d, CMSG_DATA(cm) + i * sizeof(int),
+			       sizeof(int));
+			if (nfds == 0)
+				*fd = d;
+			else
+				close(d);
+		}
+	}
+	if (n == 0 && nfds == 0 && !other && !(mh.msg_flags & MSG_CTRUNC))
+		return 0;
+	if (mh.msg_flags & MSG_TRUNC)
+		ret = protocol_error(c, "a record longer than any message");
+	else if (other)
+		ret = protocol_error(c, "a control message not SCM_RIGHTS");
+	else if (nfds > 1)
+		ret = protocol_error(c, "%d descriptors with one record", nfds);
+	else if ((size_t)n < sizeof(*h))
+		ret = protocol_error(c, "a record of %zd bytes, shorter than a header",
+				     n);
+	else if (h->magic != UPG_MAGIC)
+		ret = protocol_error(c, "bad magic %#x", h->magic);
+	else if (h->version != UPG_VERSION)
+		ret = protocol_error(c, "protocol version %u, not %u",
+				     h->version, UPG_VERSION);
+	else if (h->size != (size_t)n)
+		ret = protocol_error(c, "header says %u bytes, the record has %zd",
+				     h->size, n);
+	if (!ret && (mh.msg_flags & MSG_CTRUNC)) {
+		/* Descriptors the kernel could not install here.  At the
+		 * limit that is ours to answer; otherwise the control data
+		 * was more than any request carries. */
+		int probe = nfds ? -1 : fcntl(c->fd, F_DUPFD_CLOEXEC, 3);
+
+		if (!nfds && probe < 0 && (errno == EMFILE || errno == ENFILE))
+			*lost = -errno;
+		else
+			ret = protocol_error(c, "control data truncated");
+		if (probe >= 0)
+			close(probe);
+	}
+	if (ret && *fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+	return ret ? ret : n;
+}
+
+/*
+ * Runs one request.  Returns 0, -EPROTO to drop the client for a protocol
+ * error (reason in @c->why), or another -errno when a reply could not be
+ * sent (the client is dropped too, but did nothing wrong).
+ */
+static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
+			  int lost)
 {
 	const struct upg_hdr *h = buf;
+	size_t want = proto_request_size(h->type);
 	struct upg_hdr r;
 	int ret;
 
-	if (proto_request_size(h->type) != n || h->status != 0 ||
-	    (!c->hello && h->type != UPG_HELLO)) {
+	if (!want)
+		ret = protocol_error(c, "unknown request type %u", h->type);
+	else if (!c->hello && h->type != UPG_HELLO)
+		ret = protocol_error(c, "%s before hello", type_name(h->type));
+	else if (n != want)
+		ret = protocol_error(c, "%s of %zu bytes, not %zu",
+				     type_name(h->type), n, want);
+	else if (h->status != 0)
+		ret = protocol_error(c, "status %d in a %s request",
+				     h->status, type_name(h->type));
+	else if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER)
+		ret = protocol_error(c, "a descriptor with %s",
+				     type_name(h->type));
+	else
+		ret = 0;
+	if (ret || lost) {
 		if (fd >= 0)
 			close(fd);
-		return -EPROTO;
-	}
-	if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER) {
-		close(fd);
-		return -EPROTO;
+		if (ret)
+			return ret;
+		/* Its descriptor did not make it: a refusal, not an error. */
+		proto_hdr_init(&r, h->type, sizeof(r), h->seq);
+		r.status = lost;
+		conn_send(c, &r, sizeof(r), -1);
+		return c->send_err;
 	}
 	switch (h->type) {
 	case UPG_HELLO: {
 		const struct upg_hello *m = buf;
 		struct upg_hello rh = { .features = m->features & UPG_FEATURES_KNOWN };
 
-		if (c->hello || (m->features & ~UPG_FEATURES_KNOWN))
-			return -EPROTO;
+		if (c->hello)
+			return protocol_error(c, "a second hello");
+		if (m->features & ~UPG_FEATURES_KNOWN)
+			return protocol_error(c, "unknown feature bits %#llx",
+					      (unsigned long long)m->features &
+						      ~UPG_FEATURES_KNOWN);
 		c->hello = true;
-		return reply(c, &rh, sizeof(rh), UPG_HELLO, h, 0, -1);
+		reply(c, &rh, sizeof(rh), UPG_HELLO, h, 0, -1);
+		return c->send_err;
 	}
 	case UPG_CREATE:
 		ret = do_create(c, buf, fd);
@@ -593,7 +883,8 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
 		if (ret >= 0) {
 			proto_hdr_init(&r, UPG_LIST, sizeof(r), h->seq);
 			r.status = ret;
-			return proto_send(c->fd, &r, sizeof(r), -1, MSG_DONTWAIT);
+			conn_send(c, &r, sizeof(r), -1);
+			return c->send_err;
 		}
 		break;
 	case UPG_STATS:
@@ -612,8 +903,12 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
 		ret = do_claim(c, buf);
 		break;
 	default:
-		return -EPROTO;
+		/* proto_request_size() knows a type this switch does not */
+		return protocol_error(c, "request type %u not served", h->type);
 	}
+	/* A reply that failed half-way is not followed by a status. */
+	if (c->send_err)
+		return c->send_err;
 	if (ret == 1)
 		return 0;	/* replied already */
 	if (ret > 0)
@@ -621,7 +916,8 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd)
 	proto_hdr_init(&r, h->type, sizeof(r), h->seq);
 	r.status = ret;
 	/* A refused request gets a bare header whatever its type. */
-	return proto_send(c->fd, &r, sizeof(r), -1, MSG_DONTWAIT);
+	conn_send(c, &r, sizeof(r), -1);
+	return c->send_err;
 }
 
 static struct conn *conn_find(struct server *s, uint64_t id)
@@ -643,6 +939,7 @@ static void conn_close(struct server *s, struct conn *c, const char *why)
 	io_uring_sqe_set_data64(sqe, 0);
 	list_del_init(&c->link);
 	close(c->fd);
+	free(c->groups);
 	free(c);
 	atomic_fetch_sub(&upd.connections, 1);
 }
@@ -652,8 +949,9 @@ static void conn_readable(struct server *s, struct conn *c)
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
 
 	for (;;) {
-		int fd;
-		ssize_t n = proto_recv(c->fd, buf, sizeof(buf), &fd, MSG_DONTWAIT);
+		int fd, lost, ret;
+		ssize_t n = conn_recv(c, buf, sizeof(buf), &fd, &lost);
+		unsigned int missed;
 
 		if (n == -EAGAIN)
 			return;
@@ -661,20 +959,129 @@ static void conn_readable(struct server *s, struct conn *c)
 			conn_close(s, c, "hang-up");
 			return;
 		}
-		if (n < 0 || handle_request(c, buf, n, fd) < 0) {
-			if (n == -EPROTO || n >= 0) {
-				counter_add(upd.protocol_errors, 1);
-				pr_warn("server", "pid %d: protocol error: disconnected",
-					(int)c->pid);
-			}
-			conn_close(s, c, n < 0 ? strerror(-n) : "bad request");
+		if (lost && ratelimit_ok(&s->rl_lost_fd, &missed))
+			pr_warn("server", "pid %d: a descriptor it sent was dropped: %s (%u more since)",
+				(int)c->pid, strerror(-lost), missed);
+		ret = n < 0 ? (int)n : handle_request(c, buf, n, fd, lost);
+		if (ret == -EPROTO) {
+			/* Only malformed input counts; the reason is logged. */
+			counter_add(upd.protocol_errors, 1);
+			pr_warn("server", "pid %d: protocol error: %s: disconnected",
+				(int)c->pid, c->why);
+			conn_close(s, c, "protocol error");
+			return;
+		}
+		if (ret < 0) {
+			conn_close(s, c, strerror(-ret));
 			return;
 		}
 	}
 }
 
+/* Supplementary groups of the peer, for group permissions (Linux 4.13+). */
+static int conn_get_groups(struct conn *c)
+{
+	socklen_t len = 16 * sizeof(gid_t);
+
+	for (;;) {
+		gid_t *g = realloc(c->groups, len ? len : sizeof(gid_t));
+
+		if (!g)
+			return -ENOMEM;
+		c->groups = g;
+		if (!getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, g, &len)) {
+			c->nr_groups = len / sizeof(gid_t);
+			return 0;
+		}
+		if (errno == ENOPROTOOPT) {
+			c->nr_groups = 0;	/* before 4.13: primary only */
+			return 0;
+		}
+		if (errno != ERANGE)
+			return -errno;
+	}
+}
+
+static int reserve_open(struct server *s)
+{
+	if (s->reserve_fd < 0)
+		s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return s->reserve_fd < 0 ? -errno : 0;
+}
+
+/*
+ * The refused client said hello (or hung up, or took too long): close it.
+ * @polled: its poll completed (else it is cancelled, as it holds the
+ * socket open).
+ */
+static void refuse_done(struct server *s, bool polled)
+{
+	char buf[UPG_MSG_MAX];
+
+	if (s->refuse_fd < 0)
+		return;
+	while (recv(s->refuse_fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		;
+	if (!polled) {
+		struct io_uring_sqe *sqe = sq(s);
+
+		io_uring_prep_poll_remove(sqe, s->refuse_gen << 3 | MT_REFUSE);
+		io_uring_sqe_set_data64(sqe, 0);
+	}
+	close(s->refuse_fd);
+	s->refuse_fd = -1;
+	/* A stale completion is told apart by its generation. */
+	s->refuse_gen++;
+	if (reserve_open(s))
+		pr_warn("server", "no descriptor to keep in reserve: %s",
+			strerror(errno));
+}
+
+/*
+ * Accepts the client at the head of the backlog on the reserve descriptor
+ * and answers it with @err (see the top of this file).  Returns true when
+ * it is done with and the next one can be taken, false when the backlog
+ * must wait: for its hello, or because the accept failed.
+ */
+static bool refuse_one(struct server *s, int err)
+{
+	struct upg_hdr h;
+	struct ucred cred = { .pid = 0, .uid = -1 };
+	socklen_t len = sizeof(cred);
+	unsigned int missed;
+	char buf[UPG_MSG_MAX];
+	ssize_t n;
+	int fd;
+
+	close(s->reserve_fd);
+	s->reserve_fd = -1;
+	fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0) {
+		reserve_open(s);
+		return false;
+	}
+	getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+	if (ratelimit_ok(&s->rl_refuse, &missed))
+		pr_warn("server", "pid %d uid %d: connection refused: %s (%u more since)",
+			(int)cred.pid, (int)cred.uid, strerror(err), missed);
+	proto_hdr_init(&h, UPG_HELLO, sizeof(h), 1);
+	h.status = -err;
+	proto_send(fd, &h, sizeof(h), -1, MSG_DONTWAIT);
+	s->refuse_fd = fd;
+	n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_PEEK);
+	if (n >= 0 || errno != EAGAIN) {
+		refuse_done(s, true);
+		return s->reserve_fd >= 0;
+	}
+	s->refuse_deadline_ns = now_ns() + REFUSE_WAIT_MS * 1000000ull;
+	arm_poll(s, fd, s->refuse_gen << 3 | MT_REFUSE, false);
+	return false;
+}
+
 static void do_accept(struct server *s)
 {
+	unsigned int missed;
+
 	for (;;) {
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
@@ -684,8 +1091,27 @@ static void do_accept(struct server *s)
 		int sndbuf = 1 << 20;
 
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR)
-				pr_warn("server", "accept: %s", strerror(errno));
+			int err = errno;
+
+			if (err == EINTR || err == ECONNABORTED)
+				continue;
+			if (err == EAGAIN) {
+				s->accept_stalled = false;
+				return;
+			}
+			s->accept_stalled = true;
+			if ((err == EMFILE || err == ENFILE) &&
+			    s->refuse_fd < 0 && s->reserve_fd >= 0) {
+				if (refuse_one(s, err))
+					continue;
+				return;
+			}
+			/* Waits for the refused client, or descriptors or
+			 * memory coming back: the tick tries again. */
+			if (s->refuse_fd < 0 &&
+			    ratelimit_ok(&s->rl_accept, &missed))
+				pr_warn("server", "accept: %s (%u more since)",
+					strerror(err), missed);
 			return;
 		}
 		c = calloc(1, sizeof(*c));
@@ -695,17 +1121,24 @@ static void do_accept(struct server *s)
 			close(fd);
 			continue;
 		}
+		c->fd = fd;
+		if (conn_get_groups(c)) {
+			free(c->groups);
+			free(c);
+			close(fd);
+			continue;
+		}
 		/* Room for a long list reply without blocking. */
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 		c->id = ++s->next_conn_id;
-		c->fd = fd;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
+		c->gid = cred.gid;
 		list_add_tail(&c->link, &s->conns);
 		atomic_fetch_add(&upd.connections, 1);
 		arm_poll(s, fd, c->id << 3 | MT_CONN, true);
-		pr_info("server", "pid %d uid %d: connected", (int)c->pid,
-			(int)c->uid);
+		pr_info("server", "pid %d uid %d gid %d: connected", (int)c->pid,
+			(int)c->uid, (int)c->gid);
 	}
 }
 
@@ -928,6 +1361,10 @@ static int setup(struct server *s, int listen_fd)
 	memset(s, 0, sizeof(*s));
 	list_init(&s->conns);
 	s->listen_fd = listen_fd;
+	s->refuse_fd = -1;
+	s->reserve_fd = -1;
+	if (reserve_open(s))
+		return -errno;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
@@ -978,7 +1415,19 @@ static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 			resolve_forks();
 		if (++s->ticks % PROBE_EVERY_TICKS == 0)
 			probe_exec();
+		if (s->refuse_fd >= 0 && now_ns() > s->refuse_deadline_ns)
+			refuse_done(s, false);
+		if (s->refuse_fd < 0 && s->reserve_fd < 0)
+			reserve_open(s);
+		if (s->accept_stalled && s->refuse_fd < 0)
+			do_accept(s);
 		arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
+		break;
+	case MT_REFUSE:
+		if (ud >> 3 != s->refuse_gen || s->refuse_fd < 0)
+			break;	/* a poll of a client closed already */
+		refuse_done(s, true);
+		do_accept(s);
 		break;
 	case MT_CONN:
 		c = conn_find(s, ud >> 3);
@@ -1004,7 +1453,7 @@ int server_run(int listen_fd)
 	if (ret)
 		return ret;
 	while (!s.stop) {
-		ret = io_uring_submit_and_wait(&s.ring, 1);
+		ret = ring_submit_and_wait(&s.ring);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			break;
 		ret = 0;
@@ -1018,8 +1467,14 @@ int server_run(int listen_fd)
 	while (!list_empty(&s.conns))
 		conn_close(&s, list_entry(s.conns.next, struct conn, link),
 			   "daemon stopping");
+	refuse_done(&s, false);
 	io_uring_queue_exit(&s.ring);
 	close(s.sfd);
 	close(s.tfd);
+	if (s.reserve_fd >= 0)
+		close(s.reserve_fd);
+	free(seg_groups);
+	seg_groups = NULL;
+	nr_seg_groups = seg_groups_cap = 0;
 	return ret < 0 ? ret : 0;
 }
