@@ -960,3 +960,93 @@ char *h_file_segment(struct h_daemon *d, struct upager *u, const char *name,
 	close(fd);
 	return data;
 }
+
+/* Helpers added for the hardening tests (resource limits, other users). */
+#include <grp.h>
+
+pid_t h_daemon_spawn_with(struct h_daemon *d, const char *const *extra,
+			  void (*setup)(void *), void *arg)
+{
+	const char *argv[32] = {
+		"upagerd", "--socket", d->sock, "--foreground",
+		"--log-level", "info",
+	};
+	static char env_args[512];
+	const char *env = getenv("H_UPAGERD_ARGS");
+	size_t n = 6;
+
+	for (; extra && *extra && n < 31; extra++)
+		argv[n++] = *extra;
+	if (env && *env) {
+		snprintf(env_args, sizeof(env_args), "%s", env);
+		for (char *t = strtok(env_args, " "); t && n < 31;
+		     t = strtok(NULL, " "))
+			argv[n++] = t;
+	}
+	argv[n] = NULL;
+	h_upagerd();
+	d->direct = true;
+	d->pid = d->waiter = h_fork();
+	if (d->pid == 0) {
+		int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+			       0644);
+
+		/* opened before @setup: a daemon of another user can write
+		 * it all the same */
+		if (log < 0)
+			_exit(126);
+		if (setup)
+			setup(arg);
+		signal(SIGPIPE, SIG_DFL);
+		if (dup2(log, 1) < 0 || dup2(log, 2) < 0)
+			_exit(126);
+		close(0);
+		if (open("/dev/null", O_RDONLY) != 0)
+			_exit(126);
+		close_range(3, ~0u, 0);
+		execv(h_upagerd(), (char *const *)argv);
+		_exit(127);
+	}
+	return d->pid;
+}
+
+bool h_daemon_wait(struct h_daemon *d, int *status)
+{
+	uint64_t deadline = h_now_ms() + H_TIMEOUT_MS;
+
+	for (;;) {
+		struct upager *u = NULL;
+		int ret = upager_connect(d->sock, &u);
+
+		/* EPERM: a daemon of another user listens (the library
+		 * refuses to be served by it); EMFILE: one at its
+		 * descriptor limit */
+		if (ret == 0 || ret == -EPERM || ret == -EMFILE) {
+			upager_disconnect(u);
+			return true;
+		}
+		if (waitpid(d->waiter, status, WNOHANG) == d->waiter) {
+			d->pid = d->waiter = 0;
+			return false;
+		}
+		if (h_now_ms() > deadline) {
+			h_daemon_dump_log(d);
+			ck_abort_msg("upagerd neither listened nor exited within %d ms",
+				     H_TIMEOUT_MS);
+		}
+		h_nap_ms(5);
+	}
+}
+
+void h_become(uid_t uid, gid_t gid, const gid_t *groups, size_t n)
+{
+	CHILD_CHECK(setgroups(n, groups) == 0, "setgroups: %s", strerror(errno));
+	CHILD_CHECK(setresgid(gid, gid, gid) == 0, "setresgid %d: %s", (int)gid,
+		    strerror(errno));
+	CHILD_CHECK(setresuid(uid, uid, uid) == 0, "setresuid %d: %s", (int)uid,
+		    strerror(errno));
+	/* As a process started by that user: the uid change made it
+	 * undumpable, and a daemon of that user could not read its maps. */
+	CHILD_CHECK(prctl(PR_SET_DUMPABLE, 1) == 0, "dumpable: %s",
+		    strerror(errno));
+}

@@ -254,4 +254,27 @@ void h_run_free(struct h_run *r);
 const char *h_upagerd(void);
 const char *h_upagerctl(void);
 
+/*
+ * h_daemon_spawn_with - like h_daemon_spawn(), but the daemon is our own
+ * child (@d->direct) and @setup(@arg) runs in it just before the exec: to
+ * set resource limits, drop privileges (report failures with CHILD_CHECK).
+ * The log is opened before @setup, as the test's user.
+ */
+pid_t h_daemon_spawn_with(struct h_daemon *d, const char *const *extra,
+			  void (*setup)(void *), void *arg);
+
+/*
+ * h_daemon_wait - wait (bounded) until a client can connect to @d's
+ * daemon (returns true) or it exits (returns false, its wait status in
+ * @status, and @d->pid is 0).  Fails the test on timeout.
+ */
+bool h_daemon_wait(struct h_daemon *d, int *status);
+
+/*
+ * h_become - in a forked child: become @uid with primary group @gid and
+ * the @n supplementary @groups (may be NULL when 0), dumpable as a
+ * process that user started.
+ */
+void h_become(uid_t uid, gid_t gid, const gid_t *groups, size_t n);
+
 #endif

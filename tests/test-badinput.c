@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -156,7 +158,7 @@ START_TEST(test_bad_sources)
 	o.source_fd = 1000;
 	ck_assert_int_eq(fcntl(1000, F_GETFD), -1);
 	ret = upager_create(u, "s", &o);
-	ck_assert_msg(ret < 0, "a closed fd as the source: %d", ret);
+	ck_assert_msg(ret == -EBADF, "a closed fd as the source: %d", ret);
 	still_serves(&d);
 
 	/* a directory */
@@ -170,7 +172,7 @@ START_TEST(test_bad_sources)
 	o.source_fd = open(path, O_WRONLY | O_CLOEXEC);
 	ck_assert_int_ge(o.source_fd, 0);
 	ret = upager_create(u, "s", &o);
-	ck_assert_msg(ret < 0, "a write-only source was accepted");
+	ck_assert_msg(ret == -EBADF, "a write-only source: %d", ret);
 	close(o.source_fd);
 	still_serves(&d);
 
@@ -178,7 +180,7 @@ START_TEST(test_bad_sources)
 	o.source_fd = open(path, O_PATH | O_CLOEXEC);
 	ck_assert_int_ge(o.source_fd, 0);
 	ret = upager_create(u, "s", &o);
-	ck_assert_msg(ret < 0, "an O_PATH source was accepted");
+	ck_assert_msg(ret == -EBADF, "an O_PATH source: %d", ret);
 	close(o.source_fd);
 
 	/* not a file: a pipe, a character device */
@@ -194,6 +196,26 @@ START_TEST(test_bad_sources)
 	o.source_fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
 	ck_assert_int_eq(upager_create(u, "s", &o), -EINVAL);
 	close(o.source_fd);
+	/* a FIFO with no writer (opened without blocking) and a socket:
+	 * refused at once, never read */
+	{
+		char fifo[600];
+		uint64_t t0 = h_now_ms();
+		int sp[2];
+
+		snprintf(fifo, sizeof(fifo), "%s/fifo", d.dir);
+		ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+		o.source_fd = open(fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		ck_assert_int_ge(o.source_fd, 0);
+		ck_assert_int_eq(upager_create(u, "s", &o), -EINVAL);
+		close(o.source_fd);
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+		o.source_fd = sp[0];
+		ck_assert_int_eq(upager_create(u, "s", &o), -EINVAL);
+		close(sp[0]);
+		close(sp[1]);
+		ck_assert_uint_lt(h_now_ms() - t0, 2000);
+	}
 	still_serves(&d);
 
 	/* none of them left a segment behind */
@@ -486,6 +508,7 @@ struct garbage {
 	bool hello;		/* say hello first */
 	void (*send)(int sock);
 	bool counted;		/* protocol_errors goes up */
+	const char *reason;	/* the log says "protocol error: <reason>" */
 };
 
 static void g_random(int sock)
@@ -561,6 +584,18 @@ static void g_wrong_length_for_type(int sock)
 	raw_send(sock, &m, sizeof(m), -1, -1);
 }
 
+static void g_longer_than_type(int sock)
+{
+	char buf[sizeof(struct upg_name) + 8];
+	struct upg_name *m = (struct upg_name *)buf;
+
+	/* a stat with 8 bytes more, the header consistent with the record */
+	memset(buf, 0, sizeof(buf));
+	proto_hdr_init(&m->h, UPG_STAT, sizeof(buf), 2);
+	strcpy(m->name, "z");
+	raw_send(sock, buf, sizeof(buf), -1, -1);
+}
+
 static void g_unknown_type(int sock)
 {
 	struct upg_hdr h;
@@ -614,22 +649,47 @@ static void g_empty_record(int sock)
 }
 
 static const struct garbage garbage[] = {
-	{ "random bytes", false, g_random, true },
-	{ "a short header", false, g_short_header, true },
-	{ "a wrong magic", false, g_wrong_magic, true },
-	{ "a wrong version", false, g_wrong_version, true },
-	{ "an fd with a hello", false, g_hello_with_fd, true },
-	{ "a request before hello", false, g_request_before_hello, true },
-	{ "a header size that is not the record's", true, g_size_mismatch, true },
-	{ "a record too short for its type", true, g_wrong_length_for_type, true },
-	{ "an unknown type", true, g_unknown_type, true },
-	{ "an unknown feature bit", false, g_unknown_feature, true },
-	{ "a second hello", true, g_second_hello, true },
-	{ "two fds", true, g_two_fds, true },
-	{ "a status in a request", true, g_status_set, true },
-	{ "random bytes after hello", true, g_random, true },
-	{ "an empty record", true, g_empty_record, false },
+	{ "random bytes", false, g_random, true, "bad magic" },
+	{ "a short header", false, g_short_header, true,
+	  "a record of 10 bytes, shorter than a header" },
+	{ "a wrong magic", false, g_wrong_magic, true, "bad magic 0x12345678" },
+	{ "a wrong version", false, g_wrong_version, true,
+	  "protocol version 2, not 1" },
+	{ "an fd with a hello", false, g_hello_with_fd, true,
+	  "a descriptor with hello" },
+	{ "a request before hello", false, g_request_before_hello, true,
+	  "stat before hello" },
+	{ "a header size that is not the record's", true, g_size_mismatch, true,
+	  "header says 104 bytes, the record has 96" },
+	{ "a record too short for its type", true, g_wrong_length_for_type,
+	  true, "stat of 32 bytes, not 96" },
+	{ "a record longer than its type", true, g_longer_than_type, true,
+	  "stat of 104 bytes, not 96" },
+	{ "an unknown type", true, g_unknown_type, true,
+	  "unknown request type 999" },
+	{ "an unknown feature bit", false, g_unknown_feature, true,
+	  "unknown feature bits 0x8000000000000000" },
+	{ "a second hello", true, g_second_hello, true, "a second hello" },
+	{ "two fds", true, g_two_fds, true, "2 descriptors with one record" },
+	{ "a status in a request", true, g_status_set, true,
+	  "status -1 in a stats request" },
+	{ "random bytes after hello", true, g_random, true, "bad magic" },
+	{ "an empty record", true, g_empty_record, false, NULL },
 };
+
+/* Whether the daemon's log has a line with @needle. */
+static bool log_has(const struct h_daemon *d, const char *needle)
+{
+	size_t len;
+	char *log = h_read_file(d->log, &len);
+	bool found;
+
+	log[len] = '\0';	/* h_read_file leaves room for it */
+	found = strstr(log, needle) != NULL;
+
+	free(log);
+	return found;
+}
 
 START_TEST(test_protocol_garbage)
 {
@@ -657,11 +717,19 @@ START_TEST(test_protocol_garbage)
 		      "%s: the sender was not disconnected", g->what);
 	close(sock);
 	if (g->counted) {
+		char line[200];
+
 		H_WAIT_STATS(u, st, st.protocol_errors > st0.protocol_errors);
 		ck_assert_msg(st.protocol_errors == st0.protocol_errors + 1,
 			      "%s: protocol_errors %llu -> %llu", g->what,
 			      (unsigned long long)st0.protocol_errors,
 			      (unsigned long long)st.protocol_errors);
+		/* and the log says which check failed */
+		snprintf(line, sizeof(line), "protocol error: %s", g->reason);
+		if (!log_has(&d, line)) {
+			h_daemon_dump_log(&d);
+			ck_abort_msg("%s: no '%s' in the log", g->what, line);
+		}
 	}
 	/* the daemon and the other client are unaffected */
 	ck_assert_int_eq(map[H_PAGE - 1], 0x11);
@@ -763,7 +831,7 @@ START_TEST(test_protocol_refusals)
 	reg.seg_id = 999999;
 	raw_send(sock, &reg, sizeof(reg), uffd, -1);
 	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
-	ck_assert_int_lt(r->status, 0);
+	ck_assert_int_eq(r->status, -ENOENT);
 	close(uffd);
 	close(memfd);
 	/* nobody's attachment */
@@ -800,6 +868,463 @@ START_TEST(test_protocol_refusals)
 }
 END_TEST
 
+/*
+ * A client that dies with a request in flight (its reply fails with EPIPE)
+ * did nothing malformed: no protocol error is counted or logged.
+ */
+START_TEST(test_client_gone_before_reply)
+{
+	struct upager_daemon_stats st0, st;
+	struct h_daemon d;
+	struct upager *u;
+	struct upg_hdr m;
+	struct upg_name nm;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "z", H_PAGE, -1, 0);
+	st0 = h_stats(u);
+	for (int i = 0; i < 20; i++) {
+		int sock = raw_connect(&d);
+
+		raw_hello(sock);
+		/* one reply, several replies, a refusal: none read */
+		switch (i % 3) {
+		case 0:
+			proto_hdr_init(&m, UPG_STATS, sizeof(m), 2);
+			raw_send(sock, &m, sizeof(m), -1, -1);
+			break;
+		case 1:
+			proto_hdr_init(&m, UPG_LIST, sizeof(m), 2);
+			raw_send(sock, &m, sizeof(m), -1, -1);
+			break;
+		case 2:
+			memset(&nm, 0, sizeof(nm));
+			proto_hdr_init(&nm.h, UPG_STAT, sizeof(nm), 2);
+			strcpy(nm.name, "nope");
+			raw_send(sock, &nm, sizeof(nm), -1, -1);
+			break;
+		}
+		close(sock);
+	}
+	/* the daemon saw them all go */
+	H_WAIT_STATS(u, st, st.connections == st0.connections);
+	ck_assert_uint_eq(st.connections, st0.connections);
+	ck_assert_uint_eq(st.protocol_errors, st0.protocol_errors);
+	ck_assert_msg(!log_has(&d, "protocol error"),
+		      "a client that went away was logged as a protocol error");
+	still_serves(&d);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* A source on a block device, on purpose: a loop device over a file. */
+START_TEST(test_block_device_source)
+{
+	const size_t size = 64 * H_PAGE;
+	struct loop_config lc;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char path[512], dev[64], *data, *map;
+	int ctl, img, loop = -1;
+	size_t off;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "SKIP %s: needs root\n", __func__);
+		return;
+	}
+	h_daemon_start(&d);
+	data = h_make_file(path, sizeof(path), d.dir, "img", size, 97);
+	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	img = h_open_ro(path);
+	/* another process may take the free device first: try again */
+	for (int i = 0; ctl >= 0 && loop < 0 && i < 10; i++) {
+		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+
+		if (n < 0)
+			break;
+		snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+		loop = open(dev, O_RDONLY | O_CLOEXEC);
+		if (loop < 0)
+			break;
+		memset(&lc, 0, sizeof(lc));
+		lc.fd = img;
+		/* gone when the last descriptor of it closes */
+		lc.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+		if (ioctl(loop, LOOP_CONFIGURE, &lc) < 0) {
+			close(loop);
+			loop = -1;
+		}
+	}
+	close(img);
+	if (ctl >= 0)
+		close(ctl);
+	if (loop < 0) {
+		fprintf(stderr, "SKIP %s: no loop device\n", __func__);
+		free(data);
+		h_daemon_stop(&d);
+		return;
+	}
+	u = h_connect(&d);
+	h_create(u, "dev", size, loop, 0);
+	ck_assert_str_eq(h_stat(u, "dev").source_path, dev);
+	map = h_attach(u, "dev", UPAGER_ATTACH_RDONLY, &a);
+	ck_assert_int_eq(h_read_check(map, data, size, &off), H_READ_OK);
+	ck_assert_int_eq(upager_detach(a), 0);
+	ck_assert_int_eq(upager_delete(u, "dev", 0), 0);
+	close(loop);
+	free(data);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* In a forked child: a raw connection that said hello. */
+static int child_raw_hello(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct upg_hello m;
+	char buf[UPG_MSG_MAX];
+	int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	ssize_t n;
+
+	CHILD_CHECK(sock >= 0, "socket: %s", strerror(errno));
+	strcpy(sa.sun_path, path);
+	CHILD_CHECK(connect(sock, (struct sockaddr *)&sa, sizeof(sa)) == 0,
+		    "connect: %s", strerror(errno));
+	memset(&m, 0, sizeof(m));
+	proto_hdr_init(&m.h, UPG_HELLO, sizeof(m), 1);
+	CHILD_CHECK(send(sock, &m, sizeof(m), MSG_NOSIGNAL) == sizeof(m),
+		    "send hello: %s", strerror(errno));
+	n = recv(sock, buf, sizeof(buf), 0);
+	CHILD_CHECK(n == sizeof(m) && ((struct upg_hdr *)buf)->status == 0,
+		    "hello: %zd", n);
+	return sock;
+}
+
+/*
+ * In a forked child: one request, its reply's status; @fd gets a
+ * descriptor that came with the reply, or -1.
+ */
+static int child_request(int sock, void *msg, size_t len, int *fd)
+{
+	union {
+		struct cmsghdr c;
+		char b[CMSG_SPACE(4 * sizeof(int))];
+	} cbuf;
+	char buf[UPG_MSG_MAX];
+	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf.b,
+			     .msg_controllen = sizeof(cbuf.b) };
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	*fd = -1;
+	CHILD_CHECK(send(sock, msg, len, MSG_NOSIGNAL) == (ssize_t)len,
+		    "send: %s", strerror(errno));
+	CHILD_CHECK(poll(&p, 1, H_TIMEOUT_MS) == 1, "no reply");
+	n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	CHILD_CHECK(n >= (ssize_t)sizeof(struct upg_hdr), "reply: %zd", n);
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		CHILD_CHECK(c->cmsg_type == SCM_RIGHTS &&
+			    c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0,
+			    "more than one descriptor with the reply");
+		memcpy(fd, CMSG_DATA(c), sizeof(int));
+	}
+	return ((struct upg_hdr *)buf)->status;
+}
+
+static int child_attach(int sock, const char *name, uint32_t flags, int *fd)
+{
+	struct upg_name m;
+
+	memset(&m, 0, sizeof(m));
+	proto_hdr_init(&m.h, UPG_ATTACH, sizeof(m), 2);
+	strcpy(m.name, name);
+	m.flags = flags;
+	return child_request(sock, &m, sizeof(m), fd);
+}
+
+/*
+ * The permission check at attach, at the wire, as another user: a refusal
+ * carries no memfd (the library's later error would come too late: the
+ * descriptor would be in the other user's hands), and a read-only attach
+ * gets a memfd that cannot be written, remapped writable or reopened for
+ * writing.
+ */
+START_TEST(test_attach_refused_at_the_wire)
+{
+	struct h_daemon d;
+	struct upager *u;
+	pid_t pid;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "private", H_MIB, -1, 0600);
+	h_create(u, "readable", H_MIB, -1, 0644);
+	pid = h_fork();
+	if (pid == 0) {
+		char path[64];
+		void *p;
+		int sock, fd, ret, w;
+
+		become_nobody();
+		sock = child_raw_hello(d.sock);
+		ret = child_attach(sock, "private", 0, &fd);
+		CHILD_CHECK(ret == -EACCES && fd < 0, "private rw: %d, fd %d",
+			    ret, fd);
+		ret = child_attach(sock, "private", UPAGER_ATTACH_RDONLY, &fd);
+		CHILD_CHECK(ret == -EACCES && fd < 0, "private ro: %d, fd %d",
+			    ret, fd);
+		ret = child_attach(sock, "readable", 0, &fd);
+		CHILD_CHECK(ret == -EACCES && fd < 0, "readable rw: %d, fd %d",
+			    ret, fd);
+		ret = child_attach(sock, "readable", UPAGER_ATTACH_RDONLY, &fd);
+		CHILD_CHECK(ret == 0 && fd >= 0, "readable ro: %d, fd %d", ret,
+			    fd);
+		CHILD_CHECK((fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY,
+			    "the read-only attach's memfd is open for writing");
+		w = write(fd, "x", 1);
+		CHILD_CHECK(w < 0 && errno == EBADF, "write: %d (%s)", w,
+			    strerror(errno));
+		p = mmap(NULL, H_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		CHILD_CHECK(p == MAP_FAILED && errno == EACCES,
+			    "writable shared mapping: %s", strerror(errno));
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		w = open(path, O_RDWR | O_CLOEXEC);
+		CHILD_CHECK(w < 0 && errno == EACCES,
+			    "reopened for writing through /proc: %d (%s)", w,
+			    strerror(errno));
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	/* the read-only attach registered nothing */
+	ck_assert_uint_eq(h_stat(u, "readable").nr_attachments, 0);
+	still_serves(&d);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/*
+ * Another user cannot detach root's attachment, whatever its id: ENOENT,
+ * and the attachment goes on serving (pages never touched still come from
+ * the file).
+ */
+START_TEST(test_detach_other_users_attachment)
+{
+	const size_t size = 64 * H_PAGE;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char *data, *map;
+	size_t off;
+	int go[2];
+	pid_t pid;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	data = h_file_segment(&d, u, "img", size, 98);
+	/* forked before the attach, it has no attachment of its own */
+	ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+	pid = h_fork();
+	if (pid == 0) {
+		int sock, ret;
+
+		close(go[1]);
+		become_nobody();
+		sock = child_raw_hello(d.sock);
+		CHILD_CHECK(h_recv_timeout(go[0], &(char){ 0 }, H_TIMEOUT_MS) == 1,
+			    "no go");
+		for (uint64_t id = 0; id < 64; id++) {
+			struct upg_detach m;
+			int fd;
+
+			memset(&m, 0, sizeof(m));
+			proto_hdr_init(&m.h, UPG_DETACH, sizeof(m), 3 + id);
+			m.attach_id = id;
+			ret = child_request(sock, &m, sizeof(m), &fd);
+			CHILD_CHECK(ret == -ENOENT && fd < 0,
+				    "detach %llu: %d", (unsigned long long)id,
+				    ret);
+		}
+		_exit(0);
+	}
+	close(go[0]);
+	map = h_attach(u, "img", 0, &a);
+	ck_assert_int_eq(memcmp(map, data, H_PAGE), 0);
+	h_send(go[1], 'g');
+	close(go[1]);
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	ck_assert_uint_eq(h_stat(u, "img").nr_attachments, 1);
+	ck_assert_msg(!log_has(&d, "detached"), "an attachment was detached");
+	ck_assert_int_eq(h_read_check(map, data, size, &off), H_READ_OK);
+	ck_assert_int_eq(upager_detach(a), 0);
+	free(data);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/* Users and groups of the group-permission test */
+#define OWNER 65534		/* nobody, group nogroup */
+#define OTHER 65533		/* a uid of nobody's, in a group of its own */
+#define GROUP 65534
+
+struct gcase {
+	const char *name;	/* segment, created by OWNER */
+	unsigned int flags;
+	int want;		/* attach's result */
+};
+
+static void attach_cases(const char *sock, const struct gcase *c, size_t n,
+			 const char *who)
+{
+	struct upager *u = h_child_connect(sock);
+
+	for (size_t i = 0; i < n; i++) {
+		struct upager_attachment *a;
+		int ret = upager_attach(u, c[i].name, c[i].flags, &a);
+
+		CHILD_CHECK(ret == c[i].want, "%s: attach %s %s: %d, not %d",
+			    who, c[i].name,
+			    c[i].flags ? "read-only" : "read-write", ret,
+			    c[i].want);
+		if (!ret) {
+			char *map = upager_attachment_addr(a);
+
+			/* a byte of the group's own segment: it is shared */
+			if (!strcmp(c[i].name, "g660") && !c[i].flags)
+				map[7] = 42;
+			CHILD_CHECK(map[0] == 0, "%s: %s", who, c[i].name);
+			upager_detach(a);
+		}
+	}
+	upager_disconnect(u);
+}
+
+/*
+ * Group permissions, as a file's: the owner's bits for the owner (even
+ * when the group's allow more), the group's for a member by primary or
+ * supplementary group, the others' for the rest.
+ */
+START_TEST(test_group_permissions)
+{
+	static const struct gcase member[] = {
+		{ "g660", 0, 0 }, { "g660", UPAGER_ATTACH_RDONLY, 0 },
+		{ "g640", 0, -EACCES }, { "g640", UPAGER_ATTACH_RDONLY, 0 },
+		{ "g600", UPAGER_ATTACH_RDONLY, -EACCES },
+		{ "o060", 0, 0 },
+	};
+	static const struct gcase stranger[] = {
+		{ "g660", UPAGER_ATTACH_RDONLY, -EACCES },
+		{ "g640", UPAGER_ATTACH_RDONLY, -EACCES },
+		{ "g604", UPAGER_ATTACH_RDONLY, 0 },
+		{ "g604", 0, -EACCES },
+	};
+	static const struct gcase owner[] = {
+		{ "o060", UPAGER_ATTACH_RDONLY, -EACCES },
+		{ "g660", 0, 0 },
+	};
+	static const struct { const char *name; uint32_t mode; } segs[] = {
+		{ "g660", 0660 }, { "g640", 0640 }, { "g600", 0600 },
+		{ "g604", 0604 }, { "o060", 0060 },
+	};
+	const gid_t groups[] = { 100, GROUP };
+	struct upager_segment_info info;
+	struct h_daemon d;
+	struct upager *u;
+	pid_t pid;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	/* the owner creates them: their group is its group */
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager *cu;
+
+		h_become(OWNER, GROUP, NULL, 0);
+		cu = h_child_connect(d.sock);
+		for (size_t i = 0; i < sizeof(segs) / sizeof(segs[0]); i++) {
+			struct upager_create_opts o = { .size = H_PAGE,
+							.source_fd = -1,
+							.mode = segs[i].mode };
+			int ret = upager_create(cu, segs[i].name, &o);
+
+			CHILD_CHECK(ret == 0, "create %s: %d", segs[i].name, ret);
+		}
+		upager_disconnect(cu);
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+
+	/* a member by a supplementary group */
+	pid = h_fork();
+	if (pid == 0) {
+		h_become(OTHER, OTHER, groups, 2);
+		attach_cases(d.sock, member, sizeof(member) / sizeof(member[0]),
+			     "supplementary member");
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	/* a member by its primary group */
+	pid = h_fork();
+	if (pid == 0) {
+		h_become(OTHER, GROUP, NULL, 0);
+		attach_cases(d.sock, member, sizeof(member) / sizeof(member[0]),
+			     "primary member");
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	/* not a member */
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager_segment_info list[8];
+		struct upager *cu;
+		int ret;
+
+		h_become(OTHER, OTHER, groups, 1);
+		attach_cases(d.sock, stranger,
+			     sizeof(stranger) / sizeof(stranger[0]), "stranger");
+		cu = h_child_connect(d.sock);
+		ret = upager_stat(cu, "g660", &list[0]);
+		CHILD_CHECK(ret == -EACCES, "stranger: stat g660: %d", ret);
+		ret = upager_list(cu, list, 8);
+		CHILD_CHECK(ret == 1 && !strcmp(list[0].name, "g604"),
+			    "stranger: list: %d", ret);
+		upager_disconnect(cu);
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	/* the owner does not fall back to the group's bits */
+	pid = h_fork();
+	if (pid == 0) {
+		h_become(OWNER, GROUP, NULL, 0);
+		attach_cases(d.sock, owner, sizeof(owner) / sizeof(owner[0]),
+			     "owner");
+		_exit(0);
+	}
+	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	info = h_stat(u, "g660");
+	ck_assert_uint_eq(info.uid, OWNER);
+	ck_assert_uint_eq(info.mode, 0660);
+	{
+		struct upager_attachment *a;
+		char *map = h_attach(u, "g660", UPAGER_ATTACH_RDONLY, &a);
+
+		ck_assert_int_eq(map[7], 42);	/* a member wrote it */
+		ck_assert_int_eq(upager_detach(a), 0);
+	}
+	still_serves(&d);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *badinput_suite(void)
 {
 	Suite *s = suite_create("badinput");
@@ -812,11 +1337,16 @@ static Suite *badinput_suite(void)
 	tcase_add_test(tc, test_duplicate_name);
 	tcase_add_test(tc, test_delete_attached);
 	tcase_add_test(tc, test_permissions);
+	tcase_add_test(tc, test_group_permissions);
+	tcase_add_test(tc, test_block_device_source);
 	suite_add_tcase(s, tc);
 	tc = h_tcase("protocol");
 	tcase_add_loop_test(tc, test_protocol_garbage, 0,
 			    sizeof(garbage) / sizeof(garbage[0]));
 	tcase_add_test(tc, test_protocol_refusals);
+	tcase_add_test(tc, test_client_gone_before_reply);
+	tcase_add_test(tc, test_attach_refused_at_the_wire);
+	tcase_add_test(tc, test_detach_other_users_attachment);
 	suite_add_tcase(s, tc);
 	return s;
 }
