@@ -2,7 +2,7 @@
 /*
  * Fault-serving threads.
  *
- * A worker sleeps in io_uring_submit_and_wait() on one ring that carries
+ * A worker sleeps in ring_submit_and_wait() on one ring that carries
  * everything it waits for: a multishot poll on the userfaultfd of each
  * attachment it serves, a poll on the pidfd of each it owns, the source
  * reads of its fills, and its inbox eventfd.  One worker is pinned to each
@@ -26,9 +26,11 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 
 #include "attach.h"
 #include "log.h"
+#include "ring.h"
 #include "segment.h"
 #include "uffd-compat.h"
 #include "upagerd.h"
@@ -360,7 +362,30 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	free(addrs);
 }
 
-/* Reads and serves what @att's uffd holds; returns the messages read. */
+/*
+ * Reads from a uffd without ever blocking, whatever its file's flags say:
+ * the client shares the open file description and can clear O_NONBLOCK on
+ * it; a blocking read here would hold the attachment's evlock while
+ * waiting for a fault that may never come.  RWF_NOWAIT makes this read
+ * non-blocking by itself.
+ */
+static ssize_t uffd_read(int uffd, void *buf, size_t len)
+{
+	static bool no_nowait;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	ssize_t n;
+
+	if (!no_nowait) {
+		n = preadv2(uffd, &iov, 1, -1, RWF_NOWAIT);
+		if (n >= 0 || errno != EOPNOTSUPP)
+			return n;
+		no_nowait = true;	/* an old kernel: the best we can */
+	}
+	if (!(fcntl(uffd, F_GETFL) & O_NONBLOCK))
+		fcntl(uffd, F_SETFL, O_NONBLOCK);
+	return read(uffd, buf, len);
+}
+
 /* Applies a non-fault event; the caller holds att->evlock for writing. */
 static void handle_event(struct worker *w, struct attachment *att,
 			 const struct uffd_msg *m)
@@ -412,7 +437,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 
 		spin_write_lock(&att->evlock);
 		do
-			n = read(att->uffd, msgs, sizeof(msgs));
+			n = uffd_read(att->uffd, msgs, sizeof(msgs));
 		while (n < 0 && errno == EINTR);
 		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
@@ -588,7 +613,7 @@ static void *worker_main(void *arg)
 	 * references that must be dropped. */
 	while (!w->stop || w->nr_fills) {
 		uint64_t before = w->served;
-		int ret = io_uring_submit_and_wait(&w->ring, 1);
+		int ret = ring_submit_and_wait(&w->ring);
 
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN &&
 		    ret != -EBUSY) {
