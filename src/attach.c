@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <linux/kcmp.h>
 #include <sys/sysmacros.h>
 
 #include "attach.h"
@@ -101,6 +102,17 @@ void attach_publish(struct attachment *att)
 	list_add_tail(&att->all_link, &upd.attachments);
 	att->seg->nr_attachments++;
 	atomic_fetch_add(&upd.nr_attachments, 1);
+}
+
+bool attach_uffd_served(int fd)
+{
+	struct attachment *att;
+	pid_t self = getpid();
+
+	list_for_each_entry(att, &upd.attachments, all_link)
+		if (syscall(SYS_kcmp, self, self, KCMP_FILE, fd, att->uffd) == 0)
+			return true;
+	return false;
 }
 
 struct attachment *attach_find(uint64_t id)

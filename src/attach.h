@@ -145,6 +145,13 @@ int attach_new(struct segment *seg, int uffd, pid_t pid, uint64_t start,
  */
 void attach_publish(struct attachment *att);
 
+/*
+ * attach_uffd_served - whether @fd is the same open file as the uffd of a
+ * live attachment (kcmp): one uffd served twice would be polled and read
+ * by two attachments.  The caller holds the daemon lock.
+ */
+bool attach_uffd_served(int fd);
+
 /* The live attachment @id, with a reference; NULL if none. */
 struct attachment *attach_find(uint64_t id);
 

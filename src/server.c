@@ -543,8 +543,40 @@ static bool maps_segment(pid_t pid, struct segment *seg, uint64_t addr,
 	return len ? covered >= addr + len : any;
 }
 
+/*
+ * The features the kernel enabled on the uffd @fd, from its fdinfo: what
+ * the client says it asked for is not evidence.  A uffd that never
+ * completed the API handshake (no MISSING_SHMEM: it could not serve a
+ * segment) is -EINVAL.
+ */
+static int uffd_real_features(int fd, uint64_t *features)
+{
+	char path[64], line[128];
+	unsigned long long api, feat, ioctls;
+	int ret = -EINVAL;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "API: %llx:%llx:%llx", &api, &feat, &ioctls) != 3)
+			continue;
+		if (feat & UFFD_FEATURE_MISSING_SHMEM) {
+			/* (bit 31 is the kernel's own "initialized") */
+			*features = feat & 0x7fffffffull;
+			ret = 0;
+		}
+		break;
+	}
+	fclose(f);
+	return ret;
+}
+
 static int do_register(struct conn *c, const struct upg_register *m, int fd)
 {
+	uint64_t features = 0;
 	struct upg_register_reply r;
 	struct attachment *att = NULL;
 	struct segment *seg;
@@ -554,7 +586,8 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	if (fd < 0)
 		return -EINVAL;
 	if (!is_uffd(fd) || (m->flags & ~UPG_REGISTER_RDONLY) ||
-	    !(m->uffd_ioctls & (1ull << _UFFDIO_COPY))) {
+	    !(m->uffd_ioctls & (1ull << _UFFDIO_COPY)) ||
+	    m->addr + m->len < m->addr || uffd_real_features(fd, &features)) {
 		close(fd);
 		return -EINVAL;
 	}
@@ -566,13 +599,16 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	if (!ret && (m->addr % seg->page_size || m->len != seg->size ||
 		     !maps_segment(c->pid, seg, m->addr, m->len)))
 		ret = -EINVAL;
+	/* One uffd, one attachment: served twice it would be read by two. */
+	if (!ret && attach_uffd_served(fd))
+		ret = -EBUSY;
 	if (!ret)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
 		fd = -1;
 		att->owner = worker_pick();
 		att->flags = m->flags;
-		att->uffd_features = m->uffd_features;
+		att->uffd_features = features;
 		att->uffd_ioctls = m->uffd_ioctls;
 		ret = attach_set_pid(att, c->pid);
 	}

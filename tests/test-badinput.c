@@ -814,7 +814,8 @@ START_TEST(test_protocol_refusals)
 	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	ck_assert_int_ge(uffd, 0);
 	{
-		struct uffdio_api api = { .api = UFFD_API };
+		struct uffdio_api api = { .api = UFFD_API,
+					  .features = UFFD_FEATURE_MISSING_SHMEM };
 		struct uffdio_register ur = {
 			.range = { .start = (uintptr_t)anon, .len = H_MIB },
 			.mode = UFFDIO_REGISTER_MODE_MISSING,
