@@ -517,6 +517,17 @@ static void fill_finish(struct worker *w, struct fill *f, int res)
 			attach_requeue(f->att, f->addr);
 		goto out;
 	}
+	if (res < 0 && f->rd.done >= seg->page_size &&
+	    f->rd.done / seg->page_size < f->rd.npages) {
+		/* The run read fine up to a bad page: map that part.  The
+		 * bad page is read again on its own when it faults. */
+		uint32_t good = f->rd.done / seg->page_size;
+
+		fill_release(f, good);
+		seg_unpark(seg, f->rd.pgoff + good, f->rd.npages - good);
+		f->rd.npages = good;
+		res = 0;
+	}
 	if (res < 0) {
 		/* Only the page asked for is poisoned: the read-ahead may
 		 * read fine on its own. */

@@ -131,9 +131,8 @@ END_TEST
 /*
  * Read from the start, the bad page falls inside a read-ahead window that
  * starts before it: the page asked for, and all others but the bad one,
- * still read right.  Not in the suite yet: the fill path (segment.c) must
- * first map the pages a failed read got before its error, instead of
- * poisoning the page asked for.
+ * still read right: the fill maps the pages a failed read got before its
+ * error instead of poisoning the page asked for.
  */
 START_TEST(test_read_error_in_window)
 {
@@ -768,7 +767,7 @@ static Suite *ioerror_suite(void)
 	TCase *tc = h_tcase("source");
 
 	tcase_add_test(tc, test_read_error_sigbus);
-	(void)test_read_error_in_window;	/* see its comment */
+	tcase_add_test(tc, test_read_error_in_window);
 	suite_add_tcase(s, tc);
 	tc = h_tcase("fdlimit");
 	tcase_add_test(tc, test_nofile_raised);
