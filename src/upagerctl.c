@@ -642,6 +642,14 @@ static int open_source(const struct args *a)
 	int fd, flags;
 
 	text_escape(path, sizeof(path), a->source, PATH_CHARS);
+	/* The type first, without opening: opening a FIFO blocks, and
+	 * some devices act on open.  Again after the open, for the race. */
+	if (stat(a->source, &st) == 0 && !S_ISREG(st.st_mode) &&
+	    !S_ISBLK(st.st_mode)) {
+		fail(a, "source %s: not a regular file but %s", path,
+		     file_type_text(st.st_mode));
+		return -1;
+	}
 	fd = open(a->source, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
 		fail(a, "cannot open source %s: %s", path, strerror(errno));
@@ -651,7 +659,7 @@ static int open_source(const struct args *a)
 		fail(a, "source %s: %s", path, strerror(errno));
 		goto err;
 	}
-	if (!S_ISREG(st.st_mode)) {
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
 		fail(a, "source %s: not a regular file but %s", path,
 		     file_type_text(st.st_mode));
 		goto err;

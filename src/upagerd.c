@@ -257,6 +257,10 @@ int main(int argc, char **argv)
 
 		switch (c) {
 		case 's':
+			if (!*optarg) {
+				fprintf(stderr, "upagerd: --socket: an empty path\nTry 'upagerd --help'.\n");
+				return 2;
+			}
 			sock = optarg;
 			break;
 		case 't':

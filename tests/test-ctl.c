@@ -179,6 +179,15 @@ START_TEST(test_help)
 	ck_assert_exit(&r, 2);
 	ck_assert_ptr_nonnull(strstr(r.err, "--bogus"));
 	h_run_free(&r);
+	/* the daemon's usage errors, likewise */
+	{
+		const char *argv[] = { h_upagerd(), "--socket", "", NULL };
+
+		h_run(argv, NULL, 0, &r);
+		ck_assert_exit(&r, 2);
+		ck_assert_ptr_nonnull(strstr(r.err, "--socket"));
+		h_run_free(&r);
+	}
 }
 END_TEST
 
