@@ -75,6 +75,7 @@ int attach_fork(struct attachment *parent, int uffd, struct attachment **out)
 
 	if (!att)
 		return -ENOMEM;
+	att->uid = parent->uid;
 	att->parent_pid = atomic_load(&parent->pid);
 	att->parent_id = parent->id;
 	att->flags = parent->flags;

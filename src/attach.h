@@ -105,6 +105,8 @@ struct attachment {
 	_Atomic pid_t pid;		/* 0: forked, not yet identified */
 	_Atomic pid_t fault_tid;	/* a thread seen faulting, while pid
 					 * is 0 */
+	uid_t uid;			/* the registering process's user;
+					 * its forked children's too */
 	pid_t parent_pid;
 	uint64_t parent_id;		/* forked from this attachment */
 	uint32_t flags;			/* UPG_REGISTER_* */

@@ -44,8 +44,8 @@ struct fill {
 	struct list_head stall_link;	/* on its worker's stalled list */
 };
 
-int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
-		struct source *src, struct segment **out)
+int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
+		uint32_t mode, struct source *src, struct segment **out)
 {
 	struct segment *seg;
 	char mname[UPAGER_NAME_MAX + 16];
@@ -58,6 +58,7 @@ int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
 	seg->size = (size + seg->page_size - 1) & ~(uint64_t)(seg->page_size - 1);
 	seg->npages = seg->size / seg->page_size;
 	seg->uid = uid;
+	seg->gid = gid;
 	seg->mode = mode;
 	seg->refs = 1;
 	snprintf(seg->name, sizeof(seg->name), "%s", name);
@@ -71,7 +72,13 @@ int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
 		ret = -errno;
 		goto err;
 	}
-	if (ftruncate(seg->memfd, seg->size) < 0) {
+	/*
+	 * A memfd is born mode 0777: a client handed it read-only could
+	 * reopen it read-write through /proc/self/fd.  The segment's mode is
+	 * enforced by the daemon alone, so only the daemon may open it.
+	 */
+	if (fchmod(seg->memfd, 0600) < 0 ||
+	    ftruncate(seg->memfd, seg->size) < 0) {
 		ret = -errno;
 		goto err;
 	}

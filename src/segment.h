@@ -56,7 +56,8 @@ struct segment {
 	uint64_t size;
 	uint64_t npages;
 	uint32_t page_size;
-	uid_t uid;
+	uid_t uid;		/* the creator's: owner and group */
+	gid_t gid;
 	uint32_t mode;
 	int memfd;
 	void *map;		/* the daemon's own mapping of the memfd,
@@ -85,8 +86,8 @@ struct segment {
  * segment_new - a segment of @size bytes over @src (taken over).
  * Returns 0 or -errno.
  */
-int segment_new(const char *name, uint64_t size, uid_t uid, uint32_t mode,
-		struct source *src, struct segment **out);
+int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
+		uint32_t mode, struct source *src, struct segment **out);
 void segment_get(struct segment *seg);
 void segment_put(struct segment *seg);
 

@@ -95,18 +95,6 @@ struct server {
 	struct ratelimit rl_refuse, rl_accept, rl_lost_fd;
 };
 
-/*
- * The group of each segment, under the daemon lock: the creator's group,
- * for the permission check.  (Kept here until struct segment has a gid.)
- */
-struct seg_group {
-	uint64_t seg_id;
-	gid_t gid;
-};
-
-static struct seg_group *seg_groups;
-static size_t nr_seg_groups, seg_groups_cap;
-
 static bool ratelimit_ok(struct ratelimit *rl, unsigned int *missed)
 {
 	uint64_t now = now_ns();
@@ -174,39 +162,6 @@ static struct segment *seg_find_id(uint64_t id)
 	return NULL;
 }
 
-static int seg_group_set(uint64_t seg_id, gid_t gid)
-{
-	if (nr_seg_groups == seg_groups_cap) {
-		size_t cap = seg_groups_cap ? 2 * seg_groups_cap : 16;
-		void *p = realloc(seg_groups, cap * sizeof(*seg_groups));
-
-		if (!p)
-			return -ENOMEM;
-		seg_groups = p;
-		seg_groups_cap = cap;
-	}
-	seg_groups[nr_seg_groups].seg_id = seg_id;
-	seg_groups[nr_seg_groups].gid = gid;
-	nr_seg_groups++;
-	return 0;
-}
-
-static struct seg_group *seg_group_find(uint64_t seg_id)
-{
-	for (size_t i = 0; i < nr_seg_groups; i++)
-		if (seg_groups[i].seg_id == seg_id)
-			return &seg_groups[i];
-	return NULL;
-}
-
-static void seg_group_drop(uint64_t seg_id)
-{
-	struct seg_group *g = seg_group_find(seg_id);
-
-	if (g)
-		*g = seg_groups[--nr_seg_groups];
-}
-
 static bool conn_in_group(const struct conn *c, gid_t gid)
 {
 	if (c->gid == gid)
@@ -226,14 +181,13 @@ static bool conn_in_group(const struct conn *c, gid_t gid)
  */
 static int seg_access(struct segment *seg, struct conn *c, unsigned int want)
 {
-	struct seg_group *g;
 	unsigned int bits;
 
 	if (c->uid == 0)
 		return 0;
 	if (c->uid == seg->uid)
 		bits = seg->mode >> 6;
-	else if ((g = seg_group_find(seg->id)) && conn_in_group(c, g->gid))
+	else if (conn_in_group(c, seg->gid))
 		bits = seg->mode >> 3;
 	else
 		bits = seg->mode;
@@ -254,6 +208,33 @@ static int conn_send(struct conn *c, const void *msg, size_t len, int fd)
 	if (ret && !c->send_err)
 		c->send_err = ret;
 	return ret;
+}
+
+/*
+ * The segment @name as @c may see it: -ENOENT when there is none or @c may
+ * not read it (whether a segment one may not read exists is not told),
+ * -EACCES when @c may read it but not as @want asks.  Under the daemon lock.
+ */
+static int seg_lookup(struct conn *c, struct segment *seg, unsigned int want)
+{
+	if (!seg || seg_access(seg, c, 4))
+		return -ENOENT;
+	return seg_access(seg, c, want);
+}
+
+/*
+ * What a reader who is neither the owner nor root does not see: the source
+ * file's path and the attached processes.
+ */
+static void info_for(struct conn *c, struct segment *seg,
+		     struct upager_segment_info *info)
+{
+	segment_info(seg, info);
+	if (c->uid == 0 || c->uid == seg->uid)
+		return;
+	memset(info->source_path, 0, sizeof(info->source_path));
+	memset(info->pids, 0, sizeof(info->pids));
+	info->nr_pids = 0;
 }
 
 /* Requests: each returns the reply's status and sends what it needs to. */
@@ -299,24 +280,12 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 		ret = -EEXIST;
 		goto out;
 	}
-	ret = segment_new(m->name, m->size, c->uid, m->mode ? m->mode : 0600,
-			  src, &seg);
+	ret = segment_new(m->name, m->size, c->uid, c->gid,
+			  m->mode ? m->mode : 0600, src, &seg);
 	if (ret)
 		goto out;
 	src = NULL;
-	/*
-	 * A memfd is created with mode 0777: a client handed it read-only
-	 * could reopen it read-write through /proc/self/fd.  Only the daemon
-	 * may.  (Belongs in segment_new.)
-	 */
-	ret = fchmod(seg->memfd, 0600) < 0 ? -errno : 0;
 	seg->id = ++upd.next_seg_id;
-	if (!ret)
-		ret = seg_group_set(seg->id, c->gid);
-	if (ret) {
-		segment_put(seg);
-		goto out;
-	}
 	list_add_tail(&seg->link, &upd.segments);
 	upd.nr_segments++;
 	pr_notice("segment", "%s: created by pid %d: %llu bytes, %s source%s%s",
@@ -339,16 +308,15 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 		return -EINVAL;
 	pthread_mutex_lock(&upd.lock);
 	seg = seg_find(m->name);
-	if (!seg)
-		ret = -ENOENT;
-	else if (c->uid != 0 && c->uid != seg->uid)
+	ret = seg_lookup(c, seg, 0);
+	if (!ret && c->uid != 0 && c->uid != seg->uid)
 		ret = -EACCES;
-	else if (seg->nr_attachments && !(m->flags & UPAGER_DELETE_FORCE))
+	else if (!ret && seg->nr_attachments &&
+		 !(m->flags & UPAGER_DELETE_FORCE))
 		ret = -EBUSY;
 	if (!ret) {
 		seg->deleted = true;
 		list_del_init(&seg->link);
-		seg_group_drop(seg->id);
 		upd.nr_segments--;
 		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
 			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
@@ -370,12 +338,9 @@ static int do_stat(struct conn *c, const struct upg_name *m)
 	memset(&r, 0, sizeof(r));
 	pthread_mutex_lock(&upd.lock);
 	seg = seg_find(m->name);
-	if (!seg)
-		ret = -ENOENT;
-	else
-		ret = seg_access(seg, c, 4);
+	ret = seg_lookup(c, seg, 4);
 	if (!ret)
-		segment_info(seg, &r.info);
+		info_for(c, seg, &r.info);
 	pthread_mutex_unlock(&upd.lock);
 	if (ret)
 		return ret;
@@ -393,7 +358,7 @@ static int do_list(struct conn *c, const struct upg_hdr *m)
 		if (seg_access(seg, c, 4))
 			continue;
 		memset(&r, 0, sizeof(r));
-		segment_info(seg, &r.info);
+		info_for(c, seg, &r.info);
 		ret = reply(c, &r, sizeof(r), UPG_LIST_ENTRY, m, 0, -1);
 		if (ret)
 			break;
@@ -462,7 +427,7 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	memset(&r, 0, sizeof(r));
 	pthread_mutex_lock(&upd.lock);
 	seg = seg_find(m->name);
-	ret = seg ? seg_access(seg, c, want) : -ENOENT;
+	ret = seg_lookup(c, seg, want);
 	if (!ret) {
 		r.seg_id = seg->id;
 		r.size = seg->size;
@@ -595,7 +560,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		want |= 2;
 	pthread_mutex_lock(&upd.lock);
 	seg = seg_find_id(m->seg_id);
-	ret = seg ? seg_access(seg, c, want) : -ENOENT;
+	ret = seg_lookup(c, seg, want);
 	if (!ret && (m->addr % seg->page_size || m->len != seg->size ||
 		     !maps_segment(c->pid, seg, m->addr, m->len)))
 		ret = -EINVAL;
@@ -608,6 +573,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		fd = -1;
 		att->owner = worker_pick();
 		att->flags = m->flags;
+		att->uid = c->uid;
 		att->uffd_features = features;
 		att->uffd_ioctls = m->uffd_ioctls;
 		ret = attach_set_pid(att, c->pid);
@@ -707,8 +673,10 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 	list_for_each_entry(att, &upd.attachments, all_link) {
 		pid_t pid = atomic_load(&att->pid);
 
+		/* Only the attachment's user may have its uffd. */
 		if (att->parent_id != m->parent_attach_id ||
-		    att->parent_pid != ppid || (pid && pid != c->pid))
+		    att->parent_pid != ppid || (pid && pid != c->pid) ||
+		    (c->uid != 0 && c->uid != att->uid))
 			continue;
 		if (pid == c->pid || uffd_owns(att->uffd, m->probe_addr)) {
 			found = att;
@@ -1195,44 +1163,6 @@ static bool pid_maps(pid_t pid, struct segment *seg)
 	return maps_segment(pid, seg, 0, 0);
 }
 
-/* A child of a thread of @parent that maps @seg and is not attached. */
-static pid_t find_child_of(pid_t parent, struct segment *seg)
-{
-	char path[64];
-	DIR *d;
-	struct dirent *de;
-	pid_t found = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)parent);
-	d = opendir(path);
-	if (!d)
-		return 0;
-	while (!found && (de = readdir(d))) {
-		char cpath[384], buf[4096];
-		FILE *f;
-
-		if (!isdigit((unsigned char)de->d_name[0]))
-			continue;
-		snprintf(cpath, sizeof(cpath), "%s/%s/children", path,
-			 de->d_name);
-		f = fopen(cpath, "re");
-		if (!f)
-			continue;
-		while (!found && fscanf(f, "%4095s", buf) == 1) {
-			pid_t pid = atoi(buf);
-
-			/* The daemon maps every memfd itself, and may be
-			 * a child of a client that starts its own. */
-			if (pid > 0 && pid != getpid() && !pid_taken(seg, pid) &&
-			    pid_maps(pid, seg))
-				found = pid;
-		}
-		fclose(f);
-	}
-	closedir(d);
-	return found;
-}
-
 static pid_t find_any_mapper(struct segment *seg)
 {
 	DIR *d = opendir("/proc");
@@ -1272,25 +1202,13 @@ static pid_t tgid_of(pid_t tid)
 	return tgid;
 }
 
-static unsigned int unresolved_of(struct segment *seg, pid_t parent)
-{
-	struct attachment *att;
-	unsigned int n = 0;
-
-	list_for_each_entry(att, &seg->attachments, seg_link)
-		if (!atomic_load(&att->pid) && att->parent_pid == parent)
-			n++;
-	return n;
-}
-
 /*
  * Finds the pids of forked children that did not claim their attachment
- * (a raw clone, or a claim still on its way).  A fault tells for sure (its
- * thread id).  Otherwise a child of the parent that maps the segment and is
- * not attached is taken only when it is the one candidate for the one
- * unresolved attachment: with several, a guess could hand one child's
- * faults to another's pidfd.  An attachment whose process is gone (nobody
- * unattached maps the segment any more) is dropped.
+ * (a raw clone, or a claim still on its way).  Only proof counts: the
+ * claim (the child maps a page that only its own uffd can register), or a
+ * fault (its thread id); a guess from /proc could hand one child's uffd
+ * and faults to another process.  An attachment whose process is gone
+ * (nobody unattached maps the segment any more) is dropped.
  */
 static void resolve_forks(void)
 {
@@ -1307,12 +1225,6 @@ static void resolve_forks(void)
 				continue;
 			if (tid && (pid = tgid_of(tid)) > 0) {
 				resolved(att, pid, "faulted");
-				continue;
-			}
-			if (att->parent_pid &&
-			    unresolved_of(seg, att->parent_pid) == 1 &&
-			    (pid = find_child_of(att->parent_pid, seg))) {
-				resolved(att, pid, "only child");
 				continue;
 			}
 			if (now - att->created_ns < FORK_RESOLVE_NS ||
@@ -1509,8 +1421,5 @@ int server_run(int listen_fd)
 	close(s.tfd);
 	if (s.reserve_fd >= 0)
 		close(s.reserve_fd);
-	free(seg_groups);
-	seg_groups = NULL;
-	nr_seg_groups = seg_groups_cap = 0;
 	return ret < 0 ? ret : 0;
 }

@@ -144,22 +144,77 @@ static void make_parent_dir(const char *path)
 }
 
 /*
- * Binds @path, refusing when a live daemon answers there and replacing a
- * socket file nobody listens on.
+ * Whether the socket's directory is safe to work in: a symlink, or a
+ * directory another user (root and ourselves aside) owns or may rename
+ * entries in, would let that user swap the socket or what we unlink.  A
+ * world-writable sticky directory (/tmp) is fine: nobody else may rename
+ * or remove our entries there.  Returns 0, or -errno with @why set.
  */
-static int listen_on(const char *path)
+static int parent_dir_safe(const char *path, const char **why)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char *slash;
+	struct stat st;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	if (lstat(dir, &st) < 0) {
+		*why = "its directory cannot be examined";
+		return -errno;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		*why = "its directory is a symbolic link";
+		return -ELOOP;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		*why = "its directory is not a directory";
+		return -ENOTDIR;
+	}
+	if (st.st_uid != 0 && st.st_uid != geteuid()) {
+		*why = "its directory belongs to another user";
+		return -EPERM;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+		*why = "its directory is writable by other users";
+		return -EPERM;
+	}
+	return 0;
+}
+
+/*
+ * Binds @path, refusing when a live daemon answers there and replacing a
+ * socket file nobody listens on.  The socket file is made 0666 through the
+ * umask at bind (access is decided per segment, by the peer's uid), never
+ * by a chmod of the path, which another user could have swapped.
+ */
+static int listen_on(const char *path, const char **why)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old_umask;
 	int fd, ret;
 
+	*why = NULL;
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
 	make_parent_dir(path);
+	ret = parent_dir_safe(path, why);
+	if (ret)
+		return ret;
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	/* No thread runs yet: the umask is ours alone here. */
+	old_umask = umask(0111);
+	ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old_umask);
+	if (ret < 0) {
 		struct stat st;
 		int probe;
 
@@ -181,13 +236,14 @@ static int listen_on(const char *path)
 		}
 		pr_notice("main", "replacing stale socket %s", path);
 		unlink(path);
-		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		old_umask = umask(0111);
+		ret = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+		umask(old_umask);
+		if (ret < 0) {
 			ret = -errno;
 			goto err;
 		}
 	}
-	/* Access is decided per segment, by the peer's uid. */
-	chmod(path, 0666);
 	if (listen(fd, 128) < 0) {
 		ret = -errno;
 		goto err;
@@ -243,7 +299,7 @@ int main(int argc, char **argv)
 		{}
 	};
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	const char *sock = NULL;
+	const char *sock = NULL, *why;
 	long threads = sysconf(_SC_NPROCESSORS_ONLN);
 	bool foreground = false;
 	long spin_us = DEFAULT_SPIN_US;
@@ -339,11 +395,13 @@ int main(int argc, char **argv)
 		uffd_error("userfaultfd for direct maps", upd.fill_uffd);
 		return 1;
 	}
-	fd = listen_on(sock);
+	fd = listen_on(sock, &why);
 	if (fd < 0) {
 		if (fd == -EADDRINUSE)
 			pr_err("main", "%s: another upagerd is listening there",
 			       sock);
+		else if (why)
+			pr_err("main", "%s: refused: %s", sock, why);
 		else
 			pr_err("main", "%s: %s", sock, strerror(-fd));
 		return 1;
