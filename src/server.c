@@ -660,12 +660,20 @@ static void resolved(struct attachment *att, pid_t pid, const char *how)
 	worker_watch_pid(att->owner, att);
 }
 
+/*
+ * A forked child claims the attachment the daemon made for it.  The proof
+ * is the probe page: mapped at an address only the claimant's mm has, it
+ * can be registered through the claimant's uffd alone.  A probe that
+ * several candidates' uffds can register (an address every sibling maps,
+ * like the segment itself) proves nothing and is refused, as is a claim
+ * from another user than the attachment's.
+ */
 static int do_claim(struct conn *c, const struct upg_claim *m)
 {
 	struct upg_register_reply r;
 	struct attachment *att, *found = NULL;
 	pid_t ppid = parent_of(c->pid);
-	int ret;
+	int ret, owners = 0;
 
 	if (m->probe_addr % sysconf(_SC_PAGESIZE))
 		return -EINVAL;
@@ -678,10 +686,17 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		    att->parent_pid != ppid || (pid && pid != c->pid) ||
 		    (c->uid != 0 && c->uid != att->uid))
 			continue;
-		if (pid == c->pid || uffd_owns(att->uffd, m->probe_addr)) {
+		if (uffd_owns(att->uffd, m->probe_addr)) {
 			found = att;
-			break;
+			owners++;
 		}
+	}
+	if (owners > 1) {
+		pthread_mutex_unlock(&upd.lock);
+		pr_warn("server", "pid %d: claim refused: the probe at %#llx is "
+			"no proof (%d candidates map it)", (int)c->pid,
+			(unsigned long long)m->probe_addr, owners);
+		return -EPERM;
 	}
 	if (found && !atomic_load(&found->pid))
 		resolved(found, c->pid, "claimed");

@@ -15,11 +15,14 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "proto.h"
 
 extern char **environ;
 
@@ -1049,4 +1052,69 @@ void h_become(uid_t uid, gid_t gid, const gid_t *groups, size_t n)
 	 * undumpable, and a daemon of that user could not read its maps. */
 	CHILD_CHECK(prctl(PR_SET_DUMPABLE, 1) == 0, "dumpable: %s",
 		    strerror(errno));
+}
+
+int h_child_raw_hello(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct upg_hello m;
+	char buf[UPG_MSG_MAX];
+	int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	ssize_t n;
+
+	CHILD_CHECK(sock >= 0, "socket: %s", strerror(errno));
+	CHILD_CHECK(strlen(path) < sizeof(sa.sun_path), "path too long");
+	strcpy(sa.sun_path, path);
+	CHILD_CHECK(connect(sock, (struct sockaddr *)&sa, sizeof(sa)) == 0,
+		    "connect: %s", strerror(errno));
+	memset(&m, 0, sizeof(m));
+	proto_hdr_init(&m.h, UPG_HELLO, sizeof(m), 1);
+	CHILD_CHECK(send(sock, &m, sizeof(m), MSG_NOSIGNAL) == sizeof(m),
+		    "send hello: %s", strerror(errno));
+	n = recv(sock, buf, sizeof(buf), 0);
+	CHILD_CHECK(n == sizeof(m) && ((struct upg_hdr *)buf)->status == 0,
+		    "hello: %zd", n);
+	return sock;
+}
+
+int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd)
+{
+	union {
+		struct cmsghdr c;
+		char b[CMSG_SPACE(4 * sizeof(int))];
+	} cbuf, sbuf;
+	char buf[UPG_MSG_MAX];
+	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct iovec siov = { .iov_base = msg, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf.b,
+			     .msg_controllen = sizeof(cbuf.b) };
+	struct msghdr smh = { .msg_iov = &siov, .msg_iovlen = 1 };
+	struct pollfd p = { .fd = sock, .events = POLLIN };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	*fd = -1;
+	if (sendfd >= 0) {
+		memset(&sbuf, 0, sizeof(sbuf));
+		smh.msg_control = sbuf.b;
+		smh.msg_controllen = CMSG_SPACE(sizeof(int));
+		c = CMSG_FIRSTHDR(&smh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &sendfd, sizeof(int));
+	}
+	CHILD_CHECK(sendmsg(sock, &smh, MSG_NOSIGNAL) == (ssize_t)len,
+		    "send: %s", strerror(errno));
+	CHILD_CHECK(poll(&p, 1, H_TIMEOUT_MS) == 1, "no reply");
+	n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	CHILD_CHECK(n >= (ssize_t)sizeof(struct upg_hdr), "reply: %zd", n);
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		CHILD_CHECK(c->cmsg_type == SCM_RIGHTS &&
+			    c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0,
+			    "more than one descriptor with the reply");
+		memcpy(fd, CMSG_DATA(c), sizeof(int));
+	}
+	return ((struct upg_hdr *)buf)->status;
 }

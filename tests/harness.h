@@ -277,4 +277,17 @@ bool h_daemon_wait(struct h_daemon *d, int *status);
  */
 void h_become(uid_t uid, gid_t gid, const gid_t *groups, size_t n);
 
+/*
+ * h_child_raw_hello - in a forked child: a raw connection to @path that
+ * said hello (checked).
+ */
+int h_child_raw_hello(const char *path);
+
+/*
+ * h_child_request - in a forked child: send the request @msg (with @sendfd
+ * as SCM_RIGHTS unless < 0) and return its reply's status; @fd gets a
+ * descriptor that came with the reply, or -1.
+ */
+int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd);
+
 #endif

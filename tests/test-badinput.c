@@ -989,63 +989,6 @@ START_TEST(test_block_device_source)
 }
 END_TEST
 
-/* In a forked child: a raw connection that said hello. */
-static int child_raw_hello(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct upg_hello m;
-	char buf[UPG_MSG_MAX];
-	int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	ssize_t n;
-
-	CHILD_CHECK(sock >= 0, "socket: %s", strerror(errno));
-	strcpy(sa.sun_path, path);
-	CHILD_CHECK(connect(sock, (struct sockaddr *)&sa, sizeof(sa)) == 0,
-		    "connect: %s", strerror(errno));
-	memset(&m, 0, sizeof(m));
-	proto_hdr_init(&m.h, UPG_HELLO, sizeof(m), 1);
-	CHILD_CHECK(send(sock, &m, sizeof(m), MSG_NOSIGNAL) == sizeof(m),
-		    "send hello: %s", strerror(errno));
-	n = recv(sock, buf, sizeof(buf), 0);
-	CHILD_CHECK(n == sizeof(m) && ((struct upg_hdr *)buf)->status == 0,
-		    "hello: %zd", n);
-	return sock;
-}
-
-/*
- * In a forked child: one request, its reply's status; @fd gets a
- * descriptor that came with the reply, or -1.
- */
-static int child_request(int sock, void *msg, size_t len, int *fd)
-{
-	union {
-		struct cmsghdr c;
-		char b[CMSG_SPACE(4 * sizeof(int))];
-	} cbuf;
-	char buf[UPG_MSG_MAX];
-	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cbuf.b,
-			     .msg_controllen = sizeof(cbuf.b) };
-	struct pollfd p = { .fd = sock, .events = POLLIN };
-	struct cmsghdr *c;
-	ssize_t n;
-
-	*fd = -1;
-	CHILD_CHECK(send(sock, msg, len, MSG_NOSIGNAL) == (ssize_t)len,
-		    "send: %s", strerror(errno));
-	CHILD_CHECK(poll(&p, 1, H_TIMEOUT_MS) == 1, "no reply");
-	n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	CHILD_CHECK(n >= (ssize_t)sizeof(struct upg_hdr), "reply: %zd", n);
-	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-		CHILD_CHECK(c->cmsg_type == SCM_RIGHTS &&
-			    c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0,
-			    "more than one descriptor with the reply");
-		memcpy(fd, CMSG_DATA(c), sizeof(int));
-	}
-	return ((struct upg_hdr *)buf)->status;
-}
-
 static int child_attach(int sock, const char *name, uint32_t flags, int *fd)
 {
 	struct upg_name m;
@@ -1054,7 +997,7 @@ static int child_attach(int sock, const char *name, uint32_t flags, int *fd)
 	proto_hdr_init(&m.h, UPG_ATTACH, sizeof(m), 2);
 	strcpy(m.name, name);
 	m.flags = flags;
-	return child_request(sock, &m, sizeof(m), fd);
+	return h_child_request(sock, &m, sizeof(m), -1, fd);
 }
 
 /*
@@ -1081,7 +1024,7 @@ START_TEST(test_attach_refused_at_the_wire)
 		int sock, fd, ret, w;
 
 		become_nobody();
-		sock = child_raw_hello(d.sock);
+		sock = h_child_raw_hello(d.sock);
 		ret = child_attach(sock, "private", 0, &fd);
 		CHILD_CHECK(ret == -ENOENT && fd < 0, "private rw: %d, fd %d",
 			    ret, fd);
@@ -1145,7 +1088,7 @@ START_TEST(test_detach_other_users_attachment)
 
 		close(go[1]);
 		become_nobody();
-		sock = child_raw_hello(d.sock);
+		sock = h_child_raw_hello(d.sock);
 		CHILD_CHECK(h_recv_timeout(go[0], &(char){ 0 }, H_TIMEOUT_MS) == 1,
 			    "no go");
 		for (uint64_t id = 0; id < 64; id++) {
@@ -1155,7 +1098,7 @@ START_TEST(test_detach_other_users_attachment)
 			memset(&m, 0, sizeof(m));
 			proto_hdr_init(&m.h, UPG_DETACH, sizeof(m), 3 + id);
 			m.attach_id = id;
-			ret = child_request(sock, &m, sizeof(m), &fd);
+			ret = h_child_request(sock, &m, sizeof(m), -1, &fd);
 			CHILD_CHECK(ret == -ENOENT && fd < 0,
 				    "detach %llu: %d", (unsigned long long)id,
 				    ret);
