@@ -1596,12 +1596,12 @@ fail:
 	u->pid = parent;
 	u->broken = false;
 	/*
-	 * The daemon gone (or going: a hang-up mid-claim): nobody else will
-	 * hold our uffds.  Alive: it serves our faults through the fork
-	 * event all the same, on the parent's connection.
+	 * The daemon gone (or going: its socket refuses, or it hung up
+	 * mid-claim, while its pidfd may take a moment to say so): nobody
+	 * else will hold our uffds.  Alive: it serves our faults through
+	 * the fork event all the same, on the parent's connection.
 	 */
-	if (daemon_gone(u, ret == -EPIPE || ret == -ECONNRESET ||
-				   ret == -ECONNREFUSED || ret == -ENOENT ?
-				   u->timeout_ms : 0))
+	if (daemon_gone(u, ret == -EPIPE || ret == -ECONNRESET ? 1000 :
+			   ret == -ECONNREFUSED || ret == -ENOENT ? 250 : 0))
 		child_fallback(u);
 }

@@ -397,7 +397,7 @@ START_TEST(test_socket_directory)
 		{ "open", 0777, 0, "writable by other users" },
 		{ "theirs", 0755, NOBODY, "belongs to another user" },
 	};
-	char path[512], real[300];
+	char path[512], real[256];
 	struct h_daemon d;
 	struct h_run r;
 	struct stat st;
