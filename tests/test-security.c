@@ -27,6 +27,11 @@
 
 #define NOBODY 65534
 
+/* snprintf into an array, asserting it fits */
+#define FMT(buf, ...)							\
+	ck_assert_int_lt(snprintf((buf), sizeof(buf), __VA_ARGS__),	\
+			 (int)sizeof(buf))
+
 static void become_nobody(void)
 {
 	h_become(NOBODY, NOBODY, NULL, 0);
@@ -397,7 +402,7 @@ START_TEST(test_socket_directory)
 		{ "open", 0777, 0, "writable by other users" },
 		{ "theirs", 0755, NOBODY, "belongs to another user" },
 	};
-	char path[512], real[256];
+	char path[512], real[512];
 	struct h_daemon d;
 	struct h_run r;
 	struct stat st;
@@ -405,23 +410,23 @@ START_TEST(test_socket_directory)
 
 	h_daemon_init(&d);
 	/* a symlink for a directory */
-	snprintf(real, sizeof(real), "%s/real", d.dir);
+	FMT(real, "%s/real", d.dir);
 	ck_assert_int_eq(mkdir(real, 0755), 0);
-	snprintf(path, sizeof(path), "%s/link", d.dir);
+	FMT(path, "%s/link", d.dir);
 	ck_assert_int_eq(symlink(real, path), 0);
-	snprintf(path, sizeof(path), "%s/link/s.sock", d.dir);
+	FMT(path, "%s/link/s.sock", d.dir);
 	run_daemon_at(path, &r);
 	h_assert_exit(r.status, 1);
 	ck_assert_msg(strstr(r.err, "symbolic link"), "stderr: %s", r.err);
 	h_run_free(&r);
-	snprintf(path, sizeof(path), "%s/s.sock", real);
+	FMT(path, "%s/s.sock", real);
 	ck_assert_int_eq(lstat(path, &st), -1);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		snprintf(real, sizeof(real), "%s/%s", d.dir, bad[i].dir);
+		FMT(real, "%s/%s", d.dir, bad[i].dir);
 		ck_assert_int_eq(mkdir(real, 0755), 0);
 		ck_assert_int_eq(chmod(real, bad[i].mode), 0);
 		ck_assert_int_eq(chown(real, bad[i].owner, bad[i].owner), 0);
-		snprintf(path, sizeof(path), "%s/s.sock", real);
+		FMT(path, "%s/s.sock", real);
 		run_daemon_at(path, &r);
 		h_assert_exit(r.status, 1);
 		ck_assert_msg(strstr(r.err, bad[i].why), "%s: stderr: %s",
@@ -431,10 +436,10 @@ START_TEST(test_socket_directory)
 	}
 	/* a sticky world-writable directory (/tmp's kind) is fine, and the
 	 * socket is 0666 */
-	snprintf(real, sizeof(real), "%s/sticky", d.dir);
+	FMT(real, "%s/sticky", d.dir);
 	ck_assert_int_eq(mkdir(real, 0755), 0);
 	ck_assert_int_eq(chmod(real, 01777), 0);
-	snprintf(d.sock, sizeof(d.sock), "%s/s.sock", real);
+	FMT(d.sock, "%s/s.sock", real);
 	h_daemon_restart(&d);
 	ck_assert_int_eq(lstat(d.sock, &st), 0);
 	ck_assert_msg(S_ISSOCK(st.st_mode) && (st.st_mode & 07777) == 0666,
