@@ -35,6 +35,7 @@ extern "C" {
 #define UPAGER_PATH_MAX 256		/* source path as reported by stat */
 #define UPAGER_STAT_PIDS 32		/* pids listed by upager_stat() */
 #define UPAGER_MAX_SIZE (1ULL << 40)	/* largest segment: 1 TiB */
+#define UPAGER_UNLIMITED UINT64_MAX	/* a limit that is not set */
 
 enum upager_source_kind {
 	UPAGER_SOURCE_ZERO = 0,		/* pages never written read as zero */
@@ -102,6 +103,37 @@ struct upager_daemon_stats {
 	uint64_t clients_exited;	/* attachments dropped as their
 					 * process exited */
 	uint64_t protocol_errors;	/* clients dropped for garbage */
+};
+
+#define UPAGER_USAGE_EXEMPT 0x1u	/* the daemon's limits do not apply to
+					 * this user (root, or the daemon's
+					 * own, by default) */
+
+/*
+ * What one user holds of the daemon, and the daemon's limits for that user
+ * (UPAGER_UNLIMITED: none).  Fixed-width: it travels on the wire as it is.
+ *
+ * A segment counts against its owner from its create until its memory is
+ * gone: it outlives the processes that created it, and after a delete it
+ * counts until its last attachment goes.  bytes is the sum of the sizes
+ * (what the segments may come to hold, and what is limited); resident_bytes
+ * what their memory holds now.
+ */
+struct upager_usage {
+	uint32_t uid;
+	uint32_t flags;			/* UPAGER_USAGE_EXEMPT */
+	uint64_t segments;
+	uint64_t bytes;
+	uint64_t resident_bytes;
+	uint64_t connections;
+	uint64_t attachments;
+	uint64_t max_segments;
+	uint64_t max_bytes;
+	uint64_t max_connections;
+	uint64_t max_attachments;
+	uint64_t idle_timeout_ms;	/* an idle connection is closed after
+					 * this (the same for everyone);
+					 * 0: never */
 };
 
 /*
