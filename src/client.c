@@ -104,6 +104,7 @@ struct upager {
 	int timeout_ms;
 	bool broken;			/* a reply timed out: out of step */
 	uint64_t seq;
+	uint64_t features;		/* UPG_FEATURE_*, negotiated at hello */
 	pthread_mutex_t req_lock;	/* one request at a time */
 
 	pthread_mutex_t att_lock;	/* attachments and watcher state */
@@ -357,6 +358,8 @@ static int hello(struct upager *u)
 
 	if (!ret && (r.features & ~UPG_FEATURES_KNOWN))
 		ret = -EPROTO;
+	if (!ret)
+		u->features = r.features;
 	return ret;
 }
 
@@ -452,7 +455,8 @@ UPAGER_API int upager_create(struct upager *u, const char *name,
 }
 
 static int name_request(struct upager *u, uint16_t type, const char *name,
-			uint32_t flags, void *reply, size_t rlen, int *rfd)
+			uint32_t flags, uint32_t owner, void *reply,
+			size_t rlen, int *rfd)
 {
 	struct upg_name m;
 
@@ -460,13 +464,15 @@ static int name_request(struct upager *u, uint16_t type, const char *name,
 	if (!u || copy_name(m.name, sizeof(m.name), name))
 		return -EINVAL;
 	m.flags = flags;
+	m.owner = owner;
 	return request(u, &m, sizeof(m), type, -1, reply, rlen, rfd);
 }
 
 UPAGER_API int upager_delete(struct upager *u, const char *name,
 			     unsigned int flags)
 {
-	return set_errno(name_request(u, UPG_DELETE, name, flags, NULL, 0, NULL));
+	return set_errno(name_request(u, UPG_DELETE, name, flags, 0, NULL, 0,
+				      NULL));
 }
 
 UPAGER_API int upager_stat(struct upager *u, const char *name,
@@ -477,7 +483,7 @@ UPAGER_API int upager_stat(struct upager *u, const char *name,
 
 	if (!info)
 		return set_errno(-EINVAL);
-	ret = name_request(u, UPG_STAT, name, 0, &r, sizeof(r), NULL);
+	ret = name_request(u, UPG_STAT, name, 0, 0, &r, sizeof(r), NULL);
 	if (ret >= 0) {
 		*info = r.info;
 		ret = 0;
@@ -539,6 +545,49 @@ UPAGER_API int upager_stats(struct upager *u, struct upager_daemon_stats *st)
 		*st = r.st;
 		ret = 0;
 	}
+	return set_errno(ret);
+}
+
+UPAGER_API int upager_usage(struct upager *u, struct upager_usage *out,
+			    size_t max)
+{
+	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
+	struct upg_hdr m, *r = (struct upg_hdr *)buf;
+	size_t n = 0;
+	int ret, fd;
+
+	if (!u || (max && !out))
+		return set_errno(-EINVAL);
+	if (inherited(u))
+		return set_errno(-ECHILD);
+	if (!(u->features & UPG_FEATURE_USAGE))
+		return set_errno(-EOPNOTSUPP);
+	pthread_mutex_lock(&u->req_lock);
+	ret = send_request(u, &m, sizeof(m), UPG_USAGE, -1);
+	while (ret == 0) {
+		ssize_t len = recv_reply(u, buf, sizeof(buf), &fd);
+
+		if (len < 0) {
+			ret = len;
+			break;
+		}
+		if (fd >= 0)
+			close(fd);
+		if (r->seq != u->seq) {
+			ret = -EPROTO;
+		} else if (r->type == UPG_USAGE) {
+			ret = r->status < 0 ? r->status : (int)n;
+			break;
+		} else if (r->type != UPG_USAGE_ENTRY ||
+			   (size_t)len != sizeof(struct upg_usage)) {
+			ret = -EPROTO;
+		} else {
+			if (n < max)
+				out[n] = ((struct upg_usage *)buf)->usage;
+			n++;
+		}
+	}
+	pthread_mutex_unlock(&u->req_lock);
 	return set_errno(ret);
 }
 
@@ -1150,8 +1199,12 @@ static void watcher_kick(struct upager *u)
 
 /* Attach / detach */
 
-UPAGER_API int upager_attach(struct upager *u, const char *name,
-			     unsigned int flags, struct upager_attachment **out)
+/*
+ * upager_attach(); @wire: more UPG_ATTACH flags for the request (the
+ * owner check, with @owner).
+ */
+static int attach(struct upager *u, const char *name, unsigned int flags,
+		  uint32_t wire, uint32_t owner, struct upager_attachment **out)
 {
 	struct upg_attach_reply ar;
 	struct upg_register reg;
@@ -1172,7 +1225,8 @@ UPAGER_API int upager_attach(struct upager *u, const char *name,
 	a->uffd = -1;
 	a->addr = MAP_FAILED;
 	a->flags = flags;
-	ret = name_request(u, UPG_ATTACH, name, flags, &ar, sizeof(ar), &a->memfd);
+	ret = name_request(u, UPG_ATTACH, name, flags | wire, owner, &ar,
+			   sizeof(ar), &a->memfd);
 	if (ret < 0)
 		goto err;
 	if (a->memfd < 0 || fstat(a->memfd, &st) < 0) {
@@ -1267,6 +1321,21 @@ err:
 		close(a->memfd);
 	free(a);
 	return set_errno(ret);
+}
+
+UPAGER_API int upager_attach(struct upager *u, const char *name,
+			     unsigned int flags, struct upager_attachment **out)
+{
+	return attach(u, name, flags, 0, 0, out);
+}
+
+UPAGER_API int upager_attach_owner(struct upager *u, const char *name,
+				   unsigned int flags, uint32_t owner_uid,
+				   struct upager_attachment **out)
+{
+	if (u && !(u->features & UPG_FEATURE_OWNER))
+		return set_errno(-EOPNOTSUPP);
+	return attach(u, name, flags, UPG_ATTACH_OWNER, owner_uid, out);
 }
 
 UPAGER_API void *upager_attachment_addr(const struct upager_attachment *a)

@@ -19,6 +19,7 @@ size_t proto_request_size(uint16_t type)
 		return sizeof(struct upg_name);
 	case UPG_LIST:
 	case UPG_STATS:
+	case UPG_USAGE:
 		return sizeof(struct upg_hdr);
 	case UPG_REGISTER:
 		return sizeof(struct upg_register);

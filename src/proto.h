@@ -23,8 +23,14 @@
 #define UPG_MAGIC 0x52475055u	/* "UPGR" little-endian */
 #define UPG_VERSION 1
 
-/* Feature bits negotiated at hello.  None are defined yet in version 1. */
-#define UPG_FEATURES_KNOWN 0ull
+/*
+ * Feature bits negotiated at hello.  A request a feature brings is made
+ * only on a connection that negotiated it; the daemon refuses it otherwise.
+ */
+#define UPG_FEATURE_USAGE (1ull << 0)	/* UPG_USAGE: per-user usage and
+					 * limits */
+#define UPG_FEATURE_OWNER (1ull << 1)	/* UPG_ATTACH with UPG_ATTACH_OWNER */
+#define UPG_FEATURES_KNOWN (UPG_FEATURE_USAGE | UPG_FEATURE_OWNER)
 
 enum upg_type {
 	UPG_HELLO = 1,
@@ -38,6 +44,8 @@ enum upg_type {
 	UPG_REGISTER,		/* + userfaultfd */
 	UPG_DETACH,
 	UPG_CLAIM,		/* reply + the child's userfaultfd */
+	UPG_USAGE,		/* replies: UPG_USAGE_ENTRY..., then UPG_USAGE */
+	UPG_USAGE_ENTRY,
 	UPG_TYPE_MAX,
 };
 
@@ -63,12 +71,19 @@ struct upg_create {
 	uint32_t source;	/* enum upager_source_kind */
 };
 
+/*
+ * Attach only a segment that @owner owns (UPG_FEATURE_OWNER); refused
+ * with -EPERM otherwise.  Not one of the UPAGER_ATTACH_* bits, which the
+ * library passes through as they are.
+ */
+#define UPG_ATTACH_OWNER (1u << 31)
+
 /* delete, stat, attach */
 struct upg_name {
 	struct upg_hdr h;
 	char name[UPAGER_NAME_MAX + 1];
 	uint32_t flags;
-	uint32_t reserved;
+	uint32_t owner;		/* attach with UPG_ATTACH_OWNER; else 0 */
 };
 
 struct upg_attach_reply {
@@ -129,6 +144,12 @@ struct upg_stats {
 	struct upager_daemon_stats st;
 };
 
+/* One user's record in the reply to UPG_USAGE (a bare header). */
+struct upg_usage {
+	struct upg_hdr h;
+	struct upager_usage usage;
+};
+
 _Static_assert(sizeof(struct upg_hdr) == 24, "upg_hdr");
 _Static_assert(sizeof(struct upg_hello) == 32, "upg_hello");
 _Static_assert(sizeof(struct upg_create) == 104, "upg_create");
@@ -142,6 +163,8 @@ _Static_assert(sizeof(struct upager_segment_info) == 552, "segment_info");
 _Static_assert(sizeof(struct upg_info) == 576, "upg_info");
 _Static_assert(sizeof(struct upager_daemon_stats) == 144, "daemon_stats");
 _Static_assert(sizeof(struct upg_stats) == 168, "upg_stats");
+_Static_assert(sizeof(struct upager_usage) == 88, "usage");
+_Static_assert(sizeof(struct upg_usage) == 112, "upg_usage");
 
 #define UPG_MSG_MAX 1024	/* larger than any message */
 

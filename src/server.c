@@ -18,6 +18,14 @@
  * back, then goes on with the backlog.  A client that does not say hello
  * within REFUSE_WAIT_MS is closed all the same.
  *
+ * Per-user limits (quota.h) are checked where a resource is taken: create
+ * (segments, bytes), attach and register (attachments), accept
+ * (connections), each under the lock of the lists it counts.  A connection
+ * over its user's limit is answered -EUSERS at once, the same way, and
+ * closed once its hello is read.  A sweep every few ticks closes the
+ * connections idle for the idle timeout: no request for that long and no
+ * attachment of their process.
+ *
  * Forked children: UFFD_EVENT_FORK gives the daemon the child's uffd but not
  * its pid.  The housekeeping tick finds it: first among the parent's
  * children, then among all processes, as the one that maps the segment's
@@ -43,6 +51,7 @@
 #include "attach.h"
 #include "log.h"
 #include "proto.h"
+#include "quota.h"
 #include "ring.h"
 #include "segment.h"
 #include "server.h"
@@ -53,12 +62,17 @@
 #define TICK_MS 20
 #define FORK_RESOLVE_NS (3ull * 1000000000)
 #define REFUSE_WAIT_MS 1000
+#define REFUSE_PENDING_MAX 8	/* refused connections of a uid that wait
+				 * for their hello */
+#define SWEEP_TICKS 10		/* idle and refused connections, every
+				 * 200 ms */
 #define LOG_EVERY_NS 1000000000ull	/* rate limit of repeated warnings */
 
 enum { MT_LISTEN = 1, MT_SIGNAL, MT_EFD, MT_TIMER, MT_CONN, MT_REFUSE };
 
 struct conn {
 	uint64_t id;
+	struct server *s;
 	int fd;
 	pid_t pid;
 	uid_t uid;
@@ -66,6 +80,11 @@ struct conn {
 	gid_t *groups;		/* supplementary groups at connect */
 	int nr_groups;
 	bool hello;
+	uint64_t features;	/* UPG_FEATURE_*, negotiated at hello */
+	uint64_t last_ns;	/* its last request, for the idle timeout */
+	int refused;		/* -EUSERS: over its uid's limit, answered
+				 * so, closed once its hello is read */
+	uint64_t refuse_deadline_ns;
 	int send_err;		/* a reply could not be sent: drop it */
 	char why[128];		/* the protocol error, for the log */
 	struct list_head link;
@@ -92,7 +111,7 @@ struct server {
 	uint64_t refuse_gen;	/* tags refuse_fd's poll */
 	uint64_t refuse_deadline_ns;
 	bool accept_stalled;	/* the backlog may hold connections */
-	struct ratelimit rl_refuse, rl_accept, rl_lost_fd;
+	struct ratelimit rl_refuse, rl_accept, rl_lost_fd, rl_quota;
 };
 
 static bool ratelimit_ok(struct ratelimit *rl, unsigned int *missed)
@@ -237,6 +256,92 @@ static void info_for(struct conn *c, struct segment *seg,
 	info->nr_pids = 0;
 }
 
+/*
+ * Usage per uid, counted from the lists (quota.h): segments and their
+ * sizes by owner (a deleted segment while it is still attached: it holds
+ * its memory until then), attachments by the registering user (a forked
+ * child's by its parent's), connections by peer.  With @one only @uid's.
+ * Under the daemon lock; connections are the main thread's.
+ */
+static int usage_segment(struct quota_tally *t, struct segment *seg,
+			 bool resident)
+{
+	int ret = quota_tally_add(t, seg->uid, QUOTA_SEGMENTS, 1);
+
+	if (!ret)
+		ret = quota_tally_add(t, seg->uid, QUOTA_BYTES, seg->size);
+	if (!ret && resident)
+		quota_tally_get(t, seg->uid)->resident_bytes +=
+			segment_resident_bytes(seg);
+	return ret;
+}
+
+static int usage_count(struct server *s, struct quota_tally *t, bool one,
+		       uid_t uid, bool resident)
+{
+	struct segment *seg;
+	struct attachment *att;
+	struct conn *c;
+	int ret = 0;
+
+	list_for_each_entry(seg, &upd.segments, link)
+		if (!ret && (!one || seg->uid == uid))
+			ret = usage_segment(t, seg, resident);
+	list_for_each_entry(att, &upd.attachments, all_link) {
+		seg = att->seg;
+		/* a deleted segment once: by its first attachment */
+		if (!ret && seg->deleted && (!one || seg->uid == uid) &&
+		    seg->attachments.next == &att->seg_link)
+			ret = usage_segment(t, seg, resident);
+		if (!ret && (!one || att->uid == uid))
+			ret = quota_tally_add(t, att->uid, QUOTA_ATTACHMENTS, 1);
+	}
+	list_for_each_entry(c, &s->conns, link)
+		if (!ret && !c->refused && (!one || c->uid == uid))
+			ret = quota_tally_add(t, c->uid, QUOTA_CONNECTIONS, 1);
+	return ret;
+}
+
+/*
+ * quota_take - may @c's user take @more of @kind, and (for segments) also
+ * @bytes more?  0, or -EDQUOT / -EUSERS (logged), or -ENOMEM.  Under the
+ * daemon lock: the caller creates what it asked for before unlocking.
+ */
+static int quota_take(struct conn *c, enum quota_kind kind, uint64_t more,
+		      uint64_t bytes)
+{
+	struct quota_tally t = { 0 };
+	struct upager_usage *u;
+	enum quota_kind k = kind;
+	unsigned int missed;
+	int ret;
+
+	if (quota_exempt(&quota_limits, c->uid))
+		return 0;
+	ret = usage_count(c->s, &t, true, c->uid, false);
+	u = ret ? NULL : quota_tally_get(&t, c->uid);
+	if (!u) {
+		quota_tally_free(&t);
+		return -ENOMEM;
+	}
+	ret = quota_check(&quota_limits, c->uid, k, *quota_usage_field(u, k),
+			  more);
+	if (!ret && kind == QUOTA_SEGMENTS) {
+		k = QUOTA_BYTES;
+		more = bytes;
+		ret = quota_check(&quota_limits, c->uid, k, u->bytes, bytes);
+	}
+	if (ret && ratelimit_ok(&c->s->rl_quota, &missed))
+		pr_notice("server", "pid %d uid %d: refused: %llu %s of %llu, %llu more asked (%u more since)",
+			  (int)c->pid, (int)c->uid,
+			  (unsigned long long)*quota_usage_field(u, k),
+			  quota_kind_name(k),
+			  (unsigned long long)quota_limit(&quota_limits, c->uid, k),
+			  (unsigned long long)more, missed);
+	quota_tally_free(&t);
+	return ret;
+}
+
 /* Requests: each returns the reply's status and sends what it needs to. */
 
 static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
@@ -280,6 +385,11 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 		ret = -EEXIST;
 		goto out;
 	}
+	/* the size as segment_new rounds it */
+	ret = quota_take(c, QUOTA_SEGMENTS, 1,
+			 (m->size + ps - 1) & ~(uint64_t)(ps - 1));
+	if (ret)
+		goto out;
 	ret = segment_new(m->name, m->size, c->uid, c->gid,
 			  m->mode ? m->mode : 0600, src, &seg);
 	if (ret)
@@ -412,15 +522,46 @@ static int do_stats(struct conn *c, const struct upg_hdr *m)
 	return reply(c, &r, sizeof(r), UPG_STATS, m, 0, -1) ?: 1;
 }
 
+/*
+ * Root is told every user that holds anything, and itself; anyone else
+ * only themselves.  One UPG_USAGE_ENTRY each, by uid; the count follows.
+ */
+static int do_usage(struct conn *c, const struct upg_hdr *m)
+{
+	struct quota_tally t = { 0 };
+	struct upg_usage r;
+	int ret;
+
+	pthread_mutex_lock(&upd.lock);
+	ret = usage_count(c->s, &t, c->uid != 0, c->uid, true);
+	pthread_mutex_unlock(&upd.lock);
+	if (!ret && !quota_tally_get(&t, c->uid))
+		ret = -ENOMEM;
+	for (size_t i = 0; !ret && i < t.n; i++) {
+		memset(&r, 0, sizeof(r));
+		r.usage = t.v[i];
+		quota_usage_limits(&quota_limits, &r.usage);
+		ret = reply(c, &r, sizeof(r), UPG_USAGE_ENTRY, m, 0, -1);
+	}
+	if (!ret)
+		ret = t.n;
+	quota_tally_free(&t);
+	return ret;
+}
+
 static int do_attach(struct conn *c, const struct upg_name *m)
 {
 	struct upg_attach_reply r;
 	struct segment *seg;
 	unsigned int want = 4;
+	uint32_t known = UPAGER_ATTACH_RDONLY;
 	int ret, fd = -1;
 
+	if (c->features & UPG_FEATURE_OWNER)
+		known |= UPG_ATTACH_OWNER;
 	if (!proto_name_valid(m->name, sizeof(m->name)) ||
-	    (m->flags & ~UPAGER_ATTACH_RDONLY))
+	    (m->flags & ~known) ||
+	    (m->owner && !(m->flags & UPG_ATTACH_OWNER)))
 		return -EINVAL;
 	if (!(m->flags & UPAGER_ATTACH_RDONLY))
 		want |= 2;
@@ -428,6 +569,12 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	pthread_mutex_lock(&upd.lock);
 	seg = seg_find(m->name);
 	ret = seg_lookup(c, seg, want);
+	/* After the lookup: a segment one may not see is not told of. */
+	if (!ret && (m->flags & UPG_ATTACH_OWNER) && seg->uid != m->owner)
+		ret = -EPERM;
+	/* Refused here already, before the client maps and registers. */
+	if (!ret)
+		ret = quota_take(c, QUOTA_ATTACHMENTS, 1, 0);
 	if (!ret) {
 		r.seg_id = seg->id;
 		r.size = seg->size;
@@ -567,6 +714,8 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	/* One uffd, one attachment: served twice it would be read by two. */
 	if (!ret && attach_uffd_served(fd))
 		ret = -EBUSY;
+	if (!ret)
+		ret = quota_take(c, QUOTA_ATTACHMENTS, 1, 0);
 	if (!ret)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
@@ -720,7 +869,8 @@ static const char *type_name(uint16_t type)
 		[UPG_LIST] = "list", [UPG_LIST_ENTRY] = "list entry",
 		[UPG_STATS] = "stats", [UPG_ATTACH] = "attach",
 		[UPG_REGISTER] = "register", [UPG_DETACH] = "detach",
-		[UPG_CLAIM] = "claim",
+		[UPG_CLAIM] = "claim", [UPG_USAGE] = "usage",
+		[UPG_USAGE_ENTRY] = "usage entry",
 	};
 
 	return type < UPG_TYPE_MAX && names[type] ? names[type] : "unknown";
@@ -883,6 +1033,7 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 					      (unsigned long long)m->features &
 						      ~UPG_FEATURES_KNOWN);
 		c->hello = true;
+		c->features = rh.features;
 		reply(c, &rh, sizeof(rh), UPG_HELLO, h, 0, -1);
 		return c->send_err;
 	}
@@ -908,6 +1059,17 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 		break;
 	case UPG_STATS:
 		ret = do_stats(c, buf);
+		break;
+	case UPG_USAGE:
+		if (!(c->features & UPG_FEATURE_USAGE))
+			return protocol_error(c, "usage without its feature");
+		ret = do_usage(c, buf);
+		if (ret >= 0) {
+			proto_hdr_init(&r, UPG_USAGE, sizeof(r), h->seq);
+			r.status = ret;
+			conn_send(c, &r, sizeof(r), -1);
+			return c->send_err;
+		}
 		break;
 	case UPG_ATTACH:
 		ret = do_attach(c, buf);
@@ -963,10 +1125,27 @@ static void conn_close(struct server *s, struct conn *c, const char *why)
 	atomic_fetch_sub(&upd.connections, 1);
 }
 
+/*
+ * A refused connection: its hello (or hang-up) came.  Read, so that the
+ * close does not reset the connection before the answer is read.
+ */
+static void refused_done(struct server *s, struct conn *c)
+{
+	char buf[UPG_MSG_MAX];
+
+	while (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		;
+	conn_close(s, c, "refused");
+}
+
 static void conn_readable(struct server *s, struct conn *c)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
 
+	if (c->refused) {
+		refused_done(s, c);
+		return;
+	}
 	for (;;) {
 		int fd, lost, ret;
 		ssize_t n = conn_recv(c, buf, sizeof(buf), &fd, &lost);
@@ -978,6 +1157,7 @@ static void conn_readable(struct server *s, struct conn *c)
 			conn_close(s, c, "hang-up");
 			return;
 		}
+		c->last_ns = now_ns();
 		if (lost && ratelimit_ok(&s->rl_lost_fd, &missed))
 			pr_warn("server", "pid %d: a descriptor it sent was dropped: %s (%u more since)",
 				(int)c->pid, strerror(-lost), missed);
@@ -1097,6 +1277,56 @@ static bool refuse_one(struct server *s, int err)
 	return false;
 }
 
+/* Connections of @uid: counted (false), or refused and waiting (true). */
+static uint64_t conns_of(struct server *s, uid_t uid, bool refused)
+{
+	struct conn *c;
+	uint64_t n = 0;
+
+	list_for_each_entry(c, &s->conns, link)
+		if (c->uid == uid && !!c->refused == refused)
+			n++;
+	return n;
+}
+
+/*
+ * @c (not on the list yet) is over its user's connection limit.  It is
+ * answered -EUSERS at once, as its hello would be (a client's first
+ * request is always hello, seq 1), and closed once that hello is read
+ * (closing a socket with a request unread resets the connection and loses
+ * the answer), or after REFUSE_WAIT_MS.  A few wait so per uid; past
+ * them a connection is closed at once, with or without its answer: a
+ * client that floods the daemon with connections cannot make it hold
+ * descriptors for them.  Returns true when @c is to be closed now.
+ */
+static bool conn_refuse(struct server *s, struct conn *c, uint64_t used)
+{
+	struct upg_hdr h;
+	char b;
+	unsigned int missed;
+
+	if (ratelimit_ok(&s->rl_quota, &missed))
+		pr_notice("server", "pid %d uid %d: connection refused: %llu connections of %llu (%u more since)",
+			  (int)c->pid, (int)c->uid, (unsigned long long)used,
+			  (unsigned long long)quota_limit(&quota_limits, c->uid,
+							  QUOTA_CONNECTIONS),
+			  missed);
+	proto_hdr_init(&h, UPG_HELLO, sizeof(h), 1);
+	h.status = -EUSERS;
+	proto_send(c->fd, &h, sizeof(h), -1, MSG_DONTWAIT);
+	if (recv(c->fd, &b, 1, MSG_DONTWAIT | MSG_PEEK) >= 0 ||
+	    errno != EAGAIN) {
+		while (recv(c->fd, &b, 1, MSG_DONTWAIT) > 0)
+			;
+		return true;
+	}
+	if (conns_of(s, c->uid, true) >= REFUSE_PENDING_MAX)
+		return true;
+	c->refused = -EUSERS;
+	c->refuse_deadline_ns = now_ns() + REFUSE_WAIT_MS * 1000000ull;
+	return false;
+}
+
 static void do_accept(struct server *s)
 {
 	unsigned int missed;
@@ -1150,14 +1380,70 @@ static void do_accept(struct server *s)
 		/* Room for a long list reply without blocking. */
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 		c->id = ++s->next_conn_id;
+		c->s = s;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
 		c->gid = cred.gid;
+		c->last_ns = now_ns();
+		if (!quota_exempt(&quota_limits, c->uid)) {
+			uint64_t used = conns_of(s, c->uid, false);
+
+			if (quota_check(&quota_limits, c->uid,
+					QUOTA_CONNECTIONS, used, 1) &&
+			    conn_refuse(s, c, used)) {
+				free(c->groups);
+				free(c);
+				close(fd);
+				continue;
+			}
+		}
 		list_add_tail(&c->link, &s->conns);
 		atomic_fetch_add(&upd.connections, 1);
 		arm_poll(s, fd, c->id << 3 | MT_CONN, true);
 		pr_info("server", "pid %d uid %d gid %d: connected", (int)c->pid,
 			(int)c->uid, (int)c->gid);
+	}
+}
+
+/* Whether a live attachment belongs to @pid.  Takes the daemon lock. */
+static bool pid_attached(pid_t pid)
+{
+	struct attachment *att;
+	bool found = false;
+
+	pthread_mutex_lock(&upd.lock);
+	list_for_each_entry(att, &upd.attachments, all_link)
+		if (atomic_load(&att->pid) == pid) {
+			found = true;
+			break;
+		}
+	pthread_mutex_unlock(&upd.lock);
+	return found;
+}
+
+/*
+ * Closes the connections idle for the idle timeout: no request for that
+ * long, and no attachment of their process (the library keeps its
+ * connection while it has attachments, and a hang-up would tell it the
+ * daemon died).  And the refused ones whose hello did not come in time.
+ */
+static void conns_sweep(struct server *s)
+{
+	uint64_t now = now_ns(), idle = quota_limits.idle_timeout_ns;
+	struct conn *c, *tmp;
+
+	list_for_each_entry_safe(c, tmp, &s->conns, link) {
+		if (c->refused) {
+			if (now > c->refuse_deadline_ns)
+				conn_close(s, c, "refused, no hello");
+			continue;
+		}
+		if (!idle || now - c->last_ns < idle || pid_attached(c->pid))
+			continue;
+		pr_info("server", "pid %d uid %d: idle for %llu s",
+			(int)c->pid, (int)c->uid,
+			(unsigned long long)((now - c->last_ns) / 1000000000ull));
+		conn_close(s, c, "idle");
 	}
 }
 
@@ -1378,6 +1664,8 @@ static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 			resolve_forks();
 		if (++s->ticks % PROBE_EVERY_TICKS == 0)
 			probe_exec();
+		if (s->ticks % SWEEP_TICKS == 0)
+			conns_sweep(s);
 		if (s->refuse_fd >= 0 && now_ns() > s->refuse_deadline_ns)
 			refuse_done(s, false);
 		if (s->refuse_fd < 0 && s->reserve_fd < 0)

@@ -26,8 +26,10 @@
 
 #include "attach.h"
 #include "log.h"
+#include "quota.h"
 #include "segment.h"
 #include "server.h"
+#include "size.h"
 #include "uffd-compat.h"
 #include "upagerd.h"
 #include "worker.h"
@@ -52,6 +54,9 @@ uint64_t now_ns(void)
 
 static void usage(FILE *f)
 {
+	char def_bytes[SIZE_FORMAT_MAX];
+
+	size_format(quota_limits.max[QUOTA_BYTES], def_bytes, sizeof(def_bytes));
 	fprintf(f,
 		"Usage: upagerd [OPTIONS]\n"
 		"Serve page faults of upager segments.\n\n"
@@ -65,8 +70,67 @@ static void usage(FILE *f)
 		"      --spin-us N        after a fault, look for the next one for N us\n"
 		"                         before sleeping (default %u; 0: never spin)\n"
 		"      --no-pin           do not pin one worker to each CPU\n"
+		"\nLimits per user (N or 'unlimited'; root and the daemon's own user\n"
+		"are exempt unless --limit-root):\n"
+		"      --max-segments N     segments owned (default %u)\n"
+		"      --max-bytes SIZE     total size of the segments owned, e.g. 64G\n"
+		"                           (default: a quarter of memory, %s)\n"
+		"      --max-connections N  connections open (default %u)\n"
+		"      --max-attachments N  attachments (default %u)\n"
+		"      --limit-root         apply the limits to root and the daemon's user\n"
+		"      --idle-timeout SEC   close a connection with no request and no\n"
+		"                           attachment for SEC seconds (default %u;\n"
+		"                           0: never)\n"
+		"\n"
 		"  -h, --help             this text\n"
-		"  -V, --version          the version\n", DEFAULT_SPIN_US);
+		"  -V, --version          the version\n", DEFAULT_SPIN_US,
+		QUOTA_DEFAULT_SEGMENTS, def_bytes, QUOTA_DEFAULT_CONNECTIONS,
+		QUOTA_DEFAULT_ATTACHMENTS, QUOTA_DEFAULT_IDLE_SEC);
+}
+
+/*
+ * A limit of @kind from @arg: a count (bytes: a size such as 64G), or
+ * "unlimited".  Returns 0, or 2 after saying what is wrong.
+ */
+static int parse_limit(const char *opt, const char *arg, enum quota_kind kind)
+{
+	uint64_t v;
+	char *end;
+
+	if (!strcmp(arg, "unlimited")) {
+		quota_limits.max[kind] = QUOTA_UNLIMITED;
+		return 0;
+	}
+	if (kind == QUOTA_BYTES) {
+		if (size_parse(arg, &v) || v == QUOTA_UNLIMITED) {
+			fprintf(stderr, "upagerd: --%s: expected a size such as 64G, or 'unlimited', got '%s'\n",
+				opt, arg);
+			return 2;
+		}
+	} else {
+		errno = 0;
+		v = strtoull(arg, &end, 10);
+		if (errno || *end || !*arg || *arg == '-' || v > UINT32_MAX) {
+			fprintf(stderr, "upagerd: --%s: expected 0..%u or 'unlimited', got '%s'\n",
+				opt, UINT32_MAX, arg);
+			return 2;
+		}
+	}
+	quota_limits.max[kind] = v;
+	return 0;
+}
+
+static const char *limit_text(enum quota_kind kind, char *buf, size_t len)
+{
+	uint64_t v = quota_limits.max[kind];
+
+	if (v == QUOTA_UNLIMITED)
+		snprintf(buf, len, "unlimited");
+	else if (kind == QUOTA_BYTES)
+		size_format(v, buf, len);
+	else
+		snprintf(buf, len, "%llu", (unsigned long long)v);
+	return buf;
 }
 
 /*
@@ -294,6 +358,12 @@ int main(int argc, char **argv)
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "spin-us", required_argument, NULL, 'S' },
 		{ "no-pin", no_argument, NULL, 'P' },
+		{ "max-segments", required_argument, NULL, 'G' },
+		{ "max-bytes", required_argument, NULL, 'B' },
+		{ "max-connections", required_argument, NULL, 'C' },
+		{ "max-attachments", required_argument, NULL, 'A' },
+		{ "limit-root", no_argument, NULL, 'R' },
+		{ "idle-timeout", required_argument, NULL, 'I' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{}
@@ -307,11 +377,46 @@ int main(int argc, char **argv)
 	long started = 0;
 	sigset_t mask;
 	int c, fd, ret;
+	long idle;
+	char lim[QUOTA_KINDS][24];	/* "unlimited", a count or a size */
 
+	quota_limits_default(&quota_limits, geteuid());
 	while ((c = getopt_long(argc, argv, "s:t:l:fhV", opts, NULL)) != -1) {
 		char *end;
 
 		switch (c) {
+		case 'G':
+			if (parse_limit("max-segments", optarg, QUOTA_SEGMENTS))
+				return 2;
+			break;
+		case 'B':
+			if (parse_limit("max-bytes", optarg, QUOTA_BYTES))
+				return 2;
+			break;
+		case 'C':
+			if (parse_limit("max-connections", optarg,
+					QUOTA_CONNECTIONS))
+				return 2;
+			break;
+		case 'A':
+			if (parse_limit("max-attachments", optarg,
+					QUOTA_ATTACHMENTS))
+				return 2;
+			break;
+		case 'R':
+			quota_limits.limit_root = true;
+			break;
+		case 'I':
+			errno = 0;
+			idle = strtol(optarg, &end, 10);
+			if (errno || *end || !*optarg || idle < 0 ||
+			    idle > 86400 * 365) {
+				fprintf(stderr, "upagerd: --idle-timeout: expected 0..31536000 seconds, got '%s'\n",
+					optarg);
+				return 2;
+			}
+			quota_limits.idle_timeout_ns = idle * 1000000000ull;
+			break;
 		case 's':
 			if (!*optarg) {
 				fprintf(stderr, "upagerd: --socket: an empty path\nTry 'upagerd --help'.\n");
@@ -443,6 +548,14 @@ int main(int argc, char **argv)
 	}
 	pr_notice("main", "listening on %s with %ld threads (uffd features %#llx)",
 		  sock, threads, (unsigned long long)upd.uffd_features);
+	pr_notice("main", "limits per user%s: %s segments, %s bytes, %s connections, %s attachments; idle connections closed after %llu s%s",
+		  quota_limits.limit_root ? "" : " but root and the daemon's",
+		  limit_text(QUOTA_SEGMENTS, lim[0], sizeof(lim[0])),
+		  limit_text(QUOTA_BYTES, lim[1], sizeof(lim[1])),
+		  limit_text(QUOTA_CONNECTIONS, lim[2], sizeof(lim[2])),
+		  limit_text(QUOTA_ATTACHMENTS, lim[3], sizeof(lim[3])),
+		  (unsigned long long)(quota_limits.idle_timeout_ns / 1000000000ull),
+		  quota_limits.idle_timeout_ns ? "" : " (never)");
 
 	ret = server_run(fd);
 

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +38,11 @@ static const struct size_case request_sizes[] = {
 	{ UPG_ATTACH, sizeof(struct upg_name) },
 	{ UPG_REGISTER, sizeof(struct upg_register) },
 	{ UPG_DETACH, sizeof(struct upg_detach) },
+	{ UPG_USAGE, sizeof(struct upg_hdr) },
 	/* not requests */
 	{ 0, 0 },
 	{ UPG_LIST_ENTRY, 0 },
+	{ UPG_USAGE_ENTRY, 0 },
 	{ UPG_TYPE_MAX, 0 },
 	{ 0xffff, 0 },
 };
@@ -68,12 +71,20 @@ START_TEST(test_sizes_fixed)
 	ck_assert_uint_eq(sizeof(struct upg_detach), 32);
 	ck_assert_uint_eq(sizeof(struct upg_info), 576);
 	ck_assert_uint_eq(sizeof(struct upg_stats), 168);
+	ck_assert_uint_eq(sizeof(struct upager_usage), 88);
+	ck_assert_uint_eq(sizeof(struct upg_usage), 112);
+	/* the owner of an owner-checked attach is where "reserved" was */
+	ck_assert_uint_eq(offsetof(struct upg_name, owner), 92);
+	ck_assert_uint_eq(UPG_ATTACH_OWNER & (UPAGER_ATTACH_RDONLY), 0);
+	ck_assert_uint_eq(UPG_FEATURES_KNOWN,
+			  UPG_FEATURE_USAGE | UPG_FEATURE_OWNER);
 
 	/* Every message, request or reply, fits the receive buffer. */
 	for (uint16_t t = 0; t < UPG_TYPE_MAX; t++)
 		ck_assert_uint_le(proto_request_size(t), UPG_MSG_MAX);
 	ck_assert_uint_le(sizeof(struct upg_info), UPG_MSG_MAX);
 	ck_assert_uint_le(sizeof(struct upg_stats), UPG_MSG_MAX);
+	ck_assert_uint_le(sizeof(struct upg_usage), UPG_MSG_MAX);
 	ck_assert_uint_le(sizeof(struct upg_attach_reply), UPG_MSG_MAX);
 }
 END_TEST

@@ -17,8 +17,18 @@
  *   -EINVAL   bad name, zero or absurd size, bad flags, a source that is
  *             not a regular file or block device
  *   -EBADF    a source fd that is not open for reading
+ *   -EPERM    upager_attach_owner(): the segment has another owner
+ *   -EDQUOT   the caller's user is at a limit of the daemon: its segments,
+ *             their total size (create), or its attachments (attach);
+ *             upager_usage() tells which
+ *   -EUSERS   (connect) the caller's user has as many connections open
+ *             as the daemon allows one user
+ *   -EMFILE   (connect) the daemon is out of descriptors
+ *   -EOPNOTSUPP  the daemon does not offer that request (an older daemon)
  *   -ECONNREFUSED / -ENOENT (connect)  no daemon listens there
- *   -EPIPE    the daemon hung up
+ *   -EPIPE    the daemon hung up (it also closes a connection left idle,
+ *             with no request and no attachment of its process, for its
+ *             idle timeout: 60 s by default)
  *   -EPROTO   the daemon spoke a protocol this library does not
  */
 #ifndef UPAGER_UPAGER_H
@@ -189,6 +199,18 @@ int upager_list(struct upager *u, struct upager_segment_info *infos,
 /* upager_stats - daemon-wide counters.  Returns 0 or -errno. */
 int upager_stats(struct upager *u, struct upager_daemon_stats *st);
 
+/*
+ * upager_usage - what users hold of the daemon, and their limits
+ * @out: room for @max records (may be NULL when @max is 0)
+ *
+ * Root gets a record for every user that holds anything, and its own;
+ * anyone else gets exactly one, their own (all zeros but the limits when
+ * they hold nothing).  Sorted by uid.  Returns the number of records
+ * (which may exceed @max; only @max are filled), or -errno
+ * (-EOPNOTSUPP from a daemon without per-user limits).
+ */
+int upager_usage(struct upager *u, struct upager_usage *out, size_t max);
+
 #define UPAGER_ATTACH_RDONLY 0x1u	/* map PROT_READ; needs read
 					 * permission only */
 
@@ -204,6 +226,20 @@ int upager_stats(struct upager *u, struct upager_daemon_stats *st);
  */
 int upager_attach(struct upager *u, const char *name, unsigned int flags,
 		  struct upager_attachment **out);
+
+/*
+ * upager_attach_owner - upager_attach(), only if @owner_uid owns @name
+ *
+ * Segment names are one namespace for every user of the daemon, like
+ * /dev/shm: anybody may create a name first.  A program that expects a
+ * segment made by a certain user (itself, a service) says so here, and a
+ * segment of that name owned by anybody else is refused with -EPERM,
+ * never mapped.  Stat then attach is no substitute: the name can change
+ * hands between the two; the owner is checked in the attach itself.
+ * Returns 0 or -errno (-EOPNOTSUPP from a daemon that cannot check).
+ */
+int upager_attach_owner(struct upager *u, const char *name, unsigned int flags,
+			uint32_t owner_uid, struct upager_attachment **out);
 
 void *upager_attachment_addr(const struct upager_attachment *a);
 size_t upager_attachment_size(const struct upager_attachment *a);
