@@ -100,6 +100,7 @@ enum {
 	OPT_OFFSET,
 	OPT_LENGTH,
 	OPT_VERBOSE,
+	OPT_OWNER,
 };
 
 struct command;
@@ -114,6 +115,8 @@ struct args {
 	uint64_t offset;
 	uint64_t length;
 	uint32_t mode;
+	uint32_t owner;		/* --owner: the uid the segment must have */
+	bool has_owner;
 	bool has_size;
 	bool has_length;
 	bool force;
@@ -323,6 +326,14 @@ static const char *error_text(int err)
 		return "segment is attached; use --force";
 	case EINVAL:
 		return "invalid argument";
+	case EDQUOT:
+		return "over your user's limits on upagerd (see '" PROG
+		       " stats')";
+	case EUSERS:
+		return "your user has as many connections open to upagerd as "
+		       "it allows one user";
+	case EOPNOTSUPP:
+		return "upagerd does not offer this (an older version?)";
 	case EPIPE:
 	case ECONNRESET:
 		return "upagerd hung up";
@@ -700,6 +711,95 @@ static void note_rounding(struct upager *u, const struct args *a)
 		     "of %" PRIu64 " bytes)", size, page);
 }
 
+/*
+ * What users hold of the daemon, into a calloc()ed array: root's covers
+ * every user, anyone else's only themselves.  A user that appears between
+ * the count and the fetch makes the count grow: fetch again.
+ */
+static int usage_fetch(struct upager *u, struct upager_usage **out, size_t *nr)
+{
+	struct upager_usage *v = NULL;
+	size_t cap = 0;
+	int n;
+
+	for (;;) {
+		n = upager_usage(u, v, cap);
+		if (n < 0 || (size_t)n <= cap)
+			break;
+		free(v);
+		cap = (size_t)n + 8;
+		v = calloc(cap, sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+	}
+	if (n < 0) {
+		free(v);
+		return n;
+	}
+	*out = v;
+	*nr = (size_t)n;
+	return 0;
+}
+
+/* The caller's own record.  0 or -errno. */
+static int usage_mine(struct upager *u, struct upager_usage *mine)
+{
+	struct upager_usage *v = NULL;
+	size_t nr = 0, i;
+	int ret = usage_fetch(u, &v, &nr);
+
+	for (i = 0; !ret && i < nr; i++)
+		if (v[i].uid == geteuid())
+			break;
+	if (!ret && i == nr)
+		ret = -ENOENT;
+	if (!ret)
+		*mine = v[i];
+	free(v);
+	return ret;
+}
+
+/* "1.5 GiB" */
+static const char *bytes_text(uint64_t v, char *buf, size_t len)
+{
+	size_format(v, buf, len);
+	return buf;
+}
+
+/*
+ * A request refused with EDQUOT: say which limit, from the caller's usage
+ * (@attach: an attach, else a create of @size bytes).
+ */
+static int fail_quota(struct upager *u, const struct args *a, bool attach,
+		      uint64_t size)
+{
+	char used[SIZE_FORMAT_MAX], max[SIZE_FORMAT_MAX], more[SIZE_FORMAT_MAX];
+	struct upager_usage me;
+
+	if (usage_mine(u, &me))
+		return fail_errno(a, EDQUOT);
+	if (attach)
+		return fail(a, "over the attachment limit of uid %" PRIu32
+			    ": %" PRIu64 " of %" PRIu64 " attachments",
+			    me.uid, me.attachments, me.max_attachments);
+	if (me.segments >= me.max_segments)
+		return fail(a, "over the segment limit of uid %" PRIu32 ": %"
+			    PRIu64 " of %" PRIu64 " segments", me.uid,
+			    me.segments, me.max_segments);
+	return fail(a, "over the size limit of uid %" PRIu32 ": %s of %s in "
+		    "segments, %s more asked", me.uid,
+		    bytes_text(me.bytes, used, sizeof(used)),
+		    bytes_text(me.max_bytes, max, sizeof(max)),
+		    bytes_text(size, more, sizeof(more)));
+}
+
+static const char *user_name(uint32_t uid)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	return pw ? pw->pw_name : NULL;
+}
+
 static int cmd_create(struct upager *u, const struct args *a)
 {
 	struct upager_create_opts opts = {
@@ -717,6 +817,8 @@ static int cmd_create(struct upager *u, const struct args *a)
 	ret = upager_create(u, a->name, &opts);
 	if (opts.source_fd >= 0)
 		close(opts.source_fd);
+	if (ret == -EDQUOT)
+		return fail_quota(u, a, false, a->size);
 	if (ret < 0)
 		return fail_errno(a, -ret);
 	note_rounding(u, a);
@@ -892,45 +994,152 @@ static void stats_text(const struct upager_daemon_stats *st)
 	print_u64("protocol errors", st->protocol_errors);
 }
 
-static void stats_json(const struct upager_daemon_stats *st)
+static void stats_json(struct json *j, const struct upager_daemon_stats *st)
 {
-	struct json j = { .depth = -1 };
+	json_u64(j, "uptime_ns", st->uptime_ns);
+	json_u64(j, "segments", st->segments);
+	json_u64(j, "attachments", st->attachments);
+	json_u64(j, "connections", st->connections);
+	json_u64(j, "threads", st->threads);
+	json_u64(j, "faults_missing", st->faults_missing);
+	json_u64(j, "faults_wp", st->faults_wp);
+	json_u64(j, "faults_minor", st->faults_minor);
+	json_u64(j, "faults_waited", st->faults_waited);
+	json_u64(j, "pages_filled", st->pages_filled);
+	json_u64(j, "bytes_read", st->bytes_read);
+	json_u64(j, "resident_bytes", st->resident_bytes);
+	json_u64(j, "events_fork", st->events_fork);
+	json_u64(j, "events_remap", st->events_remap);
+	json_u64(j, "events_remove", st->events_remove);
+	json_u64(j, "events_unmap", st->events_unmap);
+	json_u64(j, "clients_exited", st->clients_exited);
+	json_u64(j, "protocol_errors", st->protocol_errors);
+}
 
-	json_open(&j, NULL, '{', true);
-	json_u64(&j, "uptime_ns", st->uptime_ns);
-	json_u64(&j, "segments", st->segments);
-	json_u64(&j, "attachments", st->attachments);
-	json_u64(&j, "connections", st->connections);
-	json_u64(&j, "threads", st->threads);
-	json_u64(&j, "faults_missing", st->faults_missing);
-	json_u64(&j, "faults_wp", st->faults_wp);
-	json_u64(&j, "faults_minor", st->faults_minor);
-	json_u64(&j, "faults_waited", st->faults_waited);
-	json_u64(&j, "pages_filled", st->pages_filled);
-	json_u64(&j, "bytes_read", st->bytes_read);
-	json_u64(&j, "resident_bytes", st->resident_bytes);
-	json_u64(&j, "events_fork", st->events_fork);
-	json_u64(&j, "events_remap", st->events_remap);
-	json_u64(&j, "events_remove", st->events_remove);
-	json_u64(&j, "events_unmap", st->events_unmap);
-	json_u64(&j, "clients_exited", st->clients_exited);
-	json_u64(&j, "protocol_errors", st->protocol_errors);
-	json_close(&j, '}');
+/* "3 of 256", or "3" with no limit */
+static void print_used(const char *key, uint64_t v, uint64_t max)
+{
+	print_key(key);
+	if (max == UPAGER_UNLIMITED)
+		printf("%" PRIu64 "\n", v);
+	else
+		printf("%" PRIu64 " of %" PRIu64 "\n", v, max);
+}
+
+static void print_used_bytes(const char *key, uint64_t v, uint64_t max)
+{
+	char h[SIZE_FORMAT_MAX], hm[SIZE_FORMAT_MAX];
+
+	print_key(key);
+	size_format(v, h, sizeof(h));
+	if (max == UPAGER_UNLIMITED) {
+		printf("%s (%" PRIu64 " bytes)\n", h, v);
+		return;
+	}
+	size_format(max, hm, sizeof(hm));
+	printf("%s of %s (%" PRIu64 " of %" PRIu64 " bytes)\n", h, hm, v, max);
+}
+
+static void usage_text(const struct upager_usage *v, size_t nr)
+{
+	char name[TEXT_MAX];
+
+	if (nr) {
+		print_key("idle timeout");
+		if (v[0].idle_timeout_ms)
+			printf("%" PRIu64 " s\n", v[0].idle_timeout_ms / 1000);
+		else
+			printf("never\n");
+	}
+	for (size_t i = 0; i < nr; i++) {
+		const char *n = user_name(v[i].uid);
+
+		print_key("user");
+		printf("%" PRIu32, v[i].uid);
+		if (n) {
+			text_escape(name, sizeof(name), n, SHOW_CHARS);
+			printf(" (%s)", name);
+		}
+		printf("%s\n", v[i].flags & UPAGER_USAGE_EXEMPT ?
+		       ", exempt from the limits" : "");
+		print_used("  segments", v[i].segments, v[i].max_segments);
+		print_used_bytes("  bytes", v[i].bytes, v[i].max_bytes);
+		print_bytes("  resident", v[i].resident_bytes);
+		print_used("  connections", v[i].connections,
+			   v[i].max_connections);
+		print_used("  attachments", v[i].attachments,
+			   v[i].max_attachments);
+	}
+}
+
+/* A limit: null when there is none. */
+static void json_limit(struct json *j, const char *key, uint64_t v)
+{
+	if (v != UPAGER_UNLIMITED) {
+		json_u64(j, key, v);
+		return;
+	}
+	json_member(j, key);
+	fputs("null", stdout);
+}
+
+static void usage_json(struct json *j, const struct upager_usage *v,
+		       size_t nr)
+{
+	json_u64(j, "idle_timeout_ms", nr ? v[0].idle_timeout_ms : 0);
+	json_open(j, "users", '[', true);
+	for (size_t i = 0; i < nr; i++) {
+		const char *n = user_name(v[i].uid);
+
+		json_open(j, NULL, '{', false);
+		json_u64(j, "uid", v[i].uid);
+		if (n)
+			json_string(j, "user", n);
+		json_member(j, "exempt");
+		fputs(v[i].flags & UPAGER_USAGE_EXEMPT ? "true" : "false",
+		      stdout);
+		json_u64(j, "segments", v[i].segments);
+		json_u64(j, "bytes", v[i].bytes);
+		json_u64(j, "resident_bytes", v[i].resident_bytes);
+		json_u64(j, "connections", v[i].connections);
+		json_u64(j, "attachments", v[i].attachments);
+		json_limit(j, "max_segments", v[i].max_segments);
+		json_limit(j, "max_bytes", v[i].max_bytes);
+		json_limit(j, "max_connections", v[i].max_connections);
+		json_limit(j, "max_attachments", v[i].max_attachments);
+		json_close(j, '}');
+	}
+	json_close(j, ']');
 }
 
 static int cmd_stats(struct upager *u, const struct args *a)
 {
 	struct upager_daemon_stats st;
+	struct upager_usage *v = NULL;
+	size_t nr = 0;
 	int ret;
 
 	memset(&st, 0, sizeof(st));
 	ret = upager_stats(u, &st);
 	if (ret < 0)
 		return fail_errno(a, -ret);
-	if (a->json)
-		stats_json(&st);
-	else
+	/* an older daemon has no limits to show */
+	ret = usage_fetch(u, &v, &nr);
+	if (ret < 0 && ret != -EOPNOTSUPP)
+		return fail_errno(a, -ret);
+	if (a->json) {
+		struct json j = { .depth = -1 };
+
+		json_open(&j, NULL, '{', true);
+		stats_json(&j, &st);
+		if (ret == 0)
+			usage_json(&j, v, nr);
+		json_close(&j, '}');
+	} else {
 		stats_text(&st);
+		usage_text(v, nr);
+	}
+	free(v);
 	return EXIT_SUCCESS;
 }
 
@@ -1116,16 +1325,59 @@ static int cat_range(const struct args *a, const char *map, uint64_t size,
 	return EXIT_SUCCESS;
 }
 
+/* "uid 1000 (alice)" */
+static const char *uid_text(uint32_t uid, char *buf, size_t len)
+{
+	const char *n = user_name(uid);
+	char name[SHOW_MAX];
+
+	if (!n) {
+		snprintf(buf, len, "uid %" PRIu32, uid);
+		return buf;
+	}
+	text_escape(name, sizeof(name), n, SHOW_CHARS);
+	snprintf(buf, len, "uid %" PRIu32 " (%s)", uid, name);
+	return buf;
+}
+
+/*
+ * Attaches NAME for cat or write: with --owner, only a segment of that
+ * owner.  Reports a failure and returns EXIT_FAILURE, else EXIT_SUCCESS.
+ */
+static int attach_for(struct upager *u, const struct args *a,
+		      unsigned int flags, struct upager_attachment **at)
+{
+	char want[SHOW_MAX + 32], has[SHOW_MAX + 32];
+	struct upager_segment_info info;
+	int ret;
+
+	if (a->has_owner)
+		ret = upager_attach_owner(u, a->name, flags, a->owner, at);
+	else
+		ret = upager_attach(u, a->name, flags, at);
+	if (ret == 0)
+		return EXIT_SUCCESS;
+	if (ret == -EDQUOT)
+		return fail_quota(u, a, true, 0);
+	if (ret != -EPERM || !a->has_owner)
+		return fail_errno(a, -ret);
+	uid_text(a->owner, want, sizeof(want));
+	/* who has it instead, if we may know (it may have changed since) */
+	if (upager_stat(u, a->name, &info) == 0 && info.uid != a->owner)
+		return fail(a, "owned by %s, not by %s: not attached",
+			    uid_text(info.uid, has, sizeof(has)), want);
+	return fail(a, "not owned by %s: not attached", want);
+}
+
 static int cmd_cat(struct upager *u, const struct args *a)
 {
 	struct upager_attachment *at;
 	uint64_t size, len;
 	const char *base;
-	int ret, status;
+	int status;
 
-	ret = upager_attach(u, a->name, UPAGER_ATTACH_RDONLY, &at);
-	if (ret < 0)
-		return fail_errno(a, -ret);
+	if (attach_for(u, a, UPAGER_ATTACH_RDONLY, &at))
+		return EXIT_FAILURE;
 	base = upager_attachment_addr(at);
 	size = upager_attachment_size(at);
 
@@ -1218,11 +1470,10 @@ static int cmd_write(struct upager *u, const struct args *a)
 	struct upager_attachment *at;
 	uint64_t size;
 	char *base;
-	int ret, status;
+	int status;
 
-	ret = upager_attach(u, a->name, 0, &at);
-	if (ret < 0)
-		return fail_errno(a, -ret);
+	if (attach_for(u, a, 0, &at))
+		return EXIT_FAILURE;
 	base = upager_attachment_addr(at);
 	size = upager_attachment_size(at);
 
@@ -1254,12 +1505,14 @@ static const struct option json_options[] = {
 static const struct option cat_options[] = {
 	{ "offset", required_argument, NULL, OPT_OFFSET },
 	{ "length", required_argument, NULL, OPT_LENGTH },
+	{ "owner", required_argument, NULL, OPT_OWNER },
 	{ NULL, 0, NULL, 0 },
 };
 
 static const struct option write_options[] = {
 	{ "offset", required_argument, NULL, OPT_OFFSET },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
+	{ "owner", required_argument, NULL, OPT_OWNER },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1311,23 +1564,29 @@ static const struct command commands[] = {
 	{
 		.name = "cat",
 		.handler = cmd_cat,
-		.usage = "NAME [--offset N] [--length N]",
+		.usage = "NAME [--offset N] [--length N] [--owner USER]",
 		.help = "Write the contents of segment NAME to stdout, "
 			"through an attachment.\n\n"
 			"  --offset N      start at byte N (default 0)\n"
 			"  --length N      write N bytes (default: up to the "
-			"end)\n",
+			"end)\n"
+			"  --owner USER    only if USER (a name or uid) owns "
+			"NAME: anybody may\n"
+			"                  create a name first\n",
 		.options = cat_options,
 		.needs = NEEDS_NAME | NEEDS_STDOUT,
 	},
 	{
 		.name = "write",
 		.handler = cmd_write,
-		.usage = "NAME [--offset N] [--verbose]",
+		.usage = "NAME [--offset N] [--verbose] [--owner USER]",
 		.help = "Copy stdin into segment NAME, through an "
 			"attachment.\n\n"
 			"  --offset N      start at byte N (default 0)\n"
-			"  --verbose       say how many bytes were written\n",
+			"  --verbose       say how many bytes were written\n"
+			"  --owner USER    only if USER (a name or uid) owns "
+			"NAME: anybody may\n"
+			"                  create a name first\n",
 		.options = write_options,
 		.needs = NEEDS_NAME | NEEDS_STDIN,
 	},
@@ -1335,7 +1594,9 @@ static const struct command commands[] = {
 		.name = "stats",
 		.handler = cmd_stats,
 		.usage = "[--json]",
-		.help = "Show the daemon's counters.\n\n"
+		.help = "Show the daemon's counters, and what users hold of "
+			"it against their\nlimits: root sees every user, "
+			"anyone else themselves.\n\n"
 			"  --json          a JSON object\n",
 		.options = json_options,
 		.needs = NEEDS_STDOUT,
@@ -1455,6 +1716,31 @@ static int parse_mode_arg(const struct command *cmd, const char *arg,
 	return PARSE_OK;
 }
 
+/* A user name or a uid. */
+static int parse_owner_arg(const struct command *cmd, const char *arg,
+			   uint32_t *out)
+{
+	struct passwd *pw;
+	unsigned long long v;
+	char *end;
+
+	if (*arg >= '0' && *arg <= '9') {
+		errno = 0;
+		v = strtoull(arg, &end, 10);
+		/* (uid_t)-1 is no user's */
+		if (errno || *end || v >= UINT32_MAX)
+			return usage_error(cmd, "invalid --owner '%s' (a user "
+					   "name or a uid)", show(arg));
+		*out = (uint32_t)v;
+		return PARSE_OK;
+	}
+	pw = *arg ? getpwnam(arg) : NULL;
+	if (!pw)
+		return usage_error(cmd, "--owner: no user '%s'", show(arg));
+	*out = pw->pw_uid;
+	return PARSE_OK;
+}
+
 static int apply_option(struct args *a, int opt, const char *arg)
 {
 	const struct command *cmd = a->cmd;
@@ -1495,6 +1781,9 @@ static int apply_option(struct args *a, int opt, const char *arg)
 	case OPT_VERBOSE:
 		a->verbose = true;
 		return PARSE_OK;
+	case OPT_OWNER:
+		a->has_owner = true;
+		return parse_owner_arg(cmd, arg, &a->owner);
 	}
 	return usage_error(cmd, "internal error: option %d", opt);
 }
