@@ -1118,3 +1118,11 @@ int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd)
 	}
 	return ((struct upg_hdr *)buf)->status;
 }
+
+void h_daemon_start_args_(struct h_daemon *d, const char *test,
+			  const char *const *extra)
+{
+	h_daemon_init_(d, test);
+	h_daemon_spawn(d, extra);
+	daemon_wait_ready(d);
+}

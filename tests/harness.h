@@ -290,4 +290,12 @@ int h_child_raw_hello(const char *path);
  */
 int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd);
 
+/*
+ * h_daemon_start_args - h_daemon_start() with more upagerd options
+ * (@extra, NULL-terminated): limits, timeouts.
+ */
+#define h_daemon_start_args(d, extra) h_daemon_start_args_((d), __func__, (extra))
+void h_daemon_start_args_(struct h_daemon *d, const char *test,
+			  const char *const *extra);
+
 #endif
