@@ -447,7 +447,7 @@ struct upagerd_map {
 	struct upager_attachment *att;
 };
 
-/* ../src/upagerd next to the bench in a build tree, else $PATH. */
+/* ../src/daemon/upagerd next to the bench in a build tree, else $PATH. */
 static const char *daemon_lookup(const struct bench_env *env, char *buf,
 				 size_t len)
 {
@@ -459,7 +459,7 @@ static const char *daemon_lookup(const struct bench_env *env, char *buf,
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	if (n > 0) {
 		exe[n] = '\0';
-		bench_fmt(buf, len, "%s/../src/upagerd", dirname(exe));
+		bench_fmt(buf, len, "%s/../src/daemon/upagerd", dirname(exe));
 		if (access(buf, X_OK) == 0)
 			return buf;
 	}

@@ -930,7 +930,7 @@ static void usage(FILE *f)
 "  --json             JSON on stdout instead of the table\n"
 "  --json-out PATH    also write the JSON to PATH\n"
 "  --socket PATH      use the upagerd listening there; do not start one\n"
-"  --daemon PATH      the upagerd to start (default: ../src/upagerd next\n"
+"  --daemon PATH      the upagerd to start (default: ../src/daemon/upagerd next\n"
 "                     to this program, else upagerd in $PATH)\n"
 "  --daemon-arg ARG   one more argument for the upagerd started, e.g.\n"
 "                     --daemon-arg=--spin-us=20 (repeat for more)\n"

@@ -9,7 +9,8 @@ scripts/deps.sh
 echo "== building"
 scripts/build.sh build
 
-bin=build/src
+daemon=build/src/daemon/upagerd
+ctl_bin=build/src/tools/upagerctl
 work=$(mktemp -d /tmp/upager-run.XXXXXX)
 sock=$work/upager.sock
 daemon_pid=
@@ -23,14 +24,14 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting upagerd on $sock"
-"$bin/upagerd" --socket "$sock" --foreground --log-level info 2>"$work/upagerd.log" &
+"$daemon" --socket "$sock" --foreground --log-level info 2>"$work/upagerd.log" &
 daemon_pid=$!
 for _ in $(seq 100); do
-	[[ -S $sock ]] && "$bin/upagerctl" --socket "$sock" stats >/dev/null 2>&1 && break
+	[[ -S $sock ]] && "$ctl_bin" --socket "$sock" stats >/dev/null 2>&1 && break
 	sleep 0.05
 done
 
-ctl() { "$bin/upagerctl" --socket "$sock" "$@"; }
+ctl() { "$ctl_bin" --socket "$sock" "$@"; }
 
 echo "== a 64 MiB image of random bytes"
 head -c $((64 << 20)) /dev/urandom >"$work/image"

@@ -40,7 +40,7 @@ for variant in "build" "build-asan -Db_sanitize=address,undefined -Db_lundef=fal
 		continue
 	fi
 	echo "== $dir: tests" >&2
-	meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
+	meson test -C "$dir" --setup full --print-errorlogs --num-processes 2 || status=1
 	logs+=("$dir/meson-logs/testlog.json")
 done
 

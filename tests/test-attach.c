@@ -21,7 +21,7 @@
 
 #include "attach.h"
 #include "segment.h"
-#include "upagerd.h"
+#include "daemon.h"
 
 struct daemon_state upd = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,

@@ -6,7 +6,7 @@
 #
 # Usage: trace-selftest.sh UPAGER_TRACE UFFD_WORKLOAD
 #
-# The workload protocol (bench/trace/uffd-workload.c follows it; any
+# The workload protocol (src/tools/trace/uffd-workload.c follows it; any
 # replacement must too):
 #   - "WORKLOAD -m MODE -n PAGES" sets everything up (userfaultfd, range
 #     registration, handler thread) and then blocks reading one byte from

@@ -25,13 +25,14 @@
 #include <sys/un.h>
 
 #include "attach.h"
+#include "daemon.h"
 #include "log.h"
 #include "quota.h"
 #include "segment.h"
 #include "server.h"
 #include "size.h"
+#include "sockpath.h"
 #include "uffd-compat.h"
-#include "upagerd.h"
 #include "worker.h"
 
 struct daemon_state upd = {
@@ -472,7 +473,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!sock) {
-		if (upager_socket_path(path, sizeof(path)) < 0) {
+		if (sockpath_default(path, sizeof(path)) < 0) {
 			fprintf(stderr, "upagerd: socket path too long\n");
 			return 1;
 		}

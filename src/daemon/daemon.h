@@ -7,8 +7,8 @@
  * faults of the attachments it owns on its own io_uring.  Segments and
  * their attachment lists are under `lock`; the fault path never takes it.
  */
-#ifndef UPAGER_UPAGERD_H
-#define UPAGER_UPAGERD_H
+#ifndef UPAGER_DAEMON_H
+#define UPAGER_DAEMON_H
 
 #include <pthread.h>
 #include <stdatomic.h>

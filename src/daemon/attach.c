@@ -12,7 +12,7 @@
 #include "attach.h"
 #include "log.h"
 #include "segment.h"
-#include "upagerd.h"
+#include "daemon.h"
 #include "worker.h"
 
 static int ranges_add(struct attachment *att, uint64_t start, uint64_t len,

@@ -33,7 +33,7 @@
 #include "ring.h"
 #include "segment.h"
 #include "uffd-compat.h"
-#include "upagerd.h"
+#include "daemon.h"
 #include "worker.h"
 
 #define RING_ENTRIES 256

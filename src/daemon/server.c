@@ -56,7 +56,7 @@
 #include "segment.h"
 #include "server.h"
 #include "uffd-compat.h"
-#include "upagerd.h"
+#include "daemon.h"
 #include "worker.h"
 
 #define TICK_MS 20

@@ -53,6 +53,7 @@
 #include <sys/un.h>
 
 #include "proto.h"
+#include "sockpath.h"
 #include "uffd-compat.h"
 
 #define UPAGER_API __attribute__((visibility("default")))
@@ -203,21 +204,7 @@ static void atfork_register(void)
 
 UPAGER_API int upager_socket_path(char *buf, size_t len)
 {
-	const char *env = getenv("UPAGER_SOCKET");
-	int n;
-
-	if (env && *env)
-		n = snprintf(buf, len, "%s", env);
-	else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
-		n = snprintf(buf, len, "%s/upager.sock", env);
-	else if (geteuid() == 0)
-		n = snprintf(buf, len, "/run/upager/upager.sock");
-	else
-		n = snprintf(buf, len, "/tmp/upager-%u.sock", (unsigned)geteuid());
-	if (n < 0 || (size_t)n >= len ||
-	    (size_t)n >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return set_errno(-ENAMETOOLONG);
-	return n;
+	return set_errno(sockpath_default(buf, len));
 }
 
 UPAGER_API const char *upager_source_name(uint32_t kind)

@@ -28,7 +28,7 @@
 #include "proto.h"
 #include "segment.h"
 #include "uffd-compat.h"
-#include "upagerd.h"
+#include "daemon.h"
 #include "worker.h"
 
 #define RA_MIN 1
