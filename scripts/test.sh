@@ -41,7 +41,7 @@ for variant in "build" "build-asan -Db_sanitize=address,undefined -Db_lundef=fal
 	fi
 	echo "== $dir: tests" >&2
 	meson test -C "$dir" --setup full --print-errorlogs --num-processes 2 || status=1
-	logs+=("$dir/meson-logs/testlog.json")
+	logs+=("$dir/meson-logs/testlog-full.json")
 done
 
 echo

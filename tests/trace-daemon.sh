@@ -48,18 +48,22 @@ for _ in $(seq 200); do
 done
 
 # One faulting thread, one process: every fault of the bench is upagerd's.
-"$bench" missing --socket "$sock" --systems upagerd --threads 1 --procs 1 \
+# The bench runs under a name of its own: other upager-bench runs on the
+# machine (the tracer sees the whole system) must not count.
+comm=ub-$$
+cp "$bench" "$work/$comm"
+"$work/$comm" missing --socket "$sock" --systems upagerd --threads 1 --procs 1 \
 	--order seq,random --pages 2048 --runs 2 --warmup 0 --no-progress \
 	>"$work/bench.out"
 kill -INT "$tracer_pid"
 wait "$tracer_pid"
 "$ctl" --socket "$sock" stats --json >"$work/stats.json"
 
-python3 - "$work/trace.json" "$work/stats.json" <<'PY'
+python3 - "$work/trace.json" "$work/stats.json" "$comm" <<'PY'
 import json, sys
 trace = json.load(open(sys.argv[1]))
 stats = json.load(open(sys.argv[2]))
-traced = sum(p["total"] for p in trace["processes"] if p["comm"] == "upager-bench")
+traced = sum(p["total"] for p in trace["processes"] if p["comm"] == sys.argv[3])
 served = stats["faults_missing"] + stats["faults_wp"] + stats["faults_minor"]
 print(f"faults traced in upager-bench: {traced}; served by upagerd: {served}")
 if served == 0:
