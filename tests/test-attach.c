@@ -6,9 +6,8 @@
  *
  * The attachments hang off a segment on the stack with only its page size
  * set and one reference of ours, so attach_put() never frees it; no
- * userfaultfd, worker or memfd is involved.  attach.c needs the daemon's
- * globals, which live in upagerd.c (not in the library): they are defined
- * here.
+ * userfaultfd, worker or memfd is involved; the segment's daemon is an
+ * empty one of the test's own.
  */
 #include <check.h>
 #include <errno.h>
@@ -16,33 +15,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "attach.h"
 #include "segment.h"
 #include "daemon.h"
 
-struct daemon_state upd = {
-	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.segments = LIST_HEAD_INIT(upd.segments),
-	.main_efd = -1,
-	.fill_uffd = -1,
-};
-
-uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
 #define PS 4096ull
 #define BASE 0x7f0000000000ull		/* where the client mapped it */
 #define FAR 0x7e0000000000ull		/* where mremap moves it */
 #define PG(n) ((uint64_t)(n) * PS)
 
+static struct daemon dmn;
 static struct segment seg;
 static struct attachment *att;
 
@@ -55,7 +39,9 @@ static void new_att(uint64_t start, uint64_t npages, uint64_t pgoff)
 
 static void setup(void)
 {
+	daemon_init(&dmn);
 	memset(&seg, 0, sizeof(seg));
+	seg.d = &dmn;
 	seg.page_size = PS;
 	seg.refs = 1;
 	snprintf(seg.name, sizeof(seg.name), "test");
@@ -67,6 +53,7 @@ static void teardown(void)
 	attach_put(att);
 	/* Every reference the attachments took was given back. */
 	ck_assert_int_eq(seg.refs, 1);
+	daemon_fini(&dmn);
 }
 
 /* @addr is segment page @pgoff, with @run pages to the end of its range. */

@@ -39,7 +39,7 @@ static struct attachment *attach_alloc(struct segment *seg, int uffd)
 
 	if (!att)
 		return NULL;
-	att->id = atomic_fetch_add(&upd.next_att_id, 1) + 1;
+	att->id = atomic_fetch_add(&seg->d->next_att_id, 1) + 1;
 	att->refs = 1;
 	att->seg = seg;
 	segment_get(seg);
@@ -99,36 +99,38 @@ int attach_fork(struct attachment *parent, int uffd, struct attachment **out)
 
 void attach_publish(struct attachment *att)
 {
+	struct daemon *d = att->seg->d;
+
 	list_add_tail(&att->seg_link, &att->seg->attachments);
-	list_add_tail(&att->all_link, &upd.attachments);
+	list_add_tail(&att->all_link, &d->attachments);
 	att->seg->nr_attachments++;
-	atomic_fetch_add(&upd.nr_attachments, 1);
+	atomic_fetch_add(&d->nr_attachments, 1);
 }
 
-bool attach_uffd_served(int fd)
+bool attach_uffd_served(struct daemon *d, int fd)
 {
 	struct attachment *att;
 	pid_t self = getpid();
 
-	list_for_each_entry(att, &upd.attachments, all_link)
+	list_for_each_entry(att, &d->attachments, all_link)
 		if (syscall(SYS_kcmp, self, self, KCMP_FILE, fd, att->uffd) == 0)
 			return true;
 	return false;
 }
 
-struct attachment *attach_find(uint64_t id)
+struct attachment *attach_find(struct daemon *d, uint64_t id)
 {
 	struct attachment *att, *found = NULL;
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(att, &upd.attachments, all_link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(att, &d->attachments, all_link) {
 		if (att->id == id) {
 			found = att;
 			attach_get(att);
 			break;
 		}
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	return found;
 }
 
@@ -363,19 +365,20 @@ void attach_requeue(struct attachment *att, uint64_t addr)
 bool attach_kill(struct attachment *att, const char *why)
 {
 	struct segment *seg = att->seg;
+	struct daemon *d = seg->d;
 
 	if (atomic_exchange(&att->dead, true))
 		return false;
 	pr_info("attach", "%s: pid %d: attachment %llu %s", seg->name,
 		(int)atomic_load(&att->pid), (unsigned long long)att->id, why);
-	pthread_mutex_lock(&upd.lock);
+	pthread_mutex_lock(&d->lock);
 	list_del_init(&att->seg_link);
 	list_del_init(&att->all_link);
 	seg->nr_attachments--;
 	if (atomic_load(&att->pid) == 0)
-		atomic_fetch_sub(&upd.unresolved, 1);
-	pthread_mutex_unlock(&upd.lock);
-	atomic_fetch_sub(&upd.nr_attachments, 1);
+		atomic_fetch_sub(&d->unresolved, 1);
+	pthread_mutex_unlock(&d->lock);
+	atomic_fetch_sub(&d->nr_attachments, 1);
 	worker_remove(att->owner, att);
 	return true;
 }

@@ -31,6 +31,7 @@
 
 #include "list.h"
 
+struct daemon;
 struct segment;
 struct worker;
 
@@ -152,10 +153,10 @@ void attach_publish(struct attachment *att);
  * live attachment (kcmp): one uffd served twice would be polled and read
  * by two attachments.  The caller holds the daemon lock.
  */
-bool attach_uffd_served(int fd);
+bool attach_uffd_served(struct daemon *d, int fd);
 
 /* The live attachment @id, with a reference; NULL if none. */
-struct attachment *attach_find(uint64_t id);
+struct attachment *attach_find(struct daemon *d, uint64_t id);
 
 /* A child's attachment after UFFD_EVENT_FORK: the parent's ranges. */
 int attach_fork(struct attachment *parent, int uffd, struct attachment **out);

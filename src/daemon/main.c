@@ -35,29 +35,13 @@
 #include "uffd-compat.h"
 #include "worker.h"
 
-struct daemon_state upd = {
-	.lock = PTHREAD_MUTEX_INITIALIZER,
-	.segments = LIST_HEAD_INIT(upd.segments),
-	.attachments = LIST_HEAD_INIT(upd.attachments),
-	.main_efd = -1,
-	.fill_uffd = -1,
-};
-
-uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
 #define DEFAULT_SPIN_US 0
 
-static void usage(FILE *f)
+static void usage(FILE *f, const struct quota_limits *l)
 {
 	char def_bytes[SIZE_FORMAT_MAX];
 
-	size_format(quota_limits.max[QUOTA_BYTES], def_bytes, sizeof(def_bytes));
+	size_format(l->max[QUOTA_BYTES], def_bytes, sizeof(def_bytes));
 	fprintf(f,
 		"Usage: upagerd [OPTIONS]\n"
 		"Serve page faults of upager segments.\n\n"
@@ -93,13 +77,14 @@ static void usage(FILE *f)
  * A limit of @kind from @arg: a count (bytes: a size such as 64G), or
  * "unlimited".  Returns 0, or 2 after saying what is wrong.
  */
-static int parse_limit(const char *opt, const char *arg, enum quota_kind kind)
+static int parse_limit(struct quota_limits *l, const char *opt,
+		       const char *arg, enum quota_kind kind)
 {
 	uint64_t v;
 	char *end;
 
 	if (!strcmp(arg, "unlimited")) {
-		quota_limits.max[kind] = QUOTA_UNLIMITED;
+		l->max[kind] = QUOTA_UNLIMITED;
 		return 0;
 	}
 	if (kind == QUOTA_BYTES) {
@@ -117,13 +102,14 @@ static int parse_limit(const char *opt, const char *arg, enum quota_kind kind)
 			return 2;
 		}
 	}
-	quota_limits.max[kind] = v;
+	l->max[kind] = v;
 	return 0;
 }
 
-static const char *limit_text(enum quota_kind kind, char *buf, size_t len)
+static const char *limit_text(const struct quota_limits *l,
+			      enum quota_kind kind, char *buf, size_t len)
 {
-	uint64_t v = quota_limits.max[kind];
+	uint64_t v = l->max[kind];
 
 	if (v == QUOTA_UNLIMITED)
 		snprintf(buf, len, "unlimited");
@@ -319,7 +305,7 @@ err:
 	return ret;
 }
 
-static void shutdown_segments(void)
+static void shutdown_segments(struct daemon *d)
 {
 	struct segment *seg, *tmp;
 	struct attachment *att;
@@ -327,8 +313,8 @@ static void shutdown_segments(void)
 	/* Take every attachment out of service, then drop the segments. */
 	for (;;) {
 		att = NULL;
-		pthread_mutex_lock(&upd.lock);
-		list_for_each_entry(seg, &upd.segments, link) {
+		pthread_mutex_lock(&d->lock);
+		list_for_each_entry(seg, &d->segments, link) {
 			if (!list_empty(&seg->attachments)) {
 				att = list_entry(seg->attachments.next,
 						 struct attachment, seg_link);
@@ -336,18 +322,18 @@ static void shutdown_segments(void)
 				break;
 			}
 		}
-		pthread_mutex_unlock(&upd.lock);
+		pthread_mutex_unlock(&d->lock);
 		if (!att)
 			break;
 		attach_kill(att, "daemon stopping");
 		attach_put(att);
 	}
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry_safe(seg, tmp, &upd.segments, link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry_safe(seg, tmp, &d->segments, link) {
 		list_del_init(&seg->link);
 		segment_put(seg);
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 }
 
 int main(int argc, char **argv)
@@ -380,32 +366,37 @@ int main(int argc, char **argv)
 	int c, fd, ret;
 	long idle;
 	char lim[QUOTA_KINDS][24];	/* "unlimited", a count or a size */
+	static struct daemon daemon_state;
+	struct daemon *d = &daemon_state;
+	struct quota_limits *ql = &d->limits;
 
-	quota_limits_default(&quota_limits, geteuid());
+	daemon_init(d);
 	while ((c = getopt_long(argc, argv, "s:t:l:fhV", opts, NULL)) != -1) {
 		char *end;
 
 		switch (c) {
 		case 'G':
-			if (parse_limit("max-segments", optarg, QUOTA_SEGMENTS))
+			if (parse_limit(ql, "max-segments", optarg,
+					QUOTA_SEGMENTS))
 				return 2;
 			break;
 		case 'B':
-			if (parse_limit("max-bytes", optarg, QUOTA_BYTES))
+			if (parse_limit(ql, "max-bytes", optarg,
+					QUOTA_BYTES))
 				return 2;
 			break;
 		case 'C':
-			if (parse_limit("max-connections", optarg,
+			if (parse_limit(ql, "max-connections", optarg,
 					QUOTA_CONNECTIONS))
 				return 2;
 			break;
 		case 'A':
-			if (parse_limit("max-attachments", optarg,
+			if (parse_limit(ql, "max-attachments", optarg,
 					QUOTA_ATTACHMENTS))
 				return 2;
 			break;
 		case 'R':
-			quota_limits.limit_root = true;
+			ql->limit_root = true;
 			break;
 		case 'I':
 			errno = 0;
@@ -416,7 +407,7 @@ int main(int argc, char **argv)
 					optarg);
 				return 2;
 			}
-			quota_limits.idle_timeout_ns = idle * 1000000000ull;
+			ql->idle_timeout_ns = idle * 1000000000ull;
 			break;
 		case 's':
 			if (!*optarg) {
@@ -457,7 +448,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'h':
-			usage(stdout);
+			usage(stdout, ql);
 			return 0;
 		case 'V':
 			printf("upagerd %s\n", UPAGER_VERSION);
@@ -482,7 +473,7 @@ int main(int argc, char **argv)
 
 	raise_nofile();
 	/* The kernel's features, from a throwaway uffd. */
-	ret = uffd_open(0, &upd.uffd_features);
+	ret = uffd_open(0, &d->uffd_features);
 	if (ret < 0) {
 		uffd_error("userfaultfd", ret);
 		return 1;
@@ -496,9 +487,9 @@ int main(int argc, char **argv)
 	 * nothing then, and a kernel-mode access by mistake fails with EFAULT
 	 * instead of waiting for ever on a uffd nobody reads.
 	 */
-	upd.fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, NULL);
-	if (upd.fill_uffd < 0) {
-		uffd_error("userfaultfd for direct maps", upd.fill_uffd);
+	d->fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, NULL);
+	if (d->fill_uffd < 0) {
+		uffd_error("userfaultfd for direct maps", d->fill_uffd);
 		return 1;
 	}
 	fd = listen_on(sock, &why);
@@ -527,46 +518,46 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	upd.start_ns = now_ns();
-	upd.spin_ns = spin_us * 1000;
-	upd.main_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	upd.nr_workers = threads;
+	d->start_ns = now_ns();
+	d->spin_ns = spin_us * 1000;
+	d->main_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	d->nr_workers = threads;
 	/* One worker per CPU, each pinned to its CPU: attachments follow
 	 * their faulting threads (worker.c).  Other counts float. */
-	upd.pinned = pin && threads == sysconf(_SC_NPROCESSORS_ONLN) &&
-		     threads == sysconf(_SC_NPROCESSORS_CONF);
-	upd.workers = calloc(threads, sizeof(*upd.workers));
-	if (upd.main_efd < 0 || !upd.workers) {
+	d->pinned = pin && threads == sysconf(_SC_NPROCESSORS_ONLN) &&
+		   threads == sysconf(_SC_NPROCESSORS_CONF);
+	d->workers = calloc(threads, sizeof(*d->workers));
+	if (d->main_efd < 0 || !d->workers) {
 		pr_err("main", "setup: %s", strerror(errno));
 		goto fail;
 	}
 	for (; started < threads; started++) {
-		ret = worker_start(started, &upd.workers[started]);
+		ret = worker_start(d, started, &d->workers[started]);
 		if (ret) {
 			pr_err("main", "worker %ld: %s", started, strerror(-ret));
 			goto fail;
 		}
 	}
 	pr_notice("main", "listening on %s with %ld threads (uffd features %#llx)",
-		  sock, threads, (unsigned long long)upd.uffd_features);
+		  sock, threads, (unsigned long long)d->uffd_features);
 	pr_notice("main", "limits per user%s: %s segments, %s bytes, %s connections, %s attachments; idle connections closed after %llu s%s",
-		  quota_limits.limit_root ? "" : " but root and the daemon's",
-		  limit_text(QUOTA_SEGMENTS, lim[0], sizeof(lim[0])),
-		  limit_text(QUOTA_BYTES, lim[1], sizeof(lim[1])),
-		  limit_text(QUOTA_CONNECTIONS, lim[2], sizeof(lim[2])),
-		  limit_text(QUOTA_ATTACHMENTS, lim[3], sizeof(lim[3])),
-		  (unsigned long long)(quota_limits.idle_timeout_ns / 1000000000ull),
-		  quota_limits.idle_timeout_ns ? "" : " (never)");
+		  ql->limit_root ? "" : " but root and the daemon's",
+		  limit_text(ql, QUOTA_SEGMENTS, lim[0], sizeof(lim[0])),
+		  limit_text(ql, QUOTA_BYTES, lim[1], sizeof(lim[1])),
+		  limit_text(ql, QUOTA_CONNECTIONS, lim[2], sizeof(lim[2])),
+		  limit_text(ql, QUOTA_ATTACHMENTS, lim[3], sizeof(lim[3])),
+		  (unsigned long long)(ql->idle_timeout_ns / 1000000000ull),
+		  ql->idle_timeout_ns ? "" : " (never)");
 
-	ret = server_run(fd);
+	ret = server_run(d, fd);
 
 	close(fd);
 	unlink(sock);
-	shutdown_segments();
-	for (unsigned int i = 0; i < upd.nr_workers; i++)
-		worker_stop(upd.workers[i]);
-	free(upd.workers);
-	close(upd.main_efd);
+	shutdown_segments(d);
+	for (unsigned int i = 0; i < d->nr_workers; i++)
+		worker_stop(d->workers[i]);
+	free(d->workers);
+	close(d->main_efd);
 	if (ret) {
 		pr_err("main", "event loop: %s", strerror(-ret));
 		return 1;
@@ -577,10 +568,10 @@ fail:
 	close(fd);
 	unlink(sock);
 	for (long i = 0; i < started; i++)
-		worker_stop(upd.workers[i]);
-	free(upd.workers);
-	if (upd.main_efd >= 0)
-		close(upd.main_efd);
-	close(upd.fill_uffd);
+		worker_stop(d->workers[i]);
+	free(d->workers);
+	if (d->main_efd >= 0)
+		close(d->main_efd);
+	close(d->fill_uffd);
 	return 1;
 }

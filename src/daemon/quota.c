@@ -7,16 +7,6 @@
 
 #include "quota.h"
 
-struct quota_limits quota_limits = {
-	.max = {
-		[QUOTA_SEGMENTS] = QUOTA_DEFAULT_SEGMENTS,
-		[QUOTA_BYTES] = QUOTA_MIN_DEFAULT_BYTES,
-		[QUOTA_CONNECTIONS] = QUOTA_DEFAULT_CONNECTIONS,
-		[QUOTA_ATTACHMENTS] = QUOTA_DEFAULT_ATTACHMENTS,
-	},
-	.idle_timeout_ns = QUOTA_DEFAULT_IDLE_SEC * 1000000000ull,
-};
-
 void quota_limits_default(struct quota_limits *l, uid_t daemon_uid)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);

@@ -68,9 +68,6 @@ struct quota_limits {
 					 * this; 0: never */
 };
 
-/* The daemon's limits: set by main before the server runs, then read-only. */
-extern struct quota_limits quota_limits;
-
 /* The defaults, for a daemon running as @daemon_uid. */
 void quota_limits_default(struct quota_limits *l, uid_t daemon_uid);
 

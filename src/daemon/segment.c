@@ -44,8 +44,9 @@ struct fill {
 	struct list_head stall_link;	/* on its worker's stalled list */
 };
 
-int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
-		uint32_t mode, struct source *src, struct segment **out)
+int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
+		gid_t gid, uint32_t mode, struct source *src,
+		struct segment **out)
 {
 	struct segment *seg;
 	char mname[UPAGER_NAME_MAX + 16];
@@ -54,6 +55,7 @@ int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
 	seg = calloc(1, sizeof(*seg));
 	if (!seg)
 		return -ENOMEM;
+	seg->d = d;
 	seg->page_size = src->page_size;
 	seg->size = (size + seg->page_size - 1) & ~(uint64_t)(seg->page_size - 1);
 	seg->npages = seg->size / seg->page_size;
@@ -102,7 +104,7 @@ int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
 		.range = { .start = (uintptr_t)seg->map, .len = seg->size },
 		.mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
-	if (ioctl(upd.fill_uffd, UFFDIO_REGISTER, &ur) < 0) {
+	if (ioctl(d->fill_uffd, UFFDIO_REGISTER, &ur) < 0) {
 		ret = -errno;
 		goto err;
 	}
@@ -125,14 +127,14 @@ void segment_get(struct segment *seg)
 	atomic_fetch_add(&seg->refs, 1);
 }
 
-static void counters_retire(struct seg_counters *c)
+static void counters_retire(struct seg_counters *r, struct seg_counters *c)
 {
-	counter_add(upd.retired.faults_missing, counter_get(c->faults_missing));
-	counter_add(upd.retired.faults_wp, counter_get(c->faults_wp));
-	counter_add(upd.retired.faults_minor, counter_get(c->faults_minor));
-	counter_add(upd.retired.faults_waited, counter_get(c->faults_waited));
-	counter_add(upd.retired.pages_filled, counter_get(c->pages_filled));
-	counter_add(upd.retired.bytes_read, counter_get(c->bytes_read));
+	counter_add(r->faults_missing, counter_get(c->faults_missing));
+	counter_add(r->faults_wp, counter_get(c->faults_wp));
+	counter_add(r->faults_minor, counter_get(c->faults_minor));
+	counter_add(r->faults_waited, counter_get(c->faults_waited));
+	counter_add(r->pages_filled, counter_get(c->pages_filled));
+	counter_add(r->bytes_read, counter_get(c->bytes_read));
 }
 
 void segment_put(struct segment *seg)
@@ -140,7 +142,7 @@ void segment_put(struct segment *seg)
 	if (!seg || atomic_fetch_sub(&seg->refs, 1) != 1)
 		return;
 	pr_info("segment", "%s: freed", seg->name);
-	counters_retire(&seg->c);
+	counters_retire(&seg->d->retired, &seg->c);
 	pagetable_fini(&seg->pt);
 	munmap(seg->map, seg->size);
 	source_destroy(seg->src);
@@ -362,7 +364,7 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 	bool direct = f->att->flags & UPG_REGISTER_RDONLY;
 	uint64_t dst = direct ? (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps
 			      : f->addr + from * ps;
-	int uffd = direct ? upd.fill_uffd : f->att->uffd;
+	int uffd = direct ? f->seg->d->fill_uffd : f->att->uffd;
 	uint64_t pgoff, run;
 	long ret, done;
 
@@ -464,7 +466,7 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 	case ESRCH:
 	case ENOSPC:
 		if (attach_kill(att, "gone"))
-			counter_add(upd.clients_exited, 1);
+			counter_add(seg->d->clients_exited, 1);
 		break;
 	default:
 		uffd_wake(att, f->addr, seg->page_size);

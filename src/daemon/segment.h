@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "daemon.h"
 #include "list.h"
 #include "pagetable.h"
 #include "source.h"
@@ -40,17 +41,8 @@ struct seg_waiter {
 	struct attachment *att;	/* holds a reference */
 };
 
-struct seg_counters {
-	_Atomic uint64_t faults_missing;
-	_Atomic uint64_t faults_wp;
-	_Atomic uint64_t faults_minor;
-	_Atomic uint64_t faults_waited;
-	_Atomic uint64_t pages_filled;
-	_Atomic uint64_t bytes_read;
-	_Atomic uint64_t readahead_max;
-};
-
 struct segment {
+	struct daemon *d;
 	uint64_t id;
 	char name[UPAGER_NAME_MAX + 1];
 	uint64_t size;
@@ -61,7 +53,7 @@ struct segment {
 	uint32_t mode;
 	int memfd;
 	void *map;		/* the daemon's own mapping of the memfd,
-				 * registered with upd.fill_uffd: a frame
+				 * registered with d->fill_uffd: a frame
 				 * filled there is whole before any process
 				 * can see it */
 	struct source *src;
@@ -86,8 +78,9 @@ struct segment {
  * segment_new - a segment of @size bytes over @src (taken over).
  * Returns 0 or -errno.
  */
-int segment_new(const char *name, uint64_t size, uid_t uid, gid_t gid,
-		uint32_t mode, struct source *src, struct segment **out);
+int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
+		gid_t gid, uint32_t mode, struct source *src,
+		struct segment **out);
 void segment_get(struct segment *seg);
 void segment_put(struct segment *seg);
 

@@ -97,6 +97,7 @@ struct ratelimit {
 };
 
 struct server {
+	struct daemon *d;
 	struct io_uring ring;
 	int listen_fd, sfd, tfd;
 	uint64_t efd_val, tfd_val;
@@ -161,21 +162,21 @@ static void arm_read(struct server *s, int fd, void *buf, size_t len,
 
 /* Segments */
 
-static struct segment *seg_find(const char *name)
+static struct segment *seg_find(struct daemon *d, const char *name)
 {
 	struct segment *seg;
 
-	list_for_each_entry(seg, &upd.segments, link)
+	list_for_each_entry(seg, &d->segments, link)
 		if (!strcmp(seg->name, name))
 			return seg;
 	return NULL;
 }
 
-static struct segment *seg_find_id(uint64_t id)
+static struct segment *seg_find_id(struct daemon *d, uint64_t id)
 {
 	struct segment *seg;
 
-	list_for_each_entry(seg, &upd.segments, link)
+	list_for_each_entry(seg, &d->segments, link)
 		if (seg->id == id)
 			return seg;
 	return NULL;
@@ -279,15 +280,16 @@ static int usage_segment(struct quota_tally *t, struct segment *seg,
 static int usage_count(struct server *s, struct quota_tally *t, bool one,
 		       uid_t uid, bool resident)
 {
+	struct daemon *d = s->d;
 	struct segment *seg;
 	struct attachment *att;
 	struct conn *c;
 	int ret = 0;
 
-	list_for_each_entry(seg, &upd.segments, link)
+	list_for_each_entry(seg, &d->segments, link)
 		if (!ret && (!one || seg->uid == uid))
 			ret = usage_segment(t, seg, resident);
-	list_for_each_entry(att, &upd.attachments, all_link) {
+	list_for_each_entry(att, &d->attachments, all_link) {
 		seg = att->seg;
 		/* a deleted segment once: by its first attachment */
 		if (!ret && seg->deleted && (!one || seg->uid == uid) &&
@@ -310,13 +312,14 @@ static int usage_count(struct server *s, struct quota_tally *t, bool one,
 static int quota_take(struct conn *c, enum quota_kind kind, uint64_t more,
 		      uint64_t bytes)
 {
+	struct daemon *d = c->s->d;
 	struct quota_tally t = { 0 };
 	struct upager_usage *u;
 	enum quota_kind k = kind;
 	unsigned int missed;
 	int ret;
 
-	if (quota_exempt(&quota_limits, c->uid))
+	if (quota_exempt(&d->limits, c->uid))
 		return 0;
 	ret = usage_count(c->s, &t, true, c->uid, false);
 	u = ret ? NULL : quota_tally_get(&t, c->uid);
@@ -324,19 +327,19 @@ static int quota_take(struct conn *c, enum quota_kind kind, uint64_t more,
 		quota_tally_free(&t);
 		return -ENOMEM;
 	}
-	ret = quota_check(&quota_limits, c->uid, k, *quota_usage_field(u, k),
+	ret = quota_check(&d->limits, c->uid, k, *quota_usage_field(u, k),
 			  more);
 	if (!ret && kind == QUOTA_SEGMENTS) {
 		k = QUOTA_BYTES;
 		more = bytes;
-		ret = quota_check(&quota_limits, c->uid, k, u->bytes, bytes);
+		ret = quota_check(&d->limits, c->uid, k, u->bytes, bytes);
 	}
 	if (ret && ratelimit_ok(&c->s->rl_quota, &missed))
 		pr_notice("server", "pid %d uid %d: refused: %llu %s of %llu, %llu more asked (%u more since)",
 			  (int)c->pid, (int)c->uid,
 			  (unsigned long long)*quota_usage_field(u, k),
 			  quota_kind_name(k),
-			  (unsigned long long)quota_limit(&quota_limits, c->uid, k),
+			  (unsigned long long)quota_limit(&d->limits, c->uid, k),
 			  (unsigned long long)more, missed);
 	quota_tally_free(&t);
 	return ret;
@@ -356,6 +359,7 @@ static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
 
 static int do_create(struct conn *c, const struct upg_create *m, int fd)
 {
+	struct daemon *d = c->s->d;
 	struct source *src = NULL;
 	struct segment *seg;
 	uint32_t ps = sysconf(_SC_PAGESIZE);
@@ -380,8 +384,8 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 	}
 	if (ret)
 		return ret;
-	pthread_mutex_lock(&upd.lock);
-	if (seg_find(m->name)) {
+	pthread_mutex_lock(&d->lock);
+	if (seg_find(d, m->name)) {
 		ret = -EEXIST;
 		goto out;
 	}
@@ -390,34 +394,35 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 			 (m->size + ps - 1) & ~(uint64_t)(ps - 1));
 	if (ret)
 		goto out;
-	ret = segment_new(m->name, m->size, c->uid, c->gid,
+	ret = segment_new(d, m->name, m->size, c->uid, c->gid,
 			  m->mode ? m->mode : 0600, src, &seg);
 	if (ret)
 		goto out;
 	src = NULL;
-	seg->id = ++upd.next_seg_id;
-	list_add_tail(&seg->link, &upd.segments);
-	upd.nr_segments++;
+	seg->id = ++d->next_seg_id;
+	list_add_tail(&seg->link, &d->segments);
+	d->nr_segments++;
 	pr_notice("segment", "%s: created by pid %d: %llu bytes, %s source%s%s",
 		  seg->name, (int)c->pid, (unsigned long long)seg->size,
 		  seg->src->ops->name, seg->src->path[0] ? " " : "",
 		  seg->src->path);
 out:
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	source_destroy(src);
 	return ret;
 }
 
 static int do_delete(struct conn *c, const struct upg_name *m)
 {
+	struct daemon *d = c->s->d;
 	struct segment *seg;
 	int ret = 0;
 
 	if (!proto_name_valid(m->name, sizeof(m->name)) ||
 	    (m->flags & ~UPAGER_DELETE_FORCE))
 		return -EINVAL;
-	pthread_mutex_lock(&upd.lock);
-	seg = seg_find(m->name);
+	pthread_mutex_lock(&d->lock);
+	seg = seg_find(d, m->name);
 	ret = seg_lookup(c, seg, 0);
 	if (!ret && c->uid != 0 && c->uid != seg->uid)
 		ret = -EACCES;
@@ -427,11 +432,11 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 	if (!ret) {
 		seg->deleted = true;
 		list_del_init(&seg->link);
-		upd.nr_segments--;
+		d->nr_segments--;
 		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
 			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (!ret)
 		segment_put(seg);
 	return ret;
@@ -439,6 +444,7 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 
 static int do_stat(struct conn *c, const struct upg_name *m)
 {
+	struct daemon *d = c->s->d;
 	struct upg_info r;
 	struct segment *seg;
 	int ret = 0;
@@ -446,12 +452,12 @@ static int do_stat(struct conn *c, const struct upg_name *m)
 	if (!proto_name_valid(m->name, sizeof(m->name)) || m->flags)
 		return -EINVAL;
 	memset(&r, 0, sizeof(r));
-	pthread_mutex_lock(&upd.lock);
-	seg = seg_find(m->name);
+	pthread_mutex_lock(&d->lock);
+	seg = seg_find(d, m->name);
 	ret = seg_lookup(c, seg, 4);
 	if (!ret)
 		info_for(c, seg, &r.info);
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (ret)
 		return ret;
 	return reply(c, &r, sizeof(r), UPG_STAT, &m->h, 0, -1) ?: 1;
@@ -459,12 +465,13 @@ static int do_stat(struct conn *c, const struct upg_name *m)
 
 static int do_list(struct conn *c, const struct upg_hdr *m)
 {
+	struct daemon *d = c->s->d;
 	struct upg_info r;
 	struct segment *seg;
 	int n = 0, ret = 0;
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(seg, &upd.segments, link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(seg, &d->segments, link) {
 		if (seg_access(seg, c, 4))
 			continue;
 		memset(&r, 0, sizeof(r));
@@ -474,21 +481,21 @@ static int do_list(struct conn *c, const struct upg_hdr *m)
 			break;
 		n++;
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	return ret ? ret : n;
 }
 
-static void sum_counters(struct upager_daemon_stats *st)
+static void sum_counters(struct daemon *d, struct upager_daemon_stats *st)
 {
 	struct segment *seg;
 
-	st->faults_missing = counter_get(upd.retired.faults_missing);
-	st->faults_wp = counter_get(upd.retired.faults_wp);
-	st->faults_minor = counter_get(upd.retired.faults_minor);
-	st->faults_waited = counter_get(upd.retired.faults_waited);
-	st->pages_filled = counter_get(upd.retired.pages_filled);
-	st->bytes_read = counter_get(upd.retired.bytes_read);
-	list_for_each_entry(seg, &upd.segments, link) {
+	st->faults_missing = counter_get(d->retired.faults_missing);
+	st->faults_wp = counter_get(d->retired.faults_wp);
+	st->faults_minor = counter_get(d->retired.faults_minor);
+	st->faults_waited = counter_get(d->retired.faults_waited);
+	st->pages_filled = counter_get(d->retired.pages_filled);
+	st->bytes_read = counter_get(d->retired.bytes_read);
+	list_for_each_entry(seg, &d->segments, link) {
 		st->faults_missing += counter_get(seg->c.faults_missing);
 		st->faults_wp += counter_get(seg->c.faults_wp);
 		st->faults_minor += counter_get(seg->c.faults_minor);
@@ -501,24 +508,25 @@ static void sum_counters(struct upager_daemon_stats *st)
 
 static int do_stats(struct conn *c, const struct upg_hdr *m)
 {
+	struct daemon *d = c->s->d;
 	struct upg_stats r;
 	struct upager_daemon_stats *st = &r.st;
 
 	memset(&r, 0, sizeof(r));
-	pthread_mutex_lock(&upd.lock);
-	st->segments = upd.nr_segments;
-	sum_counters(st);
-	pthread_mutex_unlock(&upd.lock);
-	st->uptime_ns = now_ns() - upd.start_ns;
-	st->attachments = counter_get(upd.nr_attachments);
-	st->connections = counter_get(upd.connections);
-	st->threads = upd.nr_workers;
-	st->events_fork = counter_get(upd.events_fork);
-	st->events_remap = counter_get(upd.events_remap);
-	st->events_remove = counter_get(upd.events_remove);
-	st->events_unmap = counter_get(upd.events_unmap);
-	st->clients_exited = counter_get(upd.clients_exited);
-	st->protocol_errors = counter_get(upd.protocol_errors);
+	pthread_mutex_lock(&d->lock);
+	st->segments = d->nr_segments;
+	sum_counters(d, st);
+	pthread_mutex_unlock(&d->lock);
+	st->uptime_ns = now_ns() - d->start_ns;
+	st->attachments = counter_get(d->nr_attachments);
+	st->connections = counter_get(d->connections);
+	st->threads = d->nr_workers;
+	st->events_fork = counter_get(d->events_fork);
+	st->events_remap = counter_get(d->events_remap);
+	st->events_remove = counter_get(d->events_remove);
+	st->events_unmap = counter_get(d->events_unmap);
+	st->clients_exited = counter_get(d->clients_exited);
+	st->protocol_errors = counter_get(d->protocol_errors);
 	return reply(c, &r, sizeof(r), UPG_STATS, m, 0, -1) ?: 1;
 }
 
@@ -528,19 +536,20 @@ static int do_stats(struct conn *c, const struct upg_hdr *m)
  */
 static int do_usage(struct conn *c, const struct upg_hdr *m)
 {
+	struct daemon *d = c->s->d;
 	struct quota_tally t = { 0 };
 	struct upg_usage r;
 	int ret;
 
-	pthread_mutex_lock(&upd.lock);
+	pthread_mutex_lock(&d->lock);
 	ret = usage_count(c->s, &t, c->uid != 0, c->uid, true);
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (!ret && !quota_tally_get(&t, c->uid))
 		ret = -ENOMEM;
 	for (size_t i = 0; !ret && i < t.n; i++) {
 		memset(&r, 0, sizeof(r));
 		r.usage = t.v[i];
-		quota_usage_limits(&quota_limits, &r.usage);
+		quota_usage_limits(&d->limits, &r.usage);
 		ret = reply(c, &r, sizeof(r), UPG_USAGE_ENTRY, m, 0, -1);
 	}
 	if (!ret)
@@ -551,6 +560,7 @@ static int do_usage(struct conn *c, const struct upg_hdr *m)
 
 static int do_attach(struct conn *c, const struct upg_name *m)
 {
+	struct daemon *d = c->s->d;
 	struct upg_attach_reply r;
 	struct segment *seg;
 	unsigned int want = 4;
@@ -566,8 +576,8 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	if (!(m->flags & UPAGER_ATTACH_RDONLY))
 		want |= 2;
 	memset(&r, 0, sizeof(r));
-	pthread_mutex_lock(&upd.lock);
-	seg = seg_find(m->name);
+	pthread_mutex_lock(&d->lock);
+	seg = seg_find(d, m->name);
 	ret = seg_lookup(c, seg, want);
 	/* After the lookup: a segment one may not see is not told of. */
 	if (!ret && (m->flags & UPG_ATTACH_OWNER) && seg->uid != m->owner)
@@ -592,7 +602,7 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 				ret = -errno;
 		}
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (ret)
 		return ret;
 	ret = reply(c, &r, sizeof(r), UPG_ATTACH, &m->h, 0, fd);
@@ -688,6 +698,7 @@ static int uffd_real_features(int fd, uint64_t *features)
 
 static int do_register(struct conn *c, const struct upg_register *m, int fd)
 {
+	struct daemon *d = c->s->d;
 	uint64_t features = 0;
 	struct upg_register_reply r;
 	struct attachment *att = NULL;
@@ -705,14 +716,14 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	}
 	if (!(m->flags & UPG_REGISTER_RDONLY))
 		want |= 2;
-	pthread_mutex_lock(&upd.lock);
-	seg = seg_find_id(m->seg_id);
+	pthread_mutex_lock(&d->lock);
+	seg = seg_find_id(d, m->seg_id);
 	ret = seg_lookup(c, seg, want);
 	if (!ret && (m->addr % seg->page_size || m->len != seg->size ||
 		     !maps_segment(c->pid, seg, m->addr, m->len)))
 		ret = -EINVAL;
 	/* One uffd, one attachment: served twice it would be read by two. */
-	if (!ret && attach_uffd_served(fd))
+	if (!ret && attach_uffd_served(d, fd))
 		ret = -EBUSY;
 	if (!ret)
 		ret = quota_take(c, QUOTA_ATTACHMENTS, 1, 0);
@@ -720,7 +731,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
 		fd = -1;
-		att->owner = worker_pick();
+		att->owner = worker_pick(d);
 		att->flags = m->flags;
 		att->uid = c->uid;
 		att->uffd_features = features;
@@ -733,7 +744,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 			seg->name, (int)c->pid, (unsigned long long)m->addr,
 			(unsigned long long)att->id);
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (ret) {
 		attach_put(att);
 		if (fd >= 0)
@@ -749,7 +760,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 
 static int do_detach(struct conn *c, const struct upg_detach *m)
 {
-	struct attachment *att = attach_find(m->attach_id);
+	struct attachment *att = attach_find(c->s->d, m->attach_id);
 
 	if (att && atomic_load(&att->pid) != c->pid && c->uid != 0) {
 		attach_put(att);
@@ -801,9 +812,10 @@ static bool uffd_owns(int uffd, uint64_t addr)
 
 static void resolved(struct attachment *att, pid_t pid, const char *how)
 {
+	struct daemon *d = att->seg->d;
 	if (attach_set_pid(att, pid))
 		return;
-	atomic_fetch_sub(&upd.unresolved, 1);
+	atomic_fetch_sub(&d->unresolved, 1);
 	pr_info("attach", "%s: attachment %llu is pid %d (%s)", att->seg->name,
 		(unsigned long long)att->id, (int)pid, how);
 	worker_watch_pid(att->owner, att);
@@ -819,6 +831,7 @@ static void resolved(struct attachment *att, pid_t pid, const char *how)
  */
 static int do_claim(struct conn *c, const struct upg_claim *m)
 {
+	struct daemon *d = c->s->d;
 	struct upg_register_reply r;
 	struct attachment *att, *found = NULL;
 	pid_t ppid = parent_of(c->pid);
@@ -826,8 +839,8 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 
 	if (m->probe_addr % sysconf(_SC_PAGESIZE))
 		return -EINVAL;
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(att, &upd.attachments, all_link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(att, &d->attachments, all_link) {
 		pid_t pid = atomic_load(&att->pid);
 
 		/* Only the attachment's user may have its uffd. */
@@ -841,7 +854,7 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		}
 	}
 	if (owners > 1) {
-		pthread_mutex_unlock(&upd.lock);
+		pthread_mutex_unlock(&d->lock);
 		pr_warn("server", "pid %d: claim refused: the probe at %#llx is "
 			"no proof (%d candidates map it)", (int)c->pid,
 			(unsigned long long)m->probe_addr, owners);
@@ -851,7 +864,7 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		resolved(found, c->pid, "claimed");
 	if (found)
 		attach_get(found);
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	if (!found)
 		return -EAGAIN;	/* the fork event is not read yet */
 	memset(&r, 0, sizeof(r));
@@ -1113,6 +1126,7 @@ static struct conn *conn_find(struct server *s, uint64_t id)
 
 static void conn_close(struct server *s, struct conn *c, const char *why)
 {
+	struct daemon *d = s->d;
 	struct io_uring_sqe *sqe = sq(s);
 
 	pr_info("server", "pid %d: connection closed: %s", (int)c->pid, why);
@@ -1122,7 +1136,7 @@ static void conn_close(struct server *s, struct conn *c, const char *why)
 	close(c->fd);
 	free(c->groups);
 	free(c);
-	atomic_fetch_sub(&upd.connections, 1);
+	atomic_fetch_sub(&d->connections, 1);
 }
 
 /*
@@ -1140,6 +1154,7 @@ static void refused_done(struct server *s, struct conn *c)
 
 static void conn_readable(struct server *s, struct conn *c)
 {
+	struct daemon *d = s->d;
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
 
 	if (c->refused) {
@@ -1164,7 +1179,7 @@ static void conn_readable(struct server *s, struct conn *c)
 		ret = n < 0 ? (int)n : handle_request(c, buf, n, fd, lost);
 		if (ret == -EPROTO) {
 			/* Only malformed input counts; the reason is logged. */
-			counter_add(upd.protocol_errors, 1);
+			counter_add(d->protocol_errors, 1);
 			pr_warn("server", "pid %d: protocol error: %s: disconnected",
 				(int)c->pid, c->why);
 			conn_close(s, c, "protocol error");
@@ -1301,6 +1316,7 @@ static uint64_t conns_of(struct server *s, uid_t uid, bool refused)
  */
 static bool conn_refuse(struct server *s, struct conn *c, uint64_t used)
 {
+	struct daemon *d = s->d;
 	struct upg_hdr h;
 	char b;
 	unsigned int missed;
@@ -1308,7 +1324,7 @@ static bool conn_refuse(struct server *s, struct conn *c, uint64_t used)
 	if (ratelimit_ok(&s->rl_quota, &missed))
 		pr_notice("server", "pid %d uid %d: connection refused: %llu connections of %llu (%u more since)",
 			  (int)c->pid, (int)c->uid, (unsigned long long)used,
-			  (unsigned long long)quota_limit(&quota_limits, c->uid,
+			  (unsigned long long)quota_limit(&d->limits, c->uid,
 							  QUOTA_CONNECTIONS),
 			  missed);
 	proto_hdr_init(&h, UPG_HELLO, sizeof(h), 1);
@@ -1329,6 +1345,7 @@ static bool conn_refuse(struct server *s, struct conn *c, uint64_t used)
 
 static void do_accept(struct server *s)
 {
+	struct daemon *d = s->d;
 	unsigned int missed;
 
 	for (;;) {
@@ -1385,10 +1402,10 @@ static void do_accept(struct server *s)
 		c->uid = cred.uid;
 		c->gid = cred.gid;
 		c->last_ns = now_ns();
-		if (!quota_exempt(&quota_limits, c->uid)) {
+		if (!quota_exempt(&d->limits, c->uid)) {
 			uint64_t used = conns_of(s, c->uid, false);
 
-			if (quota_check(&quota_limits, c->uid,
+			if (quota_check(&d->limits, c->uid,
 					QUOTA_CONNECTIONS, used, 1) &&
 			    conn_refuse(s, c, used)) {
 				free(c->groups);
@@ -1398,7 +1415,7 @@ static void do_accept(struct server *s)
 			}
 		}
 		list_add_tail(&c->link, &s->conns);
-		atomic_fetch_add(&upd.connections, 1);
+		atomic_fetch_add(&d->connections, 1);
 		arm_poll(s, fd, c->id << 3 | MT_CONN, true);
 		pr_info("server", "pid %d uid %d gid %d: connected", (int)c->pid,
 			(int)c->uid, (int)c->gid);
@@ -1406,18 +1423,18 @@ static void do_accept(struct server *s)
 }
 
 /* Whether a live attachment belongs to @pid.  Takes the daemon lock. */
-static bool pid_attached(pid_t pid)
+static bool pid_attached(struct daemon *d, pid_t pid)
 {
 	struct attachment *att;
 	bool found = false;
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(att, &upd.attachments, all_link)
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(att, &d->attachments, all_link)
 		if (atomic_load(&att->pid) == pid) {
 			found = true;
 			break;
 		}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	return found;
 }
 
@@ -1429,7 +1446,7 @@ static bool pid_attached(pid_t pid)
  */
 static void conns_sweep(struct server *s)
 {
-	uint64_t now = now_ns(), idle = quota_limits.idle_timeout_ns;
+	uint64_t now = now_ns(), idle = s->d->limits.idle_timeout_ns;
 	struct conn *c, *tmp;
 
 	list_for_each_entry_safe(c, tmp, &s->conns, link) {
@@ -1438,7 +1455,7 @@ static void conns_sweep(struct server *s)
 				conn_close(s, c, "refused, no hello");
 			continue;
 		}
-		if (!idle || now - c->last_ns < idle || pid_attached(c->pid))
+		if (!idle || now - c->last_ns < idle || pid_attached(s->d, c->pid))
 			continue;
 		pr_info("server", "pid %d uid %d: idle for %llu s",
 			(int)c->pid, (int)c->uid,
@@ -1511,14 +1528,14 @@ static pid_t tgid_of(pid_t tid)
  * and faults to another process.  An attachment whose process is gone
  * (nobody unattached maps the segment any more) is dropped.
  */
-static void resolve_forks(void)
+static void resolve_forks(struct daemon *d)
 {
 	struct segment *seg;
 	struct attachment *att;
 	uint64_t now = now_ns();
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(seg, &upd.segments, link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(seg, &d->segments, link) {
 		list_for_each_entry(att, &seg->attachments, seg_link) {
 			pid_t tid = atomic_load(&att->fault_tid), pid = 0;
 
@@ -1533,20 +1550,20 @@ static void resolve_forks(void)
 				continue;
 			/* Mapped by no unattached process: it exited. */
 			atomic_store(&att->pid, -1);
-			atomic_fetch_sub(&upd.unresolved, 1);
+			atomic_fetch_sub(&d->unresolved, 1);
 			/* attach_kill takes the lock itself */
 			attach_get(att);
-			pthread_mutex_unlock(&upd.lock);
+			pthread_mutex_unlock(&d->lock);
 			if (attach_kill(att, "forked child exited"))
-				counter_add(upd.clients_exited, 1);
+				counter_add(d->clients_exited, 1);
 			attach_put(att);
-			pthread_mutex_lock(&upd.lock);
+			pthread_mutex_lock(&d->lock);
 			/* The lists may have changed: next tick. */
 			goto out;
 		}
 	}
 out:
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 }
 
 /*
@@ -1558,13 +1575,13 @@ out:
  */
 #define PROBE_EVERY_TICKS 25
 
-static void probe_exec(void)
+static void probe_exec(struct daemon *d)
 {
 	struct attachment *att, **atts = NULL;
 	size_t n = 0, cap = 0;
 
-	pthread_mutex_lock(&upd.lock);
-	list_for_each_entry(att, &upd.attachments, all_link) {
+	pthread_mutex_lock(&d->lock);
+	list_for_each_entry(att, &d->attachments, all_link) {
 		if (atomic_load(&att->pid) <= 0)
 			continue;
 		if (n == cap) {
@@ -1577,7 +1594,7 @@ static void probe_exec(void)
 		attach_get(att);
 		atts[n++] = att;
 	}
-	pthread_mutex_unlock(&upd.lock);
+	pthread_mutex_unlock(&d->lock);
 	for (size_t i = 0; i < n; i++) {
 		struct uffdio_continue c = { .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
 
@@ -1590,7 +1607,7 @@ static void probe_exec(void)
 		pthread_mutex_unlock(&att->lock);
 		if (c.range.len && ioctl(att->uffd, UFFDIO_CONTINUE, &c) < 0 &&
 		    errno == ESRCH && attach_kill(att, "gone (exec)"))
-			counter_add(upd.clients_exited, 1);
+			counter_add(d->clients_exited, 1);
 		attach_put(att);
 	}
 	free(atts);
@@ -1598,7 +1615,7 @@ static void probe_exec(void)
 
 /* The event loop */
 
-static int setup(struct server *s, int listen_fd)
+static int setup(struct server *s, struct daemon *d, int listen_fd)
 {
 	struct itimerspec its = {
 		.it_interval = { .tv_nsec = TICK_MS * 1000000L },
@@ -1608,6 +1625,7 @@ static int setup(struct server *s, int listen_fd)
 	int ret;
 
 	memset(s, 0, sizeof(*s));
+	s->d = d;
 	list_init(&s->conns);
 	s->listen_fd = listen_fd;
 	s->refuse_fd = -1;
@@ -1629,13 +1647,14 @@ static int setup(struct server *s, int listen_fd)
 		return ret;
 	arm_poll(s, listen_fd, MT_LISTEN, true);
 	arm_read(s, s->sfd, &s->si, sizeof(s->si), MT_SIGNAL);
-	arm_read(s, upd.main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
+	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
 	arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
 	return 0;
 }
 
 static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 {
+	struct daemon *d = s->d;
 	uint64_t ud = cqe->user_data;
 	struct conn *c;
 
@@ -1655,15 +1674,15 @@ static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 		}
 		break;
 	case MT_EFD:
-		if (atomic_load(&upd.unresolved))
-			resolve_forks();
-		arm_read(s, upd.main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
+		if (atomic_load(&d->unresolved))
+			resolve_forks(d);
+		arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
 		break;
 	case MT_TIMER:
-		if (atomic_load(&upd.unresolved))
-			resolve_forks();
+		if (atomic_load(&d->unresolved))
+			resolve_forks(d);
 		if (++s->ticks % PROBE_EVERY_TICKS == 0)
-			probe_exec();
+			probe_exec(d);
 		if (s->ticks % SWEEP_TICKS == 0)
 			conns_sweep(s);
 		if (s->refuse_fd >= 0 && now_ns() > s->refuse_deadline_ns)
@@ -1693,14 +1712,14 @@ static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
 	}
 }
 
-int server_run(int listen_fd)
+int server_run(struct daemon *d, int listen_fd)
 {
 	struct server s;
 	struct io_uring_cqe *cqe;
 	unsigned int head, n;
 	int ret;
 
-	ret = setup(&s, listen_fd);
+	ret = setup(&s, d, listen_fd);
 	if (ret)
 		return ret;
 	while (!s.stop) {

@@ -49,6 +49,7 @@ struct cmd {
 };
 
 struct worker {
+	struct daemon *d;
 	unsigned int id;
 	pthread_t thread;
 	struct io_uring ring;
@@ -83,11 +84,11 @@ struct list_head *worker_stalled(struct worker *w)
 	return &w->stalled;
 }
 
-struct worker *worker_pick(void)
+struct worker *worker_pick(struct daemon *d)
 {
-	unsigned int i = atomic_fetch_add(&upd.next_worker, 1);
+	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
 
-	return upd.workers[i % upd.nr_workers];
+	return d->workers[i % d->nr_workers];
 }
 
 void worker_fill_begin(struct worker *w)
@@ -168,21 +169,25 @@ void worker_kick(struct worker *w)
  */
 #define MAX_POLLERS 4
 
-static unsigned int nr_pollers(void)
+static unsigned int nr_pollers(struct daemon *d)
 {
-	return upd.nr_workers < MAX_POLLERS ? upd.nr_workers : MAX_POLLERS;
+	return d->nr_workers < MAX_POLLERS ? d->nr_workers : MAX_POLLERS;
 }
 
 void worker_add(struct worker *w, struct attachment *att)
 {
-	for (unsigned int i = 0; i < nr_pollers(); i++)
-		post(upd.workers[(w->id + i) % upd.nr_workers], CMD_ADD, att);
+	struct daemon *d = w->d;
+
+	for (unsigned int i = 0; i < nr_pollers(d); i++)
+		post(d->workers[(w->id + i) % d->nr_workers], CMD_ADD, att);
 }
 
 void worker_remove(struct worker *w, struct attachment *att)
 {
-	for (unsigned int i = 0; i < nr_pollers(); i++)
-		post(upd.workers[(w->id + i) % upd.nr_workers], CMD_REMOVE, att);
+	struct daemon *d = w->d;
+
+	for (unsigned int i = 0; i < nr_pollers(d); i++)
+		post(d->workers[(w->id + i) % d->nr_workers], CMD_REMOVE, att);
 }
 
 void worker_watch_pid(struct worker *w, struct attachment *att)
@@ -271,20 +276,13 @@ static void disown(struct worker *w, struct attachment *att)
 	attach_put(att);
 }
 
-static void wake_main(void)
-{
-	uint64_t one = 1;
-
-	if (write(upd.main_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		pr_err("worker", "waking main: %s", strerror(errno));
-}
-
 static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 {
 	struct attachment *child;
 	struct segment *seg = parent->seg;
+	struct daemon *d = w->d;
 
-	counter_add(upd.events_fork, 1);
+	counter_add(d->events_fork, 1);
 	if (attach_fork(parent, ufd, &child)) {
 		/* Closing the uffd unregisters the child's ranges: its next
 		 * touch of an absent page would read zeros.  Nothing else
@@ -295,17 +293,17 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 		return;
 	}
 	/* Owned before anyone can find it. */
-	child->owner = worker_pick();
-	pthread_mutex_lock(&upd.lock);
+	child->owner = worker_pick(d);
+	pthread_mutex_lock(&d->lock);
 	attach_publish(child);
-	atomic_fetch_add(&upd.unresolved, 1);
-	pthread_mutex_unlock(&upd.lock);
+	atomic_fetch_add(&d->unresolved, 1);
+	pthread_mutex_unlock(&d->lock);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
 	worker_add(child->owner, child);
 	attach_put(child);
 	/* The main thread finds the child's pid. */
-	wake_main();
+	daemon_wake_main(d);
 }
 
 static void handle_pagefault(struct worker *w, struct attachment *att,
@@ -342,7 +340,7 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 	    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
 		/* A forked child's first fault says who it is. */
 		atomic_store(&att->fault_tid, (pid_t)m->arg.pagefault.feat.ptid);
-		wake_main();
+		daemon_wake_main(w->d);
 	}
 }
 
@@ -395,7 +393,7 @@ static void handle_event(struct worker *w, struct attachment *att,
 		handle_fork(w, att, m->arg.fork.ufd);
 		break;
 	case UFFD_EVENT_REMAP:
-		counter_add(upd.events_remap, 1);
+		counter_add(w->d->events_remap, 1);
 		atomic_fetch_add(&att->ev_gen, 1);
 		attach_remap(att, m->arg.remap.from, m->arg.remap.to,
 			     m->arg.remap.len);
@@ -403,10 +401,10 @@ static void handle_event(struct worker *w, struct attachment *att,
 	case UFFD_EVENT_REMOVE:
 		/* The frames stay PRESENT in the table; a fault on a
 		 * punched one re-checks. */
-		counter_add(upd.events_remove, 1);
+		counter_add(w->d->events_remove, 1);
 		break;
 	case UFFD_EVENT_UNMAP:
-		counter_add(upd.events_unmap, 1);
+		counter_add(w->d->events_unmap, 1);
 		atomic_fetch_add(&att->ev_gen, 1);
 		attach_unmap(att, m->arg.remove.start, m->arg.remove.end);
 		if (!attach_has_ranges(att))
@@ -524,7 +522,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case TAG_PIDFD:
 		att = find_att(w, ud >> 3, NULL);
 		if (att && cqe->res >= 0 && attach_kill(att, "exited"))
-			counter_add(upd.clients_exited, 1);
+			counter_add(w->d->clients_exited, 1);
 		break;
 	case TAG_INBOX:
 		run_inbox(w);
@@ -580,7 +578,7 @@ static void reap(struct worker *w)
  */
 static void spin(struct worker *w)
 {
-	uint64_t until = now_ns() + upd.spin_ns;
+	uint64_t until = now_ns() + w->d->spin_ns;
 
 	while (!w->stop) {
 		uint64_t before = w->served;
@@ -590,7 +588,7 @@ static void spin(struct worker *w)
 		io_uring_submit_and_get_events(&w->ring);
 		reap(w);
 		if (w->served != before)
-			until = now_ns() + upd.spin_ns;
+			until = now_ns() + w->d->spin_ns;
 		else if (now_ns() >= until)
 			break;
 	}
@@ -600,7 +598,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 
-	if (upd.pinned) {
+	if (w->d->pinned) {
 		cpu_set_t set;
 
 		CPU_ZERO(&set);
@@ -621,7 +619,7 @@ static void *worker_main(void *arg)
 			break;
 		}
 		reap(w);
-		if (upd.spin_ns && w->served != before)
+		if (w->d->spin_ns && w->served != before)
 			spin(w);
 	}
 	while (w->nr_atts)
@@ -629,13 +627,14 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int worker_start(unsigned int id, struct worker **out)
+int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 {
 	struct worker *w = calloc(1, sizeof(*w));
 	int ret;
 
 	if (!w)
 		return -ENOMEM;
+	w->d = d;
 	w->id = id;
 	w->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
 	w->inbox_tail = &w->inbox;

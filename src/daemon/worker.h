@@ -13,9 +13,10 @@
 #include "list.h"
 
 struct attachment;
+struct daemon;
 struct worker;
 
-int worker_start(unsigned int id, struct worker **out);
+int worker_start(struct daemon *d, unsigned int id, struct worker **out);
 /* Asks @w to stop, joins it and frees it. */
 void worker_stop(struct worker *w);
 
@@ -30,7 +31,7 @@ void worker_watch_pid(struct worker *w, struct attachment *att);
 void worker_kick(struct worker *w);
 
 /* The worker for a new attachment: round robin. */
-struct worker *worker_pick(void);
+struct worker *worker_pick(struct daemon *d);
 
 
 struct io_uring *worker_ring(struct worker *w);
