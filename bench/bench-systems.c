@@ -23,23 +23,16 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/userfaultfd.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <upager/upager.h>
 
 #include "bench-systems.h"
-
-/* Debian 12's 6.1 headers lack it (it is in 5.11+ kernels). */
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
+#include "uffd.h"
 
 uint64_t bench_now_ns(void)
 {
@@ -248,20 +241,9 @@ struct minimal {
 	int error;		/* -errno of the handler, read after join */
 };
 
-static int uffd_open(void)
-{
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-
-	/* vm.unprivileged_userfaultfd=0: user-mode faults are still allowed */
-	if (fd < 0 && errno == EPERM)
-		fd = (int)syscall(SYS_userfaultfd,
-				  O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	return fd < 0 ? -errno : fd;
-}
-
 static int minimal_fill(struct minimal *m, unsigned long addr)
 {
-	struct uffdio_copy copy;
+	int r;
 
 	if (m->source_fd >= 0) {
 		off_t off = (off_t)(addr - (unsigned long)m->base);
@@ -272,14 +254,8 @@ static int minimal_fill(struct minimal *m, unsigned long addr)
 		/* past the end of the file reads as zero */
 		memset(m->page + n, 0, m->page_size - (size_t)n);
 	}
-	copy.src = (unsigned long)m->page;
-	copy.dst = addr;
-	copy.len = m->page_size;
-	copy.mode = 0;
-	copy.copy = 0;
-	if (ioctl(m->uffd, UFFDIO_COPY, &copy) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
+	r = uffd_copy(m->uffd, addr, m->page, m->page_size, true, NULL);
+	return r == -EEXIST ? 0 : r;
 }
 
 static void *minimal_handler(void *arg)
@@ -321,14 +297,9 @@ static void *minimal_handler(void *arg)
 			break;
 		}
 	}
-	if (m->error) {
-		/* unregistering wakes the faulting threads: never a hang */
-		struct uffdio_range range = {
-			.start = (unsigned long)m->base, .len = m->len,
-		};
-
-		ioctl(m->uffd, UFFDIO_UNREGISTER, &range);
-	}
+	/* unregistering wakes the faulting threads: never a hang */
+	if (m->error)
+		uffd_unregister(m->uffd, (uintptr_t)m->base, m->len);
 	return NULL;
 }
 
@@ -348,8 +319,6 @@ static void minimal_free(struct minimal *m)
 
 static int minimal_attach(struct bench_run *run, struct bench_map *map)
 {
-	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
-	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
 	struct minimal *m;
 	void *p;
 	int r;
@@ -376,20 +345,15 @@ static int minimal_attach(struct bench_run *run, struct bench_map *map)
 		goto fail;
 	}
 	memset(m->page, 0, m->page_size);
-	r = uffd_open();
+	/* no feature: anonymous memory, missing faults */
+	r = uffd_open(0, 0, 0, NULL);
 	if (r < 0)
 		goto fail;
 	m->uffd = r;
-	if (ioctl(m->uffd, UFFDIO_API, &api) < 0) {
-		r = -errno;
+	r = uffd_register(m->uffd, (uintptr_t)m->base, m->len,
+			  UFFDIO_REGISTER_MODE_MISSING, NULL);
+	if (r < 0)
 		goto fail;
-	}
-	reg.range.start = (unsigned long)m->base;
-	reg.range.len = m->len;
-	if (ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0) {
-		r = -errno;
-		goto fail;
-	}
 	m->stopfd = eventfd(0, EFD_CLOEXEC);
 	if (m->stopfd < 0) {
 		r = -errno;
