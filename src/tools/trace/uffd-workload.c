@@ -37,14 +37,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-#include <linux/userfaultfd.h>
 
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
+#include "uffd.h"
 
 #define EXIT_SKIP 77
 
@@ -58,6 +53,12 @@ static const char *const mode_names[] = {
 	[MODE_MISSING] = "missing",
 	[MODE_WP] = "wp",
 	[MODE_MINOR] = "minor",
+};
+
+static const uint64_t reg_mode[] = {
+	[MODE_MISSING] = UFFDIO_REGISTER_MODE_MISSING,
+	[MODE_WP] = UFFDIO_REGISTER_MODE_WP,
+	[MODE_MINOR] = UFFDIO_REGISTER_MODE_MINOR,
 };
 
 struct workload {
@@ -87,41 +88,23 @@ static int serve_fault(struct workload *w, const struct uffd_msg *m)
 {
 	unsigned long addr = m->arg.pagefault.address & ~(w->page_size - 1);
 	size_t page = (addr - (unsigned long)w->area) / w->page_size;
+	int err = -EINVAL;
 
 	switch (w->mode) {
-	case MODE_MISSING: {
-		struct uffdio_copy copy = {
-			.dst = addr,
-			.src = (unsigned long)w->src,
-			.len = w->page_size,
-		};
-
+	case MODE_MISSING:
 		memset(w->src, pattern(page), w->page_size);
-		if (ioctl(w->uffd, UFFDIO_COPY, &copy) && errno != EEXIST)
-			return -errno;
-		return 0;
+		err = uffd_copy(w->uffd, addr, w->src, w->page_size, true, NULL);
+		break;
+	case MODE_WP:
+		/* un-protect, and wake the writer */
+		err = uffd_writeprotect(w->uffd, addr, w->page_size, false,
+					true);
+		break;
+	case MODE_MINOR:
+		err = uffd_continue(w->uffd, addr, w->page_size, true, NULL);
+		break;
 	}
-	case MODE_WP: {
-		struct uffdio_writeprotect wp = {
-			.range = { .start = addr, .len = w->page_size },
-			.mode = 0,	/* un-protect, and wake the writer */
-		};
-
-		if (ioctl(w->uffd, UFFDIO_WRITEPROTECT, &wp))
-			return -errno;
-		return 0;
-	}
-	case MODE_MINOR: {
-		struct uffdio_continue cont = {
-			.range = { .start = addr, .len = w->page_size },
-		};
-
-		if (ioctl(w->uffd, UFFDIO_CONTINUE, &cont) && errno != EEXIST)
-			return -errno;
-		return 0;
-	}
-	}
-	return -EINVAL;
+	return err == -EEXIST ? 0 : err;
 }
 
 /* The touchers would wait forever on a dead handler: give up loudly. */
@@ -190,19 +173,14 @@ static void *toucher_main(void *arg)
 /* Returns 0, -errno, or 77-worthy -ENOSYS/-EPERM/-EOPNOTSUPP. */
 static int workload_setup(struct workload *w)
 {
-	struct uffdio_api api = { .api = UFFD_API };
-	struct uffdio_register reg = { 0 };
+	uint64_t need = w->mode == MODE_MINOR ? UFFD_FEATURE_MINOR_SHMEM : 0;
 	size_t len = w->pages * w->page_size, i;
 	int memfd = -1, err;
 
-	w->uffd = (int)syscall(SYS_userfaultfd,
-			       O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	/* -EOPNOTSUPP without the mode's feature */
+	w->uffd = uffd_open(need, need, UFFD_OPEN_USER_ONLY, NULL);
 	if (w->uffd < 0)
-		return -errno;
-	if (w->mode == MODE_MINOR)
-		api.features = UFFD_FEATURE_MINOR_SHMEM;
-	if (ioctl(w->uffd, UFFDIO_API, &api))
-		return errno == EINVAL ? -EOPNOTSUPP : -errno;
+		return w->uffd;
 
 	w->src = mmap(NULL, w->page_size, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -240,22 +218,15 @@ static int workload_setup(struct workload *w)
 				w->area[i * w->page_size] = 0;
 	}
 
-	reg.range.start = (unsigned long)w->area;
-	reg.range.len = len;
-	reg.mode = w->mode == MODE_MISSING ? UFFDIO_REGISTER_MODE_MISSING :
-		   w->mode == MODE_WP	   ? UFFDIO_REGISTER_MODE_WP :
-					     UFFDIO_REGISTER_MODE_MINOR;
-	if (ioctl(w->uffd, UFFDIO_REGISTER, &reg))
-		return errno == EINVAL ? -EOPNOTSUPP : -errno;
-
+	err = uffd_register(w->uffd, (uintptr_t)w->area, len, reg_mode[w->mode],
+			    NULL);
+	if (err)
+		return err == -EINVAL ? -EOPNOTSUPP : err;
 	if (w->mode == MODE_WP) {
-		struct uffdio_writeprotect wp = {
-			.range = reg.range,
-			.mode = UFFDIO_WRITEPROTECT_MODE_WP,
-		};
-
-		if (ioctl(w->uffd, UFFDIO_WRITEPROTECT, &wp))
-			return -errno;
+		err = uffd_writeprotect(w->uffd, (uintptr_t)w->area, len, true,
+					true);
+		if (err)
+			return err;
 	}
 
 	w->stop_fd = eventfd(0, EFD_CLOEXEC);
