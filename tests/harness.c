@@ -23,6 +23,7 @@
 
 #include "harness.h"
 #include "proto.h"
+#include "uffd.h"
 
 extern char **environ;
 
@@ -64,24 +65,146 @@ const char *h_upagerctl(void)
 
 /* main */
 
-/* 0 when the kernel has userfaultfd with @features, else why not. */
-static const char *probe_uffd(uint64_t features)
-{
-	struct uffdio_api api = { .api = UFFD_API };
-	int fd = syscall(SYS_userfaultfd, O_CLOEXEC);
+/*
+ * What the suite is made of: the cases h_tcase() made (to name them), and
+ * the cases and tests it left out.  Set-aside cases go to a suite of their
+ * own that never runs, so that libcheck frees them.
+ */
+#define H_TCASES_MAX 64
 
-	if (fd < 0 && errno == EPERM)
-		fd = syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
-	if (fd < 0)
-		return "userfaultfd() failed";
-	if (ioctl(fd, UFFDIO_API, &api) < 0) {
-		close(fd);
-		return "UFFDIO_API failed";
+static const char *suite_name = "?";
+static struct {
+	TCase *tc;
+	const char *name;
+} tcases[H_TCASES_MAX];
+static size_t nr_tcases;
+static Suite *set_aside;
+static unsigned int nr_skipped;
+
+static const struct {
+	uint64_t bit;
+	const char *name;
+} feature_names[] = {
+	{ UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP" },
+	{ UFFD_FEATURE_EVENT_FORK, "EVENT_FORK" },
+	{ UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP" },
+	{ UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE" },
+	{ UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS" },
+	{ UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM" },
+	{ UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP" },
+	{ UFFD_FEATURE_SIGBUS, "SIGBUS" },
+	{ UFFD_FEATURE_THREAD_ID, "THREAD_ID" },
+	{ UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS" },
+	{ UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM" },
+	{ UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS" },
+	{ UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM" },
+	{ UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED" },
+	{ UFFD_FEATURE_POISON, "POISON" },
+	{ UFFD_FEATURE_WP_ASYNC, "WP_ASYNC" },
+	{ UFFD_FEATURE_MOVE, "MOVE" },
+};
+
+/*
+ * NULL when the kernel offers every feature of @features, else why not
+ * (in a static buffer).
+ */
+static const char *features_missing(uint64_t features)
+{
+	static bool probed;
+	static uint64_t offered;
+	static int err;
+	static char why[256];
+	uint64_t lack;
+	size_t at;
+
+	if (!probed) {
+		const char *hide = getenv("H_HIDE_FEATURES");
+
+		err = uffd_offered(&offered);
+		/* to try the skips: features to take for missing */
+		if (hide && *hide)
+			offered &= ~strtoull(hide, NULL, 0);
+		probed = true;
 	}
-	close(fd);
-	if ((api.features & features) != features)
-		return "the kernel lacks a userfaultfd feature this test needs";
-	return NULL;
+	if (!features)
+		return NULL;
+	if (err) {
+		snprintf(why, sizeof(why), "no userfaultfd here (%s)",
+			 strerror(-err));
+		return why;
+	}
+	lack = features & ~offered;
+	if (!lack)
+		return NULL;
+	at = snprintf(why, sizeof(why), "the kernel lacks userfaultfd");
+	for (size_t i = 0; i < sizeof(feature_names) / sizeof(feature_names[0]);
+	     i++) {
+		if (!(lack & feature_names[i].bit) || at >= sizeof(why))
+			continue;
+		at += snprintf(why + at, sizeof(why) - at, " %s",
+			       feature_names[i].name);
+		lack &= ~feature_names[i].bit;
+	}
+	if (lack && at < sizeof(why))
+		snprintf(why + at, sizeof(why) - at, " %#llx",
+			 (unsigned long long)lack);
+	return why;
+}
+
+/* A line on stdout, out before any test forks (a buffered one would be
+ * written again by every test process at its exit). */
+static void say_skip(const char *what, const char *why)
+{
+	printf("SKIP %s: %s\n", what, why);
+	fflush(stdout);
+	nr_skipped++;
+}
+
+Suite *h_suite(const char *name)
+{
+	suite_name = name;
+	return suite_create(name);
+}
+
+TCase *h_tcase(Suite *s, const char *name, uint64_t features)
+{
+	const char *why = features_missing(features);
+	TCase *tc = tcase_create(name);
+	char what[256];
+
+	tcase_set_timeout(tc, H_TCASE_TIMEOUT);
+	if (nr_tcases < H_TCASES_MAX)
+		tcases[nr_tcases++] = (typeof(tcases[0])){ tc, name };
+	if (!why) {
+		suite_add_tcase(s, tc);
+		return tc;
+	}
+	snprintf(what, sizeof(what), "%s/%s", suite_name, name);
+	say_skip(what, why);
+	if (!set_aside)
+		set_aside = suite_create("set aside");
+	suite_add_tcase(set_aside, tc);
+	return tc;
+}
+
+void h_add_test(TCase *tc, const TTest *test, uint64_t features)
+{
+	const char *why = features_missing(features);
+	char what[256];
+	size_t i;
+
+	if (!why) {
+		tcase_add_test(tc, test);
+		return;
+	}
+	for (i = 0; i < nr_tcases && tcases[i].tc != tc; i++)
+		;
+	if (i < nr_tcases)
+		snprintf(what, sizeof(what), "%s/%s/%s", suite_name,
+			 tcases[i].name, test->name);
+	else
+		snprintf(what, sizeof(what), "%s/%s", suite_name, test->name);
+	say_skip(what, why);
 }
 
 static int dump_one(const char *path, const struct stat *st, int type,
@@ -129,16 +252,11 @@ void h_dir_remove(const char *dir)
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-int h_main(Suite *s, uint64_t features)
+int h_main(Suite *s)
 {
-	const char *why = probe_uffd(features);
 	SRunner *sr;
-	int failed;
+	int failed, ran;
 
-	if (why) {
-		fprintf(stderr, "SKIP: %s\n", why);
-		exit(77);
-	}
 	snprintf(base_dir, sizeof(base_dir), "/tmp/upager-it-XXXXXX");
 	if (!mkdtemp(base_dir)) {
 		perror("mkdtemp");
@@ -151,20 +269,17 @@ int h_main(Suite *s, uint64_t features)
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
+	ran = srunner_ntests_run(sr);
 	srunner_free(sr);
+	if (set_aside)
+		srunner_free(srunner_create(set_aside));
 	/* A failed test's daemon directory is still there: show its log. */
 	if (failed)
 		nftw(base_dir, dump_one, 16, FTW_PHYS);
 	h_dir_remove(base_dir);
-	exit(failed ? EXIT_FAILURE : EXIT_SUCCESS);
-}
-
-TCase *h_tcase(const char *name)
-{
-	TCase *tc = tcase_create(name);
-
-	tcase_set_timeout(tc, H_TCASE_TIMEOUT);
-	return tc;
+	if (failed)
+		exit(EXIT_FAILURE);
+	exit(!ran && nr_skipped ? 77 : EXIT_SUCCESS);
 }
 
 /* Processes */

@@ -3,10 +3,14 @@
  * The integration-test harness: a real upagerd on a private socket in a
  * fresh directory, real client processes, and helpers to check bytes.
  *
- * Every test program's main() is h_main(suite, features): it exits 77 when
- * the kernel lacks a userfaultfd feature the program needs, runs the suite
- * (CK_FORK: each test in its own process), prints the log of every daemon
- * a failed test left behind, and exits EXIT_FAILURE on any failure.
+ * Every test program's main() is h_main(suite): it runs the suite (CK_FORK:
+ * each test in its own process), prints the log of every daemon a failed
+ * test left behind, and exits EXIT_FAILURE on any failure.  Each test case
+ * (h_tcase) or test (h_add_test) declares the userfaultfd features it
+ * needs: where the kernel lacks one, that case or test is left out with a
+ * line "SKIP ..." on stdout, and the program exits 77 when nothing was
+ * left to run.  $H_HIDE_FEATURES (a mask of UFFD_FEATURE_* bits) makes
+ * the harness take those features for missing, to try the skips.
  *
  * Processes the harness starts (daemons, forked clients) die with the test
  * process that started them (PR_SET_PDEATHSIG), so a failed assertion
@@ -31,14 +35,34 @@
 #define H_PAGE 4096u
 #define H_MIB (1024u * 1024u)
 
-/* Userfaultfd features (UFFD_FEATURE_*) a program needs, for h_main(). */
-#define H_NEED_BASE (UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM)
+/*
+ * Userfaultfd features (UFFD_FEATURE_*) a test case needs, for h_tcase():
+ * H_NEED_DAEMON to start a daemon (and attach shared), H_NEED_BASE to
+ * attach read-only as well.
+ */
+#define H_NEED_DAEMON UFFD_FEATURE_MISSING_SHMEM
+#define H_NEED_BASE (H_NEED_DAEMON | UFFD_FEATURE_MINOR_SHMEM)
 
-/* Runs @s; never returns.  Exit 77 when the kernel lacks @features. */
-int h_main(Suite *s, uint64_t features) __attribute__((noreturn));
+/* Runs @s; never returns.  Exit 77 when every test was left out. */
+int h_main(Suite *s) __attribute__((noreturn));
 
-/* A test case with the harness's timeout. */
-TCase *h_tcase(const char *name);
+/* The program's suite, named @name (for the SKIP lines). */
+Suite *h_suite(const char *name);
+
+/*
+ * h_tcase - a test case @name of @s, with the harness's timeout, whose
+ * tests need the userfaultfd @features (0: none).  Where the kernel lacks
+ * one, the case is set aside: its tests never run, and a line
+ * "SKIP <suite>/<case>: the kernel lacks userfaultfd <FEATURE>" says so.
+ */
+TCase *h_tcase(Suite *s, const char *name, uint64_t features);
+
+/*
+ * h_add_test - tcase_add_test(@tc, @test), unless the kernel lacks a
+ * userfaultfd feature of @features, which the test needs beyond its
+ * case's: then it is left out with a line "SKIP <suite>/<case>/<test>".
+ */
+void h_add_test(TCase *tc, const TTest *test, uint64_t features);
 
 struct h_daemon {
 	pid_t pid;		/* the daemon */

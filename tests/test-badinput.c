@@ -1278,9 +1278,10 @@ END_TEST
 
 static Suite *badinput_suite(void)
 {
-	Suite *s = suite_create("badinput");
-	TCase *tc = h_tcase("requests");
+	Suite *s = h_suite("badinput");
+	TCase *tc;
 
+	tc = h_tcase(s, "requests", H_NEED_BASE);
 	tcase_add_test(tc, test_unknown_segment);
 	tcase_add_test(tc, test_bad_sizes_and_flags);
 	tcase_add_test(tc, test_bad_names);
@@ -1290,19 +1291,18 @@ static Suite *badinput_suite(void)
 	tcase_add_test(tc, test_permissions);
 	tcase_add_test(tc, test_group_permissions);
 	tcase_add_test(tc, test_block_device_source);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("protocol");
+
+	tc = h_tcase(s, "protocol", H_NEED_BASE);
 	tcase_add_loop_test(tc, test_protocol_garbage, 0,
 			    sizeof(garbage) / sizeof(garbage[0]));
 	tcase_add_test(tc, test_protocol_refusals);
 	tcase_add_test(tc, test_client_gone_before_reply);
 	tcase_add_test(tc, test_attach_refused_at_the_wire);
 	tcase_add_test(tc, test_detach_other_users_attachment);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(badinput_suite(), H_NEED_BASE);
+	h_main(badinput_suite());
 }

@@ -1204,9 +1204,10 @@ END_TEST
 
 static Suite *ctl_suite(void)
 {
-	Suite *s = suite_create("ctl");
-	TCase *tc = h_tcase("usage");
+	Suite *s = h_suite("ctl");
+	TCase *tc;
 
+	tc = h_tcase(s, "usage", H_NEED_DAEMON);
 	tcase_add_test(tc, test_help);
 	tcase_add_test(tc, test_no_daemon);
 	tcase_add_test(tc, test_bad_size);
@@ -1216,24 +1217,23 @@ static Suite *ctl_suite(void)
 	tcase_add_test(tc, test_source_fifo);
 	tcase_add_test(tc, test_create_rounding_note);
 	tcase_add_test(tc, test_log_timestamp);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("stdio");
+
+	tc = h_tcase(s, "stdio", H_NEED_BASE);
 	tcase_add_test(tc, test_stdio_closed);
 	tcase_add_test(tc, test_bench_stdout_closed);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("output");
+
+	tc = h_tcase(s, "output", H_NEED_DAEMON);
 	tcase_add_test(tc, test_output_escaping);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("data");
+
+	tc = h_tcase(s, "data", H_NEED_BASE);
 	tcase_add_test(tc, test_file_segment_end_to_end);
 	tcase_add_test(tc, test_write_cat_round_trip);
 	tcase_add_test(tc, test_small_segments_to_end);
 	tcase_add_test(tc, test_cat_daemon_dies);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(ctl_suite(), H_NEED_BASE);
+	h_main(ctl_suite());
 }

@@ -699,9 +699,10 @@ END_TEST
 
 static Suite *events_suite(void)
 {
-	Suite *s = suite_create("events");
-	TCase *tc = h_tcase("fork");
+	Suite *s = h_suite("events");
+	TCase *tc;
 
+	tc = h_tcase(s, "fork", H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
 	tcase_add_test(tc, test_fork_child);
 	tcase_add_test(tc, test_fork_daemon_is_our_child);
 	tcase_add_test(tc, test_fork_child_detaches);
@@ -709,23 +710,21 @@ static Suite *events_suite(void)
 	tcase_add_test(tc, test_fork_many_children);
 	tcase_add_test(tc, test_fork_exits_counted_once);
 	tcase_add_test(tc, test_exec_drops_attachment);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("unmap-remap");
+
+	tc = h_tcase(s, "unmap-remap", H_NEED_BASE | UFFD_FEATURE_EVENT_UNMAP |
+		     UFFD_FEATURE_EVENT_REMAP);
 	tcase_add_test(tc, test_munmap_middle);
 	tcase_add_test(tc, test_mremap_part);
 	tcase_add_test(tc, test_mremap_tail_untouched);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("madvise");
+
+	tc = h_tcase(s, "madvise", H_NEED_BASE | UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_madv_dontneed_keeps);
 	tcase_add_test(tc, test_madv_remove_file);
 	tcase_add_test(tc, test_madv_remove_zero);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(events_suite(),
-	       H_NEED_BASE | UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
-	       UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP);
+	h_main(events_suite());
 }

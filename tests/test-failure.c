@@ -528,25 +528,27 @@ END_TEST
 
 static Suite *failure_suite(void)
 {
-	Suite *s = suite_create("failure");
-	TCase *tc = h_tcase("client-killed");
+	Suite *s = h_suite("failure");
+	TCase *tc;
 
+	tc = h_tcase(s, "client-killed", H_NEED_BASE | UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_client_killed_while_faulting);
 	tcase_add_test(tc, test_client_killed_many);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("daemon-killed");
+
+	tc = h_tcase(s, "daemon-killed", H_NEED_BASE);
 	tcase_add_test(tc, test_daemon_killed_zero);
-	tcase_add_test(tc, test_daemon_killed_file);
-	tcase_add_test(tc, test_daemon_killed_mid_stream);
-	tcase_add_test(tc, test_daemon_killed_after_fork);
-	tcase_add_test(tc, test_daemon_killed_rdonly);
-	suite_add_tcase(s, tc);
+	h_add_test(tc, test_daemon_killed_file,
+		   UFFD_FEATURE_POISON);
+	h_add_test(tc, test_daemon_killed_mid_stream,
+		   UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_REMOVE);
+	h_add_test(tc, test_daemon_killed_after_fork,
+		   UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_FORK);
+	h_add_test(tc, test_daemon_killed_rdonly,
+		   UFFD_FEATURE_POISON);
 	return s;
 }
 
 int main(void)
 {
-	h_main(failure_suite(),
-	       H_NEED_BASE | UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_FORK |
-	       UFFD_FEATURE_EVENT_REMOVE);
+	h_main(failure_suite());
 }

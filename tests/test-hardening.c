@@ -862,34 +862,36 @@ END_TEST
 
 static Suite *hardening_suite(void)
 {
-	Suite *s = suite_create("hardening");
-	TCase *tc = h_tcase("detach");
+	Suite *s = h_suite("hardening");
+	TCase *tc;
 
+	tc = h_tcase(s, "detach", H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
+		     UFFD_FEATURE_EVENT_UNMAP);
 	tcase_add_test(tc, test_detach_race);
 	tcase_add_test(tc, test_detach_race_rdonly);
 	tcase_add_test(tc, test_detach_after_mremap);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("daemon-death");
+
+	tc = h_tcase(s, "daemon-death", H_NEED_BASE | UFFD_FEATURE_POISON |
+		     UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMOVE |
+		     UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP |
+		     UFFD_FEATURE_THREAD_ID);
 	tcase_add_test(tc, test_daemon_killed_before_claim);
 	tcase_add_test(tc, test_daemon_killed_inside_fork);
 	tcase_add_test(tc, test_daemon_killed_rdonly_zero_live);
 	tcase_add_test(tc, test_daemon_killed_moved_faults);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("events");
+
+	tc = h_tcase(s, "events", H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
+		     UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_mremap_grow);
 	tcase_add_test(tc, test_event_during_fill_reads_once);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("library");
+
+	tc = h_tcase(s, "library", H_NEED_BASE);
 	tcase_add_test(tc, test_library_fds_above_stdio);
 	tcase_add_test(tc, test_library_wait_bounded);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(hardening_suite(),
-	       H_NEED_BASE | UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_FORK |
-	       UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP |
-	       UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID);
+	h_main(hardening_suite());
 }

@@ -766,29 +766,29 @@ END_TEST
 
 static Suite *ioerror_suite(void)
 {
-	Suite *s = suite_create("ioerror");
-	TCase *tc = h_tcase("source");
+	Suite *s = h_suite("ioerror");
+	TCase *tc;
 
+	tc = h_tcase(s, "source", H_NEED_BASE | UFFD_FEATURE_POISON);
 	tcase_add_test(tc, test_read_error_sigbus);
 	tcase_add_test(tc, test_read_error_in_window);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("fdlimit");
+
+	tc = h_tcase(s, "fdlimit", H_NEED_BASE);
 	tcase_add_test(tc, test_nofile_raised);
 	tcase_add_test(tc, test_fd_limit);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("start");
+
+	tc = h_tcase(s, "start", H_NEED_BASE);
 	tcase_add_test(tc, test_start_failure_fd_limit);
 	tcase_add_test(tc, test_start_failure_no_io_uring);
 	tcase_add_test(tc, test_start_failure_no_userfaultfd);
 	tcase_add_test(tc, test_unprivileged_daemon);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("idle");
+
+	tc = h_tcase(s, "idle", H_NEED_DAEMON);
 	tcase_add_test(tc, test_idle_not_iowait);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(ioerror_suite(), H_NEED_BASE | UFFD_FEATURE_POISON);
+	h_main(ioerror_suite());
 }

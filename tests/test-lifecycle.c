@@ -288,21 +288,21 @@ END_TEST
 
 static Suite *lifecycle_suite(void)
 {
-	Suite *s = suite_create("lifecycle");
-	TCase *tc = h_tcase("daemon");
+	Suite *s = h_suite("lifecycle");
+	TCase *tc;
 
+	tc = h_tcase(s, "daemon", H_NEED_DAEMON);
 	tcase_add_test(tc, test_sigterm_with_client_attached);
 	tcase_add_test(tc, test_second_daemon_refused);
 	tcase_add_test(tc, test_stale_socket_replaced);
 	tcase_add_test(tc, test_not_a_socket_left_alone);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("client");
+
+	tc = h_tcase(s, "client", H_NEED_DAEMON);
 	tcase_add_test(tc, test_detach_disconnect_loop);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(lifecycle_suite(), H_NEED_BASE);
+	h_main(lifecycle_suite());
 }

@@ -528,25 +528,25 @@ END_TEST
 
 static Suite *paging_suite(void)
 {
-	Suite *s = suite_create("paging");
-	TCase *tc = h_tcase("file");
+	Suite *s = h_suite("paging");
+	TCase *tc;
 
+	tc = h_tcase(s, "file", H_NEED_BASE);
 	tcase_add_test(tc, test_file_concurrent_readers);
 	tcase_add_test(tc, test_file_shorter_than_segment);
 	tcase_add_test(tc, test_file_sparse);
 	tcase_add_test(tc, test_counters);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("zero");
+
+	tc = h_tcase(s, "zero", H_NEED_DAEMON);
 	tcase_add_test(tc, test_zero_shared_frames);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("rdonly");
+
+	tc = h_tcase(s, "rdonly", H_NEED_BASE);
 	tcase_add_test(tc, test_rdonly_attach);
 	tcase_add_test(tc, test_rdonly_zero);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(paging_suite(), H_NEED_BASE);
+	h_main(paging_suite());
 }

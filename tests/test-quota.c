@@ -1181,9 +1181,10 @@ END_TEST
 
 static Suite *quota_suite(void)
 {
-	Suite *s = suite_create("quota");
-	TCase *tc = h_tcase("limits");
+	Suite *s = h_suite("quota");
+	TCase *tc;
 
+	tc = h_tcase(s, "limits", H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
 	tcase_add_test(tc, test_segments_and_bytes);
 	tcase_add_test(tc, test_limit_root);
 	tcase_add_test(tc, test_attachments);
@@ -1191,10 +1192,9 @@ static Suite *quota_suite(void)
 	tcase_add_test(tc, test_connections);
 	tcase_add_test(tc, test_idle_timeout);
 	tcase_add_test(tc, test_usage);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("owner");
+
+	tc = h_tcase(s, "owner", H_NEED_BASE);
 	tcase_add_test(tc, test_owner);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
@@ -1205,5 +1205,5 @@ int main(void)
 			"users against a root daemon)\n");
 		return 77;
 	}
-	h_main(quota_suite(), H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
+	h_main(quota_suite());
 }

@@ -514,19 +514,19 @@ END_TEST
 
 static Suite *security_suite(void)
 {
-	Suite *s = suite_create("security");
-	TCase *tc = h_tcase("uffd");
+	Suite *s = h_suite("security");
+	TCase *tc;
 
+	tc = h_tcase(s, "uffd", H_NEED_BASE);
 	tcase_add_test(tc, test_uffd_once_never_blocks);
 	tcase_add_test(tc, test_register_bogus);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("fork");
+
+	tc = h_tcase(s, "fork", H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
 	tcase_add_test(tc, test_claim_needs_proof);
 	tcase_add_test(tc, test_child_trusts_its_daemon);
-	suite_add_tcase(s, tc);
-	tc = h_tcase("socket");
+
+	tc = h_tcase(s, "socket", H_NEED_DAEMON);
 	tcase_add_test(tc, test_socket_directory);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
@@ -536,5 +536,5 @@ int main(void)
 		fprintf(stderr, "security: needs root to play another user\n");
 		return 77;
 	}
-	h_main(security_suite(), H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
+	h_main(security_suite());
 }

@@ -165,17 +165,17 @@ END_TEST
 
 static Suite *sparse_suite(void)
 {
-	Suite *s = suite_create("sparse");
-	TCase *tc = h_tcase("rss");
+	Suite *s = h_suite("sparse");
+	TCase *tc;
 
+	tc = h_tcase(s, "rss", H_NEED_DAEMON);
 	/* 65,536 faults, slower under AddressSanitizer */
 	tcase_set_timeout(tc, 240);
 	tcase_add_test(tc, test_sparse_huge_segment_rss);
-	suite_add_tcase(s, tc);
 	return s;
 }
 
 int main(void)
 {
-	h_main(sparse_suite(), H_NEED_BASE);
+	h_main(sparse_suite());
 }
