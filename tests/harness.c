@@ -490,27 +490,40 @@ static void spawn_via_waiter(struct h_daemon *d, const char *const *argv)
 	d->waiter = waiter;
 }
 
-pid_t h_daemon_spawn(struct h_daemon *d, const char *const *extra)
+#define H_ARGV_MAX 32
+
+/* upagerd's arguments: @d's socket, @extra, then $H_UPAGERD_ARGS. */
+static void daemon_argv(struct h_daemon *d, const char *const *extra,
+			const char *argv[H_ARGV_MAX])
 {
-	const char *argv[32] = {
-		"upagerd", "--socket", d->sock, "--foreground",
-		"--log-level", "info",
-	};
 	static char env_args[512];
 	const char *env = getenv("H_UPAGERD_ARGS");
-	size_t n = 6;
+	size_t n = 0;
 
-	for (; extra && *extra && n < 31; extra++)
+	argv[n++] = "upagerd";
+	argv[n++] = "--socket";
+	argv[n++] = d->sock;
+	argv[n++] = "--foreground";
+	argv[n++] = "--log-level";
+	argv[n++] = "info";
+	for (; extra && *extra && n < H_ARGV_MAX - 1; extra++)
 		argv[n++] = *extra;
 	/* more daemon options for every test, to try the suite with them */
 	if (env && *env) {
 		snprintf(env_args, sizeof(env_args), "%s", env);
-		for (char *t = strtok(env_args, " "); t && n < 31;
+		for (char *t = strtok(env_args, " "); t && n < H_ARGV_MAX - 1;
 		     t = strtok(NULL, " "))
 			argv[n++] = t;
 	}
 	argv[n] = NULL;
 	h_upagerd();
+}
+
+pid_t h_daemon_spawn(struct h_daemon *d, const char *const *extra)
+{
+	const char *argv[H_ARGV_MAX];
+
+	daemon_argv(d, extra, argv);
 	if (!d->direct) {
 		spawn_via_waiter(d, argv);
 		return d->pid;
@@ -1085,24 +1098,9 @@ char *h_file_segment(struct h_daemon *d, struct upager *u, const char *name,
 pid_t h_daemon_spawn_with(struct h_daemon *d, const char *const *extra,
 			  void (*setup)(void *), void *arg)
 {
-	const char *argv[32] = {
-		"upagerd", "--socket", d->sock, "--foreground",
-		"--log-level", "info",
-	};
-	static char env_args[512];
-	const char *env = getenv("H_UPAGERD_ARGS");
-	size_t n = 6;
+	const char *argv[H_ARGV_MAX];
 
-	for (; extra && *extra && n < 31; extra++)
-		argv[n++] = *extra;
-	if (env && *env) {
-		snprintf(env_args, sizeof(env_args), "%s", env);
-		for (char *t = strtok(env_args, " "); t && n < 31;
-		     t = strtok(NULL, " "))
-			argv[n++] = t;
-	}
-	argv[n] = NULL;
-	h_upagerd();
+	daemon_argv(d, extra, argv);
 	d->direct = true;
 	d->pid = d->waiter = h_fork();
 	if (d->pid == 0) {
