@@ -344,6 +344,59 @@ void h_child_fail(const char *file, int line, const char *fmt, ...)
 	_exit(1);
 }
 
+pid_t h_peer_fork(struct h_peer *p)
+{
+	int to_child[2], to_parent[2];
+
+	ck_assert_int_eq(pipe2(to_child, O_CLOEXEC), 0);
+	ck_assert_int_eq(pipe2(to_parent, O_CLOEXEC), 0);
+	p->pid = h_fork();
+	if (p->pid == 0) {
+		close(to_child[1]);
+		close(to_parent[0]);
+		p->rx = to_child[0];
+		p->tx = to_parent[1];
+	} else {
+		close(to_child[0]);
+		close(to_parent[1]);
+		p->rx = to_parent[0];
+		p->tx = to_child[1];
+	}
+	return p->pid;
+}
+
+char h_peer_wait(struct h_peer *p)
+{
+	char c;
+
+	CHILD_CHECK(read(p->rx, &c, 1) == 1, "no go from the parent");
+	return c;
+}
+
+void h_peer_ready(struct h_peer *p, char c)
+{
+	h_send(p->tx, c);
+	h_peer_wait(p);
+}
+
+void h_peer_expect(struct h_peer *p, char c)
+{
+	ck_assert_int_eq(h_recv(p->rx), c);
+}
+
+void h_peer_go(struct h_peer *p)
+{
+	h_send(p->tx, 'g');
+}
+
+int h_peer_end(struct h_peer *p)
+{
+	close(p->tx);
+	close(p->rx);
+	p->tx = p->rx = -1;
+	return h_child_exit_code(p->pid);
+}
+
 struct upager *h_child_connect(const char *sock)
 {
 	struct upager *u = NULL;

@@ -240,6 +240,42 @@ int h_child_exit_code(pid_t pid);
 		      WIFEXITED(status) ? "exit" : "signal",		\
 		      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status))
 
+/*
+ * A forked child and a pipe each way between it and its parent: the
+ * handshake "the child is ready (a byte), the parent says go (a byte)".
+ * After h_peer_fork, @rx and @tx are this process's ends, in either
+ * process (also for h_send_u64 and h_recv_u64).
+ */
+struct h_peer {
+	pid_t pid;		/* the child, in the parent; 0 in the child */
+	int rx;			/* reads what the other process sends */
+	int tx;			/* sends to the other process */
+};
+
+/*
+ * h_peer_fork - h_fork() with the two pipes (close-on-exec).  Returns the
+ * child's pid in the parent, 0 in the child.
+ */
+pid_t h_peer_fork(struct h_peer *p);
+
+/* In the child: says @c to the parent, then waits for its go. */
+void h_peer_ready(struct h_peer *p, char c);
+
+/* In the child: waits for the parent's go (a byte); returns it. */
+char h_peer_wait(struct h_peer *p);
+
+/* In the parent: asserts that the child's next byte is @c (bounded). */
+void h_peer_expect(struct h_peer *p, char c);
+
+/* In the parent: lets a child waiting in h_peer_ready or h_peer_wait go. */
+void h_peer_go(struct h_peer *p);
+
+/*
+ * h_peer_end - in the parent: closes its ends and waits (bounded) for the
+ * child; returns its exit code (fails the test if it did not exit).
+ */
+int h_peer_end(struct h_peer *p);
+
 /* One-byte messages over a pipe: bounded reads. */
 void h_send(int fd, char c);
 char h_recv(int fd);				/* asserted */

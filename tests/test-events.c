@@ -41,25 +41,20 @@ START_TEST(test_fork_child)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *map, *patch;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 11);
 	patch = malloc(wlen);
 	h_fill(patch, wlen, 12);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
 	/* the parent touches the first page only */
 	ck_assert_int_eq(memcmp(map, data, 4096), 0);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_segment_info ci;
 		long diff;
-		char c;
 		int ret;
 
 		/* untouched pages, backwards (no read-ahead to hide behind) */
@@ -77,27 +72,24 @@ START_TEST(test_fork_child)
 		CHILD_CHECK(ci.nr_attachments == 2, "child: %u attachments",
 			    ci.nr_attachments);
 		memcpy(map + woff, patch, wlen);
-		h_send(to_p[1], 'w');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'w');
 		_exit(0);
 	}
 
-	close(to_p[1]);
-	close(to_c[0]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'w');
+	h_peer_expect(&p, 'w');
 	/* the child's pid is known while it lives */
-	H_WAIT_STAT(u, "img", info, has_pid(&info, pid));
+	H_WAIT_STAT(u, "img", info, has_pid(&info, p.pid));
 	ck_assert_uint_eq(info.nr_attachments, 2);
-	ck_assert_msg(has_pid(&info, pid), "child pid %d not in stat",
-		      (int)pid);
+	ck_assert_msg(has_pid(&info, p.pid), "child pid %d not in stat",
+		      (int)p.pid);
 	ck_assert_msg(has_pid(&info, getpid()), "parent pid not in stat");
 	/* the child's writes, the file elsewhere */
 	ck_assert_int_eq(memcmp(map + woff, patch, wlen), 0);
 	ck_assert_int_eq(h_first_diff(map, data, woff), -1);
 	ck_assert_int_eq(h_first_diff(map + woff + wlen, data + woff + wlen,
 				      size - woff - wlen), -1);
-	h_send(to_c[1], 'x');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), 0);
 
 	info = h_wait_attachments(u, "img", 1);
 	ck_assert_uint_eq(info.nr_attachments, 1);
@@ -134,44 +126,36 @@ START_TEST(test_fork_daemon_is_our_child)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *map;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_init(&d);
 	d.direct = true;
 	h_daemon_restart(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 14);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_segment_info ci;
 		long diff = h_first_diff(map, data, size);
-		char c;
 		int ret;
 
 		CHILD_CHECK(diff < 0, "child: byte %ld differs", diff);
 		ret = upager_stat(u, "img", &ci);
 		CHILD_CHECK(ret == 0, "child: stat through the inherited "
 			    "connection: %s", strerror(-ret));
-		h_send(to_p[1], 'r');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'r');
 		_exit(0);
 	}
-	close(to_p[1]);
-	close(to_c[0]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
-	H_WAIT_STAT(u, "img", info, has_pid(&info, pid));
-	ck_assert_msg(has_pid(&info, pid),
-		      "child pid %d not in stat (pids %u %u)", (int)pid,
+	h_peer_expect(&p, 'r');
+	H_WAIT_STAT(u, "img", info, has_pid(&info, p.pid));
+	ck_assert_msg(has_pid(&info, p.pid),
+		      "child pid %d not in stat (pids %u %u)", (int)p.pid,
 		      info.pids[0], info.pids[1]);
 	ck_assert_msg(!has_pid(&info, d.pid),
 		      "the daemon (pid %d) is listed as attached", (int)d.pid);
-	h_send(to_c[1], 'x');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), 0);
 	info = h_wait_attachments(u, "img", 1);
 	ck_assert_uint_eq(info.nr_attachments, 1);
 	ck_assert_uint_eq(info.pids[0], (uint32_t)getpid());
@@ -361,40 +345,32 @@ START_TEST(test_fork_child_detaches)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *map;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 13);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		long diff = h_first_diff(map + H_MIB, data + H_MIB, 4096);
-		char c;
 		int ret;
 
 		CHILD_CHECK(diff < 0, "child: byte %ld differs", diff);
 		ret = upager_detach(a);
 		CHILD_CHECK(ret == 0, "child: detach: %s", strerror(-ret));
-		h_send(to_p[1], 'd');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'd');
 		upager_disconnect(u);
 		_exit(0);
 	}
-	close(to_p[1]);
-	close(to_c[0]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'd');
+	h_peer_expect(&p, 'd');
 	/* the child still lives: its attachment is gone all the same */
 	info = h_wait_attachments(u, "img", 1);
 	ck_assert_uint_eq(info.nr_attachments, 1);
 	ck_assert_uint_eq(info.pids[0], (uint32_t)getpid());
 	ck_assert_int_eq(h_first_diff(map, data, size), -1);
-	h_send(to_c[1], 'x');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), 0);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	free(data);
@@ -412,16 +388,13 @@ START_TEST(test_exec_drops_attachment)
 	struct upager_segment_info info;
 	struct h_daemon d;
 	struct upager *u;
-	int to_c[2], to_p[2], ret;
-	pid_t pid;
+	struct h_peer p;
+	int ret;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	h_create(u, "z", H_MIB, -1, 0);
-	ck_assert_int_eq(pipe2(to_c, O_CLOEXEC), 0);
-	ck_assert_int_eq(pipe2(to_p, O_CLOEXEC), 0);
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu = h_child_connect(d.sock);
 		char *map;
@@ -430,22 +403,20 @@ START_TEST(test_exec_drops_attachment)
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 		map = upager_attachment_addr(ca);
 		map[0] = 1;
-		h_send(to_p[1], 'a');
+		h_send(p.tx, 'a');
 		/* cat waits on the pipe until the parent closes it */
-		CHILD_CHECK(dup2(to_c[0], 0) == 0, "dup2");
+		CHILD_CHECK(dup2(p.rx, 0) == 0, "dup2");
 		execl("/bin/cat", "cat", (char *)NULL);
 		_exit(127);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'a');
+	h_peer_expect(&p, 'a');
 	ck_assert_uint_eq(h_stat(u, "z").nr_attachments, 1);
 	/* the exec closed the child's end of the pipe to us */
-	ck_assert_int_eq(h_recv_timeout(to_p[0], &(char){ 0 }, H_TIMEOUT_MS), 0);
+	ck_assert_int_eq(h_recv_timeout(p.rx, &(char){ 0 }, H_TIMEOUT_MS), 0);
 	info = h_wait_attachments(u, "z", 0);
 	ret = upager_delete(u, "z", 0);
-	close(to_c[1]);
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	/* (closing our end of its stdin ends cat) */
+	ck_assert_int_eq(h_peer_end(&p), 0);
 	ck_assert_msg(info.nr_attachments == 0,
 		      "pid %u exec'd %d ms ago and is still attached",
 		      info.pids[0], H_TIMEOUT_MS);

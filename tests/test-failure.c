@@ -200,32 +200,27 @@ START_TEST(test_daemon_killed_zero)
 	struct h_daemon d;
 	struct upager *u;
 	char *patch;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_start(&d);
 	patch = malloc(half);
 	h_fill(patch, half, 71);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	u = h_connect(&d);
 	h_create(u, "z", size, -1, 0);
 	upager_disconnect(u);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu = h_child_connect(d.sock);
 		struct upager_segment_info ci;
 		int ret = upager_attach(cu, "z", 0, &ca);
-		char *map, c;
+		char *map;
 		size_t off;
 
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 		map = upager_attachment_addr(ca);
 		memcpy(map, patch, half);
-		h_send(to_p[1], 'h');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'h');
 		ret = h_read_check(map, patch, half, &off);
 		CHILD_CHECK(ret == H_READ_OK, "written half: %s at %zu",
 			    ret == H_READ_DIFF ? "wrong byte" : "SIGBUS", off);
@@ -243,12 +238,10 @@ START_TEST(test_daemon_killed_zero)
 		upager_disconnect(cu);
 		_exit(EX_OK);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'h');
+	h_peer_expect(&p, 'h');
 	h_daemon_kill(&d);
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_child_exit_code(pid), EX_OK);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), EX_OK);
 	h_dir_remove(d.dir);
 	free(patch);
 }
@@ -265,23 +258,20 @@ START_TEST(test_daemon_killed_file)
 	struct h_daemon d;
 	struct upager *u;
 	char *data;
-	int to_c[2], to_p[2], memfd;
-	pid_t pid;
+	struct h_peer p;
+	int memfd;
 	uint64_t hole, got;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 72);
 	upager_disconnect(u);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu = h_child_connect(d.sock);
 		int ret = upager_attach(cu, "img", 0, &ca);
-		char *map, c;
+		char *map;
 		size_t off;
 		uint64_t expect;
 
@@ -290,9 +280,8 @@ START_TEST(test_daemon_killed_file)
 		ret = h_read_check(map, data, first, &off);
 		CHILD_CHECK(ret == H_READ_OK, "before the kill: %d at %zu",
 			    ret, off);
-		h_send(to_p[1], 'h');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
-		expect = h_recv_u64(to_c[0]);
+		h_peer_ready(&p, 'h');
+		expect = h_recv_u64(p.rx);
 		/* on from where the child stopped */
 		ret = h_read_check(map + first, data + first, size - first,
 				   &off);
@@ -300,7 +289,7 @@ START_TEST(test_daemon_killed_file)
 			    "file after the daemon died", first + off);
 		if (ret == H_READ_OK)
 			_exit(EX_NO_SIGBUS);
-		h_send_u64(to_p[1], first + off);
+		h_send_u64(p.tx, first + off);
 		CHILD_CHECK(first + off == expect, "SIGBUS at %zu, the first "
 			    "page never filled is at %llu", first + off,
 			    (unsigned long long)expect);
@@ -317,20 +306,18 @@ START_TEST(test_daemon_killed_file)
 		CHILD_CHECK(ret == H_READ_SIGBUS, "last page: %d", ret);
 		_exit(EX_SIGBUS);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'h');
-	memfd = h_open_memfd(pid, "img");
+	h_peer_expect(&p, 'h');
+	memfd = h_open_memfd(p.pid, "img");
 	h_daemon_kill(&d);
 	/* what the daemon managed to fill is final now */
 	hole = lseek(memfd, first, SEEK_HOLE);
 	ck_assert_msg(hole < size - H_PAGE, "the daemon filled the whole "
 		      "segment (%llu): nothing to test", (unsigned long long)hole);
 	ck_assert_int_eq(lseek(memfd, size - H_PAGE, SEEK_DATA), -1);
-	h_send(to_c[1], 'g');
-	h_send_u64(to_c[1], hole);
-	got = h_recv_u64(to_p[0]);
-	ck_assert_int_eq(h_child_exit_code(pid), EX_SIGBUS);
+	h_peer_go(&p);
+	h_send_u64(p.tx, hole);
+	got = h_recv_u64(p.rx);
+	ck_assert_int_eq(h_peer_end(&p), EX_SIGBUS);
 	ck_assert_uint_eq(got, hole);
 	close(memfd);
 	h_dir_remove(d.dir);
@@ -405,25 +392,18 @@ START_TEST(test_daemon_killed_after_fork)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *map;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 	size_t off;
 	int ret;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 74);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	map = h_attach(u, "img", 0, &a);
 	ck_assert_int_eq(h_read_check(map, data, first, &off), H_READ_OK);
 
-	pid = h_fork();
-	if (pid == 0) {
-		char c;
-
-		h_send(to_p[1], 'f');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+	if (h_peer_fork(&p) == 0) {
+		h_peer_ready(&p, 'f');
 		ret = h_read_check(map, data, first, &off);
 		CHILD_CHECK(ret == H_READ_OK, "filled part: %d at %zu", ret,
 			    off);
@@ -433,12 +413,10 @@ START_TEST(test_daemon_killed_after_fork)
 			    "wrong bytes (zeros?)");
 		_exit(ret == H_READ_SIGBUS ? EX_SIGBUS : EX_NO_SIGBUS);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'f');
+	h_peer_expect(&p, 'f');
 	h_daemon_kill(&d);
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_child_exit_code(pid), EX_SIGBUS);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), EX_SIGBUS);
 	/* the parent likewise */
 	ck_assert_int_eq(h_read_check(map, data, first, &off), H_READ_OK);
 	ck_assert_int_eq(h_read_check(map + size - H_PAGE, data + size - H_PAGE,
@@ -463,8 +441,7 @@ START_TEST(test_daemon_killed_rdonly)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *zmap, *patch;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
@@ -475,14 +452,11 @@ START_TEST(test_daemon_killed_rdonly)
 	/* written through a read-write attachment, which stays */
 	zmap = h_attach(u, "z", 0, &a);
 	memcpy(zmap + 2 * H_MIB, patch, H_MIB);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *fa, *za;
 		struct upager *cu = h_child_connect(d.sock);
-		char *fmap, *rz, c;
+		char *fmap, *rz;
 		size_t off;
 		int ret;
 
@@ -494,8 +468,7 @@ START_TEST(test_daemon_killed_rdonly)
 		rz = upager_attachment_addr(za);
 		ret = h_read_check(fmap, data, first, &off);
 		CHILD_CHECK(ret == H_READ_OK, "img before: %d at %zu", ret, off);
-		h_send(to_p[1], 'h');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'h');
 		ret = h_read_check(fmap, data, first, &off);
 		CHILD_CHECK(ret == H_READ_OK, "img filled part: %d at %zu", ret,
 			    off);
@@ -512,12 +485,10 @@ START_TEST(test_daemon_killed_rdonly)
 		CHILD_CHECK(ret == H_READ_OK, "z rest: %d at %zu", ret, off);
 		_exit(EX_OK);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'h');
+	h_peer_expect(&p, 'h');
 	h_daemon_kill(&d);
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_child_exit_code(pid), EX_OK);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), EX_OK);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	h_dir_remove(d.dir);

@@ -474,8 +474,8 @@ START_TEST(test_daemon_killed_rdonly_zero_live)
 	struct h_daemon d;
 	struct upager *u;
 	char *map, *patch;
-	int to_c[2], to_p[2], memfd;
-	pid_t pid;
+	struct h_peer p;
+	int memfd;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
@@ -483,13 +483,10 @@ START_TEST(test_daemon_killed_rdonly_zero_live)
 	map = h_attach(u, "z", 0, &a);
 	patch = malloc(len);
 	h_fill(patch, len, 104);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ra;
 		struct upager *cu = h_child_connect(d.sock);
-		char *rmap, c;
+		char *rmap;
 		size_t off;
 		int ret = upager_attach(cu, "z", UPAGER_ATTACH_RDONLY, &ra);
 
@@ -497,29 +494,27 @@ START_TEST(test_daemon_killed_rdonly_zero_live)
 		rmap = upager_attachment_addr(ra);
 		CHILD_CHECK(h_read_check(rmap, NULL, H_PAGE, &off) == H_READ_OK,
 			    "first page before");
-		h_send(to_p[1], 'a');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'a');
 		/* the daemon is dead: zeros */
 		ret = h_read_check(rmap + at, NULL, len, &off);
 		CHILD_CHECK(ret == H_READ_OK, "zeros after: %d at %zu", ret, off);
-		h_send(to_p[1], 'b');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'b');
 		/* the parent wrote them meanwhile */
 		ret = h_read_check(rmap + at, patch, len, &off);
 		CHILD_CHECK(ret == H_READ_OK, "the writer's bytes: %s at %zu",
 			    ret == H_READ_DIFF ? "stale" : "SIGBUS", off);
 		_exit(EX_OK);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'a');
+	h_peer_expect(&p, 'a');
 	memfd = h_open_memfd(d.pid, "z");
 	ck_assert_int_eq(lseek(memfd, at, SEEK_DATA), -1);
 	close(memfd);
 	h_daemon_kill(&d);
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_recv(to_p[0]), 'b');
+	h_peer_go(&p);
+	h_peer_expect(&p, 'b');
 	memcpy(map + at, patch, len);
-	h_send(to_c[1], 'g');
-	expect_exit(pid, EX_OK);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), EX_OK);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	h_dir_remove(d.dir);
@@ -573,15 +568,15 @@ static void *streamer_main(void *arg)
 }
 
 static void __attribute__((noreturn))
-moved_scenario(const char *sock, const char *data, size_t size, int rep,
-	       int wait)
+moved_scenario(const char *sock, const char *data, size_t size,
+	       struct h_peer *p)
 {
 	struct upager_attachment *a;
 	struct upager *u = h_child_connect(sock);
 	_Atomic bool dead = false;
 	struct streamer t[4];
 	pthread_t th[4];
-	char *map, *moved, c;
+	char *map, *moved;
 	int ret, sigbus = 0;
 
 	catch_faults();
@@ -599,8 +594,7 @@ moved_scenario(const char *sock, const char *data, size_t size, int rep,
 		};
 		pthread_create(&th[i], NULL, streamer_main, &t[i]);
 	}
-	h_send(rep, 's');
-	CHILD_CHECK(read(wait, &c, 1) == 1, "wait");
+	h_peer_ready(p, 's');
 	atomic_store(&dead, true);
 	for (int i = 0; i < 4; i++) {
 		pthread_join(th[i], NULL);
@@ -621,29 +615,21 @@ START_TEST(test_daemon_killed_moved_faults)
 		struct upager_segment_info info;
 		struct h_daemon d;
 		struct upager *u;
+		struct h_peer p;
 		char *data;
-		int rep[2], go[2];
-		pid_t pid;
 
 		h_daemon_start(&d);
 		u = h_connect(&d);
 		data = h_file_segment(&d, u, "img", size, 105 + round);
-		ck_assert_int_eq(pipe(rep), 0);
-		ck_assert_int_eq(pipe(go), 0);
-		pid = h_fork();
-		if (pid == 0)
-			moved_scenario(d.sock, data, size, rep[1], go[0]);
-		ck_assert_int_eq(h_recv(rep[0]), 's');
+		if (h_peer_fork(&p) == 0)
+			moved_scenario(d.sock, data, size, &p);
+		h_peer_expect(&p, 's');
 		H_WAIT_STAT(u, "img", info, info.faults_missing > 300);
 		upager_disconnect(u);
 		h_daemon_kill(&d);
-		h_send(go[1], 'k');
-		expect_exit(pid, EX_OK);
+		h_peer_go(&p);
+		ck_assert_int_eq(h_peer_end(&p), EX_OK);
 		h_dir_remove(d.dir);
-		for (int i = 0; i < 2; i++) {
-			close(rep[i]);
-			close(go[i]);
-		}
 		free(data);
 	}
 }

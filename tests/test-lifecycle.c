@@ -28,22 +28,18 @@ START_TEST(test_sigterm_with_client_attached)
 	struct upager *u;
 	struct stat st;
 	char *patch;
-	int to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
 
 	h_daemon_start(&d);
 	patch = malloc(wlen);
 	h_fill(patch, wlen, 81);
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 	u = h_connect(&d);
 	h_create(u, "z", size, -1, 0);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu;
-		char *map, c;
+		char *map;
 		long diff;
 		int ret;
 
@@ -52,8 +48,7 @@ START_TEST(test_sigterm_with_client_attached)
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 		map = upager_attachment_addr(ca);
 		memcpy(map, patch, wlen);
-		h_send(to_p[1], 'a');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'a');
 		/* the daemon is gone: our bytes, zeros where nobody wrote */
 		diff = h_first_diff(map, patch, wlen);
 		CHILD_CHECK(diff < 0, "byte %ld lost", diff);
@@ -65,19 +60,17 @@ START_TEST(test_sigterm_with_client_attached)
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
-	ck_assert_int_eq(h_recv(to_p[0]), 'a');
+	h_peer_expect(&p, 'a');
 	info = h_stat(u, "z");
 	ck_assert_uint_eq(info.nr_attachments, 1);
-	ck_assert_uint_eq(info.pids[0], (uint32_t)pid);
+	ck_assert_uint_eq(info.pids[0], (uint32_t)p.pid);
 	upager_disconnect(u);
 
 	h_daemon_term(&d);	/* asserts exit status 0 */
 	ck_assert_int_eq(lstat(d.sock, &st), -1);
 	ck_assert_int_eq(errno, ENOENT);
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), 0);
 	h_dir_remove(d.dir);
 	free(patch);
 }

@@ -221,8 +221,7 @@ START_TEST(test_zero_shared_frames)
 	struct h_daemon d;
 	struct upager *u;
 	char *pa, *pb, *map, *expect;
-	int to_b[2], to_a[2];
-	pid_t pid;
+	struct h_peer b;
 
 	pa = malloc(alen);
 	pb = malloc(blen);
@@ -233,18 +232,14 @@ START_TEST(test_zero_shared_frames)
 	memcpy(expect + boff, pb, blen);
 
 	h_daemon_start(&d);
-	ck_assert_int_eq(pipe(to_b), 0);
-	ck_assert_int_eq(pipe(to_a), 0);
 	/* B: forked before A attaches, so it is its own client */
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&b) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu;
-		char c;
 		long diff;
 		int ret;
 
-		CHILD_CHECK(read(to_b[0], &c, 1) == 1, "wait for A");
+		h_peer_wait(&b);	/* for A */
 		cu = h_child_connect(d.sock);
 		ret = upager_attach(cu, "z", 0, &ca);
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
@@ -255,14 +250,11 @@ START_TEST(test_zero_shared_frames)
 		diff = h_first_nonzero(map + boff, size - boff);
 		CHILD_CHECK(diff < 0, "byte %ld is not zero", (long)boff + diff);
 		memcpy(map + boff, pb, blen);
-		h_send(to_a[1], 'w');
-		CHILD_CHECK(read(to_b[0], &c, 1) == 1, "wait for A");
+		h_peer_ready(&b, 'w');
 		upager_detach(ca);
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	close(to_b[0]);
-	close(to_a[1]);
 
 	u = h_connect(&d);
 	h_create(u, "z", size, -1, 0);
@@ -271,12 +263,12 @@ START_TEST(test_zero_shared_frames)
 	ck_assert_str_eq(info.source_path, "");
 	map = h_attach(u, "z", 0, &a);
 	memcpy(map + aoff, pa, alen);
-	h_send(to_b[1], 'g');
-	ck_assert_int_eq(h_recv(to_a[0]), 'w');
+	h_peer_go(&b);
+	h_peer_expect(&b, 'w');
 	/* B's writes, through A's mapping */
 	ck_assert_int_eq(h_first_diff(map, expect, size), -1);
-	h_send(to_b[1], 'x');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&b);
+	ck_assert_int_eq(h_peer_end(&b), 0);
 	info = h_stat(u, "z");
 	ck_assert_uint_eq(info.bytes_read, 0);
 	ck_assert_int_eq(upager_detach(a), 0);
@@ -311,28 +303,24 @@ START_TEST(test_rdonly_attach)
 	struct upager *u;
 	char path[512], *map, *expect;
 	char patch[10000];
-	int fd, to_c[2], to_p[2];
-	pid_t pid;
+	struct h_peer p;
+	int fd;
 
 	h_daemon_start(&d);
 	expect = h_make_file(path, sizeof(path), d.dir, "img", size, 3);
 	h_fill(patch, sizeof(patch), 33);
 	memcpy(expect + 2 * H_MIB + 5, patch, sizeof(patch));
-	ck_assert_int_eq(pipe(to_c), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
 
-	pid = h_fork();
-	if (pid == 0) {
+	if (h_peer_fork(&p) == 0) {
 		struct upager_attachment *ca;
 		struct upager *cu;
 		struct sigaction sa = { .sa_sigaction = on_segv,
 					.sa_flags = SA_SIGINFO };
 		volatile char *target;
-		char c;
 		long diff;
 		int ret;
 
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_wait(&p);
 		cu = h_child_connect(d.sock);
 		ret = upager_attach(cu, "img", UPAGER_ATTACH_RDONLY, &ca);
 		CHILD_CHECK(ret == 0, "attach rdonly: %s", strerror(-ret));
@@ -360,14 +348,11 @@ START_TEST(test_rdonly_attach)
 			    "mprotect: %s", strerror(errno));
 		memset(map + 3 * H_MIB, 'P', 8192);
 		CHILD_CHECK(map[3 * H_MIB] == 'P', "private write lost");
-		h_send(to_p[1], 'd');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&p, 'd');
 		upager_detach(ca);
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	close(to_c[0]);
-	close(to_p[1]);
 
 	u = h_connect(&d);
 	fd = h_open_ro(path);
@@ -376,12 +361,12 @@ START_TEST(test_rdonly_attach)
 	map = h_attach(u, "img", 0, &a);
 	/* some pages filled and written, the rest left to the reader */
 	memcpy(map + 2 * H_MIB + 5, patch, sizeof(patch));
-	h_send(to_c[1], 'g');
-	ck_assert_int_eq(h_recv(to_p[0]), 'd');
+	h_peer_go(&p);
+	h_peer_expect(&p, 'd');
 	/* neither the SIGSEGV write nor the private one reached the frames */
 	ck_assert_int_eq(h_first_diff(map, expect, size), -1);
-	h_send(to_c[1], 'x');
-	ck_assert_int_eq(h_child_exit_code(pid), 0);
+	h_peer_go(&p);
+	ck_assert_int_eq(h_peer_end(&p), 0);
 	ck_assert_int_eq(upager_detach(a), 0);
 
 	upager_disconnect(u);

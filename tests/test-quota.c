@@ -224,14 +224,11 @@ START_TEST(test_segments_and_bytes)
 	struct h_daemon d;
 	struct upager *u;
 	struct ctl_out o;
-	int to_a[2], to_p[2];
-	pid_t a, b;
+	struct h_peer pa;
+	pid_t b;
 
 	h_daemon_start_args(&d, args);
-	ck_assert_int_eq(pipe(to_a), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	a = h_fork();
-	if (a == 0) {
+	if (h_peer_fork(&pa) == 0) {
 		struct upager_attachment *at;
 		struct upager_usage me;
 		struct upager *cu;
@@ -286,12 +283,11 @@ START_TEST(test_segments_and_bytes)
 			    "usage: %llu segments, %llu bytes",
 			    (unsigned long long)me.segments,
 			    (unsigned long long)me.bytes);
-		h_send(to_p[1], 'r');
-		h_recv(to_a[0]);
+		h_peer_ready(&pa, 'r');
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
+	h_peer_expect(&pa, 'r');
 	/* B: served, with limits of its own */
 	b = h_fork();
 	if (b == 0) {
@@ -330,8 +326,8 @@ START_TEST(test_segments_and_bytes)
 	ck_assert_uint_eq(r.bytes, 1024 * KIB);
 
 	/* A's processes are gone; its segments are not, nor their count */
-	h_send(to_a[1], 'g');
-	expect_ok(a);
+	h_peer_go(&pa);
+	ck_assert_int_eq(h_peer_end(&pa), 0);
 	wait_usage(u, USER_A, 0, 0);
 	ck_assert(usage_of(u, USER_A, &r));
 	ck_assert_uint_eq(r.segments, 2);
@@ -428,8 +424,8 @@ START_TEST(test_attachments)
 	struct h_daemon d;
 	struct upager *u;
 	char *data, *map;
-	int to_a[2], to_p[2];
-	pid_t a, b;
+	struct h_peer pa;
+	pid_t b;
 
 	h_daemon_start_args(&d, args);
 	u = h_connect(&d);
@@ -439,10 +435,7 @@ START_TEST(test_attachments)
 	map = h_attach(u, "shared", 0, &ra[0]);
 	memcpy(map, data, size);
 	ck_assert_int_eq(upager_detach(ra[0]), 0);
-	ck_assert_int_eq(pipe(to_a), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	a = h_fork();
-	if (a == 0) {
+	if (h_peer_fork(&pa) == 0) {
 		struct upager_segment_info info;
 		struct upager_attachment *x, *y, *z = NULL;
 		struct upager_usage me;
@@ -488,8 +481,7 @@ START_TEST(test_attachments)
 			    "usage: %llu attachments",
 			    (unsigned long long)me.attachments);
 
-		h_send(to_p[1], 'r');
-		h_recv(to_a[0]);
+		h_peer_ready(&pa, 'r');
 		/* a slot free again */
 		CHILD_CHECK(upager_detach(y) == 0, "detach");
 		ret = upager_attach(cu, "shared", 0, &z);
@@ -505,7 +497,7 @@ START_TEST(test_attachments)
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
+	h_peer_expect(&pa, 'r');
 	ck_assert(usage_of(u, USER_A, &r));
 	ck_assert_uint_eq(r.attachments, 2);
 	b = h_fork();
@@ -534,8 +526,8 @@ START_TEST(test_attachments)
 	ck_assert_uint_eq(r.attachments, 3);
 	for (int i = 0; i < 3; i++)
 		ck_assert_int_eq(upager_detach(ra[i]), 0);
-	h_send(to_a[1], 'g');
-	expect_ok(a);
+	h_peer_go(&pa);
+	ck_assert_int_eq(h_peer_end(&pa), 0);
 	wait_usage(u, USER_A, 0, 0);
 	free(data);
 	upager_disconnect(u);
@@ -638,14 +630,11 @@ START_TEST(test_connections)
 	struct upager *ru[5];
 	struct h_daemon d;
 	struct upager *u;
-	int to_a[2], to_p[2];
-	pid_t a, b;
+	struct h_peer pa;
+	pid_t b;
 
 	h_daemon_start_args(&d, args);
-	ck_assert_int_eq(pipe(to_a), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	a = h_fork();
-	if (a == 0) {
+	if (h_peer_fork(&pa) == 0) {
 		enum { FLOOD = 30 };
 		struct upager *c1, *c2, *c3 = NULL;
 		struct upager_usage me;
@@ -682,8 +671,7 @@ START_TEST(test_connections)
 		me = child_usage(c1);
 		CHILD_CHECK(me.connections == 2, "after the flood: %llu",
 			    (unsigned long long)me.connections);
-		h_send(to_p[1], 'r');
-		h_recv(to_a[0]);
+		h_peer_ready(&pa, 'r');
 		upager_disconnect(c2);
 		/* the hang-up is seen a moment later */
 		{
@@ -700,7 +688,7 @@ START_TEST(test_connections)
 		upager_disconnect(c1);
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
+	h_peer_expect(&pa, 'r');
 	b = h_fork();
 	if (b == 0) {
 		struct upager *c1, *c2;
@@ -725,8 +713,8 @@ START_TEST(test_connections)
 	ck_assert_uint_eq(r.max_connections, 2);
 	for (int i = 0; i < 5; i++)
 		upager_disconnect(ru[i]);
-	h_send(to_a[1], 'g');
-	expect_ok(a);
+	h_peer_go(&pa);
+	ck_assert_int_eq(h_peer_end(&pa), 0);
 	upager_disconnect(u);
 	h_daemon_stop(&d);
 }
@@ -830,14 +818,12 @@ START_TEST(test_usage)
 	struct h_daemon d;
 	struct upager *u;
 	struct ctl_out o;
-	int to_a[2], to_p[2], n;
-	pid_t a, b;
+	struct h_peer pa;
+	int n;
+	pid_t b;
 
 	h_daemon_start_args(&d, args);
-	ck_assert_int_eq(pipe(to_a), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	a = h_fork();
-	if (a == 0) {
+	if (h_peer_fork(&pa) == 0) {
 		struct upager_attachment *x;
 		struct upager_usage me;
 		struct upager *cu;
@@ -873,13 +859,12 @@ START_TEST(test_usage)
 			    me.max_connections == 7 &&
 			    me.max_attachments == 9 &&
 			    me.idle_timeout_ms == 60000, "limits");
-		h_send(to_p[1], 'r');
-		h_recv(to_a[0]);
+		h_peer_ready(&pa, 'r');
 		upager_detach(x);
 		upager_disconnect(cu);
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
+	h_peer_expect(&pa, 'r');
 	b = h_fork();
 	if (b == 0) {
 		struct upager_usage me;
@@ -940,8 +925,8 @@ START_TEST(test_usage)
 			     "\"max_connections\": 7, \"max_attachments\": 9}") &&
 		      strstr(o.out, "\"idle_timeout_ms\": 60000"),
 		      "stdout: %s", o.out);
-	h_send(to_a[1], 'g');
-	expect_ok(a);
+	h_peer_go(&pa);
+	ck_assert_int_eq(h_peer_end(&pa), 0);
 	upager_disconnect(u);
 	h_daemon_stop(&d);
 }

@@ -126,17 +126,14 @@ START_TEST(test_uffd_once_never_blocks)
 	const size_t size = 16 * H_MIB;
 	struct h_daemon d;
 	struct upager *u;
+	struct h_peer attacker;
 	char *data;
-	int to_p[2], to_c[2];
-	pid_t attacker, reader;
+	pid_t reader;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
 	data = h_file_segment(&d, u, "img", size, 401);
-	ck_assert_int_eq(pipe(to_p), 0);
-	ck_assert_int_eq(pipe(to_c), 0);
-	attacker = h_fork();
-	if (attacker == 0) {
+	if (h_peer_fork(&attacker) == 0) {
 		struct upager_create_opts o = { .size = 8 * H_MIB,
 						.source_fd = -1 };
 		struct upager_segment_info info;
@@ -144,7 +141,7 @@ START_TEST(test_uffd_once_never_blocks)
 		struct upager *cu;
 		struct uffdio_register ur;
 		pthread_t th;
-		char *map, *second, c;
+		char *map, *second;
 		int uffd, sock, memfd, ret;
 		uint64_t id;
 
@@ -178,11 +175,10 @@ START_TEST(test_uffd_once_never_blocks)
 		pthread_create(&th, NULL, steal_main, &uffd);
 		for (int i = 0; i < 2; i++)
 			pthread_create(&th, NULL, touch_main, map);
-		h_send(to_p[1], 'r');
-		CHILD_CHECK(read(to_c[0], &c, 1) == 1, "wait");
+		h_peer_ready(&attacker, 'r');
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'r');
+	h_peer_expect(&attacker, 'r');
 	/* another user, meanwhile: served */
 	for (int round = 0; round < 3; round++) {
 		reader = h_fork();
@@ -205,8 +201,8 @@ START_TEST(test_uffd_once_never_blocks)
 		free(data);
 		data = h_file_segment(&d, u, "img", size, 402 + round);
 	}
-	h_send(to_c[1], 'q');
-	expect_exit(attacker, 0);
+	h_peer_go(&attacker);
+	ck_assert_int_eq(h_peer_end(&attacker), 0);
 	upager_disconnect(u);
 	free(data);
 	h_daemon_stop(&d);	/* SIGTERM still stops it */
@@ -306,9 +302,9 @@ START_TEST(test_child_trusts_its_daemon)
 	struct h_daemon d;
 	struct upager *u;
 	char moved[320], *data, *map;
-	int to_p[2], to_f[2];
-	pid_t fake, child;
+	struct h_peer fake;
 	uint64_t got;
+	pid_t child;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
@@ -317,10 +313,7 @@ START_TEST(test_child_trusts_its_daemon)
 	ck_assert_int_eq(memcmp(map, data, H_PAGE), 0);
 	snprintf(moved, sizeof(moved), "%s.moved", d.sock);
 	ck_assert_int_eq(rename(d.sock, moved), 0);
-	ck_assert_int_eq(pipe(to_p), 0);
-	ck_assert_int_eq(pipe(to_f), 0);
-	fake = h_fork();
-	if (fake == 0) {
+	if (h_peer_fork(&fake) == 0) {
 		struct sockaddr_un sa = { .sun_family = AF_UNIX };
 		uint64_t bytes = 0;
 		int ls;
@@ -334,10 +327,11 @@ START_TEST(test_child_trusts_its_daemon)
 		chmod(d.sock, 0666);
 		become_nobody();
 		CHILD_CHECK(listen(ls, 8) == 0, "listen: %s", strerror(errno));
-		h_send(to_p[1], 'l');
+		h_send(fake.tx, 'l');
+		/* until the parent's go */
 		for (;;) {
 			struct pollfd p[2] = { { .fd = ls, .events = POLLIN },
-					       { .fd = to_f[0], .events = POLLIN } };
+					       { .fd = fake.rx, .events = POLLIN } };
 			char buf[UPG_MSG_MAX];
 
 			poll(p, 2, H_TIMEOUT_MS);
@@ -354,10 +348,10 @@ START_TEST(test_child_trusts_its_daemon)
 				close(cs);
 			}
 		}
-		h_send_u64(to_p[1], bytes);
+		h_send_u64(fake.tx, bytes);
 		_exit(0);
 	}
-	ck_assert_int_eq(h_recv(to_p[0]), 'l');
+	h_peer_expect(&fake, 'l');
 	child = fork();
 	ck_assert_int_ge(child, 0);
 	if (child == 0) {
@@ -367,9 +361,9 @@ START_TEST(test_child_trusts_its_daemon)
 		_exit(ret == H_READ_OK ? 0 : 1);
 	}
 	expect_exit(child, 0);
-	h_send(to_f[1], 'q');
-	got = h_recv_u64(to_p[0]);
-	expect_exit(fake, 0);
+	h_peer_go(&fake);
+	got = h_recv_u64(fake.rx);
+	ck_assert_int_eq(h_peer_end(&fake), 0);
 	ck_assert_msg(got == 0, "the child sent %llu bytes to another user's "
 		      "socket", (unsigned long long)got);
 	ck_assert_int_eq(upager_detach(a), 0);
