@@ -18,12 +18,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
 #include "harness.h"
 #include "proto.h"
+#include "uffd.h"
 
 /* The daemon serves: a new connection creates, attaches, writes, reads. */
 static void still_serves(const struct h_daemon *d)
@@ -818,20 +818,12 @@ START_TEST(test_protocol_refusals)
 	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	/* a real userfaultfd, but over memory that is not the segment's */
-	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_MISSING_SHMEM,
+			 0, NULL);
 	ck_assert_int_ge(uffd, 0);
-	{
-		struct uffdio_api api = { .api = UFFD_API,
-					  .features = UFFD_FEATURE_MISSING_SHMEM };
-		struct uffdio_register ur = {
-			.range = { .start = (uintptr_t)anon, .len = H_MIB },
-			.mode = UFFDIO_REGISTER_MODE_MISSING,
-		};
-
-		ck_assert_int_eq(ioctl(uffd, UFFDIO_API, &api), 0);
-		ck_assert_int_eq(ioctl(uffd, UFFDIO_REGISTER, &ur), 0);
-		reg.uffd_ioctls = ur.ioctls;
-	}
+	ck_assert_int_eq(uffd_register(uffd, (uintptr_t)anon, H_MIB,
+				       UFFDIO_REGISTER_MODE_MISSING,
+				       &reg.uffd_ioctls), 0);
 	raw_send(sock, &reg, sizeof(reg), uffd, -1);
 	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);

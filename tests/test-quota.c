@@ -20,12 +20,12 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
 #include "harness.h"
 #include "proto.h"
+#include "uffd.h"
 
 #define USER_A 65534
 #define USER_B 65533
@@ -386,18 +386,15 @@ END_TEST
 static int raw_register_as_a(const struct h_daemon *d, int memfd,
 			     uint64_t seg_id, size_t size)
 {
-	struct uffdio_api api = { .api = UFFD_API,
-				  .features = UFFD_FEATURE_MISSING_SHMEM };
 	struct upg_register m;
 	int sock = h_child_raw_hello(d->sock), uffd, fd, ret;
 	void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd,
 			 0);
 
 	CHILD_CHECK(map != MAP_FAILED, "mmap: %s", strerror(errno));
-	uffd = syscall(SYS_userfaultfd,
-		       O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	CHILD_CHECK(uffd >= 0 && ioctl(uffd, UFFDIO_API, &api) == 0,
-		    "userfaultfd: %s", strerror(errno));
+	uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_MISSING_SHMEM,
+			 UFFD_OPEN_USER_ONLY, NULL);
+	CHILD_CHECK(uffd >= 0, "userfaultfd: %s", strerror(-uffd));
 	memset(&m, 0, sizeof(m));
 	proto_hdr_init(&m.h, UPG_REGISTER, sizeof(m), 2);
 	m.seg_id = seg_id;

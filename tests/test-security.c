@@ -24,6 +24,7 @@
 
 #include "harness.h"
 #include "proto.h"
+#include "uffd.h"
 
 #define NOBODY 65534
 
@@ -139,7 +140,6 @@ START_TEST(test_uffd_once_never_blocks)
 		struct upager_segment_info info;
 		struct upager_attachment *a;
 		struct upager *cu;
-		struct uffdio_register ur;
 		pthread_t th;
 		char *map, *second;
 		int uffd, sock, memfd, ret;
@@ -160,13 +160,9 @@ START_TEST(test_uffd_once_never_blocks)
 		second = mmap(NULL, 8 * H_MIB, PROT_READ | PROT_WRITE,
 			      MAP_SHARED, memfd, 0);
 		CHILD_CHECK(second != MAP_FAILED, "mmap");
-		ur = (struct uffdio_register){
-			.range = { .start = (uintptr_t)second,
-				   .len = 8 * H_MIB },
-			.mode = UFFDIO_REGISTER_MODE_MISSING,
-		};
-		CHILD_CHECK(ioctl(uffd, UFFDIO_REGISTER, &ur) == 0,
-			    "register: %s", strerror(errno));
+		ret = uffd_register(uffd, (uintptr_t)second, 8 * H_MIB,
+				    UFFDIO_REGISTER_MODE_MISSING, NULL);
+		CHILD_CHECK(ret == 0, "register: %s", strerror(-ret));
 		ret = raw_register(sock, info.id, (uintptr_t)second,
 				   8 * H_MIB, uffd);
 		CHILD_CHECK(ret == -EBUSY, "the uffd served twice: %d", ret);
