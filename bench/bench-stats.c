@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bench-stats.h"
+#include "json.h"
 
 int bench_fmt(char *buf, size_t len, const char *fmt, ...)
 {
@@ -300,22 +301,6 @@ void bench_report_targets(const struct bench_report *r, FILE *f)
 
 /* ---- JSON ---- */
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
-}
-
 static void json_figures(FILE *f, const struct bench_figures *g)
 {
 	fprintf(f, "\"p50_ns\": %.1f, \"p90_ns\": %.1f, \"p99_ns\": %.1f, "
@@ -358,26 +343,26 @@ static void json_result(const struct bench_report *r,
 	bool first = true;
 
 	fprintf(f, "    {\"workload\": ");
-	json_str(f, res->workload);
+	json_write_string(f, res->workload);
 	fprintf(f, ", \"system\": ");
-	json_str(f, res->system);
+	json_write_string(f, res->system);
 	fprintf(f, ", \"variant\": ");
-	json_str(f, v->name);
+	json_write_string(f, v->name);
 	fprintf(f, ", \"order\": ");
-	json_str(f, v->order);
+	json_write_string(f, v->order);
 	fprintf(f, ", \"threads\": %u, \"procs\": %u, \"cache\": ", v->threads,
 		v->procs);
 	if (v->cache)
-		json_str(f, v->cache);
+		json_write_string(f, v->cache);
 	else
 		fprintf(f, "null");
 	fprintf(f, ", \"access\": ");
-	json_str(f, res->access);
+	json_write_string(f, res->access);
 	fprintf(f, ", \"pages\": %zu, \"page_size\": %zu, \"reference\": %s",
 		res->pages, res->page_size, res->reference ? "true" : "false");
 	if (res->error[0]) {
 		fprintf(f, ", \"error\": ");
-		json_str(f, res->error);
+		json_write_string(f, res->error);
 		fprintf(f, "}");
 		return;
 	}
@@ -407,7 +392,7 @@ static void json_result(const struct bench_report *r,
 			    strcmp(ref->variant.name, v->name))
 				continue;
 			fprintf(f, "%s", first ? "" : ", ");
-			json_str(f, ref->system);
+			json_write_string(f, ref->system);
 			fprintf(f, ": {\"p50\": %.3f, \"p99\": %.3f, "
 				"\"p999\": %.3f, \"faults_per_s\": %.3f}",
 				ratio(res->fig.p50_ns, ref->fig.p50_ns),
@@ -436,21 +421,21 @@ int bench_report_json(const struct bench_report *r, FILE *f)
 
 	fprintf(f, "{\n  \"tool\": \"upager-bench\", \"format\": 1, "
 		"\"workload\": ");
-	json_str(f, r->workload);
+	json_write_string(f, r->workload);
 	fprintf(f, ",\n  \"config\": {\"pages\": %zu, \"page_size\": %zu, "
 		"\"runs\": %u, \"warmup\": %u, \"seed\": %llu, "
 		"\"timer_ns\": %.1f, \"file\": ",
 		r->pages, r->page_size, r->runs, r->warmup,
 		(unsigned long long)r->seed, r->timer_ns);
 	if (r->file)
-		json_str(f, r->file);
+		json_write_string(f, r->file);
 	else
 		fprintf(f, "null");
 	fprintf(f, ", \"kernel\": ");
-	json_str(f, r->kernel);
+	json_write_string(f, r->kernel);
 	fprintf(f, ", \"cpus\": %ld, \"daemon\": ", r->nr_cpus);
 	if (r->daemon)
-		json_str(f, r->daemon);
+		json_write_string(f, r->daemon);
 	else
 		fprintf(f, "null");
 	fprintf(f, "},\n  \"results\": [\n");
@@ -463,7 +448,7 @@ int bench_report_json(const struct bench_report *r, FILE *f)
 		const struct bench_target *t = &r->targets[i];
 
 		fprintf(f, "%s\n    {\"name\": ", i ? "," : "");
-		json_str(f, t->name);
+		json_write_string(f, t->name);
 		if (t->value < 0)
 			fprintf(f, ", \"value\": null");
 		else

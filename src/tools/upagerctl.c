@@ -61,6 +61,7 @@
 
 #include <upager/upager.h>
 
+#include "json.h"
 #include "proto.h"
 #include "size.h"
 
@@ -139,53 +140,6 @@ struct command {
 #define NEEDS_STDOUT 0x8u		/* writes stdout */
 
 /*
- * The length of the well-formed UTF-8 sequence at @s (1 to 4 bytes), its
- * code point in *@cp; 0 when @s does not start one: a stray continuation
- * byte, an overlong form, a surrogate, past U+10FFFF, or cut short (a NUL is
- * never a continuation byte, so this never reads past the string's end).
- */
-static size_t utf8_decode(const unsigned char *s, uint32_t *cp)
-{
-	uint32_t v, min;
-	size_t n, i;
-
-	if (s[0] < 0x80) {
-		*cp = s[0];
-		return 1;
-	}
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		n = 2;
-		v = s[0] & 0x1f;
-		min = 0x80;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		n = 3;
-		v = s[0] & 0x0f;
-		min = 0x800;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		n = 4;
-		v = s[0] & 0x07;
-		min = 0x10000;
-	} else {
-		return 0;
-	}
-	for (i = 1; i < n; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		v = v << 6 | (s[i] & 0x3f);
-	}
-	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-		return 0;
-	*cp = v;
-	return n;
-}
-
-/* C0 controls, DEL and the C1 controls (0x9b is a one-byte CSI). */
-static bool is_control(uint32_t cp)
-{
-	return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
-}
-
-/*
  * text_escape - @s made safe to show on a terminal or in a table
  * @buf, @len: the result, NUL-terminated; 4 * strlen(@s) + 4 is enough
  * @s: the text, any bytes
@@ -214,7 +168,7 @@ static int text_escape(char *buf, size_t len, const char *s, size_t max)
 			break;
 		}
 		n = utf8_decode(p, &cp);
-		escape = !n || is_control(cp);
+		escape = !n || utf8_is_control(cp);
 		if (!n)
 			n = 1;
 		if (escape)
@@ -348,117 +302,6 @@ static const char *error_text(int err)
 static int fail_errno(const struct args *a, int err)
 {
 	return fail(a, "%s", error_text(err));
-}
-
-/*
- * Just enough JSON for our output: nested objects and arrays, string and
- * unsigned members.  Containers opened "multiline" put each member on its
- * own indented line; the others keep them on one line.
- */
-#define JSON_DEPTH 4
-
-struct json {
-	int depth;
-	bool empty[JSON_DEPTH];
-	bool multiline[JSON_DEPTH];
-};
-
-/*
- * A JSON string, valid UTF-8 whatever @s holds: well-formed UTF-8 is
- * copied, control characters (C0, DEL, C1) are escaped as \u00NN, and each
- * byte that is not part of well-formed UTF-8 becomes \ufffd.
- */
-static void json_escape(const char *s)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	uint32_t cp;
-	size_t n;
-
-	putchar('"');
-	for (; *p; p += n) {
-		n = utf8_decode(p, &cp);
-		if (!n) {
-			fputs("\\ufffd", stdout);
-			n = 1;
-			continue;
-		}
-		switch (cp) {
-		case '"':
-			fputs("\\\"", stdout);
-			break;
-		case '\\':
-			fputs("\\\\", stdout);
-			break;
-		case '\n':
-			fputs("\\n", stdout);
-			break;
-		case '\r':
-			fputs("\\r", stdout);
-			break;
-		case '\t':
-			fputs("\\t", stdout);
-			break;
-		default:
-			if (is_control(cp))
-				printf("\\u%04" PRIx32, cp);
-			else
-				fwrite(p, 1, n, stdout);
-		}
-	}
-	putchar('"');
-}
-
-/* The separator and the key, if any, before a member. */
-static void json_member(struct json *j, const char *key)
-{
-	int d = j->depth;
-
-	if (d >= 0) {
-		if (!j->empty[d])
-			putchar(',');
-		if (j->multiline[d])
-			printf("\n%*s", 2 * (d + 1), "");
-		else if (!j->empty[d])
-			putchar(' ');
-		j->empty[d] = false;
-	}
-	if (key) {
-		json_escape(key);
-		fputs(": ", stdout);
-	}
-}
-
-static void json_open(struct json *j, const char *key, char bracket,
-		      bool multiline)
-{
-	json_member(j, key);
-	putchar(bracket);
-	j->depth++;
-	j->empty[j->depth] = true;
-	j->multiline[j->depth] = multiline;
-}
-
-static void json_close(struct json *j, char bracket)
-{
-	int d = j->depth--;
-
-	if (j->multiline[d] && !j->empty[d])
-		printf("\n%*s", 2 * d, "");
-	putchar(bracket);
-	if (j->depth < 0)
-		putchar('\n');
-}
-
-static void json_u64(struct json *j, const char *key, uint64_t v)
-{
-	json_member(j, key);
-	printf("%" PRIu64, v);
-}
-
-static void json_string(struct json *j, const char *key, const char *s)
-{
-	json_member(j, key);
-	json_escape(s);
 }
 
 static void print_key(const char *key)
@@ -836,7 +679,7 @@ static int cmd_delete(struct upager *u, const struct args *a)
 static int cmd_stat(struct upager *u, const struct args *a)
 {
 	struct upager_segment_info info;
-	struct json j = { .depth = -1 };
+	struct json j = JSON_INIT(stdout);
 	int ret;
 
 	memset(&info, 0, sizeof(info));
@@ -892,7 +735,7 @@ static int info_cmp_name(const void *x, const void *y)
 
 static void list_json(const struct upager_segment_info *infos, size_t nr)
 {
-	struct json j = { .depth = -1 };
+	struct json j = JSON_INIT(stdout);
 	size_t i;
 
 	json_open(&j, NULL, '[', true);
@@ -1079,8 +922,7 @@ static void json_limit(struct json *j, const char *key, uint64_t v)
 		json_u64(j, key, v);
 		return;
 	}
-	json_member(j, key);
-	fputs("null", stdout);
+	json_null(j, key);
 }
 
 static void usage_json(struct json *j, const struct upager_usage *v,
@@ -1095,9 +937,7 @@ static void usage_json(struct json *j, const struct upager_usage *v,
 		json_u64(j, "uid", v[i].uid);
 		if (n)
 			json_string(j, "user", n);
-		json_member(j, "exempt");
-		fputs(v[i].flags & UPAGER_USAGE_EXEMPT ? "true" : "false",
-		      stdout);
+		json_bool(j, "exempt", v[i].flags & UPAGER_USAGE_EXEMPT);
 		json_u64(j, "segments", v[i].segments);
 		json_u64(j, "bytes", v[i].bytes);
 		json_u64(j, "resident_bytes", v[i].resident_bytes);
@@ -1128,7 +968,7 @@ static int cmd_stats(struct upager *u, const struct args *a)
 	if (ret < 0 && ret != -EOPNOTSUPP)
 		return fail_errno(a, -ret);
 	if (a->json) {
-		struct json j = { .depth = -1 };
+		struct json j = JSON_INIT(stdout);
 
 		json_open(&j, NULL, '{', true);
 		stats_json(&j, &st);
