@@ -21,7 +21,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 
 #include "attach.h"
@@ -32,7 +31,7 @@
 #include "server.h"
 #include "size.h"
 #include "sockpath.h"
-#include "uffd-compat.h"
+#include "uffd.h"
 #include "worker.h"
 
 #define DEFAULT_SPIN_US 0
@@ -118,31 +117,6 @@ static const char *limit_text(const struct quota_limits *l,
 	else
 		snprintf(buf, len, "%llu", (unsigned long long)v);
 	return buf;
-}
-
-/*
- * A userfaultfd of the daemon's own, with @features.  User-mode faults
- * only: that is all an unprivileged daemon may have while
- * vm.unprivileged_userfaultfd is 0 (the default), and all the daemon needs
- * (see main).  Returns the fd, or -errno.
- */
-static int uffd_open(uint64_t features, uint64_t *offered)
-{
-	struct uffdio_api api = { .api = UFFD_API, .features = features };
-	int fd = syscall(SYS_userfaultfd,
-			 O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-	int ret;
-
-	if (fd < 0)
-		return -errno;
-	if (ioctl(fd, UFFDIO_API, &api) < 0) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	if (offered)
-		*offered = api.features;
-	return fd;
 }
 
 static void uffd_error(const char *what, int err)
@@ -472,22 +446,25 @@ int main(int argc, char **argv)
 	}
 
 	raise_nofile();
-	/* The kernel's features, from a throwaway uffd. */
-	ret = uffd_open(0, &d->uffd_features);
+	/* The kernel's features, from a throwaway (user-mode-only) uffd. */
+	ret = uffd_offered(&d->uffd_features);
 	if (ret < 0) {
 		uffd_error("userfaultfd", ret);
 		return 1;
 	}
-	close(ret);
 	/*
 	 * The daemon's own uffd, for filling frames through its direct maps.
 	 * No fault ever arrives on it: the daemon writes frames there only
 	 * with UFFDIO_COPY, which does not fault, and never touches an absent
 	 * frame, from user space or in a system call.  User-mode-only costs
-	 * nothing then, and a kernel-mode access by mistake fails with EFAULT
-	 * instead of waiting for ever on a uffd nobody reads.
+	 * nothing then (it is all an unprivileged daemon may have while
+	 * vm.unprivileged_userfaultfd is 0, the default), and a kernel-mode
+	 * access by mistake fails with EFAULT instead of waiting for ever on
+	 * a uffd nobody reads.
 	 */
-	d->fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, NULL);
+	d->fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM,
+				 UFFD_FEATURE_MISSING_SHMEM, UFFD_OPEN_USER_ONLY,
+				 NULL);
 	if (d->fill_uffd < 0) {
 		uffd_error("userfaultfd for direct maps", d->fill_uffd);
 		return 1;

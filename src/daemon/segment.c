@@ -27,7 +27,7 @@
 #include "log.h"
 #include "proto.h"
 #include "segment.h"
-#include "uffd-compat.h"
+#include "uffd.h"
 #include "daemon.h"
 #include "worker.h"
 
@@ -100,14 +100,10 @@ int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
 		seg->map = NULL;
 		goto err;
 	}
-	struct uffdio_register ur = {
-		.range = { .start = (uintptr_t)seg->map, .len = seg->size },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
-	};
-	if (ioctl(d->fill_uffd, UFFDIO_REGISTER, &ur) < 0) {
-		ret = -errno;
+	ret = uffd_register(d->fill_uffd, (uintptr_t)seg->map, seg->size,
+			    UFFDIO_REGISTER_MODE_MISSING, NULL);
+	if (ret)
 		goto err;
-	}
 	seg->src = src;
 	*out = seg;
 	return 0;
@@ -199,45 +195,51 @@ static bool memfd_has(struct segment *seg, uint64_t pgoff)
 	return lseek(seg->memfd, off, SEEK_DATA) == off;
 }
 
-static void uffd_wake(struct attachment *att, uint64_t addr, uint64_t len)
+/* Wakes @att's threads waiting on [addr, addr + len): they fault again. */
+static void att_wake(struct attachment *att, uint64_t addr, uint64_t len)
 {
-	struct uffdio_range r = { .start = addr, .len = len };
+	int ret = uffd_wake(att->uffd, addr, len);
 
-	if (ioctl(att->uffd, UFFDIO_WAKE, &r) < 0 && errno != ESRCH)
+	if (ret && ret != -ESRCH)
 		pr_debug("fault", "wake %#llx: %s", (unsigned long long)addr,
-			 strerror(errno));
+			 strerror(-ret));
 }
 
 /* Maps frames already in the memfd into a private attachment. */
-void uffd_continue(struct attachment *att, uint64_t addr, uint64_t len)
+void att_continue(struct attachment *att, uint64_t addr, uint64_t len)
 {
-	struct uffdio_continue c = { .range = { .start = addr, .len = len } };
-
-	if (ioctl(att->uffd, UFFDIO_CONTINUE, &c) == 0)
-		return;
-	if (errno == EAGAIN)
+	switch (uffd_continue(att->uffd, addr, len, true, NULL)) {
+	case 0:
+	case -ESRCH:		/* the process is gone */
+		break;
+	case -EAGAIN:		/* an event first */
 		attach_requeue(att, addr);
-	else if (errno != ESRCH)
-		uffd_wake(att, addr, len);	/* EEXIST: mapped already */
+		break;
+	default:		/* -EEXIST: mapped already; -ENOENT: moved */
+		att_wake(att, addr, len);
+		break;
+	}
 }
 
 /*
  * The source could not give the page: the access fails with SIGBUS, like
  * an I/O error under a kernel file mapping.
  */
-static void uffd_poison(struct attachment *att, uint64_t addr, uint64_t len)
+static void att_poison(struct attachment *att, uint64_t addr, uint64_t len)
 {
-	struct uffdio_poison p = { .range = { .start = addr, .len = len } };
-
 	if (att->uffd_features & UFFD_FEATURE_POISON) {
-		if (ioctl(att->uffd, UFFDIO_POISON, &p) == 0 || errno == EEXIST)
+		switch (uffd_poison(att->uffd, addr, len, true, NULL)) {
+		case 0:
+		case -EEXIST:		/* poisoned or filled already */
 			return;
-		if (errno == EAGAIN) {		/* an event first */
+		case -EAGAIN:		/* an event first */
 			attach_requeue(att, addr);
 			return;
-		}
-		if (errno != ENOSPC && errno != ESRCH) {
-			uffd_wake(att, addr, len);	/* it moved: refault */
+		case -ESRCH:		/* the process is gone */
+		case -ENOSPC:
+			break;
+		default:		/* -ENOENT: it moved: refault */
+			att_wake(att, addr, len);
 			return;
 		}
 	}
@@ -307,9 +309,9 @@ static void seg_unpark(struct segment *seg, uint64_t first, uint64_t n)
 
 			if ((st & PTE_PRESENT) &&
 			    (sw->att->flags & UPG_REGISTER_RDONLY))
-				uffd_continue(sw->att, sw->addr, seg->page_size);
+				att_continue(sw->att, sw->addr, seg->page_size);
 			else if (st & PTE_PRESENT)
-				uffd_wake(sw->att, sw->addr, seg->page_size);
+				att_wake(sw->att, sw->addr, seg->page_size);
 			else
 				attach_requeue(sw->att, sw->addr);
 			attach_put(sw->att);
@@ -354,10 +356,10 @@ static void fill_release(struct fill *f, uint32_t from)
  * gets them through its own mapping, which also maps them there; a private
  * (read-only) one cannot (UFFDIO_COPY into a private mapping makes private
  * pages), so they go in through the daemon's direct map and are then
- * mapped with UFFDIO_CONTINUE.  Returns the bytes done, or -errno with the
- * cause in @err.
+ * mapped with UFFDIO_CONTINUE.  Returns the bytes done; @err gets 0, or
+ * -errno for what stopped it.
  */
-static long fill_ioctl(struct fill *f, uint32_t from, int *err)
+static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err)
 {
 	uint64_t ps = f->seg->page_size;
 	uint64_t len = (uint64_t)(f->rd.npages - from) * ps;
@@ -365,8 +367,7 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 	uint64_t dst = direct ? (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps
 			      : f->addr + from * ps;
 	int uffd = direct ? f->seg->d->fill_uffd : f->att->uffd;
-	uint64_t pgoff, run;
-	long ret, done;
+	uint64_t pgoff, run, done;
 
 	if (!direct) {
 		/* The address still maps these pages (see attach.h). */
@@ -374,39 +375,25 @@ static long fill_ioctl(struct fill *f, uint32_t from, int *err)
 		if (attach_lookup(f->att, dst, &pgoff, &run) < 0 ||
 		    pgoff != f->rd.pgoff + from || run < len / ps) {
 			spin_read_unlock(&f->att->evlock);
-			*err = ENOENT;
-			return -ENOENT;
+			*err = -ENOENT;
+			return 0;
 		}
 	}
-	if (f->rd.zero) {
-		struct uffdio_zeropage z = {
-			.range = { .start = dst, .len = len },
-			.mode = direct ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
-		};
-
-		ret = ioctl(uffd, UFFDIO_ZEROPAGE, &z);
-		done = z.zeropage;
-	} else {
-		struct uffdio_copy c = {
-			.dst = dst,
-			.src = (uint64_t)(uintptr_t)f->rd.buf + from * ps,
-			.len = len,
-			.mode = direct ? UFFDIO_COPY_MODE_DONTWAKE : 0,
-		};
-
-		ret = ioctl(uffd, UFFDIO_COPY, &c);
-		done = c.copy;
-	}
-	*err = ret < 0 ? errno : 0;
+	/* Into the direct map nobody waits: no wake. */
+	if (f->rd.zero)
+		*err = uffd_zeropage(uffd, dst, len, !direct, &done);
+	else
+		*err = uffd_copy(uffd, dst, (char *)f->rd.buf + from * ps, len,
+				 !direct, &done);
 	if (!direct)
 		spin_read_unlock(&f->att->evlock);
-	return ret < 0 ? done : (long)len;
+	return done;
 }
 
 /*
  * Puts the run into the memfd, page states following what each ioctl did.
  * Returns the pages from the start of the run that are present now; @err
- * is what stopped it, if anything did.
+ * is what stopped it (-errno), if anything did.
  */
 static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 {
@@ -416,25 +403,21 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 	*err = 0;
 	*first_copied = false;
 	while (done < f->rd.npages) {
-		long n = fill_ioctl(f, done, err);
+		uint32_t n = fill_ioctl(f, done, err) / seg->page_size;
 
-		if (*err == 0)
-			n = (long)(f->rd.npages - done) * seg->page_size;
-		else if (n <= 0 && *err == EEXIST)
-			n = -1;		/* there already: present, not ours */
-		else if (n <= 0)
-			break;
-		if (n < 0) {
+		if (!n && *err == -EEXIST) {
+			/* Filled behind our back: present, not ours. */
 			pte_end_busy(&seg->pt, f->rd.pgoff + done++, PTE_PRESENT);
 			continue;
 		}
-		/* A partial copy: the next call reports what stopped it. */
+		if (!n)
+			break;
+		/* All, or part: the next call reports what stopped it. */
 		if (done == 0)
 			*first_copied = true;
-		filled += n / seg->page_size;
-		pte_end_busy_run(&seg->pt, f->rd.pgoff + done,
-				 n / seg->page_size, PTE_PRESENT);
-		done += n / seg->page_size;
+		filled += n;
+		pte_end_busy_run(&seg->pt, f->rd.pgoff + done, n, PTE_PRESENT);
+		done += n;
 		*err = 0;
 	}
 	counter_add(seg->c.pages_filled, filled);
@@ -444,7 +427,8 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 /*
  * Tells the faulting thread how its fill went.  A UFFDIO_COPY into its
  * own mapping woke it already; a frame found there already, or put in
- * through the direct map, needs a wake or a UFFDIO_CONTINUE.
+ * through the direct map, needs a wake or a UFFDIO_CONTINUE.  @err: what
+ * stopped the fill before its first page (-errno), when @done is 0.
  */
 static void fill_answer(struct fill *f, uint32_t done, int err,
 			bool first_copied)
@@ -454,22 +438,23 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 
 	if (done > 0) {
 		if (att->flags & UPG_REGISTER_RDONLY)
-			uffd_continue(att, f->addr, (uint64_t)done * seg->page_size);
+			att_continue(att, f->addr, (uint64_t)done * seg->page_size);
 		else if (!first_copied)
-			uffd_wake(att, f->addr, seg->page_size);
+			att_wake(att, f->addr, seg->page_size);
 		return;
 	}
 	switch (err) {
-	case EAGAIN:
+	case -EAGAIN:		/* an event first: read it, then again */
 		attach_requeue(att, f->addr);
 		break;
-	case ESRCH:
-	case ENOSPC:
+	case -ESRCH:		/* the process is gone */
+	case -ENOSPC:
 		if (attach_kill(att, "gone"))
 			counter_add(seg->d->clients_exited, 1);
 		break;
-	default:
-		uffd_wake(att, f->addr, seg->page_size);
+	default:		/* -ENOENT and the like: the mapping changed
+				 * under us; the thread's retry finds out */
+		att_wake(att, f->addr, seg->page_size);
 		break;
 	}
 }
@@ -546,7 +531,7 @@ static void fill_finish(struct worker *w, struct fill *f, int res)
 		fill_release(f, f->prefetch ? 0 : 1);
 		if (!f->prefetch) {
 			pte_end_busy(&seg->pt, f->rd.pgoff, PTE_POISON);
-			uffd_poison(f->att, f->addr, seg->page_size);
+			att_poison(f->att, f->addr, seg->page_size);
 		}
 		goto out;
 	}
@@ -574,7 +559,7 @@ static void fill_deliver(struct worker *w, struct fill *f)
 	int err;
 
 	done = fill_map(f, &err, &first_copied);
-	if (err == EAGAIN && done < f->rd.npages &&
+	if (err == -EAGAIN && done < f->rd.npages &&
 	    !(f->att->flags & UPG_REGISTER_RDONLY) &&
 	    !atomic_load(&f->att->dead)) {
 		if (done > 0 && !f->prefetch && !f->answered) {
@@ -590,8 +575,8 @@ static void fill_deliver(struct worker *w, struct fill *f)
 	if (!f->prefetch && !f->answered)
 		fill_answer(f, done, err, first_copied);
 	else if (done > first && (f->att->flags & UPG_REGISTER_RDONLY))
-		uffd_continue(f->att, f->addr + (uint64_t)first * seg->page_size,
-			      (uint64_t)(done - first) * seg->page_size);
+		att_continue(f->att, f->addr + (uint64_t)first * seg->page_size,
+			     (uint64_t)(done - first) * seg->page_size);
 	seg_unpark(seg, f->rd.pgoff + first, f->rd.npages - first);
 	fill_free(w, f);
 }
@@ -642,7 +627,7 @@ static void continue_run(struct attachment *att, uint64_t addr,
 		max = run;
 	n = 1 + (max > 1 ? pte_run_from(&seg->pt, pgoff + 1, max - 1,
 					  PTE_PRESENT) : 0);
-	uffd_continue(att, addr, n * seg->page_size);
+	att_continue(att, addr, n * seg->page_size);
 }
 
 /*
@@ -704,17 +689,17 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 		 */
 		ret = attach_discover(att, addr, tid);
 		if (ret == -EINVAL)
-			uffd_poison(att, addr, seg->page_size);
+			att_poison(att, addr, seg->page_size);
 		if (ret || attach_lookup(att, addr, &pgoff, &run) < 0) {
 			if (ret != -EINVAL)
-				uffd_wake(att, addr, seg->page_size);
+				att_wake(att, addr, seg->page_size);
 			return;
 		}
 	}
 	for (;;) {
 		st = pte_get(&seg->pt, pgoff);
 		if (st & PTE_POISON) {
-			uffd_poison(att, addr, seg->page_size);
+			att_poison(att, addr, seg->page_size);
 			return;
 		}
 		if (st & PTE_PRESENT) {
@@ -722,7 +707,7 @@ void segment_fault_missing(struct worker *w, struct attachment *att,
 				if (att->flags & UPG_REGISTER_RDONLY)
 					continue_run(att, addr, pgoff, run);
 				else
-					uffd_wake(att, addr, seg->page_size);
+					att_wake(att, addr, seg->page_size);
 				return;
 			}
 			/* Punched out (MADV_REMOVE): fill it again. */

@@ -102,7 +102,7 @@ void segment_fills_resume(struct worker *w, struct list_head *list);
 struct attachment *segment_fill_attachment(struct list_head *stall_link);
 
 /* Maps frames in the memfd into @att (a private attachment). */
-void uffd_continue(struct attachment *att, uint64_t addr, uint64_t len);
+void att_continue(struct attachment *att, uint64_t addr, uint64_t len);
 
 /* A fill's I/O completion arrived on @w's ring. */
 void segment_fill_io_done(struct worker *w, void *fill, int res);

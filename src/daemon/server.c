@@ -55,7 +55,7 @@
 #include "ring.h"
 #include "segment.h"
 #include "server.h"
-#include "uffd-compat.h"
+#include "uffd.h"
 #include "daemon.h"
 #include "worker.h"
 
@@ -673,26 +673,10 @@ static bool maps_segment(pid_t pid, struct segment *seg, uint64_t addr,
  */
 static int uffd_real_features(int fd, uint64_t *features)
 {
-	char path[64], line[128];
-	unsigned long long api, feat, ioctls;
-	int ret = -EINVAL;
-	FILE *f;
+	int ret = uffd_features_of(fd, features);
 
-	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	f = fopen(path, "re");
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "API: %llx:%llx:%llx", &api, &feat, &ioctls) != 3)
-			continue;
-		if (feat & UFFD_FEATURE_MISSING_SHMEM) {
-			/* (bit 31 is the kernel's own "initialized") */
-			*features = feat & 0x7fffffffull;
-			ret = 0;
-		}
-		break;
-	}
-	fclose(f);
+	if (!ret && !(*features & UFFD_FEATURE_MISSING_SHMEM))
+		ret = -EINVAL;
 	return ret;
 }
 
@@ -796,17 +780,16 @@ static pid_t parent_of(pid_t pid)
  */
 static bool uffd_owns(int uffd, uint64_t addr)
 {
-	struct uffdio_register ur = {
-		.range = { .start = addr, .len = sysconf(_SC_PAGESIZE) },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
-	};
+	uint64_t len = sysconf(_SC_PAGESIZE);
+	int ret = uffd_register(uffd, addr, len, UFFDIO_REGISTER_MODE_MISSING,
+				NULL);
 
-	if (ioctl(uffd, UFFDIO_REGISTER, &ur) < 0) {
+	if (ret) {
 		pr_debug("server", "probe %#llx: %s", (unsigned long long)addr,
-			 strerror(errno));
+			 strerror(-ret));
 		return false;
 	}
-	ioctl(uffd, UFFDIO_UNREGISTER, &ur.range);
+	uffd_unregister(uffd, addr, len);
 	return true;
 }
 
@@ -1579,6 +1562,7 @@ static void probe_exec(struct daemon *d)
 {
 	struct attachment *att, **atts = NULL;
 	size_t n = 0, cap = 0;
+	int ret;
 
 	pthread_mutex_lock(&d->lock);
 	list_for_each_entry(att, &d->attachments, all_link) {
@@ -1596,17 +1580,18 @@ static void probe_exec(struct daemon *d)
 	}
 	pthread_mutex_unlock(&d->lock);
 	for (size_t i = 0; i < n; i++) {
-		struct uffdio_continue c = { .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+		uint64_t start = 0, len = 0;
 
 		att = atts[i];
 		pthread_mutex_lock(&att->lock);
 		if (att->nr_ranges) {
-			c.range.start = att->ranges[0].start;
-			c.range.len = att->seg->page_size;
+			start = att->ranges[0].start;
+			len = att->seg->page_size;
 		}
 		pthread_mutex_unlock(&att->lock);
-		if (c.range.len && ioctl(att->uffd, UFFDIO_CONTINUE, &c) < 0 &&
-		    errno == ESRCH && attach_kill(att, "gone (exec)"))
+		ret = len ? uffd_continue(att->uffd, start, len, false, NULL) : 0;
+		/* -ESRCH: the address space is gone */
+		if (ret == -ESRCH && attach_kill(att, "gone (exec)"))
 			counter_add(d->clients_exited, 1);
 		attach_put(att);
 	}

@@ -32,7 +32,7 @@
 #include "log.h"
 #include "ring.h"
 #include "segment.h"
-#include "uffd-compat.h"
+#include "uffd.h"
 #include "daemon.h"
 #include "worker.h"
 
@@ -317,14 +317,10 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
 		/* No snapshot protects anything yet: let the write go. */
-		struct uffdio_writeprotect wp = {
-			.range = { .start = addr, .len = seg->page_size },
-		};
-
 		counter_add(seg->c.faults_wp, 1);
-		if (ioctl(att->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 &&
-		    errno == EAGAIN)
-			attach_requeue(att, addr);
+		if (uffd_writeprotect(att->uffd, addr, seg->page_size, false,
+				      true) == -EAGAIN)
+			attach_requeue(att, addr);	/* an event first */
 		return;
 	}
 	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
@@ -358,30 +354,6 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
 		segment_fault_missing(w, att, addrs[i], 0);
 	free(addrs);
-}
-
-/*
- * Reads from a uffd without ever blocking, whatever its file's flags say:
- * the client shares the open file description and can clear O_NONBLOCK on
- * it; a blocking read here would hold the attachment's evlock while
- * waiting for a fault that may never come.  RWF_NOWAIT makes this read
- * non-blocking by itself.
- */
-static ssize_t uffd_read(int uffd, void *buf, size_t len)
-{
-	static bool no_nowait;
-	struct iovec iov = { .iov_base = buf, .iov_len = len };
-	ssize_t n;
-
-	if (!no_nowait) {
-		n = preadv2(uffd, &iov, 1, -1, RWF_NOWAIT);
-		if (n >= 0 || errno != EOPNOTSUPP)
-			return n;
-		no_nowait = true;	/* an old kernel: the best we can */
-	}
-	if (!(fcntl(uffd, F_GETFL) & O_NONBLOCK))
-		fcntl(uffd, F_SETFL, O_NONBLOCK);
-	return read(uffd, buf, len);
 }
 
 /* Applies a non-fault event; the caller holds att->evlock for writing. */
@@ -422,7 +394,10 @@ static void handle_event(struct worker *w, struct attachment *att,
  * Events are applied before the faults read with them: a fault's address
  * is looked up in the mappings as they are now, which is what a
  * UFFDIO_COPY to that address fills.  Reading and applying the events is
- * one step under the evlock (see attach.h).
+ * one step under the evlock (see attach.h).  The read never blocks, whatever
+ * the file's flags (the client shares the open file and may clear
+ * O_NONBLOCK): a blocking read would hold the evlock while waiting for a
+ * fault that may never come.
  */
 static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 {
@@ -434,10 +409,8 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 		size_t nr = 0;
 
 		spin_write_lock(&att->evlock);
-		do
-			n = uffd_read(att->uffd, msgs, sizeof(msgs));
-		while (n < 0 && errno == EINTR);
-		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+		n = uffd_read(att->uffd, msgs, UFFD_MSG_BATCH);
+		for (ssize_t i = 0; i < n; i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				msgs[nr++] = msgs[i];
 			else
@@ -445,15 +418,14 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 		}
 		spin_write_unlock(&att->evlock);
 		if (n < 0) {
-			if (errno != EAGAIN)
-				pr_warn("fault", "%s: read uffd: %s",
-					att->seg->name, strerror(errno));
+			pr_warn("fault", "%s: read uffd: %s", att->seg->name,
+				strerror(-n));
 			break;
 		}
-		total += n / sizeof(msgs[0]);
+		total += n;
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
-	} while (n == (ssize_t)sizeof(msgs));	/* a full batch: more? */
+	} while (n == UFFD_MSG_BATCH);	/* a full batch: more? */
 	drive_retries(w, att);
 	w->served += total;
 	return total;
