@@ -118,6 +118,17 @@ bool attach_uffd_served(struct daemon *d, int fd)
 	return false;
 }
 
+void attach_pids(struct segment *seg, struct upager_segment_info *info)
+{
+	struct attachment *att;
+
+	list_for_each_entry(att, &seg->attachments, seg_link) {
+		if (info->nr_pids == UPAGER_STAT_PIDS)
+			break;
+		info->pids[info->nr_pids++] = atomic_load(&att->pid);
+	}
+}
+
 struct attachment *attach_find(struct daemon *d, uint64_t id)
 {
 	struct attachment *att, *found = NULL;

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <upager/upager.h>
+
 #include "list.h"
 
 struct daemon;
@@ -154,6 +156,12 @@ void attach_publish(struct attachment *att);
  * by two attachments.  The caller holds the daemon lock.
  */
 bool attach_uffd_served(struct daemon *d, int fd);
+
+/*
+ * attach_pids - the pids of @seg's attachments into @info (as many as it
+ * holds).  The caller holds the daemon lock.
+ */
+void attach_pids(struct segment *seg, struct upager_segment_info *info);
 
 /* The live attachment @id, with a reference; NULL if none. */
 struct attachment *attach_find(struct daemon *d, uint64_t id);

@@ -1,22 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Segments and the missing-fault path.
+ * Segments: named, shared memory whose frames live in one memfd each; page
+ * i is at offset i * page_size.  A segment owns its memfd, the daemon's
+ * direct map of it, its source, its page table (the state of every page),
+ * and the wait list of the faults parked on a page being filled.  Filling
+ * pages is the fill path's business (fill.h).
  *
- * A segment's frames live in one memfd; page i is at offset i * page_size.
- * A missing fault claims the page in the page table (absent -> BUSY) and,
- * with it, a run of following absent pages as read-ahead; reads the run
- * from the source; and UFFDIO_COPYs it into the faulting process, which on
- * shmem puts the frames into the memfd's page cache: every other process
- * mapping the segment then finds them there without faulting.  A fault
- * that finds its page BUSY parks on the segment's wait list and is woken
- * (UFFDIO_WAKE on its own userfaultfd) when the fill lands, or re-driven if
- * the fill failed.  A page is therefore read from its source once, however
- * many processes touch it.
- *
- * Locking: name, size, memfd and source are fixed at create.  The page
- * table is lock-free (pagetable.h).  The wait list has its own mutex.
- * The attachment list and `deleted` are under the daemon lock.  Counters
- * are relaxed atomics.
+ * Locking: name, size, memfd, map, source, owner and mode are fixed at
+ * create, the id before the segment is published.  The page table is
+ * lock-free (pagetable.h).  The wait list (waiters, nr_waiters,
+ * waiters_cap) is under wait_lock.  deleted, link, attachments and
+ * nr_attachments are under the daemon lock.  Counters and last_fault are
+ * relaxed atomics; refs is atomic.
  */
 #ifndef UPAGER_SEGMENT_H
 #define UPAGER_SEGMENT_H
@@ -33,8 +28,8 @@
 #include "source.h"
 
 struct attachment;
-struct worker;
 
+/* A fault parked on a BUSY page, to be answered when its fill lands. */
 struct seg_waiter {
 	uint64_t pgoff;
 	uint64_t addr;
@@ -66,7 +61,7 @@ struct segment {
 	struct list_head attachments;
 	unsigned int nr_attachments;
 
-	pthread_mutex_t wait_lock;
+	pthread_mutex_t wait_lock;	/* guards the wait list: */
 	struct seg_waiter *waiters;
 	unsigned int nr_waiters, waiters_cap;
 
@@ -84,27 +79,31 @@ int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
 void segment_get(struct segment *seg);
 void segment_put(struct segment *seg);
 
-/* Fills @info; the caller holds the daemon lock. */
+/*
+ * Fills @info but for the attached pids (attach_pids() adds them); the
+ * caller holds the daemon lock.
+ */
 void segment_info(struct segment *seg, struct upager_segment_info *info);
 uint64_t segment_resident_bytes(struct segment *seg);
 
+/* Whether the memfd holds the frame of page @pgoff (a client may have
+ * punched it out since it was filled). */
+bool segment_memfd_has(struct segment *seg, uint64_t pgoff);
+
 /*
- * segment_fault_missing - serve a missing fault at @addr (page-aligned)
- * of @att, on worker @w.  Never blocks on I/O: a read goes to @w's ring.
- * @tid: the faulting thread, when known (0 otherwise).
+ * segment_park - park the fault at @addr of @att on page @pgoff while the
+ * page is BUSY.  Returns 1 when parked (the caller's reference to @att goes
+ * with it), 0 when the page is not BUSY any more, -ENOMEM.
  */
-void segment_fault_missing(struct worker *w, struct attachment *att,
-			   uint64_t addr, pid_t tid);
+int segment_park(struct segment *seg, struct attachment *att, uint64_t pgoff,
+		 uint64_t addr);
 
-/* Resumes the stalled fills on @list (taken off @w's stalled list). */
-void segment_fills_resume(struct worker *w, struct list_head *list);
-/* The attachment of the stalled fill whose link is @stall_link. */
-struct attachment *segment_fill_attachment(struct list_head *stall_link);
-
-/* Maps frames in the memfd into @att (a private attachment). */
-void att_continue(struct attachment *att, uint64_t addr, uint64_t len);
-
-/* A fill's I/O completion arrived on @w's ring. */
-void segment_fill_io_done(struct worker *w, void *fill, int res);
+/*
+ * segment_unpark - take up to @max of the faults parked on pages
+ * [first, first + n) off the wait list, into @out (with their references).
+ * Returns how many; call again while it returns @max.
+ */
+unsigned int segment_unpark(struct segment *seg, uint64_t first, uint64_t n,
+			    struct seg_waiter *out, unsigned int max);
 
 #endif

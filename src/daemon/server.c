@@ -250,6 +250,7 @@ static void info_for(struct conn *c, struct segment *seg,
 		     struct upager_segment_info *info)
 {
 	segment_info(seg, info);
+	attach_pids(seg, info);
 	if (c->uid == 0 || c->uid == seg->uid)
 		return;
 	memset(info->source_path, 0, sizeof(info->source_path));

@@ -29,6 +29,7 @@
 #include <sys/uio.h>
 
 #include "attach.h"
+#include "fill.h"
 #include "log.h"
 #include "ring.h"
 #include "segment.h"
@@ -38,7 +39,6 @@
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
-#define BUF_CACHE 8
 
 enum cmd_kind { CMD_ADD, CMD_REMOVE, CMD_WATCH_PID, CMD_STOP };
 
@@ -63,61 +63,15 @@ struct worker {
 	struct attachment **atts;	/* owned; worker thread only */
 	unsigned int nr_atts, atts_cap;
 
-	unsigned int nr_fills;		/* in flight on this ring */
 	uint64_t served;		/* uffd messages read */
-
-	struct list_head stalled;	/* fills waiting for an event to be
-					 * read (segment.c) */
-
-	void *bufs[BUF_CACHE];
-	unsigned int nr_bufs;
-	size_t buf_size;
+	struct filler fl;		/* the fills running on this ring */
 };
-
-struct io_uring *worker_ring(struct worker *w)
-{
-	return &w->ring;
-}
-
-struct list_head *worker_stalled(struct worker *w)
-{
-	return &w->stalled;
-}
 
 struct worker *worker_pick(struct daemon *d)
 {
 	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
 
 	return d->workers[i % d->nr_workers];
-}
-
-void worker_fill_begin(struct worker *w)
-{
-	w->nr_fills++;
-}
-
-void worker_fill_end(struct worker *w)
-{
-	w->nr_fills--;
-}
-
-void *worker_buf_get(struct worker *w)
-{
-	void *p;
-
-	if (w->nr_bufs)
-		return w->bufs[--w->nr_bufs];
-	p = mmap(NULL, w->buf_size, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	return p == MAP_FAILED ? NULL : p;
-}
-
-void worker_buf_put(struct worker *w, void *buf)
-{
-	if (w->nr_bufs < BUF_CACHE)
-		w->bufs[w->nr_bufs++] = buf;
-	else
-		munmap(buf, w->buf_size);
 }
 
 static struct io_uring_sqe *get_sqe(struct worker *w)
@@ -327,11 +281,11 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 		/* The frame is in the memfd: map it.  The missing path
 		 * checks that and handles a frame punched meanwhile. */
 		counter_add(seg->c.faults_minor, 1);
-		segment_fault_missing(w, att, addr, tid);
+		fill_fault(&w->fl, att, addr, tid);
 		return;
 	}
 	counter_add(seg->c.faults_missing, 1);
-	segment_fault_missing(w, att, addr, tid);
+	fill_fault(&w->fl, att, addr, tid);
 	if (!atomic_load(&att->pid) && !atomic_load(&att->fault_tid) &&
 	    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
 		/* A forked child's first fault says who it is. */
@@ -352,7 +306,7 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	att->nr_retry = att->retry_cap = 0;
 	pthread_mutex_unlock(&att->lock);
 	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
-		segment_fault_missing(w, att, addrs[i], 0);
+		fill_fault(&w->fl, att, addrs[i], 0);
 	free(addrs);
 }
 
@@ -477,8 +431,8 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 
 	switch (ud & TAG_MASK) {
 	case TAG_FILL:
-		segment_fill_io_done(w, (void *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK),
-				     cqe->res);
+		fill_io_done(&w->fl, (void *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK),
+			     cqe->res);
 		break;
 	case TAG_UFFD:
 		att = find_att(w, ud >> 3, NULL);
@@ -512,19 +466,14 @@ static void resume_stalled(struct worker *w)
 {
 	struct list_head list, *n;
 
-	list_init(&list);
-	while (!list_empty(&w->stalled)) {
-		n = w->stalled.next;
-		list_del_init(n);
-		list_add_tail(n, &list);
-	}
+	fill_take_stalled(&w->fl, &list);
 	for (n = list.next; n != &list; n = n->next) {
-		struct attachment *att = segment_fill_attachment(n);
+		struct attachment *att = fill_stalled_attachment(n);
 
 		if (!atomic_load(&att->dead))
 			drain_uffd(w, att);
 	}
-	segment_fills_resume(w, &list);
+	fill_resume(&w->fl, &list);
 }
 
 static void reap(struct worker *w)
@@ -537,7 +486,7 @@ static void reap(struct worker *w)
 		n++;
 	}
 	io_uring_cq_advance(&w->ring, n);
-	if (!list_empty(&w->stalled))
+	if (!list_empty(&w->fl.stalled))
 		resume_stalled(w);
 }
 
@@ -581,7 +530,7 @@ static void *worker_main(void *arg)
 	arm_efd(w);
 	/* After a stop, fills in flight still complete: they hold
 	 * references that must be dropped. */
-	while (!w->stop || w->nr_fills) {
+	while (!w->stop || w->fl.nr_fills) {
 		uint64_t before = w->served;
 		int ret = ring_submit_and_wait(&w->ring);
 
@@ -608,9 +557,7 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 		return -ENOMEM;
 	w->d = d;
 	w->id = id;
-	w->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
 	w->inbox_tail = &w->inbox;
-	list_init(&w->stalled);
 	pthread_mutex_init(&w->inbox_lock, NULL);
 	w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w->efd < 0) {
@@ -620,6 +567,7 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 	ret = io_uring_queue_init(RING_ENTRIES, &w->ring, 0);
 	if (ret < 0)
 		goto err;
+	filler_init(&w->fl, d, &w->ring);
 	ret = -pthread_create(&w->thread, NULL, worker_main, w);
 	if (ret) {
 		io_uring_queue_exit(&w->ring);
@@ -641,8 +589,7 @@ void worker_stop(struct worker *w)
 	post(w, CMD_STOP, NULL);
 	pthread_join(w->thread, NULL);
 	run_inbox(w);	/* drop what was posted after the stop */
-	while (w->nr_bufs)
-		munmap(w->bufs[--w->nr_bufs], w->buf_size);
+	filler_fini(&w->fl);
 	io_uring_queue_exit(&w->ring);
 	close(w->efd);
 	pthread_mutex_destroy(&w->inbox_lock);

@@ -10,6 +10,7 @@
 
 #include <liburing.h>
 
+#include "fill.h"
 #include "list.h"
 
 struct attachment;
@@ -33,24 +34,9 @@ void worker_kick(struct worker *w);
 /* The worker for a new attachment: round robin. */
 struct worker *worker_pick(struct daemon *d);
 
-
-struct io_uring *worker_ring(struct worker *w);
-
-/* Fills waiting on @w for an event to be read (segment.c's). */
-struct list_head *worker_stalled(struct worker *w);
-
-/* Read buffers of FILL_MAX_PAGES pages, recycled per worker. */
-#define FILL_MAX_PAGES 1024
-void *worker_buf_get(struct worker *w);
-void worker_buf_put(struct worker *w, void *buf);
-
-/* Fills in flight on the worker's ring; a stopping worker waits for them. */
-void worker_fill_begin(struct worker *w);
-void worker_fill_end(struct worker *w);
-
 /* user_data tags: the low 3 bits of an SQE's user_data */
 enum {
-	TAG_FILL = 1,
+	TAG_FILL = FILL_IO_TAG,
 	TAG_UFFD = 2,
 	TAG_PIDFD = 3,
 	TAG_INBOX = 4,

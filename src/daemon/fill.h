@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fill path: how a missing (or minor) fault of an attachment is served
+ * from its segment's source.
+ *
+ * A missing fault claims the page in the page table (absent -> BUSY) and,
+ * with it, a run of following absent pages as read-ahead; reads the run
+ * from the source on the worker's io_uring; and UFFDIO_COPYs it into the
+ * faulting process, which on shmem puts the frames into the memfd's page
+ * cache: every other process mapping the segment then finds them there
+ * without faulting.  A fault that finds its page BUSY parks on the
+ * segment's wait list and is woken (UFFDIO_WAKE on its own userfaultfd)
+ * when the fill lands, or driven again if the fill failed.  A page is
+ * therefore read from its source once, however many processes touch it.
+ *
+ * A private (read-only) attachment cannot take a UFFDIO_COPY (it would
+ * make private pages): its fills go into the memfd through the daemon's
+ * direct map, and the frames are then mapped with UFFDIO_CONTINUE.
+ *
+ * A fill runs on the worker that read the fault, in that worker's thread
+ * only: `struct filler` is the part of a worker the fill path uses (its
+ * ring, its read buffers, its stalled fills), so that the fill path knows
+ * nothing else of workers.
+ */
+#ifndef UPAGER_FILL_H
+#define UPAGER_FILL_H
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "list.h"
+
+struct attachment;
+struct daemon;
+
+/* A read-ahead run is at most this long; read buffers are this size. */
+#define FILL_MAX_PAGES 1024
+#define FILL_BUF_CACHE 8
+
+/* A worker's fill state.  Its thread alone uses it. */
+struct filler {
+	struct daemon *d;
+	struct io_uring *ring;		/* the worker's: source reads */
+	struct list_head stalled;	/* fills waiting for an event to be
+					 * read before they copy again */
+	unsigned int nr_fills;		/* in flight on the ring */
+	void *bufs[FILL_BUF_CACHE];	/* FILL_MAX_PAGES pages each */
+	unsigned int nr_bufs;
+	size_t buf_size;
+};
+
+void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring);
+/* Frees the cached buffers; no fill may be in flight. */
+void filler_fini(struct filler *fl);
+
+/*
+ * fill_fault - serve a missing (or minor) fault at @addr (page-aligned) of
+ * @att.  Never blocks on I/O: a read goes to @fl's ring.  @tid: the
+ * faulting thread, when known (0 otherwise).
+ */
+void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
+		pid_t tid);
+
+/*
+ * Fills whose copy met a pending event wait on @fl until that event is
+ * read: fill_take_stalled() moves them to @list, whose attachments (see
+ * fill_stalled_attachment()) the worker then reads, and fill_resume()
+ * copies again what they hold.
+ */
+void fill_take_stalled(struct filler *fl, struct list_head *list);
+struct attachment *fill_stalled_attachment(struct list_head *link);
+void fill_resume(struct filler *fl, struct list_head *list);
+
+/* A fill's source read completed on @fl's ring: the CQE's user_data is
+ * the fill with FILL_IO_TAG set. */
+#define FILL_IO_TAG 1
+void fill_io_done(struct filler *fl, void *fill, int res);
+
+#endif
