@@ -390,6 +390,6 @@ bool attach_kill(struct attachment *att, const char *why)
 		atomic_fetch_sub(&d->unresolved, 1);
 	pthread_mutex_unlock(&d->lock);
 	atomic_fetch_sub(&d->nr_attachments, 1);
-	worker_remove(att->owner, att);
+	worker_remove(att);
 	return true;
 }

@@ -104,7 +104,6 @@ struct attachment {
 	struct worker *owner;
 	int uffd;
 	int pidfd;			/* -1 until the pid is known */
-	bool pidfd_polled;		/* owner worker only */
 	_Atomic pid_t pid;		/* 0: forked, not yet identified */
 	_Atomic pid_t fault_tid;	/* a thread seen faulting, while pid
 					 * is 0 */

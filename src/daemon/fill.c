@@ -26,6 +26,7 @@
 #include "fill.h"
 #include "log.h"
 #include "proto.h"
+#include "ring.h"
 #include "segment.h"
 #include "uffd.h"
 
@@ -33,6 +34,7 @@
 
 /* One run of pages being read and put into a segment, on one worker. */
 struct fill {
+	struct io_req req;	/* the source read's completions */
 	struct source_read rd;
 	struct filler *fl;	/* the worker it runs on */
 	struct segment *seg;
@@ -454,13 +456,14 @@ struct attachment *fill_stalled_attachment(struct list_head *stall_link)
 	return list_entry(stall_link, struct fill, stall_link)->att;
 }
 
-void fill_io_done(struct filler *fl, void *p, int res)
+/* A completion of the source read: the run is in, or more was queued. */
+static void fill_read_done(struct io_req *req, const struct io_uring_cqe *cqe)
 {
-	struct fill *f = p;
-	int ret = source_complete(f->seg->src, &f->rd, res, fl->ring);
+	struct fill *f = container_of(req, struct fill, req);
+	int ret = source_complete(f->seg->src, &f->rd, cqe->res, f->fl->ring);
 
 	if (ret != 0)
-		fill_finish(fl, f, ret < 0 ? ret : 0);
+		fill_finish(f->fl, f, ret < 0 ? ret : 0);
 }
 
 /*
@@ -515,7 +518,8 @@ static int fill_start(struct filler *fl, struct segment *seg,
 	f->prefetch = prefetch;
 	f->rd.pgoff = pgoff;
 	f->rd.npages = n;
-	f->rd.user_data = (void *)((uintptr_t)f | FILL_IO_TAG);
+	f->req.complete = fill_read_done;
+	f->rd.user_data = &f->req;
 	list_init(&f->stall_link);
 	ret = source_read(seg->src, &f->rd, fl->ring);
 	if (ret != 0)

@@ -73,9 +73,4 @@ void fill_take_stalled(struct filler *fl, struct list_head *list);
 struct attachment *fill_stalled_attachment(struct list_head *link);
 void fill_resume(struct filler *fl, struct list_head *list);
 
-/* A fill's source read completed on @fl's ring: the CQE's user_data is
- * the fill with FILL_IO_TAG set. */
-#define FILL_IO_TAG 1
-void fill_io_done(struct filler *fl, void *fill, int res);
-
 #endif

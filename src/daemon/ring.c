@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
+/* The io_uring plumbing the main thread and the workers share; see ring.h. */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -13,6 +15,70 @@ static int sys_io_uring_enter(int fd, unsigned int to_submit,
 			   flags, NULL, _NSIG / 8);
 
 	return ret < 0 ? -errno : (int)ret;
+}
+
+struct io_uring_sqe *ring_sqe(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+
+	if (!sqe) {
+		io_uring_submit(ring);
+		sqe = io_uring_get_sqe(ring);
+	}
+	return sqe;
+}
+
+int ring_poll(struct io_uring *ring, int fd, bool multi, struct io_req *req)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+
+	if (!sqe)
+		return -EBUSY;
+	if (multi)
+		io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+	else
+		io_uring_prep_poll_add(sqe, fd, POLLIN);
+	io_uring_sqe_set_data(sqe, req);
+	return 0;
+}
+
+int ring_read(struct io_uring *ring, int fd, void *buf, unsigned int len,
+	      struct io_req *req)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_read(sqe, fd, buf, len, 0);
+	io_uring_sqe_set_data(sqe, req);
+	return 0;
+}
+
+int ring_cancel(struct io_uring *ring, struct io_req *req)
+{
+	struct io_uring_sqe *sqe = ring_sqe(ring);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_remove(sqe, (uintptr_t)req);
+	io_uring_sqe_set_data(sqe, NULL);
+	return 0;
+}
+
+unsigned int ring_dispatch(struct io_uring *ring)
+{
+	struct io_uring_cqe *cqe;
+	unsigned int head, n = 0;
+
+	io_uring_for_each_cqe(ring, head, cqe) {
+		struct io_req *req = io_uring_cqe_get_data(cqe);
+
+		if (req)
+			req->complete(req, cqe);
+		n++;
+	}
+	io_uring_cq_advance(ring, n);
+	return n;
 }
 
 int ring_submit_and_wait(struct io_uring *ring)

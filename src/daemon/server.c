@@ -68,10 +68,16 @@
 				 * 200 ms */
 #define LOG_EVERY_NS 1000000000ull	/* rate limit of repeated warnings */
 
-enum { MT_LISTEN = 1, MT_SIGNAL, MT_EFD, MT_TIMER, MT_CONN, MT_REFUSE };
-
+/*
+ * A client's connection.  It lives while it is open and while its poll is
+ * armed: conn_close() drops the one reference and cancels the poll, whose
+ * last completion drops the other.
+ */
 struct conn {
-	uint64_t id;
+	struct io_req req;	/* its socket's multishot poll */
+	unsigned int refs;
+	bool armed;		/* its poll holds a reference */
+	bool closed;
 	struct server *s;
 	int fd;
 	pid_t pid;
@@ -87,7 +93,7 @@ struct conn {
 	uint64_t refuse_deadline_ns;
 	int send_err;		/* a reply could not be sent: drop it */
 	char why[128];		/* the protocol error, for the log */
-	struct list_head link;
+	struct list_head link;	/* the server's conns, then closing */
 };
 
 /* A warning that may repeat quickly: logged at most once a second. */
@@ -96,20 +102,24 @@ struct ratelimit {
 	unsigned int missed;
 };
 
+/* The main thread's alone. */
 struct server {
 	struct daemon *d;
 	struct io_uring ring;
 	int listen_fd, sfd, tfd;
 	uint64_t efd_val, tfd_val;
 	struct signalfd_siginfo si;
+	struct io_req listen_req, signal_req, efd_req, timer_req;
 	struct list_head conns;
-	uint64_t next_conn_id;
+	struct list_head closing;	/* closed, their polls not done yet */
 	uint64_t ticks;
 	bool stop;
 
 	int reserve_fd;		/* /dev/null, given up to refuse one */
 	int refuse_fd;		/* that client, until its hello is read */
-	uint64_t refuse_gen;	/* tags refuse_fd's poll */
+	struct io_req refuse_req;	/* refuse_fd's poll */
+	bool refuse_polled;	/* until that poll's completion came: no
+				 * other refusal starts before */
 	uint64_t refuse_deadline_ns;
 	bool accept_stalled;	/* the backlog may hold connections */
 	struct ratelimit rl_refuse, rl_accept, rl_lost_fd, rl_quota;
@@ -129,35 +139,26 @@ static bool ratelimit_ok(struct ratelimit *rl, unsigned int *missed)
 	return true;
 }
 
-static struct io_uring_sqe *sq(struct server *s)
+/*
+ * The main thread cannot do without its own polls and reads (the socket,
+ * signals, the timer, its eventfd): one that cannot be queued (the ring
+ * full even after a submit) stops the daemon.
+ */
+static void arm_poll(struct server *s, int fd, struct io_req *req)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-
-	if (!sqe) {
-		io_uring_submit(&s->ring);
-		sqe = io_uring_get_sqe(&s->ring);
+	if (ring_poll(&s->ring, fd, true, req)) {
+		pr_err("server", "cannot poll: ring full: stopping");
+		s->stop = true;
 	}
-	return sqe;
-}
-
-static void arm_poll(struct server *s, int fd, uint64_t ud, bool multi)
-{
-	struct io_uring_sqe *sqe = sq(s);
-
-	if (multi)
-		io_uring_prep_poll_multishot(sqe, fd, POLLIN);
-	else
-		io_uring_prep_poll_add(sqe, fd, POLLIN);
-	io_uring_sqe_set_data64(sqe, ud);
 }
 
 static void arm_read(struct server *s, int fd, void *buf, size_t len,
-		     uint64_t ud)
+		     struct io_req *req)
 {
-	struct io_uring_sqe *sqe = sq(s);
-
-	io_uring_prep_read(sqe, fd, buf, len, 0);
-	io_uring_sqe_set_data64(sqe, ud);
+	if (ring_read(&s->ring, fd, buf, len, req)) {
+		pr_err("server", "cannot read: ring full: stopping");
+		s->stop = true;
+	}
 }
 
 /* Segments */
@@ -736,7 +737,15 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 			close(fd);
 		return ret;
 	}
-	worker_add(att->owner, att);
+	ret = worker_add(att);
+	if (ret) {
+		/* Published, but nobody would serve it: take it back. */
+		pr_err("attach", "%s: pid %d: out of memory to serve attachment %llu",
+		       seg->name, (int)c->pid, (unsigned long long)att->id);
+		attach_kill(att, "dropped");
+		attach_put(att);
+		return ret;
+	}
 	memset(&r, 0, sizeof(r));
 	r.attach_id = att->id;
 	attach_put(att);
@@ -802,7 +811,7 @@ static void resolved(struct attachment *att, pid_t pid, const char *how)
 	atomic_fetch_sub(&d->unresolved, 1);
 	pr_info("attach", "%s: attachment %llu is pid %d (%s)", att->seg->name,
 		(unsigned long long)att->id, (int)pid, how);
-	worker_watch_pid(att->owner, att);
+	worker_watch_pid(att);
 }
 
 /*
@@ -1098,29 +1107,41 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 	return c->send_err;
 }
 
-static struct conn *conn_find(struct server *s, uint64_t id)
+static void conn_put(struct conn *c)
 {
-	struct conn *c;
+	if (--c->refs)
+		return;
+	list_del_init(&c->link);
+	free(c->groups);
+	free(c);
+}
 
-	list_for_each_entry(c, &s->conns, link)
-		if (c->id == id)
-			return c;
-	return NULL;
+static void conn_polled(struct io_req *req, const struct io_uring_cqe *cqe);
+
+static int conn_arm(struct server *s, struct conn *c)
+{
+	int ret = ring_poll(&s->ring, c->fd, true, &c->req);
+
+	if (!ret) {
+		c->armed = true;
+		c->refs++;
+	}
+	return ret;
 }
 
 static void conn_close(struct server *s, struct conn *c, const char *why)
 {
-	struct daemon *d = s->d;
-	struct io_uring_sqe *sqe = sq(s);
-
 	pr_info("server", "pid %d: connection closed: %s", (int)c->pid, why);
-	io_uring_prep_poll_remove(sqe, c->id << 3 | MT_CONN);
-	io_uring_sqe_set_data64(sqe, 0);
+	if (c->armed && ring_cancel(&s->ring, &c->req))
+		pr_err("server", "pid %d: cannot cancel a poll: ring full",
+		       (int)c->pid);
 	list_del_init(&c->link);
+	list_add_tail(&c->link, &s->closing);
 	close(c->fd);
-	free(c->groups);
-	free(c);
-	atomic_fetch_sub(&d->connections, 1);
+	c->fd = -1;
+	c->closed = true;
+	atomic_fetch_sub(&s->d->connections, 1);
+	conn_put(c);
 }
 
 /*
@@ -1207,6 +1228,12 @@ static int reserve_open(struct server *s)
 	return s->reserve_fd < 0 ? -errno : 0;
 }
 
+/* A refusal is under way: its client is open, or its poll not done. */
+static bool refusing(struct server *s)
+{
+	return s->refuse_fd >= 0 || s->refuse_polled;
+}
+
 /*
  * The refused client said hello (or hung up, or took too long): close it.
  * @polled: its poll completed (else it is cancelled, as it holds the
@@ -1220,16 +1247,11 @@ static void refuse_done(struct server *s, bool polled)
 		return;
 	while (recv(s->refuse_fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
 		;
-	if (!polled) {
-		struct io_uring_sqe *sqe = sq(s);
-
-		io_uring_prep_poll_remove(sqe, s->refuse_gen << 3 | MT_REFUSE);
-		io_uring_sqe_set_data64(sqe, 0);
-	}
+	/* Its poll's completion still comes: refuse_polled until then. */
+	if (!polled && s->refuse_polled && ring_cancel(&s->ring, &s->refuse_req))
+		pr_err("server", "cannot cancel a poll: ring full");
 	close(s->refuse_fd);
 	s->refuse_fd = -1;
-	/* A stale completion is told apart by its generation. */
-	s->refuse_gen++;
 	if (reserve_open(s))
 		pr_warn("server", "no descriptor to keep in reserve: %s",
 			strerror(errno));
@@ -1272,7 +1294,11 @@ static bool refuse_one(struct server *s, int err)
 		return s->reserve_fd >= 0;
 	}
 	s->refuse_deadline_ns = now_ns() + REFUSE_WAIT_MS * 1000000ull;
-	arm_poll(s, fd, s->refuse_gen << 3 | MT_REFUSE, false);
+	if (ring_poll(&s->ring, fd, false, &s->refuse_req)) {
+		refuse_done(s, true);
+		return s->reserve_fd >= 0;
+	}
+	s->refuse_polled = true;
 	return false;
 }
 
@@ -1351,14 +1377,14 @@ static void do_accept(struct server *s)
 			}
 			s->accept_stalled = true;
 			if ((err == EMFILE || err == ENFILE) &&
-			    s->refuse_fd < 0 && s->reserve_fd >= 0) {
+			    !refusing(s) && s->reserve_fd >= 0) {
 				if (refuse_one(s, err))
 					continue;
 				return;
 			}
 			/* Waits for the refused client, or descriptors or
 			 * memory coming back: the tick tries again. */
-			if (s->refuse_fd < 0 &&
+			if (!refusing(s) &&
 			    ratelimit_ok(&s->rl_accept, &missed))
 				pr_warn("server", "accept: %s (%u more since)",
 					strerror(err), missed);
@@ -1380,7 +1406,8 @@ static void do_accept(struct server *s)
 		}
 		/* Room for a long list reply without blocking. */
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-		c->id = ++s->next_conn_id;
+		c->req.complete = conn_polled;
+		c->refs = 1;
 		c->s = s;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
@@ -1400,9 +1427,10 @@ static void do_accept(struct server *s)
 		}
 		list_add_tail(&c->link, &s->conns);
 		atomic_fetch_add(&d->connections, 1);
-		arm_poll(s, fd, c->id << 3 | MT_CONN, true);
 		pr_info("server", "pid %d uid %d gid %d: connected", (int)c->pid,
 			(int)c->uid, (int)c->gid);
+		if (conn_arm(s, c))
+			conn_close(s, c, "cannot poll it: ring full");
 	}
 }
 
@@ -1599,7 +1627,94 @@ static void probe_exec(struct daemon *d)
 	free(atts);
 }
 
-/* The event loop */
+/* The event loop: each request's completion handler */
+
+static void listen_polled(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct server *s = container_of(req, struct server, listen_req);
+
+	do_accept(s);
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		arm_poll(s, s->listen_fd, &s->listen_req);
+}
+
+static void signal_read(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct server *s = container_of(req, struct server, signal_req);
+
+	if (cqe->res == sizeof(s->si) && s->si.ssi_signo != SIGHUP) {
+		pr_notice("server", "%s: stopping", strsignal(s->si.ssi_signo));
+		s->stop = true;
+		return;
+	}
+	arm_read(s, s->sfd, &s->si, sizeof(s->si), &s->signal_req);
+}
+
+static void efd_read(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct server *s = container_of(req, struct server, efd_req);
+	struct daemon *d = s->d;
+
+	if (atomic_load(&d->unresolved))
+		resolve_forks(d);
+	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val),
+		 &s->efd_req);
+}
+
+static void timer_read(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct server *s = container_of(req, struct server, timer_req);
+	struct daemon *d = s->d;
+
+	if (atomic_load(&d->unresolved))
+		resolve_forks(d);
+	if (++s->ticks % PROBE_EVERY_TICKS == 0)
+		probe_exec(d);
+	if (s->ticks % SWEEP_TICKS == 0)
+		conns_sweep(s);
+	if (s->refuse_fd >= 0 && now_ns() > s->refuse_deadline_ns)
+		refuse_done(s, false);
+	if (s->refuse_fd < 0 && s->reserve_fd < 0)
+		reserve_open(s);
+	if (s->accept_stalled && !refusing(s))
+		do_accept(s);
+	arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), &s->timer_req);
+}
+
+/* The refused client said hello or hung up (or the poll was cancelled). */
+static void refuse_polled(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct server *s = container_of(req, struct server, refuse_req);
+
+	s->refuse_polled = false;
+	if (s->refuse_fd < 0)
+		return;		/* a client closed already */
+	refuse_done(s, true);
+	do_accept(s);
+}
+
+/*
+ * A completion of a connection's multishot poll.  Its last one (no
+ * IORING_CQE_F_MORE) drops the poll's reference: after conn_close()
+ * cancelled it, or when the kernel ended the poll, which is then armed
+ * again.
+ */
+static void conn_polled(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct conn *c = container_of(req, struct conn, req);
+	struct server *s = c->s;
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+
+	if (!more)
+		c->armed = false;
+	if (!c->closed) {
+		conn_readable(s, c);	/* may close it */
+		if (!c->closed && !more && conn_arm(s, c))
+			conn_close(s, c, "cannot poll it: ring full");
+	}
+	if (!more)
+		conn_put(c);
+}
 
 static int setup(struct server *s, struct daemon *d, int listen_fd)
 {
@@ -1613,6 +1728,12 @@ static int setup(struct server *s, struct daemon *d, int listen_fd)
 	memset(s, 0, sizeof(*s));
 	s->d = d;
 	list_init(&s->conns);
+	list_init(&s->closing);
+	s->listen_req.complete = listen_polled;
+	s->signal_req.complete = signal_read;
+	s->efd_req.complete = efd_read;
+	s->timer_req.complete = timer_read;
+	s->refuse_req.complete = refuse_polled;
 	s->listen_fd = listen_fd;
 	s->refuse_fd = -1;
 	s->reserve_fd = -1;
@@ -1631,78 +1752,17 @@ static int setup(struct server *s, struct daemon *d, int listen_fd)
 	ret = io_uring_queue_init(256, &s->ring, 0);
 	if (ret < 0)
 		return ret;
-	arm_poll(s, listen_fd, MT_LISTEN, true);
-	arm_read(s, s->sfd, &s->si, sizeof(s->si), MT_SIGNAL);
-	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
-	arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
+	arm_poll(s, listen_fd, &s->listen_req);
+	arm_read(s, s->sfd, &s->si, sizeof(s->si), &s->signal_req);
+	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), &s->efd_req);
+	arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), &s->timer_req);
 	return 0;
-}
-
-static void handle_cqe(struct server *s, struct io_uring_cqe *cqe)
-{
-	struct daemon *d = s->d;
-	uint64_t ud = cqe->user_data;
-	struct conn *c;
-
-	switch (ud & 7) {
-	case MT_LISTEN:
-		do_accept(s);
-		if (!(cqe->flags & IORING_CQE_F_MORE))
-			arm_poll(s, s->listen_fd, MT_LISTEN, true);
-		break;
-	case MT_SIGNAL:
-		if (cqe->res == sizeof(s->si) && s->si.ssi_signo != SIGHUP) {
-			pr_notice("server", "%s: stopping",
-				  strsignal(s->si.ssi_signo));
-			s->stop = true;
-		} else {
-			arm_read(s, s->sfd, &s->si, sizeof(s->si), MT_SIGNAL);
-		}
-		break;
-	case MT_EFD:
-		if (atomic_load(&d->unresolved))
-			resolve_forks(d);
-		arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), MT_EFD);
-		break;
-	case MT_TIMER:
-		if (atomic_load(&d->unresolved))
-			resolve_forks(d);
-		if (++s->ticks % PROBE_EVERY_TICKS == 0)
-			probe_exec(d);
-		if (s->ticks % SWEEP_TICKS == 0)
-			conns_sweep(s);
-		if (s->refuse_fd >= 0 && now_ns() > s->refuse_deadline_ns)
-			refuse_done(s, false);
-		if (s->refuse_fd < 0 && s->reserve_fd < 0)
-			reserve_open(s);
-		if (s->accept_stalled && s->refuse_fd < 0)
-			do_accept(s);
-		arm_read(s, s->tfd, &s->tfd_val, sizeof(s->tfd_val), MT_TIMER);
-		break;
-	case MT_REFUSE:
-		if (ud >> 3 != s->refuse_gen || s->refuse_fd < 0)
-			break;	/* a poll of a client closed already */
-		refuse_done(s, true);
-		do_accept(s);
-		break;
-	case MT_CONN:
-		c = conn_find(s, ud >> 3);
-		if (!c)
-			break;
-		conn_readable(s, c);
-		/* c may be gone now */
-		c = conn_find(s, ud >> 3);
-		if (c && !(cqe->flags & IORING_CQE_F_MORE))
-			arm_poll(s, c->fd, c->id << 3 | MT_CONN, true);
-		break;
-	}
 }
 
 int server_run(struct daemon *d, int listen_fd)
 {
 	struct server s;
-	struct io_uring_cqe *cqe;
-	unsigned int head, n;
+	struct conn *c, *tmp;
 	int ret;
 
 	ret = setup(&s, d, listen_fd);
@@ -1713,18 +1773,18 @@ int server_run(struct daemon *d, int listen_fd)
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			break;
 		ret = 0;
-		n = 0;
-		io_uring_for_each_cqe(&s.ring, head, cqe) {
-			handle_cqe(&s, cqe);
-			n++;
-		}
-		io_uring_cq_advance(&s.ring, n);
+		ring_dispatch(&s.ring);
 	}
 	while (!list_empty(&s.conns))
 		conn_close(&s, list_entry(s.conns.next, struct conn, link),
 			   "daemon stopping");
 	refuse_done(&s, false);
 	io_uring_queue_exit(&s.ring);
+	/* No completion can come any more: the closed connections go. */
+	list_for_each_entry_safe(c, tmp, &s.closing, link) {
+		c->refs = 1;
+		conn_put(c);
+	}
 	close(s.sfd);
 	close(s.tfd);
 	if (s.reserve_fd >= 0)

@@ -1,4 +1,8 @@
 // SPDX-License-Identifier: MIT
+/*
+ * Page sources: zero and file (raw images, regular files or block
+ * devices); the interface is in source.h.
+ */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -12,6 +16,7 @@
 #include <linux/fs.h>
 
 #include "log.h"
+#include "ring.h"
 #include "source.h"
 
 /*
@@ -121,13 +126,9 @@ static int file_queue(struct source *src, struct source_read *rd,
 		rd->done = len;
 		return 1;
 	}
-	sqe = io_uring_get_sqe(ring);
-	if (!sqe) {
-		io_uring_submit(ring);
-		sqe = io_uring_get_sqe(ring);
-		if (!sqe)
-			return -EBUSY;
-	}
+	sqe = ring_sqe(ring);
+	if (!sqe)
+		return -EBUSY;
 	io_uring_prep_read(sqe, src->fd, (char *)rd->buf + rd->done, n, off);
 	io_uring_sqe_set_data(sqe, rd->user_data);
 	return 0;

@@ -30,7 +30,8 @@ struct source_read {
 	uint32_t done;		/* bytes in buf so far */
 	uint64_t bytes_read;	/* bytes that came from the source */
 	bool zero;		/* the run is all zeros; buf untouched */
-	void *user_data;	/* the CQE's user_data for queued I/O */
+	void *user_data;	/* the SQE's user_data for queued I/O (a
+				 * struct io_req *, ring.h) */
 };
 
 struct source_ops {

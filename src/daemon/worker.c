@@ -12,57 +12,76 @@
  * faults are served (see drain_uffd), then the faults that had to wait for
  * an event are driven again.
  *
- * Polls are tagged with the attachment's id, not its address, so that a
- * poll completion arriving after the attachment was removed finds nothing
- * and is dropped.
+ * A worker's share of an attachment is a `struct poller`: its polls, on
+ * the worker's ring, carry it as their completion's io_req.  A poller is
+ * allocated when the attachment is added (worker_add fails there, with
+ * -ENOMEM, before anything is posted) and reaches its worker through the
+ * inbox, a list of pollers under inbox_lock.  Everything else the worker
+ * is told comes as a kick of its eventfd with the news in the attachment
+ * itself (dead, a fault to drive again, a pid to watch): telling a worker
+ * allocates nothing and cannot fail.  A poller lives until its worker has
+ * dropped it and the last completion of each of its polls has come (the
+ * final one of a multishot poll, without IORING_CQE_F_MORE, comes after a
+ * cancellation too): a completion never finds it freed.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <sys/uio.h>
 
 #include "attach.h"
+#include "daemon.h"
 #include "fill.h"
 #include "log.h"
 #include "ring.h"
 #include "segment.h"
 #include "uffd.h"
-#include "daemon.h"
 #include "worker.h"
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
 
-enum cmd_kind { CMD_ADD, CMD_REMOVE, CMD_WATCH_PID, CMD_STOP };
-
-struct cmd {
-	enum cmd_kind kind;
-	struct attachment *att;	/* holds a reference */
-	struct cmd *next;
+/*
+ * One worker's share of one attachment.  Its worker's thread alone uses
+ * it, but for `next`, under the inbox lock until the worker takes it.
+ */
+struct poller {
+	struct io_req uffd_req;		/* the multishot poll of att->uffd */
+	struct io_req pidfd_req;	/* the owner's poll of att->pidfd */
+	struct worker *w;
+	struct attachment *att;		/* holds a reference */
+	unsigned int refs;		/* the worker's list's, each poll's */
+	bool uffd_armed, pidfd_armed;
+	bool pid_watched;		/* the pidfd poll was armed once */
+	bool gone;			/* dropped by its worker */
+	struct list_head link;		/* w->pollers, then w->gone */
+	struct poller *next;		/* in the inbox */
 };
 
+/*
+ * Locking: the inbox (inbox, inbox_tail) is under inbox_lock and
+ * `stopping` is atomic; everything else is the worker thread's, or set
+ * before it starts.
+ */
 struct worker {
 	struct daemon *d;
 	unsigned int id;
 	pthread_t thread;
 	struct io_uring ring;
-	int efd;
+	int efd;			/* kicks the worker */
 	uint64_t efd_val;
+	struct io_req efd_req;
+	_Atomic bool stopping;		/* worker_stop() asked */
 	bool stop;
 
 	pthread_mutex_t inbox_lock;
-	struct cmd *inbox, **inbox_tail;
+	struct poller *inbox, **inbox_tail;	/* pollers to take on */
 
-	struct attachment **atts;	/* owned; worker thread only */
-	unsigned int nr_atts, atts_cap;
-
+	struct list_head pollers;	/* served */
+	struct list_head gone;		/* dropped, their polls not done yet */
 	uint64_t served;		/* uffd messages read */
 	struct filler fl;		/* the fills running on this ring */
 };
@@ -72,36 +91,6 @@ struct worker *worker_pick(struct daemon *d)
 	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
 
 	return d->workers[i % d->nr_workers];
-}
-
-static struct io_uring_sqe *get_sqe(struct worker *w)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-
-	if (!sqe) {
-		io_uring_submit(&w->ring);
-		sqe = io_uring_get_sqe(&w->ring);
-	}
-	return sqe;
-}
-
-static void post(struct worker *w, enum cmd_kind kind, struct attachment *att)
-{
-	struct cmd *c = calloc(1, sizeof(*c));
-
-	if (!c) {
-		pr_err("worker", "out of memory posting to worker %u", w->id);
-		return;
-	}
-	c->kind = kind;
-	c->att = att;
-	if (att)
-		attach_get(att);
-	pthread_mutex_lock(&w->inbox_lock);
-	*w->inbox_tail = c;
-	w->inbox_tail = &c->next;
-	pthread_mutex_unlock(&w->inbox_lock);
-	worker_kick(w);
 }
 
 void worker_kick(struct worker *w)
@@ -128,106 +117,134 @@ static unsigned int nr_pollers(struct daemon *d)
 	return d->nr_workers < MAX_POLLERS ? d->nr_workers : MAX_POLLERS;
 }
 
-void worker_add(struct worker *w, struct attachment *att)
+static struct worker *poller_worker(struct attachment *att, unsigned int i)
 {
-	struct daemon *d = w->d;
+	struct daemon *d = att->owner->d;
 
-	for (unsigned int i = 0; i < nr_pollers(d); i++)
-		post(d->workers[(w->id + i) % d->nr_workers], CMD_ADD, att);
+	return d->workers[(att->owner->id + i) % d->nr_workers];
 }
 
-void worker_remove(struct worker *w, struct attachment *att)
-{
-	struct daemon *d = w->d;
+static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
+static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
 
-	for (unsigned int i = 0; i < nr_pollers(d); i++)
-		post(d->workers[(w->id + i) % d->nr_workers], CMD_REMOVE, att);
+static void poller_put(struct poller *p)
+{
+	if (--p->refs)
+		return;
+	list_del_init(&p->link);
+	attach_put(p->att);
+	free(p);
 }
 
-void worker_watch_pid(struct worker *w, struct attachment *att)
+int worker_add(struct attachment *att)
 {
-	post(w, CMD_WATCH_PID, att);
+	struct poller *p[MAX_POLLERS];
+	unsigned int n = nr_pollers(att->owner->d);
+
+	for (unsigned int i = 0; i < n; i++) {
+		p[i] = calloc(1, sizeof(*p[i]));
+		if (!p[i]) {
+			while (i--)
+				free(p[i]);
+			return -ENOMEM;
+		}
+	}
+	for (unsigned int i = 0; i < n; i++) {
+		struct worker *w = poller_worker(att, i);
+
+		p[i]->uffd_req.complete = uffd_polled;
+		p[i]->pidfd_req.complete = pidfd_polled;
+		p[i]->w = w;
+		p[i]->att = att;
+		attach_get(att);
+		p[i]->refs = 1;
+		list_init(&p[i]->link);
+		pthread_mutex_lock(&w->inbox_lock);
+		*w->inbox_tail = p[i];
+		w->inbox_tail = &p[i]->next;
+		pthread_mutex_unlock(&w->inbox_lock);
+		worker_kick(w);
+	}
+	return 0;
+}
+
+void worker_remove(struct attachment *att)
+{
+	for (unsigned int i = 0; i < nr_pollers(att->owner->d); i++)
+		worker_kick(poller_worker(att, i));
+}
+
+void worker_watch_pid(struct attachment *att)
+{
+	worker_kick(att->owner);
+}
+
+/*
+ * A poll that cannot be armed (the ring full even after a submit) would
+ * leave the attachment unserved: drop it loudly instead.
+ */
+static void arm_failed(struct poller *p, const char *what)
+{
+	pr_err("worker", "%s: %u: cannot poll the %s of attachment %llu: ring full",
+	       p->att->seg->name, p->w->id, what,
+	       (unsigned long long)p->att->id);
+	attach_kill(p->att, "dropped");
+}
+
+static void arm_uffd(struct poller *p)
+{
+	if (ring_poll(&p->w->ring, p->att->uffd, true, &p->uffd_req)) {
+		arm_failed(p, "uffd");
+		return;
+	}
+	p->uffd_armed = true;
+	p->refs++;
+}
+
+/* The owner's: once the pid is known (a forked child's comes later). */
+static void arm_pidfd(struct poller *p)
+{
+	struct attachment *att = p->att;
+
+	/* pidfd is set before pid, and pid is atomic. */
+	if (p->pid_watched || att->owner != p->w ||
+	    atomic_load(&att->pid) <= 0 || att->pidfd < 0)
+		return;
+	p->pid_watched = true;
+	if (ring_poll(&p->w->ring, att->pidfd, false, &p->pidfd_req)) {
+		arm_failed(p, "pidfd");
+		return;
+	}
+	p->pidfd_armed = true;
+	p->refs++;
+}
+
+static void own(struct worker *w, struct poller *p)
+{
+	list_add_tail(&p->link, &w->pollers);
+	arm_uffd(p);
+	arm_pidfd(p);
+}
+
+/* Drops @p; its polls are cancelled and it goes when they are done. */
+static void disown(struct poller *p)
+{
+	struct worker *w = p->w;
+
+	p->gone = true;
+	list_del_init(&p->link);
+	list_add_tail(&p->link, &w->gone);
+	if ((p->uffd_armed && ring_cancel(&w->ring, &p->uffd_req)) ||
+	    (p->pidfd_armed && ring_cancel(&w->ring, &p->pidfd_req)))
+		pr_err("worker", "%u: cannot cancel a poll: ring full", w->id);
+	poller_put(p);
 }
 
 static void arm_efd(struct worker *w)
 {
-	struct io_uring_sqe *sqe = get_sqe(w);
-
-	io_uring_prep_read(sqe, w->efd, &w->efd_val, sizeof(w->efd_val), 0);
-	io_uring_sqe_set_data64(sqe, TAG_INBOX);
-}
-
-static void arm_uffd(struct worker *w, struct attachment *att)
-{
-	struct io_uring_sqe *sqe = get_sqe(w);
-
-	io_uring_prep_poll_multishot(sqe, att->uffd, POLLIN);
-	io_uring_sqe_set_data64(sqe, att->id << 3 | TAG_UFFD);
-}
-
-static void arm_pidfd(struct worker *w, struct attachment *att)
-{
-	struct io_uring_sqe *sqe;
-
-	if (att->pidfd < 0 || att->pidfd_polled)
-		return;
-	att->pidfd_polled = true;
-	sqe = get_sqe(w);
-	io_uring_prep_poll_add(sqe, att->pidfd, POLLIN);
-	io_uring_sqe_set_data64(sqe, att->id << 3 | TAG_PIDFD);
-}
-
-static struct attachment *find_att(struct worker *w, uint64_t id,
-				   unsigned int *idx)
-{
-	for (unsigned int i = 0; i < w->nr_atts; i++) {
-		if (w->atts[i]->id == id) {
-			if (idx)
-				*idx = i;
-			return w->atts[i];
-		}
-	}
-	return NULL;
-}
-
-static void own(struct worker *w, struct attachment *att)
-{
-	if (w->nr_atts == w->atts_cap) {
-		unsigned int cap = w->atts_cap ? 2 * w->atts_cap : 16;
-		void *p = realloc(w->atts, cap * sizeof(*w->atts));
-
-		if (!p) {
-			pr_err("worker", "out of memory: dropping attachment");
-			attach_kill(att, "dropped");
-			return;
-		}
-		w->atts = p;
-		w->atts_cap = cap;
-	}
-	attach_get(att);
-	w->atts[w->nr_atts++] = att;
-	arm_uffd(w, att);
-	if (att->owner == w)
-		arm_pidfd(w, att);
-}
-
-static void disown(struct worker *w, struct attachment *att)
-{
-	struct io_uring_sqe *sqe;
-	unsigned int i;
-
-	if (!find_att(w, att->id, &i))
-		return;
-	w->atts[i] = w->atts[--w->nr_atts];
-	sqe = get_sqe(w);
-	io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_UFFD);
-	io_uring_sqe_set_data64(sqe, 0);
-	if (att->pidfd >= 0 && att->owner == w) {
-		sqe = get_sqe(w);
-		io_uring_prep_poll_remove(sqe, att->id << 3 | TAG_PIDFD);
-		io_uring_sqe_set_data64(sqe, 0);
-	}
-	attach_put(att);
+	if (ring_read(&w->ring, w->efd, &w->efd_val, sizeof(w->efd_val),
+		      &w->efd_req))
+		pr_err("worker", "%u: cannot read its eventfd: ring full", w->id);
 }
 
 static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
@@ -254,7 +271,12 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 	pthread_mutex_unlock(&d->lock);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
-	worker_add(child->owner, child);
+	if (worker_add(child)) {
+		/* Nobody would serve it: drop it (see above). */
+		pr_err("fault", "%s: out of memory for a forked child of pid %d",
+		       seg->name, (int)atomic_load(&parent->pid));
+		attach_kill(child, "dropped");
+	}
 	attach_put(child);
 	/* The main thread finds the child's pid. */
 	daemon_wake_main(d);
@@ -385,77 +407,83 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 	return total;
 }
 
+
+/*
+ * The inbox: pollers to take on; then whatever a kick was for, which the
+ * attachments say: killed (drop it), faults to drive again (from other
+ * threads: they land on their owner here), a pid known at last (watch it).
+ */
 static void run_inbox(struct worker *w)
 {
-	struct cmd *c;
+	struct poller *p, *tmp, *next;
 
 	pthread_mutex_lock(&w->inbox_lock);
-	c = w->inbox;
+	p = w->inbox;
 	w->inbox = NULL;
 	w->inbox_tail = &w->inbox;
 	pthread_mutex_unlock(&w->inbox_lock);
-	while (c) {
-		struct cmd *next = c->next;
-
-		switch (c->kind) {
-		case CMD_ADD:
-			if (!w->stop && !atomic_load(&c->att->dead))
-				own(w, c->att);
-			break;
-		case CMD_REMOVE:
-			disown(w, c->att);
-			break;
-		case CMD_WATCH_PID:
-			if (find_att(w, c->att->id, NULL))
-				arm_pidfd(w, c->att);
-			break;
-		case CMD_STOP:
-			w->stop = true;
-			break;
-		}
-		if (c->att)
-			attach_put(c->att);
-		free(c);
-		c = next;
+	if (atomic_load(&w->stopping))
+		w->stop = true;
+	for (; p; p = next) {
+		next = p->next;
+		if (w->stop || atomic_load(&p->att->dead))
+			poller_put(p);
+		else
+			own(w, p);
 	}
-	/* Faults re-driven from other threads land on their owner here. */
-	for (unsigned int i = 0; i < w->nr_atts; i++)
-		if (w->atts[i]->nr_retry)
-			drive_retries(w, w->atts[i]);
+	list_for_each_entry_safe(p, tmp, &w->pollers, link) {
+		if (atomic_load(&p->att->dead)) {
+			disown(p);
+			continue;
+		}
+		if (p->att->nr_retry)
+			drive_retries(w, p->att);
+		arm_pidfd(p);
+	}
 }
 
-static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+static void inbox_kicked(struct io_req *req, const struct io_uring_cqe *cqe)
 {
-	uint64_t ud = cqe->user_data;
-	struct attachment *att;
+	struct worker *w = container_of(req, struct worker, efd_req);
 
-	switch (ud & TAG_MASK) {
-	case TAG_FILL:
-		fill_io_done(&w->fl, (void *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK),
-			     cqe->res);
-		break;
-	case TAG_UFFD:
-		att = find_att(w, ud >> 3, NULL);
-		if (!att)
-			break;
+	run_inbox(w);
+	if (!w->stop)
+		arm_efd(w);
+}
+
+/*
+ * A completion of the multishot poll of the uffd.  Its last one (no
+ * IORING_CQE_F_MORE) drops the poll's reference: after a cancellation, or
+ * when the kernel ended the poll, which is then armed again.
+ */
+static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct poller *p = container_of(req, struct poller, uffd_req);
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+
+	if (!more)
+		p->uffd_armed = false;
+	if (!p->gone) {
 		if (cqe->res < 0 && cqe->res != -ECANCELED)
-			pr_warn("fault", "%s: poll uffd: %s", att->seg->name,
+			pr_warn("fault", "%s: poll uffd: %s", p->att->seg->name,
 				strerror(-cqe->res));
-		drain_uffd(w, att);
-		if (!(cqe->flags & IORING_CQE_F_MORE) && !atomic_load(&att->dead))
-			arm_uffd(w, att);
-		break;
-	case TAG_PIDFD:
-		att = find_att(w, ud >> 3, NULL);
-		if (att && cqe->res >= 0 && attach_kill(att, "exited"))
-			counter_add(w->d->clients_exited, 1);
-		break;
-	case TAG_INBOX:
-		run_inbox(w);
-		if (!w->stop)
-			arm_efd(w);
-		break;
+		drain_uffd(p->w, p->att);
+		if (!more && !atomic_load(&p->att->dead))
+			arm_uffd(p);
 	}
+	if (!more)
+		poller_put(p);
+}
+
+/* The owner's pidfd poll: the process exited (or it was cancelled). */
+static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	struct poller *p = container_of(req, struct poller, pidfd_req);
+
+	p->pidfd_armed = false;
+	if (!p->gone && cqe->res >= 0 && attach_kill(p->att, "exited"))
+		counter_add(p->w->d->clients_exited, 1);
+	poller_put(p);
 }
 
 /*
@@ -478,14 +506,7 @@ static void resume_stalled(struct worker *w)
 
 static void reap(struct worker *w)
 {
-	struct io_uring_cqe *cqe;
-	unsigned int head, n = 0;
-
-	io_uring_for_each_cqe(&w->ring, head, cqe) {
-		handle_cqe(w, cqe);
-		n++;
-	}
-	io_uring_cq_advance(&w->ring, n);
+	ring_dispatch(&w->ring);
 	if (!list_empty(&w->fl.stalled))
 		resume_stalled(w);
 }
@@ -500,12 +521,13 @@ static void reap(struct worker *w)
 static void spin(struct worker *w)
 {
 	uint64_t until = now_ns() + w->d->spin_ns;
+	struct poller *p;
 
 	while (!w->stop) {
 		uint64_t before = w->served;
 
-		for (unsigned int i = 0; i < w->nr_atts; i++)
-			drain_uffd(w, w->atts[i]);
+		list_for_each_entry(p, &w->pollers, link)
+			drain_uffd(w, p->att);
 		io_uring_submit_and_get_events(&w->ring);
 		reap(w);
 		if (w->served != before)
@@ -543,8 +565,8 @@ static void *worker_main(void *arg)
 		if (w->d->spin_ns && w->served != before)
 			spin(w);
 	}
-	while (w->nr_atts)
-		disown(w, w->atts[w->nr_atts - 1]);
+	while (!list_empty(&w->pollers))
+		disown(list_entry(w->pollers.next, struct poller, link));
 	return NULL;
 }
 
@@ -557,7 +579,10 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 		return -ENOMEM;
 	w->d = d;
 	w->id = id;
+	w->efd_req.complete = inbox_kicked;
 	w->inbox_tail = &w->inbox;
+	list_init(&w->pollers);
+	list_init(&w->gone);
 	pthread_mutex_init(&w->inbox_lock, NULL);
 	w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w->efd < 0) {
@@ -578,21 +603,29 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 err:
 	if (w->efd >= 0)
 		close(w->efd);
+	pthread_mutex_destroy(&w->inbox_lock);
 	free(w);
 	return ret;
 }
 
 void worker_stop(struct worker *w)
 {
+	struct poller *p, *tmp;
+
 	if (!w)
 		return;
-	post(w, CMD_STOP, NULL);
+	atomic_store(&w->stopping, true);
+	worker_kick(w);
 	pthread_join(w->thread, NULL);
 	run_inbox(w);	/* drop what was posted after the stop */
-	filler_fini(&w->fl);
 	io_uring_queue_exit(&w->ring);
+	/* No completion can come any more: the dropped pollers go. */
+	list_for_each_entry_safe(p, tmp, &w->gone, link) {
+		p->refs = 1;
+		poller_put(p);
+	}
+	filler_fini(&w->fl);
 	close(w->efd);
 	pthread_mutex_destroy(&w->inbox_lock);
-	free(w->atts);
 	free(w);
 }

@@ -1,17 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Fault-serving threads.  Each owns a set of attachments and an io_uring on
- * which it polls their userfaultfds and pidfds and runs source reads.  The
- * main thread and other workers talk to a worker only through its inbox
- * (a locked queue and an eventfd).
+ * Fault-serving threads.  Each polls the userfaultfds of a set of
+ * attachments (and the pidfds of those it owns) on its own io_uring, on
+ * which it also runs the source reads of its fills.  Other threads talk to
+ * a worker only through its inbox (a locked list and an eventfd).
  */
 #ifndef UPAGER_WORKER_H
 #define UPAGER_WORKER_H
-
-#include <liburing.h>
-
-#include "fill.h"
-#include "list.h"
 
 struct attachment;
 struct daemon;
@@ -21,26 +16,20 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out);
 /* Asks @w to stop, joins it and frees it. */
 void worker_stop(struct worker *w);
 
-/* Has @w, @att's owner (set before @att was published: it polls the
- * pidfd), and the workers after it poll the uffd.  Each takes a ref. */
-void worker_add(struct worker *w, struct attachment *att);
-/* Asks the workers polling @att (owner @w) to stop and drop their refs. */
-void worker_remove(struct worker *w, struct attachment *att);
-/* @att's pidfd was opened after it was added: poll it. */
-void worker_watch_pid(struct worker *w, struct attachment *att);
-/* Wakes @w to look at its attachments' retry lists. */
-void worker_kick(struct worker *w);
-
 /* The worker for a new attachment: round robin. */
 struct worker *worker_pick(struct daemon *d);
 
-/* user_data tags: the low 3 bits of an SQE's user_data */
-enum {
-	TAG_FILL = FILL_IO_TAG,
-	TAG_UFFD = 2,
-	TAG_PIDFD = 3,
-	TAG_INBOX = 4,
-	TAG_MASK = 7,
-};
+/*
+ * worker_add - serve @att: its owner (set before @att was published) and
+ * the workers after it poll the uffd, the owner its pidfd.  Each takes a
+ * reference.  Returns 0, or -ENOMEM with nothing done.
+ */
+int worker_add(struct attachment *att);
+/* Tells the workers polling @att, which is dead, to drop it. */
+void worker_remove(struct attachment *att);
+/* Tells @att's owner that its pid (and pidfd) is known now: poll it. */
+void worker_watch_pid(struct attachment *att);
+/* Wakes @w to look at its attachments (faults to drive again...). */
+void worker_kick(struct worker *w);
 
 #endif
