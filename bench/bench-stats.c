@@ -131,8 +131,8 @@ static uint64_t hist_lo(unsigned int idx)
 
 void bench_dist_compute(uint64_t *ns, size_t n, struct bench_dist *d)
 {
-	static const double low[] = { 0, 1, 5, 10, 20, 25, 30, 40, 50,
-				      60, 70, 75, 80, 90 };
+	static const double low[] = { 0,  1,  5,  10, 20, 25, 30,
+				      40, 50, 60, 70, 75, 80, 90 };
 	unsigned int k, np = 0;
 	size_t i;
 
@@ -178,8 +178,8 @@ const struct bench_result *bench_report_find(const struct bench_report *r,
 	return NULL;
 }
 
-void bench_report_target(struct bench_report *r, const char *name,
-			 double value, const char *op, double goal)
+void bench_report_target(struct bench_report *r, const char *name, double value,
+			 const char *op, double goal)
 {
 	struct bench_target *t;
 
@@ -241,7 +241,8 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 	const char *last = "";
 	size_t i, j;
 
-	fprintf(f, "%s: %zu pages x %zu KiB per run, %u run%s (median) after "
+	fprintf(f,
+		"%s: %zu pages x %zu KiB per run, %u run%s (median) after "
 		"%u warm-up, timer %.0f ns, %ld CPUs, Linux %s\n",
 		r->workload, r->pages, r->page_size / 1024, r->runs,
 		r->runs == 1 ? "" : "s", r->warmup, r->timer_ns, r->nr_cpus,
@@ -279,7 +280,7 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 		}
 	}
 	fprintf(f, "(latency: per first touch of a page, us; ratios: "
-		"upagerd's figure over the reference's)\n");
+		   "upagerd's figure over the reference's)\n");
 }
 
 void bench_report_targets(const struct bench_report *r, FILE *f)
@@ -303,7 +304,8 @@ void bench_report_targets(const struct bench_report *r, FILE *f)
 
 static void json_figures(FILE *f, const struct bench_figures *g)
 {
-	fprintf(f, "\"p50_ns\": %.1f, \"p90_ns\": %.1f, \"p99_ns\": %.1f, "
+	fprintf(f,
+		"\"p50_ns\": %.1f, \"p90_ns\": %.1f, \"p99_ns\": %.1f, "
 		"\"p999_ns\": %.1f, \"max_ns\": %.1f, \"mean_ns\": %.1f, "
 		"\"wall_ns\": %.0f, \"faults_per_s\": %.1f, \"mb_per_s\": %.2f",
 		g->p50_ns, g->p90_ns, g->p99_ns, g->p999_ns, g->max_ns,
@@ -327,7 +329,8 @@ static void json_dist(FILE *f, const struct bench_dist *d)
 		fprintf(f, "%s[%llu, %llu, %llu]", first ? "" : ", ",
 			(unsigned long long)hist_lo(i),
 			(unsigned long long)(i + 1 < BENCH_HIST_BUCKETS ?
-					     hist_lo(i + 1) : UINT64_MAX),
+						     hist_lo(i + 1) :
+						     UINT64_MAX),
 			(unsigned long long)d->hist[i]);
 		first = false;
 	}
@@ -374,7 +377,8 @@ static void json_result(const struct bench_report *r,
 	if (res->sys_stats.valid) {
 		const struct bench_sys_stats *s = &res->sys_stats;
 
-		fprintf(f, ",\n     \"daemon_stats\": {\"faults_missing\": %llu, "
+		fprintf(f,
+			",\n     \"daemon_stats\": {\"faults_missing\": %llu, "
 			"\"faults_waited\": %llu, \"pages_filled\": %llu, "
 			"\"bytes_read\": %llu, \"readahead_max_pages\": %llu}",
 			(unsigned long long)s->faults_missing,
@@ -393,7 +397,8 @@ static void json_result(const struct bench_report *r,
 				continue;
 			fprintf(f, "%s", first ? "" : ", ");
 			json_write_string(f, ref->system);
-			fprintf(f, ": {\"p50\": %.3f, \"p99\": %.3f, "
+			fprintf(f,
+				": {\"p50\": %.3f, \"p99\": %.3f, "
 				"\"p999\": %.3f, \"faults_per_s\": %.3f}",
 				ratio(res->fig.p50_ns, ref->fig.p50_ns),
 				ratio(res->fig.p99_ns, ref->fig.p99_ns),
@@ -420,9 +425,10 @@ int bench_report_json(const struct bench_report *r, FILE *f)
 	size_t i;
 
 	fprintf(f, "{\n  \"tool\": \"upager-bench\", \"format\": 1, "
-		"\"workload\": ");
+		   "\"workload\": ");
 	json_write_string(f, r->workload);
-	fprintf(f, ",\n  \"config\": {\"pages\": %zu, \"page_size\": %zu, "
+	fprintf(f,
+		",\n  \"config\": {\"pages\": %zu, \"page_size\": %zu, "
 		"\"runs\": %u, \"warmup\": %u, \"seed\": %llu, "
 		"\"timer_ns\": %.1f, \"file\": ",
 		r->pages, r->page_size, r->runs, r->warmup,

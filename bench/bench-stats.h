@@ -26,9 +26,9 @@ struct bench_figures {
 	double p999_ns;
 	double max_ns;
 	double mean_ns;
-	double wall_ns;		/* barrier release to last worker done */
-	double faults_per_s;	/* pages touched / wall time */
-	double mb_per_s;	/* 10^6 bytes per second */
+	double wall_ns;	     /* barrier release to last worker done */
+	double faults_per_s; /* pages touched / wall time */
+	double mb_per_s;     /* 10^6 bytes per second */
 };
 
 /*
@@ -62,38 +62,38 @@ struct bench_sys_stats {
 
 /* The variant of a workload a result was measured on. */
 struct bench_variant {
-	const char *order;	/* "seq" or "random" */
-	unsigned int threads;	/* faulting threads per process */
-	unsigned int procs;	/* processes */
-	const char *cache;	/* "warm", "cold", or NULL */
-	char name[48];		/* "random/2t/1p", "seq/1t/1p/cold" */
+	const char *order;    /* "seq" or "random" */
+	unsigned int threads; /* faulting threads per process */
+	unsigned int procs;   /* processes */
+	const char *cache;    /* "warm", "cold", or NULL */
+	char name[48];	      /* "random/2t/1p", "seq/1t/1p/cold" */
 };
 
 struct bench_result {
 	const char *workload;
 	const char *system;
-	const char *access;	/* "read" or "write" */
+	const char *access; /* "read" or "write" */
 	struct bench_variant variant;
 	size_t pages;
 	size_t page_size;
-	bool reference;		/* a system upagerd is compared with */
+	bool reference; /* a system upagerd is compared with */
 
-	unsigned int nr_runs;	/* measured runs done */
-	struct bench_figures *runs;	/* [runs requested] */
-	struct bench_figures fig;	/* median of runs */
-	uint64_t *pool;		/* samples of all measured runs */
+	unsigned int nr_runs;	    /* measured runs done */
+	struct bench_figures *runs; /* [runs requested] */
+	struct bench_figures fig;   /* median of runs */
+	uint64_t *pool;		    /* samples of all measured runs */
 	size_t nr_pool;
 	struct bench_dist dist;
-	struct bench_sys_stats sys_stats;	/* of the last run */
-	double cache_resident;	/* file: fraction cached before the last
-				 * run, or < 0 when not measured */
-	char error[160];	/* "" unless the system failed */
+	struct bench_sys_stats sys_stats; /* of the last run */
+	double cache_resident; /* file: fraction cached before the last
+				* run, or < 0 when not measured */
+	char error[160];       /* "" unless the system failed */
 };
 
 struct bench_target {
-	char name[96];		/* e.g. "missing/random/1t p99/p50 upagerd" */
+	char name[96]; /* e.g. "missing/random/1t p99/p50 upagerd" */
 	double value;
-	const char *op;		/* "<=" or ">=" */
+	const char *op; /* "<=" or ">=" */
 	double goal;
 	bool met;
 };
@@ -105,11 +105,11 @@ struct bench_report {
 	unsigned int runs;
 	unsigned int warmup;
 	uint64_t seed;
-	double timer_ns;	/* cost of the timing itself, median */
-	const char *kernel;	/* uname release */
-	long nr_cpus;		/* online CPUs */
-	const char *file;	/* file workload: the source file */
-	const char *daemon;	/* how upagerd was reached, or NULL */
+	double timer_ns;    /* cost of the timing itself, median */
+	const char *kernel; /* uname release */
+	long nr_cpus;	    /* online CPUs */
+	const char *file;   /* file workload: the source file */
+	const char *daemon; /* how upagerd was reached, or NULL */
 	struct bench_result *results;
 	size_t nr_results;
 	struct bench_target targets[16];
@@ -140,8 +140,8 @@ const struct bench_result *bench_report_find(const struct bench_report *r,
 					     const char *variant);
 
 /* Append a target line; @value < 0 means it could not be computed. */
-void bench_report_target(struct bench_report *r, const char *name,
-			 double value, const char *op, double goal);
+void bench_report_target(struct bench_report *r, const char *name, double value,
+			 const char *op, double goal);
 
 void bench_report_table(const struct bench_report *r, FILE *f);
 void bench_report_targets(const struct bench_report *r, FILE *f);

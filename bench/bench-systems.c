@@ -84,8 +84,13 @@ double bench_timer_overhead_ns(void)
 	uint32_t order[N] = { 0 };
 	char page[64] = { 0 };
 	struct bench_touch t = {
-		.base = page, .page_size = 0, .order = order,
-		.lo = 0, .hi = N, .samples = ns, .write = true,
+		.base = page,
+		.page_size = 0,
+		.order = order,
+		.lo = 0,
+		.hi = N,
+		.samples = ns,
+		.write = true,
 	};
 
 	bench_touch_timed(&t);
@@ -238,7 +243,7 @@ struct minimal {
 	size_t page_size;
 	int source_fd;
 	char *page;
-	int error;		/* -errno of the handler, read after join */
+	int error; /* -errno of the handler, read after join */
 };
 
 static int minimal_fill(struct minimal *m, unsigned long addr)
@@ -291,7 +296,7 @@ static void *minimal_handler(void *arg)
 			break;
 		}
 		r = minimal_fill(m, (unsigned long)msg.arg.pagefault.address &
-				 ~(unsigned long)(m->page_size - 1));
+					    ~(unsigned long)(m->page_size - 1));
 		if (r < 0) {
 			m->error = r;
 			break;
@@ -382,7 +387,7 @@ static int minimal_detach(struct bench_run *run, struct bench_map *map)
 		return 0;
 	if (m->started) {
 		if (write(m->stopfd, &one, sizeof(one)) != sizeof(one))
-			abort();	/* an eventfd write cannot fail here */
+			abort(); /* an eventfd write cannot fail here */
 		pthread_join(m->thread, NULL);
 		r = m->error;
 	}
@@ -407,7 +412,7 @@ const struct bench_system bench_minimal = {
 /* ---- upagerd ---- */
 
 struct upagerd_map {
-	struct upager *conn;	/* a child's own connection, or NULL */
+	struct upager *conn; /* a child's own connection, or NULL */
 	struct upager_attachment *att;
 };
 
@@ -454,7 +459,7 @@ static int daemon_start(struct bench_env *env)
 	if ((size_t)bench_fmt(env->sock, sizeof(env->sock), "%s/bench.sock",
 			      env->tmpdir) >= sizeof(env->sock)) {
 		bench_fmt(env->error, sizeof(env->error),
-			 "socket path too long under %s", env->tmpdir);
+			  "socket path too long under %s", env->tmpdir);
 		return -ENAMETOOLONG;
 	}
 	/* the child reports a failed exec through a close-on-exec pipe */
@@ -469,8 +474,8 @@ static int daemon_start(struct bench_env *env)
 	}
 	if (!pid) {
 		char *argv[6 + 16 + 1] = {
-			(char *)path, "--socket", env->sock, "--foreground",
-			"--log-level", "warning",
+			(char *)path,	"--socket",    env->sock,
+			"--foreground", "--log-level", "warning",
 		};
 		for (i = 0; env->daemon_args && env->daemon_args[i] && i < 16;
 		     i++)
@@ -520,17 +525,17 @@ static int daemon_start(struct bench_env *env)
 			env->daemon_pid = 0;
 			bench_fmt(env->error, sizeof(env->error),
 				  "%s exited (%s %d) before accepting "
-				  "connections", path,
-				  WIFEXITED(status) ? "status" : "signal",
+				  "connections",
+				  path, WIFEXITED(status) ? "status" : "signal",
 				  WIFEXITED(status) ? WEXITSTATUS(status) :
-						     WTERMSIG(status));
+						      WTERMSIG(status));
 			return -ECHILD;
 		}
 		if (bench_now_ns() > deadline) {
 			bench_fmt(env->error, sizeof(env->error),
 				  "%s did not accept connections on %s "
-				  "within 5 s: %s", path, env->sock,
-				  strerror(-r));
+				  "within 5 s: %s",
+				  path, env->sock, strerror(-r));
 			return -ETIMEDOUT;
 		}
 		usleep(10000);
@@ -569,8 +574,8 @@ int bench_env_check_daemon(struct bench_env *env, char *msg, size_t len)
 	    waitpid(env->daemon_pid, &status, WNOHANG) != env->daemon_pid)
 		return 0;
 	env->daemon_pid = 0;
-	bench_fmt(msg, len, "upagerd %s %d", WIFSIGNALED(status) ?
-		  "died of signal" : "exited with status",
+	bench_fmt(msg, len, "upagerd %s %d",
+		  WIFSIGNALED(status) ? "died of signal" : "exited with status",
 		  WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
 	return -ECHILD;
 }
@@ -700,10 +705,6 @@ const struct bench_system bench_upagerd = {
 };
 
 const struct bench_system *const bench_all_systems[] = {
-	&bench_kernel_memfd,
-	&bench_kernel_anon,
-	&bench_kernel_file,
-	&bench_minimal,
-	&bench_upagerd,
-	NULL,
+	&bench_kernel_memfd, &bench_kernel_anon, &bench_kernel_file,
+	&bench_minimal,	     &bench_upagerd,	 NULL,
 };

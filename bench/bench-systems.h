@@ -48,32 +48,32 @@ struct bench_env {
 	size_t page_size;
 	const char *daemon_path;	/* --daemon, or NULL to look it up */
 	const char *socket_path;	/* --socket, or NULL to start one */
-	const char *const *daemon_args;	/* more upagerd arguments */
+	const char *const *daemon_args; /* more upagerd arguments */
 
 	/* upagerd state, set by its init */
-	char sock[108];			/* the socket the runs use */
-	char tmpdir[256];		/* private dir of a started daemon */
-	pid_t daemon_pid;		/* 0 when not started by us */
-	struct upager *conn;		/* the bench process's connection */
-	char daemon_desc[512];		/* for the report */
-	unsigned int seq;		/* segment names */
-	char error[160];		/* why init failed */
+	char sock[108];	       /* the socket the runs use */
+	char tmpdir[256];      /* private dir of a started daemon */
+	pid_t daemon_pid;      /* 0 when not started by us */
+	struct upager *conn;   /* the bench process's connection */
+	char daemon_desc[512]; /* for the report */
+	unsigned int seq;      /* segment names */
+	char error[160];       /* why init failed */
 };
 
 /* One run of one system. */
 struct bench_run {
 	struct bench_env *env;
 	size_t pages;
-	size_t len;			/* pages * page size */
-	int source_fd;			/* -1: zero-filled; else the file */
-	int fd;				/* kernel-memfd: the memfd */
-	char name[64];			/* upagerd: the segment */
-	struct bench_sys_stats stats;	/* filled by teardown, if it can */
+	size_t len;		      /* pages * page size */
+	int source_fd;		      /* -1: zero-filled; else the file */
+	int fd;			      /* kernel-memfd: the memfd */
+	char name[64];		      /* upagerd: the segment */
+	struct bench_sys_stats stats; /* filled by teardown, if it can */
 };
 
 /* One process's view of a run. */
 struct bench_map {
-	bool in_child;			/* a forked child, not the bench */
+	bool in_child; /* a forked child, not the bench */
 	char *addr;
 	void *priv;
 };
@@ -82,14 +82,14 @@ struct bench_map {
 struct bench_touch {
 	char *base;
 	size_t page_size;
-	const uint32_t *order;		/* page index of every access */
-	size_t lo, hi;			/* its accesses: [lo, hi) */
-	uint64_t *samples;		/* samples[k]: ns of access k */
+	const uint32_t *order; /* page index of every access */
+	size_t lo, hi;	       /* its accesses: [lo, hi) */
+	uint64_t *samples;     /* samples[k]: ns of access k */
 	bool write;
 };
 
-#define BENCH_SYS_REFERENCE 0x1u	/* upagerd is compared with it */
-#define BENCH_SYS_DAEMON 0x2u		/* needs init (upagerd) */
+#define BENCH_SYS_REFERENCE 0x1u /* upagerd is compared with it */
+#define BENCH_SYS_DAEMON 0x2u	 /* needs init (upagerd) */
 
 struct bench_system {
 	const char *name;

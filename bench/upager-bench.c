@@ -54,9 +54,9 @@
 #define BENCH_MAX_THREADS 64
 #define BENCH_MAX_PROCS 64
 #define BENCH_MAX_WORKERS (BENCH_MAX_THREADS * BENCH_MAX_PROCS)
-#define BENCH_DEFAULT_PAGES 16384	/* 64 MiB of 4 KiB pages */
+#define BENCH_DEFAULT_PAGES 16384 /* 64 MiB of 4 KiB pages */
 #define BENCH_QUICK_PAGES 256
-#define BENCH_VERIFY_MAX 65536		/* pages checked after a run */
+#define BENCH_VERIFY_MAX 65536 /* pages checked after a run */
 #define BENCH_PROGRESS_AFTER_NS 2000000000ULL
 
 struct bench_ctx;
@@ -74,7 +74,7 @@ struct bench_opts {
 	unsigned int nr_caches;
 	const char *systems[8];
 	unsigned int nr_systems;
-	int access;		/* -1: the workload's default; 0 read; 1 write */
+	int access; /* -1: the workload's default; 0 read; 1 write */
 	bool json;
 	const char *json_out;
 	const char *socket;
@@ -97,9 +97,9 @@ struct bench_workload {
 	const char *summary;
 	const char *help;
 	bool write_default;
-	bool has_cache;		/* variants per page-cache state */
+	bool has_cache; /* variants per page-cache state */
 	const unsigned int *default_threads;
-	const unsigned int *default_procs;	/* 0-terminated */
+	const unsigned int *default_procs; /* 0-terminated */
 	const struct bench_system *const *systems;
 	int (*prepare)(struct bench_ctx *c);
 	void (*cleanup)(struct bench_ctx *c);
@@ -111,10 +111,10 @@ struct bench_workload {
 
 /* Shared with forked children (MAP_SHARED): the barrier and the clock. */
 struct bench_ctl {
-	_Atomic uint32_t ready;		/* workers at the barrier */
-	_Atomic uint32_t go;		/* BENCH_GO_* */
-	_Atomic uint32_t done;		/* workers done touching */
-	_Atomic int32_t error;		/* first -errno of a child */
+	_Atomic uint32_t ready; /* workers at the barrier */
+	_Atomic uint32_t go;	/* BENCH_GO_* */
+	_Atomic uint32_t done;	/* workers done touching */
+	_Atomic int32_t error;	/* first -errno of a child */
 	char errmsg[160];
 	uint64_t t_start;
 	uint64_t t_end[BENCH_MAX_WORKERS];
@@ -123,7 +123,7 @@ struct bench_ctl {
 enum {
 	BENCH_GO_WAIT = 0,
 	BENCH_GO_TOUCH = 1,
-	BENCH_GO_VERIFY = 2,	/* every worker is done: check the content */
+	BENCH_GO_VERIFY = 2, /* every worker is done: check the content */
 	BENCH_GO_ABORT = 3,
 };
 
@@ -140,9 +140,9 @@ struct bench_ctx {
 	int file_fd;
 	char file_path[PATH_MAX];
 	bool file_temp;
-	uint32_t *order;		/* [pages] */
-	uint64_t *samples;		/* [pages], shared */
-	struct bench_ctl *ctl;		/* shared */
+	uint32_t *order;       /* [pages] */
+	uint64_t *samples;     /* [pages], shared */
+	struct bench_ctl *ctl; /* shared */
 	char errmsg[200];
 	pid_t main_pid;
 	/* progress */
@@ -158,7 +158,7 @@ struct bench_worker {
 	unsigned int id;
 };
 
-static struct bench_ctx *g_ctx;	/* for the signal handlers */
+static struct bench_ctx *g_ctx; /* for the signal handlers */
 static volatile sig_atomic_t g_stopping;
 
 /* ---- small helpers ---- */
@@ -282,8 +282,10 @@ static int file_prepare(struct bench_ctx *c)
 		die_usage("--file %s: smaller than a page", c->o->file);
 	if (file_pages < c->pages) {
 		if (c->o->pages_set)
-			fprintf(stderr, "upager-bench: --file has %zu pages; "
-				"using %zu\n", file_pages, file_pages);
+			fprintf(stderr,
+				"upager-bench: --file has %zu pages; "
+				"using %zu\n",
+				file_pages, file_pages);
 		c->pages = file_pages;
 	}
 	return 0;
@@ -452,9 +454,8 @@ static int verify(struct bench_ctx *c, const struct bench_variant *v,
 		const char *got = base + page * c->page_size;
 
 		memset(want, 0, sizeof(want));
-		if (c->file_fd >= 0 &&
-		    pread(c->file_fd, want, sizeof(want),
-			  (off_t)(page * c->page_size)) < 0)
+		if (c->file_fd >= 0 && pread(c->file_fd, want, sizeof(want),
+					     (off_t)(page * c->page_size)) < 0)
 			return -errno;
 		if (c->write)
 			want[0] = 1;
@@ -580,8 +581,8 @@ static int wait_count(struct bench_ctx *c, _Atomic uint32_t *word, uint32_t n,
 		if (bench_env_check_daemon(&c->env, msg, sizeof(msg)) < 0)
 			fatal(c, msg);
 		for (i = 0; i < nr_pids; i++) {
-			if (reaped[i] || waitpid(pids[i], &status, WNOHANG) !=
-					 pids[i])
+			if (reaped[i] ||
+			    waitpid(pids[i], &status, WNOHANG) != pids[i])
 				continue;
 			reaped[i] = true;
 			bench_fmt(c->errmsg, sizeof(c->errmsg),
@@ -631,8 +632,8 @@ static int run_procs(struct bench_ctx *c, const struct bench_system *sys,
 		atomic_store(&c->ctl->go, BENCH_GO_TOUCH);
 		futex_wake_all(&c->ctl->go);
 		r = wait_count(c, &c->ctl->done, nw, pids, reaped, started);
-		atomic_store(&c->ctl->go, r < 0 ? BENCH_GO_ABORT :
-						  BENCH_GO_VERIFY);
+		atomic_store(&c->ctl->go,
+			     r < 0 ? BENCH_GO_ABORT : BENCH_GO_VERIFY);
 		futex_wake_all(&c->ctl->go);
 	}
 	for (p = 0; p < started; p++) {
@@ -646,7 +647,8 @@ static int run_procs(struct bench_ctx *c, const struct bench_system *sys,
 		r = atomic_load(&c->ctl->error);
 		bench_fmt(c->errmsg, sizeof(c->errmsg), "%s", c->ctl->errmsg);
 	} else if (r == -ECHILD && !c->errmsg[0]) {
-		bench_fmt(c->errmsg, sizeof(c->errmsg), "a process of the run "
+		bench_fmt(c->errmsg, sizeof(c->errmsg),
+			  "a process of the run "
 			  "failed");
 	}
 	return r;
@@ -700,8 +702,10 @@ static int run_one(struct bench_ctx *c, const struct bench_system *sys,
 		   struct bench_sys_stats *stats)
 {
 	struct bench_run run = {
-		.env = &c->env, .pages = c->pages,
-		.len = c->pages * c->page_size, .source_fd = c->file_fd,
+		.env = &c->env,
+		.pages = c->pages,
+		.len = c->pages * c->page_size,
+		.source_fd = c->file_fd,
 		.fd = -1,
 	};
 	unsigned int nw = v->threads * v->procs, i;
@@ -844,24 +848,29 @@ static const unsigned int threads_1_2[] = { 1, 2, 0 };
 static const unsigned int only_1[] = { 1, 0 };
 
 static const struct bench_system *const missing_systems[] = {
-	&bench_kernel_memfd, &bench_kernel_anon, &bench_minimal,
-	&bench_upagerd, NULL,
+	&bench_kernel_memfd,
+	&bench_kernel_anon,
+	&bench_minimal,
+	&bench_upagerd,
+	NULL,
 };
 
 static const struct bench_system *const file_systems[] = {
-	&bench_kernel_file, &bench_minimal, &bench_upagerd, NULL,
+	&bench_kernel_file,
+	&bench_minimal,
+	&bench_upagerd,
+	NULL,
 };
 
 static const struct bench_workload workloads[] = {
 	{
 		.name = "missing",
 		.summary = "first touch of a zero-filled segment",
-		.help =
-"Every page is touched once, for the first time: a missing fault on every\n"
-"system.  Variants: --order x --threads x --procs (defaults seq,random;\n"
-"1,2; 1,2).  With several processes, kernel-memfd and upagerd share one\n"
-"segment and each process touches its own slice; kernel-anon and minimal\n"
-"have one private mapping per process.  Default access: write.\n",
+		.help = "Every page is touched once, for the first time: a missing fault on every\n"
+			"system.  Variants: --order x --threads x --procs (defaults seq,random;\n"
+			"1,2; 1,2).  With several processes, kernel-memfd and upagerd share one\n"
+			"segment and each process touches its own slice; kernel-anon and minimal\n"
+			"have one private mapping per process.  Default access: write.\n",
 		.write_default = true,
 		.default_threads = threads_1_2,
 		.default_procs = threads_1_2,
@@ -871,15 +880,14 @@ static const struct bench_workload workloads[] = {
 	{
 		.name = "file",
 		.summary = "first touch of a file-backed segment vs mmap",
-		.help =
-"Every page of a file-backed segment is touched once; the reference is a\n"
-"MAP_PRIVATE mmap of the same file (with the kernel's read-ahead and\n"
-"fault-around: not every first touch faults there).  Variants: --order x\n"
-"--cache x --threads x --procs (defaults seq,random; warm,cold; 1; 1).\n"
-"cold drops the file's pages (posix_fadvise DONTNEED) before each run;\n"
-"warm reads the file through first.  Default access: read.\n"
-"The file is --file PATH, else a temporary file of --pages pages of\n"
-"pseudo-random bytes in $TMPDIR, removed at the end.\n",
+		.help = "Every page of a file-backed segment is touched once; the reference is a\n"
+			"MAP_PRIVATE mmap of the same file (with the kernel's read-ahead and\n"
+			"fault-around: not every first touch faults there).  Variants: --order x\n"
+			"--cache x --threads x --procs (defaults seq,random; warm,cold; 1; 1).\n"
+			"cold drops the file's pages (posix_fadvise DONTNEED) before each run;\n"
+			"warm reads the file through first.  Default access: read.\n"
+			"The file is --file PATH, else a temporary file of --pages pages of\n"
+			"pseudo-random bytes in $TMPDIR, removed at the end.\n",
 		.write_default = false,
 		.has_cache = true,
 		.default_threads = only_1,
@@ -901,13 +909,13 @@ static void usage(FILE *f)
 	unsigned int i;
 
 	fprintf(f,
-"Usage: upager-bench <workload> [options]\n"
-"       upager-bench <workload> --help\n"
-"\n"
-"Measure first-touch fault latency and throughput of one access pattern on\n"
-"the kernel alone, a minimal userfaultfd handler, and upagerd, side by side.\n"
-"\n"
-"Workloads:\n");
+		"Usage: upager-bench <workload> [options]\n"
+		"       upager-bench <workload> --help\n"
+		"\n"
+		"Measure first-touch fault latency and throughput of one access pattern on\n"
+		"the kernel alone, a minimal userfaultfd handler, and upagerd, side by side.\n"
+		"\n"
+		"Workloads:\n");
 	for (i = 0; i < NR_WORKLOADS; i++)
 		fprintf(f, "  %-10s %s\n", workloads[i].name,
 			workloads[i].summary);
@@ -916,36 +924,36 @@ static void usage(FILE *f)
 		fprintf(f, "  %-14s %s\n", bench_all_systems[i]->name,
 			bench_all_systems[i]->summary);
 	fprintf(f,
-"\n"
-"Options (every workload):\n"
-"  --pages N          pages per run (K/M/G suffixes; default %d = 64 MiB)\n"
-"  --runs R           measured runs per system; the median is reported (5)\n"
-"  --warmup W         unmeasured runs per system first (1)\n"
-"  --threads LIST     faulting threads per process, e.g. 1,2\n"
-"  --procs LIST       processes sharing the segment, e.g. 1,2\n"
-"  --order LIST       seq, random (rand)\n"
-"  --cache LIST       file only: warm, cold\n"
-"  --systems LIST     systems to run (default: all the workload has)\n"
-"  --access read|write  the timed access (default per workload)\n"
-"  --json             JSON on stdout instead of the table\n"
-"  --json-out PATH    also write the JSON to PATH\n"
-"  --socket PATH      use the upagerd listening there; do not start one\n"
-"  --daemon PATH      the upagerd to start (default: ../src/daemon/upagerd next\n"
-"                     to this program, else upagerd in $PATH)\n"
-"  --daemon-arg ARG   one more argument for the upagerd started, e.g.\n"
-"                     --daemon-arg=--spin-us=20 (repeat for more)\n"
-"  --file PATH        file workload: the source file\n"
-"  --seed N           random page order seed (1)\n"
-"  --quick            tiny sizes, 1 run, no warm-up (the test suite)\n"
-"  --no-progress      no progress line on stderr\n"
-"  -h, --help         this help\n"
-"\n"
-"Every first touch of a page is timed in its thread; one that costs about\n"
-"the timer (\"timer N ns\" in the header) did not fault: the pager or the\n"
-"kernel had mapped it ahead (read-ahead, fault-around).\n"
-"\n"
-"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
-"are reported, never an error.\n",
+		"\n"
+		"Options (every workload):\n"
+		"  --pages N          pages per run (K/M/G suffixes; default %d = 64 MiB)\n"
+		"  --runs R           measured runs per system; the median is reported (5)\n"
+		"  --warmup W         unmeasured runs per system first (1)\n"
+		"  --threads LIST     faulting threads per process, e.g. 1,2\n"
+		"  --procs LIST       processes sharing the segment, e.g. 1,2\n"
+		"  --order LIST       seq, random (rand)\n"
+		"  --cache LIST       file only: warm, cold\n"
+		"  --systems LIST     systems to run (default: all the workload has)\n"
+		"  --access read|write  the timed access (default per workload)\n"
+		"  --json             JSON on stdout instead of the table\n"
+		"  --json-out PATH    also write the JSON to PATH\n"
+		"  --socket PATH      use the upagerd listening there; do not start one\n"
+		"  --daemon PATH      the upagerd to start (default: ../src/daemon/upagerd next\n"
+		"                     to this program, else upagerd in $PATH)\n"
+		"  --daemon-arg ARG   one more argument for the upagerd started, e.g.\n"
+		"                     --daemon-arg=--spin-us=20 (repeat for more)\n"
+		"  --file PATH        file workload: the source file\n"
+		"  --seed N           random page order seed (1)\n"
+		"  --quick            tiny sizes, 1 run, no warm-up (the test suite)\n"
+		"  --no-progress      no progress line on stderr\n"
+		"  -h, --help         this help\n"
+		"\n"
+		"Every first touch of a page is timed in its thread; one that costs about\n"
+		"the timer (\"timer N ns\" in the header) did not fault: the pager or the\n"
+		"kernel had mapped it ahead (read-ahead, fault-around).\n"
+		"\n"
+		"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
+		"are reported, never an error.\n",
 		BENCH_DEFAULT_PAGES);
 }
 
@@ -953,15 +961,17 @@ static void workload_usage(const struct bench_workload *wl, FILE *f)
 {
 	unsigned int i;
 
-	fprintf(f, "Usage: upager-bench %s [options]\n\n%s: %s.\n\n%s\n"
-		"Systems:", wl->name, wl->name, wl->summary, wl->help);
+	fprintf(f,
+		"Usage: upager-bench %s [options]\n\n%s: %s.\n\n%s\n"
+		"Systems:",
+		wl->name, wl->name, wl->summary, wl->help);
 	for (i = 0; wl->systems[i]; i++)
 		fprintf(f, " %s", wl->systems[i]->name);
 	fprintf(f, "\n\nOptions: see upager-bench --help.\n");
 }
 
-static unsigned int parse_uint(const char *opt, const char *s,
-			       unsigned int min, unsigned int max)
+static unsigned int parse_uint(const char *opt, const char *s, unsigned int min,
+			       unsigned int max)
 {
 	char *end;
 	unsigned long v;
@@ -985,8 +995,7 @@ static unsigned int parse_uint_list(const char *opt, const char *s,
 	for (tok = strtok_r(dup, ",", &save); tok;
 	     tok = strtok_r(NULL, ",", &save)) {
 		if (n == BENCH_MAX_LIST)
-			die_usage("%s: at most %d values", opt,
-				  BENCH_MAX_LIST);
+			die_usage("%s: at most %d values", opt, BENCH_MAX_LIST);
 		out[n++] = parse_uint(opt, tok, 1, max);
 	}
 	free(dup);
@@ -996,9 +1005,8 @@ static unsigned int parse_uint_list(const char *opt, const char *s,
 }
 
 /* Split a LIST of names, each one of @allowed (aliases: "a=b"). */
-static unsigned int parse_names(const char *opt, const char *s,
-				const char **out, unsigned int max,
-				const char *const *allowed)
+static unsigned int parse_names(const char *opt, const char *s, const char **out,
+				unsigned int max, const char *const *allowed)
 {
 	char *dup = strdup(s), *tok, *save = NULL;
 	unsigned int n = 0, i, j;
@@ -1038,10 +1046,24 @@ static unsigned int parse_names(const char *opt, const char *s,
 }
 
 enum {
-	OPT_PAGES = 256, OPT_RUNS, OPT_WARMUP, OPT_THREADS, OPT_PROCS,
-	OPT_ORDER, OPT_CACHE, OPT_SYSTEMS, OPT_ACCESS, OPT_JSON,
-	OPT_JSON_OUT, OPT_SOCKET, OPT_DAEMON, OPT_FILE, OPT_SEED, OPT_QUICK,
-	OPT_NO_PROGRESS, OPT_DAEMON_ARG,
+	OPT_PAGES = 256,
+	OPT_RUNS,
+	OPT_WARMUP,
+	OPT_THREADS,
+	OPT_PROCS,
+	OPT_ORDER,
+	OPT_CACHE,
+	OPT_SYSTEMS,
+	OPT_ACCESS,
+	OPT_JSON,
+	OPT_JSON_OUT,
+	OPT_SOCKET,
+	OPT_DAEMON,
+	OPT_FILE,
+	OPT_SEED,
+	OPT_QUICK,
+	OPT_NO_PROGRESS,
+	OPT_DAEMON_ARG,
 };
 
 static const struct option long_opts[] = {
@@ -1083,14 +1105,15 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 		sys_names[i] = bench_all_systems[i]->name;
 	sys_names[i] = NULL;
 	opterr = 0;
-	optind = 2;	/* argv[1] is the workload */
+	optind = 2; /* argv[1] is the workload */
 	while ((opt = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case OPT_PAGES:
 			if (size_parse(optarg, &o->pages) < 0 || !o->pages ||
 			    o->pages > UINT32_MAX)
 				die_usage("--pages: '%s' is not a page count "
-					  "in 1..2^32-1", optarg);
+					  "in 1..2^32-1",
+					  optarg);
 			o->pages_set = true;
 			break;
 		case OPT_RUNS:
@@ -1108,19 +1131,19 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 			break;
 		case OPT_PROCS:
 			o->nr_procs = parse_uint_list("--procs", optarg,
-						      o->procs,
-						      BENCH_MAX_PROCS);
+						      o->procs, BENCH_MAX_PROCS);
 			break;
 		case OPT_ORDER:
-			o->nr_orders = parse_names("--order", optarg,
-						   o->orders, 2, order_names);
+			o->nr_orders = parse_names("--order", optarg, o->orders,
+						   2, order_names);
 			break;
 		case OPT_CACHE:
 			if (!wl->has_cache)
 				die_usage("--cache: the %s workload has no "
-					  "cache variants", wl->name);
-			o->nr_caches = parse_names("--cache", optarg,
-						   o->caches, 2, cache_names);
+					  "cache variants",
+					  wl->name);
+			o->nr_caches = parse_names("--cache", optarg, o->caches,
+						   2, cache_names);
 			break;
 		case OPT_SYSTEMS:
 			o->nr_systems = parse_names("--systems", optarg,
@@ -1133,7 +1156,8 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 				o->access = 1;
 			else
 				die_usage("--access: '%s' is neither read "
-					  "nor write", optarg);
+					  "nor write",
+					  optarg);
 			break;
 		case OPT_JSON:
 			o->json = true;
@@ -1233,8 +1257,10 @@ static void select_systems(struct bench_ctx *c)
 			if (!strcmp(o->systems[j], c->systems[i]->name))
 				break;
 		if (i == c->nr_systems)
-			fprintf(stderr, "upager-bench: %s does not apply to "
-				"%s; skipped\n", o->systems[j], c->wl->name);
+			fprintf(stderr,
+				"upager-bench: %s does not apply to "
+				"%s; skipped\n",
+				o->systems[j], c->wl->name);
 	}
 	if (!c->nr_systems)
 		die_usage("--systems: none applies to %s", c->wl->name);
@@ -1332,8 +1358,12 @@ static void result_finish(struct bench_result *res)
 int main(int argc, char **argv)
 {
 	struct bench_opts o = {
-		.pages = BENCH_DEFAULT_PAGES, .runs = 5, .warmup = 1,
-		.access = -1, .seed = 1, .progress = true,
+		.pages = BENCH_DEFAULT_PAGES,
+		.runs = 5,
+		.warmup = 1,
+		.access = -1,
+		.seed = 1,
+		.progress = true,
 	};
 	struct bench_ctx c = { .o = &o, .file_fd = -1 };
 	struct bench_report rep = { 0 };
@@ -1344,16 +1374,17 @@ int main(int argc, char **argv)
 	struct utsname uts;
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct sigaction sa_bus = {
-		.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO,
+		.sa_sigaction = on_sigbus,
+		.sa_flags = SA_SIGINFO,
 	};
 	int r;
 
 	/* stdin is never read; stdout gets the report; stderr only talks */
 	r = stdio_guard();
 	if (r < 0 || (r & (1 << STDOUT_FILENO))) {
-		fprintf(stderr, "upager-bench: %s\n", r < 0 ?
-			"cannot open /dev/null" :
-			"stdout is closed: the report goes there");
+		fprintf(stderr, "upager-bench: %s\n",
+			r < 0 ? "cannot open /dev/null" :
+				"stdout is closed: the report goes there");
 		return 1;
 	}
 	if (argc < 2)
@@ -1436,7 +1467,7 @@ int main(int argc, char **argv)
 			if (c.sys_failed[si])
 				bench_fmt(res->error, sizeof(res->error), "%s",
 					  c.env.error[0] ? c.env.error :
-							  "init failed");
+							   "init failed");
 		}
 	}
 
@@ -1470,8 +1501,9 @@ int main(int argc, char **argv)
 				uint64_t wall = 0;
 				char what[160];
 
-				bench_fmt(what, sizeof(what), "%s %s %s %s %u/%u",
-					  c.wl->name, v->name, s->name,
+				bench_fmt(what, sizeof(what),
+					  "%s %s %s %s %u/%u", c.wl->name,
+					  v->name, s->name,
 					  measured ? "run" : "warm-up",
 					  measured ? it - o.warmup + 1 : it + 1,
 					  measured ? o.runs : o.warmup);
@@ -1491,9 +1523,10 @@ int main(int argc, char **argv)
 				}
 				r = run_one(&c, s, v, &wall, &st);
 				if (r < 0) {
-					bench_fmt(res->error, sizeof(res->error),
-						  "%s", c.errmsg[0] ? c.errmsg :
-						  strerror(-r));
+					bench_fmt(res->error,
+						  sizeof(res->error), "%s",
+						  c.errmsg[0] ? c.errmsg :
+								strerror(-r));
 					continue;
 				}
 				res->sys_stats = st;
@@ -1517,8 +1550,7 @@ int main(int argc, char **argv)
 		if (results[i].error[0])
 			failed = true;
 		/* an init failure was said once already */
-		if (results[i].error[0] &&
-		    strcmp(results[i].error, c.env.error))
+		if (results[i].error[0] && strcmp(results[i].error, c.env.error))
 			fprintf(stderr, "upager-bench: %s %s %s: %s\n",
 				results[i].workload, results[i].variant.name,
 				results[i].system, results[i].error);

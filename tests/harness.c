@@ -476,7 +476,8 @@ uint64_t h_recv_u64(int fd)
 	while (got < sizeof(v)) {
 		int ret = h_recv_timeout(fd, p + got, H_TIMEOUT_MS);
 
-		ck_assert_msg(ret == 1, "short message from the other process: %s",
+		ck_assert_msg(ret == 1,
+			      "short message from the other process: %s",
 			      ret == 0 ? "EOF" : strerror(-ret));
 		got++;
 	}
@@ -669,7 +670,8 @@ void h_daemon_dump_log(const struct h_daemon *d)
 static void check_log_clean(const struct h_daemon *d)
 {
 	static const char *bad[] = { "runtime error:", "AddressSanitizer",
-				     "LeakSanitizer", "UndefinedBehaviorSanitizer" };
+				     "LeakSanitizer",
+				     "UndefinedBehaviorSanitizer" };
 	FILE *f = fopen(d->log, "re");
 	char line[1024];
 
@@ -719,8 +721,8 @@ void h_daemon_term(struct h_daemon *d)
 		h_daemon_dump_log(d);
 		ck_abort_msg("upagerd did not exit 0 on SIGTERM: %s %d",
 			     WIFEXITED(status) ? "exit" : "signal",
-			     WIFEXITED(status) ? WEXITSTATUS(status)
-					       : WTERMSIG(status));
+			     WIFEXITED(status) ? WEXITSTATUS(status) :
+						 WTERMSIG(status));
 	}
 	check_log_clean(d);
 }
@@ -772,10 +774,11 @@ struct upager_daemon_stats h_stats(struct upager *u)
 	return st;
 }
 
-void h_create(struct upager *u, const char *name, uint64_t size,
-	      int source_fd, uint32_t mode)
+void h_create(struct upager *u, const char *name, uint64_t size, int source_fd,
+	      uint32_t mode)
 {
-	struct upager_create_opts o = { .size = size, .source_fd = source_fd,
+	struct upager_create_opts o = { .size = size,
+					.source_fd = source_fd,
 					.mode = mode };
 	int ret = upager_create(u, name, &o);
 
@@ -839,8 +842,8 @@ void h_fill(void *buf, size_t n, uint64_t seed)
 	}
 }
 
-void *h_make_file(char *path, size_t pathlen, const char *dir,
-		  const char *name, size_t size, uint64_t seed)
+void *h_make_file(char *path, size_t pathlen, const char *dir, const char *name,
+		  size_t size, uint64_t seed)
 {
 	void *data = malloc(size ? size : 1);
 	size_t done = 0;
@@ -1096,17 +1099,20 @@ void h_run(const char *const *argv, const void *in, size_t in_len,
 			char cmd[512] = "";
 
 			for (size_t i = 0; argv[i]; i++)
-				snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd),
-					 "%s%s", i ? " " : "", argv[i]);
+				snprintf(cmd + strlen(cmd),
+					 sizeof(cmd) - strlen(cmd), "%s%s",
+					 i ? " " : "", argv[i]);
 			ck_abort_msg("'%s' did not end within %d ms; stderr: %s",
 				     cmd, H_TIMEOUT_MS, r->err);
 		}
 		if (poll(p, 3, 10) < 0 && errno != EINTR)
 			ck_abort_msg("poll: %s", strerror(errno));
 		if (p[0].revents)
-			drain(pout[0], &r->out, &r->out_len, &out_cap, &out_open);
+			drain(pout[0], &r->out, &r->out_len, &out_cap,
+			      &out_open);
 		if (p[1].revents)
-			drain(perr[0], &r->err, &r->err_len, &err_cap, &err_open);
+			drain(perr[0], &r->err, &r->err_len, &err_cap,
+			      &err_open);
 		if (pin[1] >= 0 && (p[2].revents & (POLLOUT | POLLERR))) {
 			ssize_t n = write(pin[1], (const char *)in + in_done,
 					  in_len - in_done);
@@ -1157,8 +1163,8 @@ pid_t h_daemon_spawn_with(struct h_daemon *d, const char *const *extra,
 	d->direct = true;
 	d->pid = d->waiter = h_fork();
 	if (d->pid == 0) {
-		int log = open(d->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-			       0644);
+		int log = open(d->log,
+			       O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 
 		/* opened before @setup: a daemon of another user can write
 		 * it all the same */
@@ -1252,7 +1258,8 @@ int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd)
 	char buf[UPG_MSG_MAX];
 	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
 	struct iovec siov = { .iov_base = msg, .iov_len = len };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
 			     .msg_control = cbuf.b,
 			     .msg_controllen = sizeof(cbuf.b) };
 	struct msghdr smh = { .msg_iov = &siov, .msg_iovlen = 1 };
@@ -1278,7 +1285,8 @@ int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd)
 	CHILD_CHECK(n >= (ssize_t)sizeof(struct upg_hdr), "reply: %zd", n);
 	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
 		CHILD_CHECK(c->cmsg_type == SCM_RIGHTS &&
-			    c->cmsg_len == CMSG_LEN(sizeof(int)) && *fd < 0,
+				    c->cmsg_len == CMSG_LEN(sizeof(int)) &&
+				    *fd < 0,
 			    "more than one descriptor with the reply");
 		memcpy(fd, CMSG_DATA(c), sizeof(int));
 	}

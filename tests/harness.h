@@ -30,8 +30,8 @@
 
 #include "uffd-compat.h"
 
-#define H_TIMEOUT_MS 10000	/* any wait for the daemon or a child */
-#define H_TCASE_TIMEOUT 60	/* seconds, per test */
+#define H_TIMEOUT_MS 10000 /* any wait for the daemon or a child */
+#define H_TCASE_TIMEOUT 60 /* seconds, per test */
 #define H_PAGE 4096u
 #define H_MIB (1024u * 1024u)
 
@@ -65,11 +65,11 @@ TCase *h_tcase(Suite *s, const char *name, uint64_t features);
 void h_add_test(TCase *tc, const TTest *test, uint64_t features);
 
 struct h_daemon {
-	pid_t pid;		/* the daemon */
-	pid_t waiter;		/* our child that ends as the daemon does */
-	bool direct;		/* the daemon is our own child (no waiter) */
-	const char *test;	/* the test that started it, for the log */
-	char dir[256];		/* fresh, holds the socket and the log */
+	pid_t pid;	  /* the daemon */
+	pid_t waiter;	  /* our child that ends as the daemon does */
+	bool direct;	  /* the daemon is our own child (no waiter) */
+	const char *test; /* the test that started it, for the log */
+	char dir[256];	  /* fresh, holds the socket and the log */
 	char sock[300];
 	char log[300];
 };
@@ -121,8 +121,8 @@ struct upager_segment_info h_stat(struct upager *u, const char *name);
 struct upager_daemon_stats h_stats(struct upager *u);
 
 /* Creates @name over @source_fd (-1: zero) with @mode (asserted). */
-void h_create(struct upager *u, const char *name, uint64_t size,
-	      int source_fd, uint32_t mode);
+void h_create(struct upager *u, const char *name, uint64_t size, int source_fd,
+	      uint32_t mode);
 
 /* Attaches @name (asserted); returns the mapping. */
 void *h_attach(struct upager *u, const char *name, unsigned int flags,
@@ -141,27 +141,27 @@ struct upager_segment_info h_wait_attachments(struct upager *u,
  * updated after the faulting thread was woken, so a client that just read
  * its pages may see them a moment later: wait for them, never sleep.
  */
-#define H_WAIT_STAT(u, name, info, cond)				\
-	do {								\
-		uint64_t h_dl_ = h_now_ms() + H_TIMEOUT_MS;		\
-		for (;;) {						\
-			(info) = h_stat((u), (name));			\
-			if ((cond) || h_now_ms() > h_dl_)		\
-				break;					\
-			h_nap_ms(5);					\
-		}							\
+#define H_WAIT_STAT(u, name, info, cond)                    \
+	do {                                                \
+		uint64_t h_dl_ = h_now_ms() + H_TIMEOUT_MS; \
+		for (;;) {                                  \
+			(info) = h_stat((u), (name));       \
+			if ((cond) || h_now_ms() > h_dl_)   \
+				break;                      \
+			h_nap_ms(5);                        \
+		}                                           \
 	} while (0)
 
 /* Likewise for the daemon-wide counters. */
-#define H_WAIT_STATS(u, st, cond)					\
-	do {								\
-		uint64_t h_dl_ = h_now_ms() + H_TIMEOUT_MS;		\
-		for (;;) {						\
-			(st) = h_stats(u);				\
-			if ((cond) || h_now_ms() > h_dl_)		\
-				break;					\
-			h_nap_ms(5);					\
-		}							\
+#define H_WAIT_STATS(u, st, cond)                           \
+	do {                                                \
+		uint64_t h_dl_ = h_now_ms() + H_TIMEOUT_MS; \
+		for (;;) {                                  \
+			(st) = h_stats(u);                  \
+			if ((cond) || h_now_ms() > h_dl_)   \
+				break;                      \
+			h_nap_ms(5);                        \
+		}                                           \
 	} while (0)
 
 uint64_t h_now_ms(void);
@@ -180,8 +180,8 @@ void h_fill(void *buf, size_t n, uint64_t seed);
  * Writes the path to @path.  Returns the data (malloc'ed, the caller frees),
  * for comparison.
  */
-void *h_make_file(char *path, size_t pathlen, const char *dir,
-		  const char *name, size_t size, uint64_t seed);
+void *h_make_file(char *path, size_t pathlen, const char *dir, const char *name,
+		  size_t size, uint64_t seed);
 
 /* Opens @path read-only (asserted). */
 int h_open_ro(const char *path);
@@ -234,11 +234,12 @@ int h_wait_child(pid_t pid);
 int h_child_exit_code(pid_t pid);
 
 /* Asserts that @status is a normal exit with @code. */
-#define h_assert_exit(status, code)					\
+#define h_assert_exit(status, code)                                       \
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == (code), \
-		      "expected exit %d, got %s %d", (code),		\
-		      WIFEXITED(status) ? "exit" : "signal",		\
-		      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status))
+		      "expected exit %d, got %s %d", (code),              \
+		      WIFEXITED(status) ? "exit" : "signal",              \
+		      WIFEXITED(status) ? WEXITSTATUS(status) :           \
+					  WTERMSIG(status))
 
 /*
  * A forked child and a pipe each way between it and its parent: the
@@ -247,9 +248,9 @@ int h_child_exit_code(pid_t pid);
  * process (also for h_send_u64 and h_recv_u64).
  */
 struct h_peer {
-	pid_t pid;		/* the child, in the parent; 0 in the child */
-	int rx;			/* reads what the other process sends */
-	int tx;			/* sends to the other process */
+	pid_t pid; /* the child, in the parent; 0 in the child */
+	int rx;	   /* reads what the other process sends */
+	int tx;	   /* sends to the other process */
 };
 
 /*
@@ -278,17 +279,18 @@ int h_peer_end(struct h_peer *p);
 
 /* One-byte messages over a pipe: bounded reads. */
 void h_send(int fd, char c);
-char h_recv(int fd);				/* asserted */
-int h_recv_timeout(int fd, char *c, int timeout_ms);	/* 1, 0 on EOF, -ETIMEDOUT */
+char h_recv(int fd);				     /* asserted */
+int h_recv_timeout(int fd, char *c, int timeout_ms); /* 1, 0 on EOF, -ETIMEDOUT
+						      */
 void h_send_u64(int fd, uint64_t v);
 uint64_t h_recv_u64(int fd);
 
 /* In a forked child: report and _exit(1) unless @cond. */
-#define CHILD_CHECK(cond, ...)						\
-	do {								\
-		if (!(cond)) {						\
-			h_child_fail(__FILE__, __LINE__, __VA_ARGS__);	\
-		}							\
+#define CHILD_CHECK(cond, ...)                                         \
+	do {                                                           \
+		if (!(cond)) {                                         \
+			h_child_fail(__FILE__, __LINE__, __VA_ARGS__); \
+		}                                                      \
 	} while (0)
 void h_child_fail(const char *file, int line, const char *fmt, ...)
 	__attribute__((noreturn, format(printf, 3, 4)));
@@ -297,8 +299,8 @@ void h_child_fail(const char *file, int line, const char *fmt, ...)
 struct upager *h_child_connect(const char *sock);
 
 struct h_run {
-	int status;		/* wait status */
-	char *out, *err;	/* NUL-terminated */
+	int status;	 /* wait status */
+	char *out, *err; /* NUL-terminated */
 	size_t out_len, err_len;
 };
 
@@ -354,7 +356,8 @@ int h_child_request(int sock, void *msg, size_t len, int sendfd, int *fd);
  * h_daemon_start_args - h_daemon_start() with more upagerd options
  * (@extra, NULL-terminated): limits, timeouts.
  */
-#define h_daemon_start_args(d, extra) h_daemon_start_args_((d), __func__, (extra))
+#define h_daemon_start_args(d, extra) \
+	h_daemon_start_args_((d), __func__, (extra))
 void h_daemon_start_args_(struct h_daemon *d, const char *test,
 			  const char *const *extra);
 

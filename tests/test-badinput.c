@@ -106,7 +106,14 @@ END_TEST
 START_TEST(test_bad_names)
 {
 	static const char *bad[] = {
-		"", "a/b", "/", "..", ".", "a b", "a\nb", "é",
+		"",
+		"a/b",
+		"/",
+		"..",
+		".",
+		"a b",
+		"a\nb",
+		"é",
 		/* 64 characters */
 		"0123456789012345678901234567890123456789012345678901234567890123",
 	};
@@ -367,7 +374,8 @@ START_TEST(test_permissions)
 
 	pid = h_fork();
 	if (pid == 0) {
-		struct upager_create_opts o = { .size = H_PAGE, .source_fd = -1 };
+		struct upager_create_opts o = { .size = H_PAGE,
+						.source_fd = -1 };
 		struct upager_segment_info info, list[4];
 		struct upager_attachment *ca;
 		struct upager *cu;
@@ -390,9 +398,11 @@ START_TEST(test_permissions)
 		CHILD_CHECK(ret == 0, "stat shared: %d", ret);
 		CHILD_CHECK(info.uid == 0 && info.mode == 0644,
 			    "shared: uid %u mode %o", info.uid, info.mode);
-		/* the owner's business: where its bytes come from, who maps it */
+		/* the owner's business: where its bytes come from, who maps it
+		 */
 		CHILD_CHECK(info.source_path[0] == '\0' && info.nr_pids == 0 &&
-			    info.pids[0] == 0 && info.nr_attachments >= 1,
+				    info.pids[0] == 0 &&
+				    info.nr_attachments >= 1,
 			    "shared: path '%s', %u pids shown to another user",
 			    info.source_path, info.nr_pids);
 		ret = upager_attach(cu, "shared", 0, &ca);
@@ -512,10 +522,10 @@ static void raw_hello(int sock)
 /* One garbage case: the sender is dropped and counted; others go on. */
 struct garbage {
 	const char *what;
-	bool hello;		/* say hello first */
+	bool hello; /* say hello first */
 	void (*send)(int sock);
-	bool counted;		/* protocol_errors goes up */
-	const char *reason;	/* the log says "protocol error: <reason>" */
+	bool counted;	    /* protocol_errors goes up */
+	const char *reason; /* the log says "protocol error: <reason>" */
 };
 
 static void g_random(int sock)
@@ -691,7 +701,7 @@ static bool log_has(const struct h_daemon *d, const char *needle)
 	char *log = h_read_file(d->log, &len);
 	bool found;
 
-	log[len] = '\0';	/* h_read_file leaves room for it */
+	log[len] = '\0'; /* h_read_file leaves room for it */
 	found = strstr(log, needle) != NULL;
 
 	free(log);
@@ -778,31 +788,37 @@ START_TEST(test_protocol_refusals)
 	c.source = UPAGER_SOURCE_ZERO;
 	strcpy(c.name, "a/b");
 	raw_send(sock, &c, sizeof(c), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	ck_assert_uint_eq(r->seq, 3);
 	strcpy(c.name, "..");
 	raw_send(sock, &c, sizeof(c), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
-	memset(c.name, 'a', sizeof(c.name));	/* no NUL at all */
+	memset(c.name, 'a', sizeof(c.name)); /* no NUL at all */
 	raw_send(sock, &c, sizeof(c), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	/* a file source without a file, a zero source with one, a bad kind */
 	strcpy(c.name, "x");
 	c.source = UPAGER_SOURCE_FILE;
 	raw_send(sock, &c, sizeof(c), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	memfd = memfd_create("x", MFD_CLOEXEC);
 	c.source = UPAGER_SOURCE_ZERO;
 	raw_send(sock, &c, sizeof(c), memfd, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	c.source = 77;
 	raw_send(sock, &c, sizeof(c), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 
 	/* register: not a userfaultfd */
@@ -815,7 +831,8 @@ START_TEST(test_protocol_refusals)
 		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	reg.addr = (uintptr_t)anon;
 	raw_send(sock, &reg, sizeof(reg), memfd, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	/* a real userfaultfd, but over memory that is not the segment's */
 	uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_MISSING_SHMEM,
@@ -823,14 +840,17 @@ START_TEST(test_protocol_refusals)
 	ck_assert_int_ge(uffd, 0);
 	ck_assert_int_eq(uffd_register(uffd, (uintptr_t)anon, H_MIB,
 				       UFFDIO_REGISTER_MODE_MISSING,
-				       &reg.uffd_ioctls), 0);
+				       &reg.uffd_ioctls),
+			 0);
 	raw_send(sock, &reg, sizeof(reg), uffd, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -EINVAL);
 	/* an unknown segment id */
 	reg.seg_id = 999999;
 	raw_send(sock, &reg, sizeof(reg), uffd, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_hdr));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_hdr));
 	ck_assert_int_eq(r->status, -ENOENT);
 	close(uffd);
 	close(memfd);
@@ -851,7 +871,8 @@ START_TEST(test_protocol_refusals)
 	proto_hdr_init(&nm.h, UPG_STAT, sizeof(nm), 6);
 	strcpy(nm.name, "z");
 	raw_send(sock, &nm, sizeof(nm), -1, -1);
-	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)), sizeof(struct upg_info));
+	ck_assert_int_eq(raw_recv(sock, buf, sizeof(buf)),
+			 sizeof(struct upg_info));
 	ck_assert_int_eq(r->status, 0);
 	ck_assert_uint_eq(r->seq, 6);
 	ck_assert_str_eq(((struct upg_info *)buf)->info.name, "z");
@@ -1034,7 +1055,8 @@ START_TEST(test_attach_refused_at_the_wire)
 		w = write(fd, "x", 1);
 		CHILD_CHECK(w < 0 && errno == EBADF, "write: %d (%s)", w,
 			    strerror(errno));
-		p = mmap(NULL, H_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		p = mmap(NULL, H_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+			 0);
 		CHILD_CHECK(p == MAP_FAILED && errno == EACCES,
 			    "writable shared mapping: %s", strerror(errno));
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
@@ -1081,7 +1103,8 @@ START_TEST(test_detach_other_users_attachment)
 		close(go[1]);
 		become_nobody();
 		sock = h_child_raw_hello(d.sock);
-		CHILD_CHECK(h_recv_timeout(go[0], &(char){ 0 }, H_TIMEOUT_MS) == 1,
+		CHILD_CHECK(h_recv_timeout(go[0], &(char){ 0 }, H_TIMEOUT_MS) ==
+				    1,
 			    "no go");
 		for (uint64_t id = 0; id < 64; id++) {
 			struct upg_detach m;
@@ -1091,9 +1114,8 @@ START_TEST(test_detach_other_users_attachment)
 			proto_hdr_init(&m.h, UPG_DETACH, sizeof(m), 3 + id);
 			m.attach_id = id;
 			ret = h_child_request(sock, &m, sizeof(m), -1, &fd);
-			CHILD_CHECK(ret == -ENOENT && fd < 0,
-				    "detach %llu: %d", (unsigned long long)id,
-				    ret);
+			CHILD_CHECK(ret == -ENOENT && fd < 0, "detach %llu: %d",
+				    (unsigned long long)id, ret);
 		}
 		_exit(0);
 	}
@@ -1114,14 +1136,14 @@ START_TEST(test_detach_other_users_attachment)
 END_TEST
 
 /* Users and groups of the group-permission test */
-#define OWNER 65534		/* nobody, group nogroup */
-#define OTHER 65533		/* a uid of nobody's, in a group of its own */
+#define OWNER 65534 /* nobody, group nogroup */
+#define OTHER 65533 /* a uid of nobody's, in a group of its own */
 #define GROUP 65534
 
 struct gcase {
-	const char *name;	/* segment, created by OWNER */
+	const char *name; /* segment, created by OWNER */
 	unsigned int flags;
-	int want;		/* attach's result */
+	int want; /* attach's result */
 };
 
 static void attach_cases(const char *sock, const struct gcase *c, size_t n,
@@ -1158,8 +1180,10 @@ static void attach_cases(const char *sock, const struct gcase *c, size_t n,
 START_TEST(test_group_permissions)
 {
 	static const struct gcase member[] = {
-		{ "g660", 0, 0 }, { "g660", UPAGER_ATTACH_RDONLY, 0 },
-		{ "g640", 0, -EACCES }, { "g640", UPAGER_ATTACH_RDONLY, 0 },
+		{ "g660", 0, 0 },
+		{ "g660", UPAGER_ATTACH_RDONLY, 0 },
+		{ "g640", 0, -EACCES },
+		{ "g640", UPAGER_ATTACH_RDONLY, 0 },
 		{ "g600", UPAGER_ATTACH_RDONLY, -ENOENT },
 		{ "o060", 0, 0 },
 	};
@@ -1173,7 +1197,10 @@ START_TEST(test_group_permissions)
 		{ "o060", UPAGER_ATTACH_RDONLY, -ENOENT },
 		{ "g660", 0, 0 },
 	};
-	static const struct { const char *name; uint32_t mode; } segs[] = {
+	static const struct {
+		const char *name;
+		uint32_t mode;
+	} segs[] = {
 		{ "g660", 0660 }, { "g640", 0640 }, { "g600", 0600 },
 		{ "g604", 0604 }, { "o060", 0060 },
 	};
@@ -1198,7 +1225,8 @@ START_TEST(test_group_permissions)
 							.mode = segs[i].mode };
 			int ret = upager_create(cu, segs[i].name, &o);
 
-			CHILD_CHECK(ret == 0, "create %s: %d", segs[i].name, ret);
+			CHILD_CHECK(ret == 0, "create %s: %d", segs[i].name,
+				    ret);
 		}
 		upager_disconnect(cu);
 		_exit(0);
@@ -1259,7 +1287,7 @@ START_TEST(test_group_permissions)
 		struct upager_attachment *a;
 		char *map = h_attach(u, "g660", UPAGER_ATTACH_RDONLY, &a);
 
-		ck_assert_int_eq(map[7], 42);	/* a member wrote it */
+		ck_assert_int_eq(map[7], 42); /* a member wrote it */
 		ck_assert_int_eq(upager_detach(a), 0);
 	}
 	still_serves(&d);

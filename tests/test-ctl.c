@@ -23,7 +23,8 @@
 
 #define MAX_ARGS 16
 /* What --help says of segment names (proto_name_valid()). */
-#define NAME_RULES "NAME: 1 to 63 characters of A-Z a-z 0-9 . _ - " \
+#define NAME_RULES                                       \
+	"NAME: 1 to 63 characters of A-Z a-z 0-9 . _ - " \
 	"(not \".\" or \"..\")"
 
 /*
@@ -60,7 +61,9 @@ static void ctl_closed(struct h_run *r, const struct h_daemon *d, int fd,
 		       const void *in, size_t in_len, ...)
 {
 	static const char *const scripts[] = {
-		"exec \"$@\" 0<&-", "exec \"$@\" 1>&-", "exec \"$@\" 2>&-",
+		"exec \"$@\" 0<&-",
+		"exec \"$@\" 1>&-",
+		"exec \"$@\" 2>&-",
 	};
 	const char *argv[MAX_ARGS + 8];
 	size_t n = 0;
@@ -85,10 +88,10 @@ static void ctl_closed(struct h_run *r, const struct h_daemon *d, int fd,
 	h_run(argv, in, in_len, r);
 }
 
-#define ck_assert_exit(r, code)						\
-	ck_assert_msg(WIFEXITED((r)->status) &&				\
-		      WEXITSTATUS((r)->status) == (code),		\
-		      "exit %d expected, status %#x; stderr: %s", (code),	\
+#define ck_assert_exit(r, code)                                           \
+	ck_assert_msg(WIFEXITED((r)->status) &&                           \
+			      WEXITSTATUS((r)->status) == (code),         \
+		      "exit %d expected, status %#x; stderr: %s", (code), \
 		      (r)->status, (r)->err)
 
 /* The unsigned value of "key": in JSON text, or fails. */
@@ -140,7 +143,7 @@ static size_t count(const char *hay, const char *needle)
 START_TEST(test_help)
 {
 	static const char *cmds[] = { "create", "delete", "list", "stat",
-				      "cat", "write", "stats" };
+				      "cat",	"write",  "stats" };
 	struct h_run r;
 
 	ctl(&r, NULL, NULL, 0, "--help", NULL);
@@ -149,7 +152,8 @@ START_TEST(test_help)
 	ck_assert_msg(strstr(r.out, NAME_RULES),
 		      "--help lacks the name rules: %s", r.out);
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		ck_assert_msg(strstr(r.out, cmds[i]), "--help lacks %s", cmds[i]);
+		ck_assert_msg(strstr(r.out, cmds[i]), "--help lacks %s",
+			      cmds[i]);
 	h_run_free(&r);
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		ctl(&r, NULL, NULL, 0, cmds[i], "--help", NULL);
@@ -201,8 +205,7 @@ START_TEST(test_no_daemon)
 	ctl(&r, &d, NULL, 0, "list", NULL);
 	ck_assert_exit(&r, 1);
 	ck_assert_ptr_nonnull(strstr(r.err, d.sock));
-	ck_assert_msg(strstr(r.err, "is upagerd running?"), "stderr: %s",
-		      r.err);
+	ck_assert_msg(strstr(r.err, "is upagerd running?"), "stderr: %s", r.err);
 	ck_assert_uint_eq(r.out_len, 0);
 	h_run_free(&r);
 	h_dir_remove(d.dir);
@@ -212,8 +215,9 @@ END_TEST
 START_TEST(test_bad_size)
 {
 	static const char *sizes[] = { "0", "abc", "2T", "1.5G", "-1", "" };
-	static const char *large[] = { "1P", "2T", "1E", "1Z", "1099511627777",
-				       "99999999999999999999" };
+	static const char *large[] = {
+		"1P", "2T", "1E", "1Z", "1099511627777", "99999999999999999999"
+	};
 	struct upager *u;
 	struct h_daemon d;
 	struct h_run r;
@@ -231,7 +235,7 @@ START_TEST(test_bad_size)
 		ctl(&r, &d, NULL, 0, "create", "s", "--size", large[i], NULL);
 		ck_assert_exit(&r, 2);
 		ck_assert_msg(strstr(r.err, "too large") &&
-			      !strstr(r.err, "invalid"),
+				      !strstr(r.err, "invalid"),
 			      "--size %s: stderr: %s", large[i], r.err);
 		h_run_free(&r);
 	}
@@ -240,7 +244,7 @@ START_TEST(test_bad_size)
 	ck_assert_msg(strstr(r.err, "invalid --size '12X'"), "stderr: %s",
 		      r.err);
 	h_run_free(&r);
-	ctl(&r, &d, NULL, 0, "create", "s", NULL);	/* no --size */
+	ctl(&r, &d, NULL, 0, "create", "s", NULL); /* no --size */
 	ck_assert_exit(&r, 2);
 	h_run_free(&r);
 	ctl(&r, &d, NULL, 0, "create", "s", "--size", "4K", "--mode", "999",
@@ -259,7 +263,10 @@ END_TEST
 START_TEST(test_bad_name)
 {
 	static const char *names[] = {
-		"a/b", "..", "a b", "x\n",
+		"a/b",
+		"..",
+		"a b",
+		"x\n",
 		"0123456789012345678901234567890123456789012345678901234567890123",
 	};
 	struct h_daemon d;
@@ -272,25 +279,27 @@ START_TEST(test_bad_name)
 		ctl(&r, &d, NULL, 0, "create", names[i], "--size", "4K", NULL);
 		ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 2,
 			      "create '%s': status %#x (exit 2 expected); "
-			      "stderr: %s", names[i], r.status, r.err);
+			      "stderr: %s",
+			      names[i], r.status, r.err);
 		h_run_free(&r);
 	}
 	/* a control character is shown escaped, not raw */
 	ctl(&r, &d, NULL, 0, "stat", "x\ny\033[2J", NULL);
 	ck_assert_exit(&r, 2);
 	ck_assert_msg(strstr(r.err, "'x\\x0ay\\x1b[2J'") &&
-		      !strchr(r.err, '\033'), "stderr: %s", r.err);
-	ck_assert_uint_eq(count(r.err, "\n"), 2);	/* message, "Try" */
+			      !strchr(r.err, '\033'),
+		      "stderr: %s", r.err);
+	ck_assert_uint_eq(count(r.err, "\n"), 2); /* message, "Try" */
 	h_run_free(&r);
 	/* a name too long: said so, and not echoed back in full */
 	memset(longname, 'n', sizeof(longname) - 1);
 	longname[sizeof(longname) - 1] = '\0';
 	ctl(&r, &d, NULL, 0, "create", longname, "--size", "4K", NULL);
 	ck_assert_exit(&r, 2);
-	ck_assert_msg(strstr(r.err, "too long") &&
-		      strstr(r.err, "1000 bytes") &&
-		      strstr(r.err, "at most 63") &&
-		      strstr(r.err, "\u2026"), "stderr: %s", r.err);
+	ck_assert_msg(strstr(r.err, "too long") && strstr(r.err, "1000 bytes") &&
+			      strstr(r.err, "at most 63") &&
+			      strstr(r.err, "\u2026"),
+		      "stderr: %s", r.err);
 	ck_assert_msg(!strstr(r.err, longname + 900) && r.err_len < 300,
 		      "the long name was echoed: %zu bytes", r.err_len);
 	h_run_free(&r);
@@ -314,7 +323,7 @@ START_TEST(test_unknown_segment)
 		ctl(&r, &d, "x", 1, cmds[i], "nope", NULL);
 		ck_assert_exit(&r, 1);
 		ck_assert_msg(strstr(r.err, "nope") &&
-			      strstr(r.err, "no such segment"),
+				      strstr(r.err, "no such segment"),
 			      "%s nope: stderr '%s'", cmds[i], r.err);
 		ck_assert_uint_eq(r.out_len, 0);
 		h_run_free(&r);
@@ -332,7 +341,7 @@ END_TEST
 /* create, list, stat, cat of a file segment: the bytes and the counters. */
 START_TEST(test_file_segment_end_to_end)
 {
-	const size_t size = 3 * H_MIB + 1000;	/* not a page multiple */
+	const size_t size = 3 * H_MIB + 1000; /* not a page multiple */
 	const size_t rounded = 3 * H_MIB + H_PAGE;
 	struct h_daemon d;
 	struct h_run r;
@@ -406,7 +415,8 @@ START_TEST(test_file_segment_end_to_end)
 		struct upager *u = h_connect(&d);
 		struct upager_segment_info info;
 
-		H_WAIT_STAT(u, "img", info, info.pages_filled >= 3 * H_MIB / H_PAGE);
+		H_WAIT_STAT(u, "img", info,
+			    info.pages_filled >= 3 * H_MIB / H_PAGE);
 		upager_disconnect(u);
 	}
 	ctl(&r, &d, NULL, 0, "stat", "img", "--json", NULL);
@@ -433,7 +443,8 @@ START_TEST(test_file_segment_end_to_end)
 	    path, NULL);
 	ck_assert_exit(&r, 0);
 	ck_assert_msg(strstr(r.err, "size rounded up to 3149824 bytes (whole "
-			     "pages"), "stderr: %s", r.err);
+				    "pages"),
+		      "stderr: %s", r.err);
 	h_run_free(&r);
 	ctl(&r, &d, NULL, 0, "cat", "odd", NULL);
 	ck_assert_exit(&r, 0);
@@ -556,7 +567,7 @@ START_TEST(test_socket_errors)
 	ctl(&r, NULL, NULL, 0, "--socket", file, "list", NULL);
 	ck_assert_exit(&r, 1);
 	ck_assert_msg(strstr(r.err, file) &&
-		      strstr(r.err, "not a socket but a regular file"),
+			      strstr(r.err, "not a socket but a regular file"),
 		      "stderr: %s", r.err);
 	h_run_free(&r);
 	ctl(&r, NULL, NULL, 0, "--socket", d.dir, "stats", NULL);
@@ -567,14 +578,13 @@ START_TEST(test_socket_errors)
 	ctl(&r, NULL, NULL, 0, "--socket", dead, "list", NULL);
 	ck_assert_exit(&r, 1);
 	ck_assert_msg(strstr(r.err, "nothing listens") &&
-		      strstr(r.err, "is upagerd running?"), "stderr: %s",
-		      r.err);
+			      strstr(r.err, "is upagerd running?"),
+		      "stderr: %s", r.err);
 	h_run_free(&r);
 	/* the command's own --socket, too */
 	ctl(&r, NULL, NULL, 0, "list", "--socket", dead, NULL);
 	ck_assert_exit(&r, 1);
-	ck_assert_msg(strstr(r.err, "is upagerd running?"), "stderr: %s",
-		      r.err);
+	ck_assert_msg(strstr(r.err, "is upagerd running?"), "stderr: %s", r.err);
 	h_run_free(&r);
 	/* an empty path is a usage error, before anything is tried */
 	ctl(&r, NULL, NULL, 0, "--socket", "", "list", NULL);
@@ -630,7 +640,7 @@ START_TEST(test_create_rounding_note)
 	ctl(&r, &d, NULL, 0, "create", "r", "--size", "5000", NULL);
 	ck_assert_exit(&r, 0);
 	ck_assert_msg(strstr(r.err, "upagerctl: create: r: size rounded up to "
-			     "8192 bytes (whole pages of 4096 bytes)"),
+				    "8192 bytes (whole pages of 4096 bytes)"),
 		      "stderr: %s", r.err);
 	ck_assert_uint_eq(r.out_len, 0);
 	h_run_free(&r);
@@ -663,7 +673,9 @@ END_TEST
 START_TEST(test_stdio_closed)
 {
 	static const char *const need_out[][2] = {
-		{ "cat", "z" }, { "stat", "z" }, { "list", NULL },
+		{ "cat", "z" },
+		{ "stat", "z" },
+		{ "list", NULL },
 		{ "stats", NULL },
 	};
 	const size_t size = 8192;
@@ -748,8 +760,8 @@ END_TEST
 START_TEST(test_bench_stdout_closed)
 {
 	const char *root = getenv("UPAGER_BUILD_ROOT");
-	const char *argv[] = { "/bin/sh", "-c", "exec \"$@\" 1>&-", "sh", NULL,
-			       "missing", "--help", NULL };
+	const char *argv[] = { "/bin/sh", "-c",	     "exec \"$@\" 1>&-", "sh",
+			       NULL,	  "missing", "--help",		 NULL };
 	char bench[512];
 	struct h_run r;
 
@@ -850,7 +862,8 @@ static void python_json_check(const char *json, size_t len, const char *check)
 	snprintf(prog, sizeof(prog),
 		 "import json, sys\n"
 		 "d = json.loads(sys.stdin.buffer.read().decode('utf-8'))\n"
-		 "%s\n", check);
+		 "%s\n",
+		 check);
 	h_run(argv, json, len, &r);
 	ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
 		      "python3 rejects the JSON: %s\n%.*s", r.err, (int)len,
@@ -891,22 +904,23 @@ START_TEST(test_output_escaping)
 	ck_assert_msg(bad < 0, "stat --json: bad byte %#x at %ld",
 		      (unsigned char)r.out[bad < 0 ? 0 : bad], bad);
 	ck_assert_msg(strstr(r.out, "img\\u001b[31m\\u009b\\n\\ufffd\303\251"
-				    "\\\\x\""), "stat --json: %s", r.out);
+				    "\\\\x\""),
+		      "stat --json: %s", r.out);
 	python_json_check(r.out, r.out_len,
-		"assert d['source_path'].endswith("
-		"'/img\\x1b[31m\\x9b\\n\\ufffd\\u00e9\\\\x'), d\n"
-		"assert d['mode'] == '0644', d\n"
-		"assert d['name'] == 'esc', d");
+			  "assert d['source_path'].endswith("
+			  "'/img\\x1b[31m\\x9b\\n\\ufffd\\u00e9\\\\x'), d\n"
+			  "assert d['mode'] == '0644', d\n"
+			  "assert d['name'] == 'esc', d");
 	h_run_free(&r);
 	ctl(&r, &d, NULL, 0, "list", "--json", NULL);
 	ck_assert_exit(&r, 0);
 	bad = bad_text(r.out, r.out_len, "\n");
 	ck_assert_msg(bad < 0, "list --json: bad byte at %ld", bad);
 	python_json_check(r.out, r.out_len,
-		"assert len(d) == 2, d\n"
-		"assert d[0]['name'] == 'a-much-longer-name-than-esc', d\n"
-		"assert d[0]['mode'] == '0600', d\n"
-		"assert '\\ufffd' in d[1]['source_path'], d");
+			  "assert len(d) == 2, d\n"
+			  "assert d[0]['name'] == 'a-much-longer-name-than-esc', d\n"
+			  "assert d[0]['mode'] == '0600', d\n"
+			  "assert '\\ufffd' in d[1]['source_path'], d");
 	h_run_free(&r);
 
 	/* text: every control and bad byte as \xNN, the backslash doubled */
@@ -915,7 +929,8 @@ START_TEST(test_output_escaping)
 	bad = bad_text(r.out, r.out_len, "\n");
 	ck_assert_msg(bad < 0, "stat: bad byte at %ld: %s", bad, r.out);
 	ck_assert_msg(strstr(r.out, "img\\x1b[31m\\xc2\\x9b\\x0a\\xff\303\251"
-				    "\\\\x\n"), "stat: %s", r.out);
+				    "\\\\x\n"),
+		      "stat: %s", r.out);
 	ck_assert_ptr_nonnull(strstr(r.out, "mode:                0644\n"));
 	h_run_free(&r);
 	ctl(&r, &d, NULL, 0, "list", NULL);
@@ -930,8 +945,10 @@ START_TEST(test_output_escaping)
 
 		if (!width)
 			width = w;
-		ck_assert_msg(w == width, "list: line %zu is %zu wide, not "
-			      "%zu: '%s'", lines, w, width, line);
+		ck_assert_msg(w == width,
+			      "list: line %zu is %zu wide, not "
+			      "%zu: '%s'",
+			      lines, w, width, line);
 	}
 	ck_assert_uint_eq(lines, 3);
 	h_run_free(&r);
@@ -940,8 +957,7 @@ START_TEST(test_output_escaping)
 	ctl(&r, &d, NULL, 0, "create", "x", "--size", "4K", "--source", d.dir,
 	    NULL);
 	ck_assert_exit(&r, 1);
-	ck_assert_msg(bad_text(r.err, r.err_len, "\n") < 0, "stderr: %s",
-		      r.err);
+	ck_assert_msg(bad_text(r.err, r.err_len, "\n") < 0, "stderr: %s", r.err);
 	h_run_free(&r);
 	{
 		char missing[600];
@@ -951,8 +967,8 @@ START_TEST(test_output_escaping)
 		    missing, NULL);
 		ck_assert_exit(&r, 1);
 		ck_assert_msg(bad_text(r.err, r.err_len, "\n") < 0 &&
-			      strstr(r.err, "img\\x1b[31m"), "stderr: %s",
-			      r.err);
+				      strstr(r.err, "img\\x1b[31m"),
+			      "stderr: %s", r.err);
 		h_run_free(&r);
 	}
 	free(data);
@@ -983,8 +999,7 @@ START_TEST(test_small_segments_to_end)
 		/* cat-then-write and write-first, of a file and of zeros */
 		for (int k = 0; k < 4; k++)
 			snprintf(name[k], sizeof(name[k]), "%s%u-%s",
-				 k & 1 ? "z" : "f", pages[i],
-				 k & 2 ? "w" : "c");
+				 k & 1 ? "z" : "f", pages[i], k & 2 ? "w" : "c");
 		file = h_file_segment(&d, u, name[0], size, 300 + i);
 		free(h_file_segment(&d, u, name[2], size, 300 + i));
 		h_create(u, name[1], size, -1, 0);
@@ -996,14 +1011,16 @@ START_TEST(test_small_segments_to_end)
 
 			if (!(k & 2)) {
 				/* the last page first, then all of it */
-				snprintf(tail, sizeof(tail), "%zu",
-					 size - 100);
+				snprintf(tail, sizeof(tail), "%zu", size - 100);
 				ctl(&r, &d, NULL, 0, "cat", name[k], "--offset",
 				    tail, NULL);
 				ck_assert_exit(&r, 0);
 				ck_assert_uint_eq(r.out_len, 100);
 				ck_assert_int_eq(h_first_diff(r.out,
-					expect + size - 100, 100), -1);
+							      expect + size -
+								      100,
+							      100),
+						 -1);
 				h_run_free(&r);
 				ctl(&r, &d, NULL, 0, "cat", name[k], NULL);
 				ck_assert_exit(&r, 0);
@@ -1011,15 +1028,17 @@ START_TEST(test_small_segments_to_end)
 					      "cat %s: %zu bytes", name[k],
 					      r.out_len);
 				ck_assert_int_eq(h_first_diff(r.out, expect,
-							      size), -1);
+							      size),
+						 -1);
 				h_run_free(&r);
 			}
 			/* exactly the segment's size: fits, to the end */
 			ctl(&r, &d, in, size, "write", name[k], "--verbose",
 			    NULL);
 			ck_assert_exit(&r, 0);
-			ck_assert_uint_eq(r.out_len, snprintf(tail,
-				sizeof(tail), "%zu bytes written\n", size));
+			ck_assert_uint_eq(r.out_len,
+					  snprintf(tail, sizeof(tail),
+						   "%zu bytes written\n", size));
 			ck_assert_str_eq(r.out, tail);
 			h_run_free(&r);
 			ctl(&r, &d, NULL, 0, "cat", name[k], NULL);
@@ -1070,16 +1089,19 @@ static void read_pipes(int fd, int efd, size_t max, struct h_run *r)
 		};
 		int *fds[2] = { &fd, &efd };
 
-		ck_assert_msg(h_now_ms() < deadline, "no EOF within %d ms; "
-			      "stderr: %s", H_TIMEOUT_MS, r->err);
+		ck_assert_msg(h_now_ms() < deadline,
+			      "no EOF within %d ms; "
+			      "stderr: %s",
+			      H_TIMEOUT_MS, r->err);
 		if (poll(p, 2, 10) <= 0)
 			continue;
 		for (int i = 0; i < 2; i++) {
 			char **buf = i ? &r->err : &r->out;
 			size_t *len = i ? &r->err_len : &r->out_len;
 			size_t *cap = i ? &cap_err : &cap_out;
-			size_t want = i ? 65536 : (max - *len < 65536 ?
-						   max - *len : 65536);
+			size_t want = i ? 65536 :
+					  (max - *len < 65536 ? max - *len :
+								65536);
 			ssize_t n;
 
 			if (!p[i].revents)
@@ -1154,11 +1176,11 @@ START_TEST(test_cat_daemon_dies)
 		      r.err);
 	at = strstr(r.err, "the page at offset ");
 	ck_assert_msg(at && strstr(r.err, "SIGBUS") &&
-		      sscanf(at, "the page at offset %llu", &off) == 1,
+			      sscanf(at, "the page at offset %llu", &off) == 1,
 		      "stderr: %s", r.err);
 	ck_assert_msg(r.out_len < size && r.out_len <= off && off < size &&
-		      off % H_PAGE == 0, "%zu bytes out, bad page at %llu",
-		      r.out_len, off);
+			      off % H_PAGE == 0,
+		      "%zu bytes out, bad page at %llu", r.out_len, off);
 	ck_assert_int_eq(h_first_diff(r.out, data, r.out_len), -1);
 	h_run_free(&r);
 	free(data);
@@ -1181,17 +1203,19 @@ START_TEST(test_log_timestamp)
 	ck_assert_ptr_nonnull(f);
 	ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
 	fclose(f);
-	ck_assert_int_eq(regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:"
+	ck_assert_int_eq(regcomp(&re,
+				 "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:"
 				 "[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z (error|warning|"
 				 "notice|info|debug): [a-z]+: ",
-				 REG_EXTENDED | REG_NOSUB), 0);
-	ck_assert_msg(regexec(&re, line, 0, NULL, 0) == 0, "log line: %s",
-		      line);
+				 REG_EXTENDED | REG_NOSUB),
+			 0);
+	ck_assert_msg(regexec(&re, line, 0, NULL, 0) == 0, "log line: %s", line);
 	regfree(&re);
 	/* UTC, and now */
 	ck_assert_int_eq(sscanf(line, "%d-%d-%dT%d:%d:%d", &tm.tm_year,
 				&tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-				&tm.tm_min, &tm.tm_sec), 6);
+				&tm.tm_min, &tm.tm_sec),
+			 6);
 	tm.tm_year -= 1900;
 	tm.tm_mon -= 1;
 	t = timegm(&tm);

@@ -87,7 +87,8 @@ START_TEST(test_fork_child)
 	ck_assert_int_eq(memcmp(map + woff, patch, wlen), 0);
 	ck_assert_int_eq(h_first_diff(map, data, woff), -1);
 	ck_assert_int_eq(h_first_diff(map + woff + wlen, data + woff + wlen,
-				      size - woff - wlen), -1);
+				      size - woff - wlen),
+			 -1);
 	h_peer_go(&p);
 	ck_assert_int_eq(h_peer_end(&p), 0);
 
@@ -142,8 +143,10 @@ START_TEST(test_fork_daemon_is_our_child)
 
 		CHILD_CHECK(diff < 0, "child: byte %ld differs", diff);
 		ret = upager_stat(u, "img", &ci);
-		CHILD_CHECK(ret == 0, "child: stat through the inherited "
-			    "connection: %s", strerror(-ret));
+		CHILD_CHECK(ret == 0,
+			    "child: stat through the inherited "
+			    "connection: %s",
+			    strerror(-ret));
 		h_peer_ready(&p, 'r');
 		_exit(0);
 	}
@@ -230,20 +233,24 @@ START_TEST(test_fork_many_children)
 			int ret = h_recv_timeout(to_p[0], &c, H_TIMEOUT_MS);
 			int i = c >= 'a' ? c - 'a' : c - 'A';
 			size_t pg = ((size_t)round * NCHILD + i) * 8;
+			bool zeros, right;
 
-			ck_assert_msg(ret == 1, "round %d: a child's fault was "
-				      "not served", round);
+			ck_assert_msg(ret == 1,
+				      "round %d: a child's fault was "
+				      "not served",
+				      round);
 			if (c >= 'a')
 				continue;
+			zeros = h_first_nonzero(map + pg * H_PAGE, H_PAGE) < 0;
+			right = !memcmp(map + pg * H_PAGE, data + pg * H_PAGE,
+					H_PAGE);
 			ck_abort_msg("round %d: child %d (pid %d) read wrong "
 				     "bytes (%s) at page %zu after its sibling "
 				     "%d exited; the segment now reads %s there",
 				     round, i, (int)pids[i],
-				     h_first_nonzero(map + pg * H_PAGE, H_PAGE) < 0
-				     ? "zeros" : "not zeros", pg, round,
-				     memcmp(map + pg * H_PAGE, data + pg * H_PAGE,
-					    H_PAGE) ? "wrong bytes for everyone"
-						    : "right");
+				     zeros ? "zeros" : "not zeros", pg, round,
+				     right ? "right" :
+					     "wrong bytes for everyone");
 		}
 	}
 	info = h_wait_attachments(u, "img", 1);
@@ -284,7 +291,8 @@ START_TEST(test_fork_exits_counted_once)
 			_exit(0);
 		}
 		ck_assert_int_eq(h_child_exit_code(pid), 0);
-		ck_assert_int_eq(h_first_diff(map + i * H_PAGE, page, H_PAGE), -1);
+		ck_assert_int_eq(h_first_diff(map + i * H_PAGE, page, H_PAGE),
+				 -1);
 		info = h_wait_attachments(u, "z", 1);
 		ck_assert_uint_eq(info.nr_attachments, 1);
 	}
@@ -446,7 +454,8 @@ START_TEST(test_munmap_middle)
 	ck_assert_uint_gt(st.events_unmap, st0.events_unmap);
 	/* after the hole first: the daemon must map offset, not order */
 	ck_assert_int_eq(h_first_diff(map + 4 * H_MIB, data + 4 * H_MIB,
-				      4 * H_MIB), -1);
+				      4 * H_MIB),
+			 -1);
 	ck_assert_int_eq(h_first_diff(map, data, 2 * H_MIB), -1);
 	ck_assert_uint_eq(h_stat(u, "img").nr_attachments, 1);
 	ck_assert_int_eq(upager_detach(a), 0);
@@ -497,7 +506,8 @@ START_TEST(test_mremap_part)
 	/* the parts left in place */
 	ck_assert_int_eq(h_first_diff(map, data, moff), -1);
 	ck_assert_int_eq(h_first_diff(map + moff + mlen, data + moff + mlen,
-				      size - moff - mlen), -1);
+				      size - moff - mlen),
+			 -1);
 	/* writes through the new address are the segment's */
 	memset(moved + 4096, 0x5a, 100);
 	ck_assert_int_eq(munmap(moved, mlen), 0);
@@ -505,8 +515,9 @@ START_TEST(test_mremap_part)
 	map = h_attach(u, "img", 0, &a);
 	for (int i = 0; i < 100; i++)
 		ck_assert_int_eq((unsigned char)map[moff + 4096 + i], 0x5a);
-	ck_assert_int_eq(memcmp(map + moff + 4096 + 100, data + moff + 4096 + 100,
-				4096 - 100), 0);
+	ck_assert_int_eq(memcmp(map + moff + 4096 + 100,
+				data + moff + 4096 + 100, 4096 - 100),
+			 0);
 	ck_assert_int_eq(upager_detach(a), 0);
 	ck_assert_uint_eq(h_wait_attachments(u, "img", 0).nr_attachments, 0);
 	upager_disconnect(u);
@@ -537,8 +548,8 @@ START_TEST(test_mremap_tail_untouched)
 	for (size_t i = 0; i < mlen / 4096; i++) {
 		size_t pg = (i * 577) % (mlen / 4096);
 
-		ck_assert_msg(memcmp(moved + pg * 4096,
-				     data + moff + pg * 4096, 4096) == 0,
+		ck_assert_msg(memcmp(moved + pg * 4096, data + moff + pg * 4096,
+				     4096) == 0,
 			      "moved page %zu differs", pg);
 	}
 	ck_assert_int_eq(h_first_diff(map, data, moff), -1);
@@ -574,7 +585,8 @@ START_TEST(test_madv_dontneed_keeps)
 	ck_assert_int_eq(memcmp(map + off, patch, len), 0);
 	ck_assert_int_eq(h_first_diff(map, data, off), -1);
 	ck_assert_int_eq(h_first_diff(map + off + len, data + off + len,
-				      size - off - len), -1);
+				      size - off - len),
+			 -1);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	free(data);
@@ -658,7 +670,8 @@ START_TEST(test_madv_remove_zero)
 	}
 	ck_assert_int_eq(h_first_nonzero(map, off - 4096), -1);
 	ck_assert_int_eq(h_first_nonzero(map + off + len + 4096,
-					 size - off - len - 4096), -1);
+					 size - off - len - 4096),
+			 -1);
 	/* and it can be written again */
 	memset(map + off, 0x33, len);
 	ck_assert_int_eq(map[off + len - 1], 0x33);
@@ -682,8 +695,9 @@ static Suite *events_suite(void)
 	tcase_add_test(tc, test_fork_exits_counted_once);
 	tcase_add_test(tc, test_exec_drops_attachment);
 
-	tc = h_tcase(s, "unmap-remap", H_NEED_BASE | UFFD_FEATURE_EVENT_UNMAP |
-		     UFFD_FEATURE_EVENT_REMAP);
+	tc = h_tcase(s, "unmap-remap",
+		     H_NEED_BASE | UFFD_FEATURE_EVENT_UNMAP |
+			     UFFD_FEATURE_EVENT_REMAP);
 	tcase_add_test(tc, test_munmap_middle);
 	tcase_add_test(tc, test_mremap_part);
 	tcase_add_test(tc, test_mremap_tail_untouched);

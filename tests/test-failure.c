@@ -19,9 +19,9 @@
 
 /* exit codes of the children below */
 #define EX_OK 0
-#define EX_DIFF 1		/* (CHILD_CHECK) a wrong byte */
-#define EX_SIGBUS 3		/* SIGBUS where the test expects one */
-#define EX_NO_SIGBUS 4		/* read to the end without SIGBUS */
+#define EX_DIFF 1      /* (CHILD_CHECK) a wrong byte */
+#define EX_SIGBUS 3    /* SIGBUS where the test expects one */
+#define EX_NO_SIGBUS 4 /* read to the end without SIGBUS */
 
 /*
  * A child that reads the whole segment, checking every byte, punches it
@@ -29,8 +29,8 @@
  * all the time.  Sends 's' after its first pass and a byte per pass.
  */
 static void __attribute__((noreturn))
-fault_forever(const char *sock, const char *name, const char *data,
-	      size_t size, int report)
+fault_forever(const char *sock, const char *name, const char *data, size_t size,
+	      int report)
 {
 	struct upager_attachment *a;
 	struct upager *u = h_child_connect(sock);
@@ -92,8 +92,10 @@ START_TEST(test_client_killed_while_faulting)
 		for (unsigned int pass = 0;; pass++) {
 			long diff = h_first_diff(cmap, data, size);
 
-			CHILD_CHECK(diff < 0, "survivor pass %u: byte %ld "
-				    "differs", pass, diff);
+			CHILD_CHECK(diff < 0,
+				    "survivor pass %u: byte %ld "
+				    "differs",
+				    pass, diff);
 			h_send(srep[1], 'p');
 			if (read(sstop[0], &c, 1) == 1)
 				break;
@@ -278,21 +280,24 @@ START_TEST(test_daemon_killed_file)
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 		map = upager_attachment_addr(ca);
 		ret = h_read_check(map, data, first, &off);
-		CHILD_CHECK(ret == H_READ_OK, "before the kill: %d at %zu",
-			    ret, off);
+		CHILD_CHECK(ret == H_READ_OK, "before the kill: %d at %zu", ret,
+			    off);
 		h_peer_ready(&p, 'h');
 		expect = h_recv_u64(p.rx);
 		/* on from where the child stopped */
 		ret = h_read_check(map + first, data + first, size - first,
 				   &off);
-		CHILD_CHECK(ret != H_READ_DIFF, "byte %zu differs from the "
-			    "file after the daemon died", first + off);
+		CHILD_CHECK(ret != H_READ_DIFF,
+			    "byte %zu differs from the "
+			    "file after the daemon died",
+			    first + off);
 		if (ret == H_READ_OK)
 			_exit(EX_NO_SIGBUS);
 		h_send_u64(p.tx, first + off);
-		CHILD_CHECK(first + off == expect, "SIGBUS at %zu, the first "
-			    "page never filled is at %llu", first + off,
-			    (unsigned long long)expect);
+		CHILD_CHECK(first + off == expect,
+			    "SIGBUS at %zu, the first "
+			    "page never filled is at %llu",
+			    first + off, (unsigned long long)expect);
 		/* poisoned for good; the filled part still reads right */
 		ret = h_read_check(map + first + off, data + first + off,
 				   H_PAGE, &off);
@@ -311,8 +316,10 @@ START_TEST(test_daemon_killed_file)
 	h_daemon_kill(&d);
 	/* what the daemon managed to fill is final now */
 	hole = lseek(memfd, first, SEEK_HOLE);
-	ck_assert_msg(hole < size - H_PAGE, "the daemon filled the whole "
-		      "segment (%llu): nothing to test", (unsigned long long)hole);
+	ck_assert_msg(hole < size - H_PAGE,
+		      "the daemon filled the whole "
+		      "segment (%llu): nothing to test",
+		      (unsigned long long)hole);
 	ck_assert_int_eq(lseek(memfd, size - H_PAGE, SEEK_DATA), -1);
 	h_peer_go(&p);
 	h_send_u64(p.tx, hole);
@@ -357,8 +364,10 @@ START_TEST(test_daemon_killed_mid_stream)
 		map = upager_attachment_addr(ca);
 		for (unsigned int pass = 0; pass < 1000; pass++) {
 			ret = h_read_check(map, data, size, &off);
-			CHILD_CHECK(ret != H_READ_DIFF, "pass %u: byte %zu "
-				    "differs", pass, off);
+			CHILD_CHECK(ret != H_READ_DIFF,
+				    "pass %u: byte %zu "
+				    "differs",
+				    pass, off);
 			if (ret == H_READ_SIGBUS)
 				_exit(EX_SIGBUS);
 			h_send(rep[1], 'p');
@@ -420,7 +429,8 @@ START_TEST(test_daemon_killed_after_fork)
 	/* the parent likewise */
 	ck_assert_int_eq(h_read_check(map, data, first, &off), H_READ_OK);
 	ck_assert_int_eq(h_read_check(map + size - H_PAGE, data + size - H_PAGE,
-				      H_PAGE, &off), H_READ_SIGBUS);
+				      H_PAGE, &off),
+			 H_READ_SIGBUS);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	h_dir_remove(d.dir);
@@ -475,10 +485,11 @@ START_TEST(test_daemon_killed_rdonly)
 		ret = h_read_check(fmap + size - H_PAGE, data + size - H_PAGE,
 				   H_PAGE, &off);
 		CHILD_CHECK(ret == H_READ_SIGBUS, "img last page: %s",
-			    ret == H_READ_OK ? "read without the daemon"
-					     : "wrong bytes");
+			    ret == H_READ_OK ? "read without the daemon" :
+					       "wrong bytes");
 		ret = h_read_check(rz, NULL, 2 * H_MIB, &off);
-		CHILD_CHECK(ret == H_READ_OK, "z untouched: %d at %zu", ret, off);
+		CHILD_CHECK(ret == H_READ_OK, "z untouched: %d at %zu", ret,
+			    off);
 		ret = h_read_check(rz + 2 * H_MIB, patch, H_MIB, &off);
 		CHILD_CHECK(ret == H_READ_OK, "z written: %d at %zu", ret, off);
 		ret = h_read_check(rz + 3 * H_MIB, NULL, size - 3 * H_MIB, &off);
@@ -502,20 +513,19 @@ static Suite *failure_suite(void)
 	Suite *s = h_suite("failure");
 	TCase *tc;
 
-	tc = h_tcase(s, "client-killed", H_NEED_BASE | UFFD_FEATURE_EVENT_REMOVE);
+	tc = h_tcase(s, "client-killed",
+		     H_NEED_BASE | UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_client_killed_while_faulting);
 	tcase_add_test(tc, test_client_killed_many);
 
 	tc = h_tcase(s, "daemon-killed", H_NEED_BASE);
 	tcase_add_test(tc, test_daemon_killed_zero);
-	h_add_test(tc, test_daemon_killed_file,
-		   UFFD_FEATURE_POISON);
+	h_add_test(tc, test_daemon_killed_file, UFFD_FEATURE_POISON);
 	h_add_test(tc, test_daemon_killed_mid_stream,
 		   UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_REMOVE);
 	h_add_test(tc, test_daemon_killed_after_fork,
 		   UFFD_FEATURE_POISON | UFFD_FEATURE_EVENT_FORK);
-	h_add_test(tc, test_daemon_killed_rdonly,
-		   UFFD_FEATURE_POISON);
+	h_add_test(tc, test_daemon_killed_rdonly, UFFD_FEATURE_POISON);
 	return s;
 }
 

@@ -44,7 +44,7 @@
  */
 static __thread sigjmp_buf t_jmp;
 static __thread volatile int t_armed;
-static __thread int t_code;		/* of the last signal caught */
+static __thread int t_code; /* of the last signal caught */
 static _Atomic int stray_signals;
 static _Atomic int detaching;
 
@@ -136,15 +136,17 @@ static void wait_gone(int pidfd)
  * A whole segment reads like @data through a fresh attachment: no page of
  * the memfd became a zero page behind the daemon's back.
  */
-static void assert_segment(struct upager *u, const char *name,
-			   const char *data, size_t size)
+static void assert_segment(struct upager *u, const char *name, const char *data,
+			   size_t size)
 {
 	struct upager_attachment *a;
 	char *map = h_attach(u, name, 0, &a);
 	long diff = h_first_diff(map, data, size);
 
-	ck_assert_msg(diff < 0, "%s: byte %ld (page %ld) differs from the "
-		      "source%s", name, diff, diff / (long)H_PAGE,
+	ck_assert_msg(diff < 0,
+		      "%s: byte %ld (page %ld) differs from the "
+		      "source%s",
+		      name, diff, diff / (long)H_PAGE,
 		      map[diff & ~(long)(H_PAGE - 1)] == 0 ? " (zeros)" : "");
 	ck_assert_int_eq(upager_detach(a), 0);
 }
@@ -173,9 +175,12 @@ static void *toucher_main(void *arg)
 		if (ret == SIGSEGV)
 			break;
 		if (ret != 0) {
-			fprintf(stderr, "page %zu: %s (code %d)%s\n", off / H_PAGE,
-				ret == 1 ? "wrong bytes" : strsignal(ret), t_code,
-				atomic_load(&detaching) ? " while detaching" : "");
+			fprintf(stderr, "page %zu: %s (code %d)%s\n",
+				off / H_PAGE,
+				ret == 1 ? "wrong bytes" : strsignal(ret),
+				t_code,
+				atomic_load(&detaching) ? " while detaching" :
+							  "");
 			_exit(10 + ret);
 		}
 		atomic_fetch_add(t->touched, 1);
@@ -205,8 +210,11 @@ detach_round(const char *sock, const char *data, size_t size,
 	CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
 	for (int i = 0; i < 4; i++) {
 		t[i] = (struct toucher){
-			.map = upager_attachment_addr(a), .data = data,
-			.size = size, .seed = round * 4 + i + 1, .stop = &stop,
+			.map = upager_attachment_addr(a),
+			.data = data,
+			.size = size,
+			.seed = round * 4 + i + 1,
+			.stop = &stop,
 			.touched = &touched,
 		};
 		pthread_create(&th[i], NULL, toucher_main, &t[i]);
@@ -304,7 +312,8 @@ START_TEST(test_detach_after_mremap)
 		CHILD_CHECK(mincore(moved, H_PAGE, &vec) < 0 && errno == ENOMEM,
 			    "the moved attachment is still mapped");
 		for (size_t off = 0; off < size; off += 64 * H_PAGE)
-			CHILD_CHECK(touch_page(moved + off, data + off) == SIGSEGV,
+			CHILD_CHECK(touch_page(moved + off, data + off) ==
+					    SIGSEGV,
 				    "the detached range at %zu", off);
 		upager_disconnect(cu);
 		_exit(EX_OK);
@@ -391,8 +400,8 @@ fork_kill_scenario(int in, enum kill_point at, const char *data, size_t size)
 		ret = h_read_check(map + size - H_PAGE, data + size - H_PAGE,
 				   H_PAGE, &off);
 		CHILD_CHECK(ret == H_READ_SIGBUS, "child, last page: %s",
-			    ret == H_READ_OK ? "read without a daemon"
-					     : "wrong bytes (zeros?)");
+			    ret == H_READ_OK ? "read without a daemon" :
+					       "wrong bytes (zeros?)");
 		_exit(EX_OK);
 	}
 	CHILD_CHECK(waitpid(child, &status, 0) == child, "waitpid");
@@ -404,8 +413,8 @@ fork_kill_scenario(int in, enum kill_point at, const char *data, size_t size)
 	ret = h_read_check(map + size - H_PAGE, data + size - H_PAGE, H_PAGE,
 			   &off);
 	CHILD_CHECK(ret == H_READ_SIGBUS, "parent, last page: %s",
-		    ret == H_READ_OK ? "read without a daemon"
-				     : "wrong bytes (zeros?)");
+		    ret == H_READ_OK ? "read without a daemon" :
+				       "wrong bytes (zeros?)");
 	_exit(EX_OK);
 }
 
@@ -497,7 +506,8 @@ START_TEST(test_daemon_killed_rdonly_zero_live)
 		h_peer_ready(&p, 'a');
 		/* the daemon is dead: zeros */
 		ret = h_read_check(rmap + at, NULL, len, &off);
-		CHILD_CHECK(ret == H_READ_OK, "zeros after: %d at %zu", ret, off);
+		CHILD_CHECK(ret == H_READ_OK, "zeros after: %d at %zu", ret,
+			    off);
 		h_peer_ready(&p, 'b');
 		/* the parent wrote them meanwhile */
 		ret = h_read_check(rmap + at, patch, len, &off);
@@ -534,8 +544,8 @@ struct streamer {
 	size_t size;
 	uint64_t seed;
 	_Atomic bool *dead;
-	bool dontneed;		/* MADV_DONTNEED its own page in a loop */
-	int after;		/* touches after the daemon died */
+	bool dontneed; /* MADV_DONTNEED its own page in a loop */
+	int after;     /* touches after the daemon died */
 	int sigbus;
 };
 
@@ -568,8 +578,7 @@ static void *streamer_main(void *arg)
 }
 
 static void __attribute__((noreturn))
-moved_scenario(const char *sock, const char *data, size_t size,
-	       struct h_peer *p)
+moved_scenario(const char *sock, const char *data, size_t size, struct h_peer *p)
 {
 	struct upager_attachment *a;
 	struct upager *u = h_child_connect(sock);
@@ -589,8 +598,12 @@ moved_scenario(const char *sock, const char *data, size_t size,
 	CHILD_CHECK(moved != MAP_FAILED, "mremap: %s", strerror(errno));
 	for (int i = 0; i < 4; i++) {
 		t[i] = (struct streamer){
-			.map = moved, .data = data, .size = size,
-			.seed = 7 + i, .dead = &dead, .dontneed = i == 3,
+			.map = moved,
+			.data = data,
+			.size = size,
+			.seed = 7 + i,
+			.dead = &dead,
+			.dontneed = i == 3,
 		};
 		pthread_create(&th[i], NULL, streamer_main, &t[i]);
 	}
@@ -674,9 +687,11 @@ START_TEST(test_mremap_grow)
 
 		/* [8M, 10M) grows in place into the hole at [10M, 12M) */
 		CHILD_CHECK(munmap(map + 10 * mib, 2 * mib) == 0, "munmap");
-		ret = mremap(map + 8 * mib, 2 * mib, 4 * mib, 0) == map + 8 * mib;
+		ret = mremap(map + 8 * mib, 2 * mib, 4 * mib, 0) ==
+		      map + 8 * mib;
 		CHILD_CHECK(ret, "grow in place: %s", strerror(errno));
-		ret = h_read_check(map + 10 * mib, data + 10 * mib, 2 * mib, &off);
+		ret = h_read_check(map + 10 * mib, data + 10 * mib, 2 * mib,
+				   &off);
 		CHILD_CHECK(ret == H_READ_OK, "grown in place: %d at %zu", ret,
 			    off);
 
@@ -693,7 +708,8 @@ START_TEST(test_mremap_grow)
 		/* [4M, 6M) moves, leaving its old range mapped */
 		moved = mremap(map + 4 * mib, 2 * mib, 2 * mib,
 			       MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
-		CHILD_CHECK(moved != MAP_FAILED, "DONTUNMAP: %s", strerror(errno));
+		CHILD_CHECK(moved != MAP_FAILED, "DONTUNMAP: %s",
+			    strerror(errno));
 		ret = h_read_check(map + 4 * mib, data + 4 * mib, mib, &off);
 		CHILD_CHECK(ret == H_READ_OK, "old range: %d at %zu", ret, off);
 		ret = h_read_check(moved + mib, data + 5 * mib, mib, &off);
@@ -851,23 +867,28 @@ static Suite *hardening_suite(void)
 	Suite *s = h_suite("hardening");
 	TCase *tc;
 
-	tc = h_tcase(s, "detach", H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
-		     UFFD_FEATURE_EVENT_UNMAP);
+	tc = h_tcase(s, "detach",
+		     H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
+			     UFFD_FEATURE_EVENT_UNMAP);
 	tcase_add_test(tc, test_detach_race);
 	tcase_add_test(tc, test_detach_race_rdonly);
 	tcase_add_test(tc, test_detach_after_mremap);
 
-	tc = h_tcase(s, "daemon-death", H_NEED_BASE | UFFD_FEATURE_POISON |
-		     UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMOVE |
-		     UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP |
-		     UFFD_FEATURE_THREAD_ID);
+	tc = h_tcase(s, "daemon-death",
+		     H_NEED_BASE | UFFD_FEATURE_POISON |
+			     UFFD_FEATURE_EVENT_FORK |
+			     UFFD_FEATURE_EVENT_REMOVE |
+			     UFFD_FEATURE_EVENT_REMAP |
+			     UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID);
 	tcase_add_test(tc, test_daemon_killed_before_claim);
 	tcase_add_test(tc, test_daemon_killed_inside_fork);
 	tcase_add_test(tc, test_daemon_killed_rdonly_zero_live);
 	tcase_add_test(tc, test_daemon_killed_moved_faults);
 
-	tc = h_tcase(s, "events", H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
-		     UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE);
+	tc = h_tcase(s, "events",
+		     H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
+			     UFFD_FEATURE_EVENT_UNMAP |
+			     UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_mremap_grow);
 	tcase_add_test(tc, test_event_during_fill_reads_once);
 

@@ -37,7 +37,7 @@
 #include "proto.h"
 
 #ifndef IORING_FEAT_NO_IOWAIT
-#define IORING_FEAT_NO_IOWAIT (1U << 17)	/* 6.15; as the daemon's ring.h */
+#define IORING_FEAT_NO_IOWAIT (1U << 17) /* 6.15; as the daemon's ring.h */
 #endif
 
 /* Source read errors */
@@ -453,7 +453,7 @@ static bool log_has(const struct h_daemon *d, const char *needle)
 	char *log = h_read_file(d->log, &len);
 	bool found;
 
-	log[len] = '\0';	/* h_read_file leaves room for it */
+	log[len] = '\0'; /* h_read_file leaves room for it */
 	found = strstr(log, needle) != NULL;
 
 	free(log);
@@ -538,7 +538,8 @@ START_TEST(test_unprivileged_daemon)
 	pid_t pid;
 
 	if (geteuid() != 0 || !unprivileged_uffd_off()) {
-		fprintf(stderr, "SKIP %s: needs root and vm.unprivileged_userfaultfd=0\n",
+		fprintf(stderr,
+			"SKIP %s: needs root and vm.unprivileged_userfaultfd=0\n",
 			__func__);
 		return;
 	}
@@ -548,7 +549,9 @@ START_TEST(test_unprivileged_daemon)
 	if (!h_daemon_wait(&d, &status)) {
 		h_daemon_dump_log(&d);
 		ck_abort_msg("an unprivileged upagerd did not start (status %#x)%s",
-			     status, socket_exists(&d) ? ", its socket left behind" : "");
+			     status,
+			     socket_exists(&d) ? ", its socket left behind" :
+						 "");
 	}
 	{
 		char path[512];
@@ -642,7 +645,8 @@ static bool own_cgroup2(char *out, size_t len)
 	if (!f)
 		return false;
 	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, "0::", 3) && sscanf(line + 3, "%511s", cg) == 1)
+		if (!strncmp(line, "0::", 3) &&
+		    sscanf(line + 3, "%511s", cg) == 1)
 			break;
 	fclose(f);
 	if (!mnt[0] || !cg[0])
@@ -698,8 +702,10 @@ static unsigned long long cpu_ticks(pid_t pid, pid_t tid)
 	p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
 	fclose(f);
 	/* after the name: state, then fields 4..13, then utime, stime */
-	ck_assert_msg(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-				  &ut, &st) == 2, "%s: unreadable", path);
+	ck_assert_msg(p && sscanf(p + 2,
+				  "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+				  &ut, &st) == 2,
+		      "%s: unreadable", path);
 	return ut + st;
 }
 
@@ -754,7 +760,8 @@ START_TEST(test_idle_not_iowait)
 		      "idle for 1 s, the daemon's main thread ran for %llu ticks",
 		      t1 - t0);
 	if (!ok || before < 0 || after < 0) {
-		fprintf(stderr, "SKIP %s (iowait): needs IORING_FEAT_NO_IOWAIT, root and a cgroup v2 with io.pressure\n",
+		fprintf(stderr,
+			"SKIP %s (iowait): needs IORING_FEAT_NO_IOWAIT, root and a cgroup v2 with io.pressure\n",
 			__func__);
 		return;
 	}

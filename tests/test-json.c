@@ -36,15 +36,17 @@ static const struct {
 	{ "q\"b\\", "\"q\\\"b\\\\\"" },
 	{ "\n\r\t", "\"\\n\\r\\t\"" },
 	{ "\x01\x1f\x7f", "\"\\u0001\\u001f\\u007f\"" },
-	{ "\xc2\x9b", "\"\\u009b\"" },			/* C1: one-byte CSI */
-	{ "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80",	/* é € 😀 */
+	{ "\xc2\x9b", "\"\\u009b\"" },		  /* C1: one-byte CSI */
+	{ "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", /* é € 😀 */
 	  "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"" },
 	{ "\xff", "\"\\ufffd\"" },
-	{ "a\x80z", "\"a\\ufffdz\"" },			/* stray continuation */
-	{ "\xc0\xaf", "\"\\ufffd\\ufffd\"" },		/* overlong */
-	{ "\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"" },	/* surrogate */
-	{ "\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* > U+10FFFF */
-	{ "\xe2\x82", "\"\\ufffd\\ufffd\"" },		/* cut short */
+	{ "a\x80z", "\"a\\ufffdz\"" },	      /* stray continuation */
+	{ "\xc0\xaf", "\"\\ufffd\\ufffd\"" }, /* overlong */
+	{ "\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"" }, /* surrogate */
+	{ "\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\"" }, /* >
+								       U+10FFFF
+								     */
+	{ "\xe2\x82", "\"\\ufffd\\ufffd\"" }, /* cut short */
 };
 
 START_TEST(test_string)
@@ -75,7 +77,8 @@ START_TEST(test_utf8_decode)
 			  2);
 	ck_assert_uint_eq(cp, 0xe9);
 	ck_assert_uint_eq(utf8_decode((const unsigned char *)"\xf4\x8f\xbf\xbf",
-				      &cp), 4);
+				      &cp),
+			  4);
 	ck_assert_uint_eq(cp, 0x10ffff);
 	ck_assert_uint_eq(utf8_decode((const unsigned char *)"\xc3", &cp), 0);
 	ck_assert(utf8_is_control(0x9f));

@@ -66,7 +66,7 @@ START_TEST(test_sigterm_with_client_attached)
 	ck_assert_uint_eq(info.pids[0], (uint32_t)p.pid);
 	upager_disconnect(u);
 
-	h_daemon_term(&d);	/* asserts exit status 0 */
+	h_daemon_term(&d); /* asserts exit status 0 */
 	ck_assert_int_eq(lstat(d.sock, &st), -1);
 	ck_assert_int_eq(errno, ENOENT);
 	h_peer_go(&p);
@@ -94,8 +94,7 @@ START_TEST(test_second_daemon_refused)
 	}
 	ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) != 0,
 		      "a second upagerd on %s: status %#x", d.sock, r.status);
-	ck_assert_msg(strstr(r.err, d.sock), "no word of the socket: %s",
-		      r.err);
+	ck_assert_msg(strstr(r.err, d.sock), "no word of the socket: %s", r.err);
 	h_run_free(&r);
 	/* the first still serves, on the same path */
 	u = h_connect(&d);
@@ -223,8 +222,8 @@ START_TEST(test_detach_disconnect_loop)
 			CHILD_CHECK(map[i * 4099 % 65536] == (char)(i % 127 + 1),
 				    "round %d: wrote and read back another byte",
 				    i);
-			/* let the watcher thread fall asleep in poll(), where the race
-			 * needs it */
+			/* let the watcher thread fall asleep in poll(), where
+			 * the race needs it */
 			spin_ns(200000);
 			ret = upager_detach(ca);
 			CHILD_CHECK(ret == 0, "detach: %s", strerror(-ret));

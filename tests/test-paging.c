@@ -160,12 +160,14 @@ END_TEST
 /* Holes in a sparse file read as zeros; its data where it is. */
 START_TEST(test_file_sparse)
 {
-	static const struct { size_t off, len; } runs[] = {
+	static const struct {
+		size_t off, len;
+	} runs[] = {
 		{ 0, 65536 },
-		{ H_MIB + 100, 4900 },		/* unaligned, inside a page */
-		{ 3 * H_MIB - 10, 20 },		/* across a page boundary */
+		{ H_MIB + 100, 4900 },	/* unaligned, inside a page */
+		{ 3 * H_MIB - 10, 20 }, /* across a page boundary */
 		{ 5 * H_MIB, H_MIB },
-		{ 8 * H_MIB - 4096, 4096 },	/* the last page */
+		{ 8 * H_MIB - 4096, 4096 }, /* the last page */
 	};
 	const size_t size = 8 * H_MIB;
 	struct upager_segment_info info;
@@ -185,7 +187,8 @@ START_TEST(test_file_sparse)
 	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
 		h_fill(expect + runs[i].off, runs[i].len, 100 + i);
 		ck_assert_int_eq(pwrite(fd, expect + runs[i].off, runs[i].len,
-					runs[i].off), (ssize_t)runs[i].len);
+					runs[i].off),
+				 (ssize_t)runs[i].len);
 	}
 	/* it has holes indeed */
 	ck_assert_int_eq(lseek(fd, 0, SEEK_HOLE), 65536);
@@ -214,8 +217,8 @@ END_TEST
 START_TEST(test_zero_shared_frames)
 {
 	const size_t size = 8 * H_MIB;
-	const size_t aoff = 4096 + 17, alen = 3 * H_MIB;	/* A writes */
-	const size_t boff = 6 * H_MIB, blen = H_MIB + 3;	/* B writes */
+	const size_t aoff = 4096 + 17, alen = 3 * H_MIB; /* A writes */
+	const size_t boff = 6 * H_MIB, blen = H_MIB + 3; /* B writes */
 	struct upager_segment_info info;
 	struct upager_attachment *a;
 	struct h_daemon d;
@@ -239,7 +242,7 @@ START_TEST(test_zero_shared_frames)
 		long diff;
 		int ret;
 
-		h_peer_wait(&b);	/* for A */
+		h_peer_wait(&b); /* for A */
 		cu = h_child_connect(d.sock);
 		ret = upager_attach(cu, "z", 0, &ca);
 		CHILD_CHECK(ret == 0, "attach: %s", strerror(-ret));
@@ -338,7 +341,7 @@ START_TEST(test_rdonly_attach)
 		if (sigsetjmp(segv_jmp, 1) == 0) {
 			*target = 'X';
 			CHILD_CHECK(0, "a write through a read-only attachment "
-				    "succeeded");
+				       "succeeded");
 		}
 		CHILD_CHECK(segv_addr == target, "SIGSEGV at %p, not %p",
 			    (void *)segv_addr, (void *)target);
@@ -452,7 +455,8 @@ START_TEST(test_counters)
 
 	/* one random page: one fault, one page, one page's bytes */
 	ck_assert_int_eq(h_read_check(map + 40 * H_MIB, data + 40 * H_MIB,
-				      H_PAGE, &off), H_READ_OK);
+				      H_PAGE, &off),
+			 H_READ_OK);
 	H_WAIT_STAT(u, "img", i0, i0.pages_filled >= 1);
 	ck_assert_uint_eq(i0.faults_missing, 1);
 	ck_assert_uint_eq(i0.faults_minor, 0);
@@ -465,8 +469,9 @@ START_TEST(test_counters)
 	ck_assert_int_eq(h_read_check(map, data, seq, &off), H_READ_OK);
 	/* (read-ahead may still be filling beyond: wait for the bytes and
 	 * the pages of its fills to agree) */
-	H_WAIT_STAT(u, "img", i1, i1.pages_filled >= 1 + seq / H_PAGE &&
-		    i1.bytes_read == i1.pages_filled * H_PAGE);
+	H_WAIT_STAT(u, "img", i1,
+		    i1.pages_filled >= 1 + seq / H_PAGE &&
+			    i1.bytes_read == i1.pages_filled * H_PAGE);
 	ck_assert_uint_ge(i1.pages_filled, 1 + seq / H_PAGE);
 	ck_assert_uint_gt(i1.readahead_max_pages, 16);
 	ck_assert_uint_lt(i1.faults_missing - i0.faults_missing,
@@ -488,8 +493,10 @@ START_TEST(test_counters)
 	 * nobody read: some fault waits for another's fill */
 	pthread_barrier_init(&bar, NULL, 4);
 	for (int i = 0; i < 4; i++) {
-		t[i] = (struct same_page){ .map = map, .data = data,
-					   .bar = &bar, .first = 2048,
+		t[i] = (struct same_page){ .map = map,
+					   .data = data,
+					   .bar = &bar,
+					   .first = 2048,
 					   .rounds = 400 };
 		pthread_create(&th[i], NULL, same_page_main, &t[i]);
 	}
@@ -499,7 +506,8 @@ START_TEST(test_counters)
 	}
 	pthread_barrier_destroy(&bar);
 	H_WAIT_STAT(u, "img", i1, i1.faults_waited > 0);
-	ck_assert_msg(i1.faults_waited > 0, "no fault ever waited for another's "
+	ck_assert_msg(i1.faults_waited > 0,
+		      "no fault ever waited for another's "
 		      "fill in 400 rounds of 4 threads on one page");
 	ck_assert_uint_eq(i1.faults_wp, 0);
 	ck_assert_uint_eq(h_stats(u).faults_waited, i1.faults_waited);

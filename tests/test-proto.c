@@ -119,13 +119,13 @@ static void names_setup(void)
 }
 
 static const char *const names_good[] = {
-	"a", "Z", "0", "seg", "seg-1_x.y", "..a", "a..", ".hidden", "...",
-	"-", "_", "ABCxyz-09._",
+	"a",   "Z",	  "0",	 "seg", "seg-1_x.y", "..a",
+	"a..", ".hidden", "...", "-",	"_",	     "ABCxyz-09._",
 };
 
 static const char *const names_bad[] = {
-	"", ".", "..", "/", "a/b", "/a", "a/", "../a", "a b", " ", "a\tb",
-	"a\nb", "é", "a:b", "a*", "a\\b", "\x7f", "\xff",
+	"",  ".",    "..",   "/", "a/b", "/a", "a/",   "../a", "a b",
+	" ", "a\tb", "a\nb", "é", "a:b", "a*", "a\\b", "\x7f", "\xff",
 };
 
 START_TEST(test_name_good)
@@ -199,7 +199,7 @@ static int count_fds(void)
 		if (e->d_name[0] != '.')
 			n++;
 	closedir(d);
-	return n - 1;	/* the directory's own fd */
+	return n - 1; /* the directory's own fd */
 }
 
 static int tmp_file(void)
@@ -237,8 +237,11 @@ static void raw_send(int sock, const void *msg, size_t len, const int *fds,
 
 		ck_assert_int_le(nfd, 16);
 		mh.msg_control = cbuf.buf;
-		mh.msg_controllen = ncmsg > 1 ? ncmsg * CMSG_SPACE(per * sizeof(int))
-					      : CMSG_SPACE(nfd * sizeof(int));
+		if (ncmsg > 1)
+			mh.msg_controllen = ncmsg *
+					    CMSG_SPACE(per * sizeof(int));
+		else
+			mh.msg_controllen = CMSG_SPACE(nfd * sizeof(int));
 		c = CMSG_FIRSTHDR(&mh);
 		for (int k = 0; k < (ncmsg > 1 ? ncmsg : 1); k++) {
 			c->cmsg_level = SOL_SOCKET;
@@ -260,8 +263,7 @@ START_TEST(test_roundtrip_nofd)
 	ck_assert_int_eq(proto_send(sv[0], &out, sizeof(out), -1, 0), 0);
 	memset(&in, 0, sizeof(in));
 	/* A buffer of exactly the record's size is enough. */
-	ck_assert_int_eq(proto_recv(sv[1], &in, sizeof(in), &fd, 0),
-			 sizeof(in));
+	ck_assert_int_eq(proto_recv(sv[1], &in, sizeof(in), &fd, 0), sizeof(in));
 	ck_assert_int_eq(fd, -1);
 	ck_assert_mem_eq(&in, &out, sizeof(out));
 }
@@ -345,12 +347,23 @@ START_TEST(test_seq_of_messages)
 }
 END_TEST
 
-enum corrupt { C_MAGIC, C_VERSION, C_SIZE_BIG, C_SIZE_SMALL, C_SHORT,
-	       C_EMPTY_FD, C_MAX };
+enum corrupt {
+	C_MAGIC,
+	C_VERSION,
+	C_SIZE_BIG,
+	C_SIZE_SMALL,
+	C_SHORT,
+	C_EMPTY_FD,
+	C_MAX
+};
 
 static const char *const corrupt_names[] = {
-	"bad magic", "bad version", "size > record", "size < record",
-	"shorter than a header", "empty record with a descriptor",
+	"bad magic",
+	"bad version",
+	"size > record",
+	"size < record",
+	"shorter than a header",
+	"empty record with a descriptor",
 };
 
 /* A bad record is -EPROTO, with or without a descriptor, and leaks none. */
@@ -519,16 +532,13 @@ static const struct {
 	const char *name;
 	int level;
 } log_levels[] = {
-	{ "error", LOG_ERR },
-	{ "warning", LOG_WARN },
-	{ "notice", LOG_NOTICE },
-	{ "info", LOG_INFO },
-	{ "debug", LOG_DEBUG },
+	{ "error", LOG_ERR }, { "warning", LOG_WARN }, { "notice", LOG_NOTICE },
+	{ "info", LOG_INFO }, { "debug", LOG_DEBUG },
 };
 
 static const char *const log_bad[] = {
-	"", "err", "warn", "Error", "DEBUG", "debug ", " info", "infos",
-	"0", "4", "trace", "critical",
+	"",	 "err",	  "warn", "Error", "DEBUG", "debug ",
+	" info", "infos", "0",	  "4",	   "trace", "critical",
 };
 
 START_TEST(test_log_level_good)

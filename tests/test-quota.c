@@ -47,7 +47,8 @@ static void expect_ok(pid_t pid)
 static int create(struct upager *u, const char *name, uint64_t size,
 		  uint32_t mode)
 {
-	struct upager_create_opts o = { .size = size, .source_fd = -1,
+	struct upager_create_opts o = { .size = size,
+					.source_fd = -1,
 					.mode = mode };
 
 	return upager_create(u, name, &o);
@@ -77,8 +78,8 @@ static void child_served(struct upager *u, const char *name, uint64_t seed)
 	CHILD_CHECK(ret == 0, "%s: attach read-only: %d", name, ret);
 	q = upager_attachment_addr(r);
 	CHILD_CHECK(memcmp(q + H_PAGE, data, sizeof(data)) == 0 &&
-		    h_first_nonzero(q, H_PAGE) == -1 &&
-		    h_first_nonzero(q + 3 * H_PAGE, H_PAGE) == -1,
+			    h_first_nonzero(q, H_PAGE) == -1 &&
+			    h_first_nonzero(q + 3 * H_PAGE, H_PAGE) == -1,
 		    "%s: the bytes read back differ", name);
 	CHILD_CHECK(upager_detach(r) == 0 && upager_detach(a) == 0,
 		    "%s: detach", name);
@@ -178,8 +179,9 @@ static void ctl_as_in(uid_t uid, const struct h_daemon *d, const char *in,
 		      struct ctl_out *o, const char *a1, const char *a2,
 		      const char *a3, const char *a4)
 {
-	const char *argv[] = { h_upagerctl(), "--socket", d->sock, a1, a2, a3,
-			       a4, NULL };
+	const char *argv[] = {
+		h_upagerctl(), "--socket", d->sock, a1, a2, a3, a4, NULL
+	};
 	int out[2], err[2], inp[2];
 	pid_t pid;
 
@@ -245,8 +247,8 @@ START_TEST(test_segments_and_bytes)
 			    "a2 of 600K past 1M: %d", ret);
 		me = child_usage(cu);
 		CHILD_CHECK(me.segments == 1 && me.bytes == 512 * KIB &&
-			    me.flags == 0 && me.max_segments == 2 &&
-			    me.max_bytes == 1024 * KIB,
+				    me.flags == 0 && me.max_segments == 2 &&
+				    me.max_bytes == 1024 * KIB,
 			    "usage: %llu segments, %llu bytes",
 			    (unsigned long long)me.segments,
 			    (unsigned long long)me.bytes);
@@ -268,7 +270,7 @@ START_TEST(test_segments_and_bytes)
 		CHILD_CHECK(ret == -EDQUOT, "a3 while a1 is attached: %d", ret);
 		me = child_usage(cu);
 		CHILD_CHECK(me.segments == 2 && me.bytes == 1024 * KIB &&
-			    me.attachments == 1 && me.connections == 1,
+				    me.attachments == 1 && me.connections == 1,
 			    "usage with a1 deleted: %llu segments",
 			    (unsigned long long)me.segments);
 		CHILD_CHECK(p[0] == 'A', "a1's byte");
@@ -278,8 +280,8 @@ START_TEST(test_segments_and_bytes)
 		me = child_usage(cu);
 		/* sizes count rounded up to whole pages */
 		CHILD_CHECK(me.segments == 2 &&
-			    me.bytes == 512 * KIB + 3 * H_PAGE &&
-			    me.attachments == 0,
+				    me.bytes == 512 * KIB + 3 * H_PAGE &&
+				    me.attachments == 0,
 			    "usage: %llu segments, %llu bytes",
 			    (unsigned long long)me.segments,
 			    (unsigned long long)me.bytes);
@@ -336,12 +338,13 @@ START_TEST(test_segments_and_bytes)
 	ctl_as(USER_A, &d, &o, "create", "a4", "--size", "4K");
 	h_assert_exit(o.status, 1);
 	ck_assert_msg(strstr(o.err, "over the segment limit of uid 65534: "
-			     "2 of 2 segments"), "stderr: %s", o.err);
+				    "2 of 2 segments"),
+		      "stderr: %s", o.err);
 	ctl_as(USER_B, &d, &o, "create", "b2", "--size", "4K");
 	h_assert_exit(o.status, 1);
 	ck_assert_msg(strstr(o.err, "over the size limit of uid 65533: "
-			     "1.0 MiB of 1.0 MiB in segments"), "stderr: %s",
-		      o.err);
+				    "1.0 MiB of 1.0 MiB in segments"),
+		      "stderr: %s", o.err);
 	/* the owner or root frees them */
 	ck_assert_int_eq(upager_delete(u, "a2", 0), 0);
 	ck_assert(usage_of(u, USER_A, &r));
@@ -472,7 +475,8 @@ START_TEST(test_attachments)
 		p = upager_attachment_addr(x);
 		q = upager_attachment_addr(y);
 		CHILD_CHECK(memcmp(p, data, size) == 0 &&
-			    memcmp(q, data, size) == 0, "A's bytes");
+				    memcmp(q, data, size) == 0,
+			    "A's bytes");
 		me = child_usage(cu);
 		CHILD_CHECK(me.attachments == 2 && me.max_attachments == 2,
 			    "usage: %llu attachments",
@@ -656,7 +660,7 @@ START_TEST(test_connections)
 						H_TIMEOUT_MS);
 
 			CHILD_CHECK(n == sizeof(h) && h.type == UPG_HELLO &&
-				    h.seq == 1 && h.status == -EUSERS,
+					    h.seq == 1 && h.status == -EUSERS,
 				    "flood %d: %zd bytes, status %d", i, n,
 				    n == sizeof(h) ? h.status : 0);
 			/* closed by the daemon, not held: within the wait
@@ -808,9 +812,27 @@ END_TEST
  */
 START_TEST(test_usage)
 {
-	static const char *const args[] = {
-		"--max-segments", "5", "--max-bytes", "64M",
-		"--max-connections", "7", "--max-attachments", "9", NULL };
+	/* what upagerctl stats --json says of each */
+	static const char *const stats_json[] = {
+		"\"uid\": 0, ",
+		"\"exempt\": true, \"segments\": 0, ",
+		"\"max_segments\": null",
+		"\"uid\": 65534, ",
+		"\"exempt\": false, \"segments\": 2, \"bytes\": 16384, ",
+		"\"connections\": 1, \"attachments\": 1, \"max_segments\": 5, "
+		"\"max_bytes\": 67108864, \"max_connections\": 7, "
+		"\"max_attachments\": 9}",
+		"\"idle_timeout_ms\": 60000",
+	};
+	static const char *const args[] = { "--max-segments",
+					    "5",
+					    "--max-bytes",
+					    "64M",
+					    "--max-connections",
+					    "7",
+					    "--max-attachments",
+					    "9",
+					    NULL };
 	struct upager_usage r, v[8];
 	struct h_daemon d;
 	struct upager *u;
@@ -841,10 +863,10 @@ START_TEST(test_usage)
 		CHILD_CHECK(ret == 1, "count only: %d", ret);
 		me = child_usage(cu);
 		CHILD_CHECK(me.flags == 0 && me.segments == 2 &&
-			    me.bytes == 4 * H_PAGE &&
-			    me.resident_bytes >= 3 * H_PAGE &&
-			    me.resident_bytes <= 4 * H_PAGE &&
-			    me.connections == 1 && me.attachments == 1,
+				    me.bytes == 4 * H_PAGE &&
+				    me.resident_bytes >= 3 * H_PAGE &&
+				    me.resident_bytes <= 4 * H_PAGE &&
+				    me.connections == 1 && me.attachments == 1,
 			    "usage: %llu segments, %llu bytes, %llu resident, "
 			    "%llu connections, %llu attachments",
 			    (unsigned long long)me.segments,
@@ -853,9 +875,10 @@ START_TEST(test_usage)
 			    (unsigned long long)me.connections,
 			    (unsigned long long)me.attachments);
 		CHILD_CHECK(me.max_segments == 5 && me.max_bytes == 64 << 20 &&
-			    me.max_connections == 7 &&
-			    me.max_attachments == 9 &&
-			    me.idle_timeout_ms == 60000, "limits");
+				    me.max_connections == 7 &&
+				    me.max_attachments == 9 &&
+				    me.idle_timeout_ms == 60000,
+			    "limits");
 		h_peer_ready(&pa, 'r');
 		upager_detach(x);
 		upager_disconnect(cu);
@@ -872,10 +895,12 @@ START_TEST(test_usage)
 		/* its own record only, though it holds nothing */
 		me = child_usage(cu);
 		CHILD_CHECK(me.uid == USER_B && me.flags == 0 &&
-			    me.segments == 0 && me.bytes == 0 &&
-			    me.resident_bytes == 0 && me.attachments == 0 &&
-			    me.connections == 1 && me.max_segments == 5 &&
-			    me.max_attachments == 9, "B's usage");
+				    me.segments == 0 && me.bytes == 0 &&
+				    me.resident_bytes == 0 &&
+				    me.attachments == 0 && me.connections == 1 &&
+				    me.max_segments == 5 &&
+				    me.max_attachments == 9,
+			    "B's usage");
 		upager_disconnect(cu);
 		_exit(0);
 	}
@@ -884,8 +909,10 @@ START_TEST(test_usage)
 	ctl_as(USER_B, &d, &o, "stats", NULL, NULL, NULL);
 	h_assert_exit(o.status, 0);
 	ck_assert_msg(strstr(o.out, "user:                65533") &&
-		      !strstr(o.out, "65534") && strstr(o.out, "  segments:"
-		      "          0 of 5\n"), "stdout: %s", o.out);
+			      !strstr(o.out, "65534") &&
+			      strstr(o.out, "  segments:"
+					    "          0 of 5\n"),
+		      "stdout: %s", o.out);
 
 	u = h_connect(&d);
 	wait_usage(u, USER_B, 0, 0);
@@ -911,17 +938,9 @@ START_TEST(test_usage)
 	/* the tool, as root: every user */
 	ctl_as(0, &d, &o, "stats", "--json", NULL, NULL);
 	h_assert_exit(o.status, 0);
-	ck_assert_msg(strstr(o.out, "\"uid\": 0, ") &&
-		      strstr(o.out, "\"exempt\": true, \"segments\": 0, ") &&
-		      strstr(o.out, "\"max_segments\": null") &&
-		      strstr(o.out, "\"uid\": 65534, ") &&
-		      strstr(o.out, "\"exempt\": false, \"segments\": 2, "
-			     "\"bytes\": 16384, ") &&
-		      strstr(o.out, "\"connections\": 1, \"attachments\": 1, "
-			     "\"max_segments\": 5, \"max_bytes\": 67108864, "
-			     "\"max_connections\": 7, \"max_attachments\": 9}") &&
-		      strstr(o.out, "\"idle_timeout_ms\": 60000"),
-		      "stdout: %s", o.out);
+	for (size_t i = 0; i < sizeof(stats_json) / sizeof(stats_json[0]); i++)
+		ck_assert_msg(strstr(o.out, stats_json[i]),
+			      "no %s in stdout: %s", stats_json[i], o.out);
 	h_peer_go(&pa);
 	ck_assert_int_eq(h_peer_end(&pa), 0);
 	upager_disconnect(u);
@@ -935,7 +954,8 @@ static const char *uid_desc(uid_t uid, char *buf, size_t len)
 	struct passwd *pw = getpwuid(uid);
 
 	if (pw)
-		snprintf(buf, len, "uid %u (%s)", (unsigned int)uid, pw->pw_name);
+		snprintf(buf, len, "uid %u (%s)", (unsigned int)uid,
+			 pw->pw_name);
 	else
 		snprintf(buf, len, "uid %u", (unsigned int)uid);
 	return buf;
@@ -956,7 +976,7 @@ static int raw_hello(const char *path, uint64_t features, uint64_t *answer)
 	n = recv_within(sock, &r, sizeof(r), H_TIMEOUT_MS);
 	*answer = n == sizeof(r) && r.h.status == 0 ? r.features : ~0ull;
 	if (n == 0)
-		*answer = ~1ull;	/* hung up: refused */
+		*answer = ~1ull; /* hung up: refused */
 	return sock;
 }
 
@@ -1031,7 +1051,8 @@ START_TEST(test_owner)
 		/* without the check, the squatter's bytes */
 		ret = upager_attach(cu, "app", 0, &y);
 		CHILD_CHECK(ret == 0 && memcmp(upager_attachment_addr(y), bdata,
-					       size) == 0, "plain: %d", ret);
+					       size) == 0,
+			    "plain: %d", ret);
 		upager_detach(y);
 		y = NULL;
 		errno = 0;
@@ -1044,7 +1065,8 @@ START_TEST(test_owner)
 		ret = upager_attach_owner(cu, "app", UPAGER_ATTACH_RDONLY,
 					  USER_B, &y);
 		CHILD_CHECK(ret == 0 && memcmp(upager_attachment_addr(y), bdata,
-					       size) == 0, "B's: %d", ret);
+					       size) == 0,
+			    "B's: %d", ret);
 		upager_detach(y);
 		ret = upager_attach_owner(cu, "svc", UPAGER_ATTACH_RDONLY, 0,
 					  &y);
@@ -1080,7 +1102,8 @@ START_TEST(test_owner)
 
 			proto_hdr_init(&h, UPG_USAGE, sizeof(h), 3);
 			CHILD_CHECK(send(sock, &h, sizeof(h), MSG_NOSIGNAL) ==
-				    sizeof(h), "send");
+					    sizeof(h),
+				    "send");
 			CHILD_CHECK(recv_within(sock, buf, sizeof(buf),
 						H_TIMEOUT_MS) == 0,
 				    "usage without its feature answered");
@@ -1116,31 +1139,33 @@ START_TEST(test_owner)
 	ctl_as(0, &d, &o, "cat", "app", "--owner", "root");
 	h_assert_exit(o.status, 1);
 	ck_assert_str_eq(o.out, "");
-	snprintf(want, sizeof(want), "upagerctl: cat: app: owned by %s, not "
-		 "by %s: not attached", uid_desc(USER_B, b1, sizeof(b1)),
-		 uid_desc(0, b2, sizeof(b2)));
+	snprintf(want, sizeof(want),
+		 "upagerctl: cat: app: owned by %s, not "
+		 "by %s: not attached",
+		 uid_desc(USER_B, b1, sizeof(b1)), uid_desc(0, b2, sizeof(b2)));
 	ck_assert_msg(strstr(o.err, want), "stderr: %s", o.err);
 	ctl_as(USER_A, &d, &o, "cat", "svc", "--owner", "65534");
 	h_assert_exit(o.status, 1);
 	ck_assert_str_eq(o.out, "");
-	snprintf(want, sizeof(want), "upagerctl: cat: svc: owned by %s, not "
-		 "by %s: not attached", uid_desc(0, b1, sizeof(b1)),
-		 uid_desc(USER_A, b2, sizeof(b2)));
+	snprintf(want, sizeof(want),
+		 "upagerctl: cat: svc: owned by %s, not "
+		 "by %s: not attached",
+		 uid_desc(0, b1, sizeof(b1)), uid_desc(USER_A, b2, sizeof(b2)));
 	ck_assert_msg(strstr(o.err, want), "stderr: %s", o.err);
 	/* write: the squatted name refused, nothing written; the owner's
 	 * taken (by name) */
-	ctl_as_in(USER_A, &d, "SECRET", &o, "write", "app", "--owner",
-		  "nobody");
+	ctl_as_in(USER_A, &d, "SECRET", &o, "write", "app", "--owner", "nobody");
 	h_assert_exit(o.status, 1);
-	snprintf(want, sizeof(want), "upagerctl: write: app: owned by %s, not "
-		 "by %s: not attached", uid_desc(USER_B, b1, sizeof(b1)),
+	snprintf(want, sizeof(want),
+		 "upagerctl: write: app: owned by %s, not "
+		 "by %s: not attached",
+		 uid_desc(USER_B, b1, sizeof(b1)),
 		 uid_desc(USER_A, b2, sizeof(b2)));
 	ck_assert_msg(strstr(o.err, want), "stderr: %s", o.err);
 	map = h_attach(u, "app", UPAGER_ATTACH_RDONLY, &x);
 	ck_assert_int_eq(memcmp(map, bdata, size), 0);
 	ck_assert_int_eq(upager_detach(x), 0);
-	ctl_as_in(USER_A, &d, "SECRET", &o, "write", "app", "--owner",
-		  "65533");
+	ctl_as_in(USER_A, &d, "SECRET", &o, "write", "app", "--owner", "65533");
 	h_assert_exit(o.status, 0);
 	map = h_attach(u, "app", UPAGER_ATTACH_RDONLY, &x);
 	ck_assert_int_eq(memcmp(map, "SECRET", 6), 0);
@@ -1184,7 +1209,7 @@ int main(void)
 {
 	if (geteuid() != 0) {
 		fprintf(stderr, "test-quota: needs root (to play two other "
-			"users against a root daemon)\n");
+				"users against a root daemon)\n");
 		return 77;
 	}
 	h_main(quota_suite());

@@ -29,8 +29,8 @@
 #define NOBODY 65534
 
 /* snprintf into an array, asserting it fits */
-#define FMT(buf, ...)							\
-	ck_assert_int_lt(snprintf((buf), sizeof(buf), __VA_ARGS__),	\
+#define FMT(buf, ...)                                               \
+	ck_assert_int_lt(snprintf((buf), sizeof(buf), __VA_ARGS__), \
 			 (int)sizeof(buf))
 
 static void become_nobody(void)
@@ -66,8 +66,8 @@ static int find_uffd(void)
 }
 
 /* A raw REGISTER of [addr, addr + len) of segment @seg_id through @uffd. */
-static int raw_register(int sock, uint64_t seg_id, uint64_t addr,
-			uint64_t len, int uffd)
+static int raw_register(int sock, uint64_t seg_id, uint64_t addr, uint64_t len,
+			int uffd)
 {
 	struct upg_register m;
 	int fd;
@@ -163,8 +163,8 @@ START_TEST(test_uffd_once_never_blocks)
 		ret = uffd_register(uffd, (uintptr_t)second, 8 * H_MIB,
 				    UFFDIO_REGISTER_MODE_MISSING, NULL);
 		CHILD_CHECK(ret == 0, "register: %s", strerror(-ret));
-		ret = raw_register(sock, info.id, (uintptr_t)second,
-				   8 * H_MIB, uffd);
+		ret = raw_register(sock, info.id, (uintptr_t)second, 8 * H_MIB,
+				   uffd);
 		CHILD_CHECK(ret == -EBUSY, "the uffd served twice: %d", ret);
 		/* blocking, and its messages stolen */
 		CHILD_CHECK(fcntl(uffd, F_SETFL, 0) == 0, "F_SETFL");
@@ -182,18 +182,21 @@ START_TEST(test_uffd_once_never_blocks)
 			struct upager_attachment *ra;
 			struct upager *ru = h_child_connect(d.sock);
 			size_t off;
-			int ret = upager_attach(ru, "img", UPAGER_ATTACH_RDONLY, &ra);
+			int ret = upager_attach(ru, "img", UPAGER_ATTACH_RDONLY,
+						&ra);
 
 			CHILD_CHECK(ret == 0, "attach: %d", ret);
 			ret = h_read_check(upager_attachment_addr(ra), data,
 					   size, &off);
-			CHILD_CHECK(ret == H_READ_OK, "read: %d at %zu", ret, off);
+			CHILD_CHECK(ret == H_READ_OK, "read: %d at %zu", ret,
+				    off);
 			upager_detach(ra);
 			upager_disconnect(ru);
 			_exit(0);
 		}
 		expect_exit(reader, 0);
-		ck_assert_int_eq(upager_delete(u, "img", UPAGER_DELETE_FORCE), 0);
+		ck_assert_int_eq(upager_delete(u, "img", UPAGER_DELETE_FORCE),
+				 0);
 		free(data);
 		data = h_file_segment(&d, u, "img", size, 402 + round);
 	}
@@ -201,7 +204,7 @@ START_TEST(test_uffd_once_never_blocks)
 	ck_assert_int_eq(h_peer_end(&attacker), 0);
 	upager_disconnect(u);
 	free(data);
-	h_daemon_stop(&d);	/* SIGTERM still stops it */
+	h_daemon_stop(&d); /* SIGTERM still stops it */
 }
 END_TEST
 
@@ -256,12 +259,16 @@ START_TEST(test_claim_needs_proof)
 			m.probe_addr = (uintptr_t)map;
 			ret = h_child_request(sock, &m, sizeof(m), -1, &fd);
 			if (round == 0) {
-				CHILD_CHECK(ret < 0 && fd < 0, "another user "
-					    "got a uffd: %d, fd %d", ret, fd);
+				CHILD_CHECK(ret < 0 && fd < 0,
+					    "another user "
+					    "got a uffd: %d, fd %d",
+					    ret, fd);
 				_exit(0);
 			}
-			CHILD_CHECK(ret == -EPERM && fd < 0, "a probe every "
-				    "sibling maps: %d, fd %d", ret, fd);
+			CHILD_CHECK(ret == -EPERM && fd < 0,
+				    "a probe every "
+				    "sibling maps: %d, fd %d",
+				    ret, fd);
 			/* a page mapped after the fork: the sibling has
 			 * nothing there */
 			probe = mmap(NULL, H_PAGE, PROT_READ,
@@ -270,7 +277,8 @@ START_TEST(test_claim_needs_proof)
 			m.h.seq = 3;
 			m.probe_addr = (uintptr_t)probe;
 			ret = h_child_request(sock, &m, sizeof(m), -1, &fd);
-			CHILD_CHECK(ret == 0 && fd >= 0, "its own probe: %d", ret);
+			CHILD_CHECK(ret == 0 && fd >= 0, "its own probe: %d",
+				    ret);
 			_exit(0);
 		}
 		ck_assert_int_gt(x, 0);
@@ -327,7 +335,8 @@ START_TEST(test_child_trusts_its_daemon)
 		/* until the parent's go */
 		for (;;) {
 			struct pollfd p[2] = { { .fd = ls, .events = POLLIN },
-					       { .fd = fake.rx, .events = POLLIN } };
+					       { .fd = fake.rx,
+						 .events = POLLIN } };
 			char buf[UPG_MSG_MAX];
 
 			poll(p, 2, H_TIMEOUT_MS);
@@ -360,8 +369,10 @@ START_TEST(test_child_trusts_its_daemon)
 	h_peer_go(&fake);
 	got = h_recv_u64(fake.rx);
 	ck_assert_int_eq(h_peer_end(&fake), 0);
-	ck_assert_msg(got == 0, "the child sent %llu bytes to another user's "
-		      "socket", (unsigned long long)got);
+	ck_assert_msg(got == 0,
+		      "the child sent %llu bytes to another user's "
+		      "socket",
+		      (unsigned long long)got);
 	ck_assert_int_eq(upager_detach(a), 0);
 	upager_disconnect(u);
 	ck_assert_int_eq(rename(moved, d.sock), 0);
@@ -490,8 +501,8 @@ START_TEST(test_register_bogus)
 		ret = raw_register(sock, info.id, -(uint64_t)H_PAGE, H_MIB, raw);
 		CHILD_CHECK(ret == -EINVAL, "a wrapping range: %d", ret);
 		CHILD_CHECK(upager_stat(cu, "n", &info) == 0 &&
-			    info.nr_attachments == 0, "attachments: %u",
-			    info.nr_attachments);
+				    info.nr_attachments == 0,
+			    "attachments: %u", info.nr_attachments);
 		ret = upager_delete(cu, "n", 0);
 		CHILD_CHECK(ret == 0, "the owner's plain delete: %d", ret);
 		_exit(0);

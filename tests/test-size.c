@@ -16,7 +16,7 @@
 struct parse_case {
 	const char *in;
 	int ret;
-	uint64_t val;		/* when ret == 0 */
+	uint64_t val; /* when ret == 0 */
 };
 
 static const struct parse_case parse_good[] = {
@@ -135,11 +135,11 @@ static const struct format_case format_cases[] = {
 	{ 1023, "1023 B" },
 	{ 1024, "1.0 KiB" },
 	{ 1536, "1.5 KiB" },
-	{ 1075, "1.0 KiB" },		/* 1.0498 */
-	{ 1076, "1.1 KiB" },		/* 1.0508 */
+	{ 1075, "1.0 KiB" }, /* 1.0498 */
+	{ 1076, "1.1 KiB" }, /* 1.0508 */
 	{ 4096, "4.0 KiB" },
-	{ 1048473, "1023.9 KiB" },	/* 1023.899 */
-	{ 1048525, "1.0 MiB" },		/* 1023.950: rounds to 1024.0 KiB */
+	{ 1048473, "1023.9 KiB" }, /* 1023.899 */
+	{ 1048525, "1.0 MiB" },	   /* 1023.950: rounds to 1024.0 KiB */
 	{ MIB - 1, "1.0 MiB" },
 	{ MIB, "1.0 MiB" },
 	{ 64 * MIB, "64.0 MiB" },

@@ -116,8 +116,7 @@ START_TEST(test_sparse_huge_segment_rss)
 		"(RssAnon %ld -> %ld KiB), %llu bytes a touch, bound %llu "
 		"KiB\n",
 		(unsigned long long)NTOUCH, (unsigned long long)ms, rss0, rss1,
-		anon0, anon1,
-		(unsigned long long)(grown / NTOUCH),
+		anon0, anon1, (unsigned long long)(grown / NTOUCH),
 		(unsigned long long)(bound / 1024));
 	ck_assert_msg(grown < bound,
 		      "daemon VmRSS grew by %llu KiB for %llu touched pages "
@@ -149,7 +148,8 @@ START_TEST(test_sparse_huge_segment_rss)
 		/* the rest of the page stays zero */
 		ck_assert_uint_eq(map2[off ^ 1], 0);
 		ck_assert_uint_eq(map2[(off & ~(uint64_t)(H_PAGE - 1)) +
-				       H_PAGE - 1 - (k & 1)], 0);
+				       H_PAGE - 1 - (k & 1)],
+				  0);
 	}
 	/* No page beyond the touched ones was filled by the checks. */
 	info = h_stat(u, "sparse");

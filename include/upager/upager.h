@@ -41,56 +41,56 @@
 extern "C" {
 #endif
 
-#define UPAGER_NAME_MAX 63		/* bytes, without the NUL */
-#define UPAGER_PATH_MAX 256		/* source path as reported by stat */
-#define UPAGER_STAT_PIDS 32		/* pids listed by upager_stat() */
-#define UPAGER_MAX_SIZE (1ULL << 40)	/* largest segment: 1 TiB */
-#define UPAGER_UNLIMITED UINT64_MAX	/* a limit that is not set */
+#define UPAGER_NAME_MAX 63	     /* bytes, without the NUL */
+#define UPAGER_PATH_MAX 256	     /* source path as reported by stat */
+#define UPAGER_STAT_PIDS 32	     /* pids listed by upager_stat() */
+#define UPAGER_MAX_SIZE (1ULL << 40) /* largest segment: 1 TiB */
+#define UPAGER_UNLIMITED UINT64_MAX  /* a limit that is not set */
 
 enum upager_source_kind {
-	UPAGER_SOURCE_ZERO = 0,		/* pages never written read as zero */
-	UPAGER_SOURCE_FILE = 1,		/* a raw image file; holes and the part
-					 * past its end read as zero */
-	UPAGER_SOURCE_SNAPSHOT = 2,	/* reserved: a parent snapshot */
+	UPAGER_SOURCE_ZERO = 0,	    /* pages never written read as zero */
+	UPAGER_SOURCE_FILE = 1,	    /* a raw image file; holes and the part
+				     * past its end read as zero */
+	UPAGER_SOURCE_SNAPSHOT = 2, /* reserved: a parent snapshot */
 };
 
-struct upager;			/* a connection to the daemon */
-struct upager_attachment;	/* one mapping of one segment */
+struct upager;		  /* a connection to the daemon */
+struct upager_attachment; /* one mapping of one segment */
 
 struct upager_create_opts {
-	uint64_t size;		/* bytes, > 0, <= UPAGER_MAX_SIZE; rounded up
-				 * to the page size */
-	int source_fd;		/* -1: zero source; else an open, readable fd
-				 * of a regular file (the library sends the
-				 * fd, not a path: the daemon reads what the
-				 * caller could read) */
-	uint32_t mode;		/* permission bits (0..0777); 0 means 0600 */
+	uint64_t size; /* bytes, > 0, <= UPAGER_MAX_SIZE; rounded up
+			* to the page size */
+	int source_fd; /* -1: zero source; else an open, readable fd
+			* of a regular file (the library sends the
+			* fd, not a path: the daemon reads what the
+			* caller could read) */
+	uint32_t mode; /* permission bits (0..0777); 0 means 0600 */
 };
 
 /* Fixed-width: it travels on the wire as it is. */
 struct upager_segment_info {
 	char name[UPAGER_NAME_MAX + 1];
-	char source_path[UPAGER_PATH_MAX];	/* "" for a zero source */
+	char source_path[UPAGER_PATH_MAX]; /* "" for a zero source */
 	uint64_t id;
-	uint64_t size;			/* bytes */
+	uint64_t size; /* bytes */
 	uint32_t page_size;
-	uint32_t source;		/* enum upager_source_kind */
-	uint32_t uid;			/* owner */
-	uint32_t mode;			/* permission bits */
-	uint64_t faults_missing;	/* faults served, by kind */
+	uint32_t source;	 /* enum upager_source_kind */
+	uint32_t uid;		 /* owner */
+	uint32_t mode;		 /* permission bits */
+	uint64_t faults_missing; /* faults served, by kind */
 	uint64_t faults_wp;
 	uint64_t faults_minor;
-	uint64_t faults_waited;		/* faults that found the page being
-					 * filled by another and waited */
-	uint64_t pages_filled;		/* pages put into the memfd */
-	uint64_t bytes_read;		/* bytes read from the source */
-	uint64_t resident_bytes;	/* memory the memfd holds */
-	uint64_t readahead_max_pages;	/* largest read-ahead window used */
+	uint64_t faults_waited;	      /* faults that found the page being
+				       * filled by another and waited */
+	uint64_t pages_filled;	      /* pages put into the memfd */
+	uint64_t bytes_read;	      /* bytes read from the source */
+	uint64_t resident_bytes;      /* memory the memfd holds */
+	uint64_t readahead_max_pages; /* largest read-ahead window used */
 	uint32_t nr_attachments;
-	uint32_t nr_pids;		/* entries used in pids[] */
-	uint32_t pids[UPAGER_STAT_PIDS];	/* attached processes; 0 = a
-						 * forked child not yet
-						 * identified */
+	uint32_t nr_pids;		 /* entries used in pids[] */
+	uint32_t pids[UPAGER_STAT_PIDS]; /* attached processes; 0 = a
+					  * forked child not yet
+					  * identified */
 };
 
 struct upager_daemon_stats {
@@ -110,14 +110,14 @@ struct upager_daemon_stats {
 	uint64_t events_remap;
 	uint64_t events_remove;
 	uint64_t events_unmap;
-	uint64_t clients_exited;	/* attachments dropped as their
-					 * process exited */
-	uint64_t protocol_errors;	/* clients dropped for garbage */
+	uint64_t clients_exited;  /* attachments dropped as their
+				   * process exited */
+	uint64_t protocol_errors; /* clients dropped for garbage */
 };
 
-#define UPAGER_USAGE_EXEMPT 0x1u	/* the daemon's limits do not apply to
-					 * this user (root, or the daemon's
-					 * own, by default) */
+/* The daemon's limits do not apply to this user (root, or the daemon's
+ * own, by default). */
+#define UPAGER_USAGE_EXEMPT 0x1u
 
 /*
  * What one user holds of the daemon, and the daemon's limits for that user
@@ -131,7 +131,7 @@ struct upager_daemon_stats {
  */
 struct upager_usage {
 	uint32_t uid;
-	uint32_t flags;			/* UPAGER_USAGE_EXEMPT */
+	uint32_t flags; /* UPAGER_USAGE_EXEMPT */
 	uint64_t segments;
 	uint64_t bytes;
 	uint64_t resident_bytes;
@@ -141,9 +141,9 @@ struct upager_usage {
 	uint64_t max_bytes;
 	uint64_t max_connections;
 	uint64_t max_attachments;
-	uint64_t idle_timeout_ms;	/* an idle connection is closed after
-					 * this (the same for everyone);
-					 * 0: never */
+	uint64_t idle_timeout_ms; /* an idle connection is closed after
+				   * this (the same for everyone);
+				   * 0: never */
 };
 
 /*
@@ -176,9 +176,10 @@ void upager_disconnect(struct upager *u);
 int upager_create(struct upager *u, const char *name,
 		  const struct upager_create_opts *opts);
 
-#define UPAGER_DELETE_FORCE 0x1u	/* delete even while attached: the
-					 * name goes now, the frames when the
-					 * last attachment does */
+/* Delete even while attached: the name goes now, the frames when the last
+ * attachment does. */
+#define UPAGER_DELETE_FORCE 0x1u
+
 /* upager_delete - delete segment @name.  Returns 0 or -errno. */
 int upager_delete(struct upager *u, const char *name, unsigned int flags);
 
@@ -193,8 +194,7 @@ int upager_stat(struct upager *u, const char *name,
  * Returns the number of segments (which may exceed @max; only @max are
  * filled), or -errno.
  */
-int upager_list(struct upager *u, struct upager_segment_info *infos,
-		size_t max);
+int upager_list(struct upager *u, struct upager_segment_info *infos, size_t max);
 
 /* upager_stats - daemon-wide counters.  Returns 0 or -errno. */
 int upager_stats(struct upager *u, struct upager_daemon_stats *st);
@@ -211,8 +211,8 @@ int upager_stats(struct upager *u, struct upager_daemon_stats *st);
  */
 int upager_usage(struct upager *u, struct upager_usage *out, size_t max);
 
-#define UPAGER_ATTACH_RDONLY 0x1u	/* map PROT_READ; needs read
-					 * permission only */
+/* Map PROT_READ; needs read permission only. */
+#define UPAGER_ATTACH_RDONLY 0x1u
 
 /*
  * upager_attach - map segment @name into this process

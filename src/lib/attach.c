@@ -257,7 +257,7 @@ UPAGER_API int upager_detach(struct upager_attachment *a)
 		m.attach_id = a->attach_id;
 		ret = request(u, &m, sizeof(m), UPG_DETACH, -1, NULL, 0, NULL);
 		if (ret == -EPIPE || ret == -ECONNRESET || ret == -ENOTCONN)
-			ret = 0;	/* the daemon is gone: nothing to tell */
+			ret = 0; /* the daemon is gone: nothing to tell */
 		watcher_kick(u);
 	} else {
 		/* The child's range belongs to the uffd the daemon got at

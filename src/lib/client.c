@@ -125,8 +125,8 @@ static ssize_t recv_reply(struct upager *u, void *buf, size_t len, int *fd)
 }
 
 /* Sends a request: 0, or -errno as recv_reply says. */
-static int send_request(struct upager *u, void *msg, size_t len,
-			uint16_t type, int fd)
+static int send_request(struct upager *u, void *msg, size_t len, uint16_t type,
+			int fd)
 {
 	int ret;
 
@@ -201,8 +201,8 @@ int sock_connect(const char *path, int timeout_ms, struct ucred *cred)
 	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
 	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &clen) < 0) {
-		ret = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT
-							      : -errno;
+		ret = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT :
+								-errno;
 		close(fd);
 		return ret;
 	}
@@ -303,7 +303,8 @@ UPAGER_API int upager_create(struct upager *u, const char *name,
 		return set_errno(-EINVAL);
 	m.size = opts->size;
 	m.mode = opts->mode;
-	m.source = opts->source_fd >= 0 ? UPAGER_SOURCE_FILE : UPAGER_SOURCE_ZERO;
+	m.source = opts->source_fd >= 0 ? UPAGER_SOURCE_FILE :
+					  UPAGER_SOURCE_ZERO;
 	return set_errno(request(u, &m, sizeof(m), UPG_CREATE, opts->source_fd,
 				 NULL, 0, NULL));
 }
@@ -325,8 +326,8 @@ int name_request(struct upager *u, uint16_t type, const char *name,
 UPAGER_API int upager_delete(struct upager *u, const char *name,
 			     unsigned int flags)
 {
-	return set_errno(name_request(u, UPG_DELETE, name, flags, 0, NULL, 0,
-				      NULL));
+	return set_errno(
+		name_request(u, UPG_DELETE, name, flags, 0, NULL, 0, NULL));
 }
 
 UPAGER_API int upager_stat(struct upager *u, const char *name,

@@ -28,7 +28,7 @@
 
 /* Every connection, for the fork handlers. */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct upager *reg_head;	/* guarded by reg_lock */
+static struct upager *reg_head; /* guarded by reg_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void child_reconnect(struct upager *u);
@@ -114,7 +114,7 @@ static void *probe_map(void)
 		if (p == (void *)(base + slot))
 			return p;
 		if (p != MAP_FAILED)
-			munmap(p, ps);	/* an old kernel ignored the hint */
+			munmap(p, ps); /* an old kernel ignored the hint */
 	}
 	return MAP_FAILED;
 }
@@ -130,7 +130,8 @@ static int claim(struct upager *u, struct upager_attachment *a, void *probe)
 		memset(&m, 0, sizeof(m));
 		m.parent_attach_id = a->attach_id;
 		m.probe_addr = (uintptr_t)probe;
-		ret = request(u, &m, sizeof(m), UPG_CLAIM, -1, &r, sizeof(r), &fd);
+		ret = request(u, &m, sizeof(m), UPG_CLAIM, -1, &r, sizeof(r),
+			      &fd);
 		if (ret != -EAGAIN)
 			break;
 		usleep(500);
@@ -140,7 +141,7 @@ static int claim(struct upager *u, struct upager_attachment *a, void *probe)
 	if (fd < 0)
 		return -EPROTO;
 	if (a->uffd >= 0)
-		close(a->uffd);		/* the parent's */
+		close(a->uffd); /* the parent's */
 	a->uffd = fd;
 	a->attach_id = r.attach_id;
 	return 0;
@@ -209,17 +210,18 @@ static void child_fallback(struct upager *u)
 	u->sock = -1;
 	u->pid = getpid();
 	for (a = u->atts; a; prev = a, a = a->next) {
+		/* the same segment's attachment before this one */
+		bool same = prev && prev->ino == a->ino && prev->uffd >= 0;
 		uint64_t features;
 		int fd = att_uffd_open(&features);
 
 		if (a->uffd >= 0)
-			close(a->uffd);		/* the parent's */
+			close(a->uffd); /* the parent's */
 		a->uffd = fd;
 		if (fd < 0)
 			continue;
 		a->features = features;
-		child_register(u, a, fd, prev && prev->ino == a->ino &&
-					 prev->uffd >= 0 ? prev : NULL);
+		child_register(u, a, fd, same ? prev : NULL);
 		serve_add(u, a);
 	}
 	if (u->atts && watcher_start(u) == 0)
@@ -229,7 +231,7 @@ static void child_fallback(struct upager *u)
 static void child_reconnect(struct upager *u)
 {
 	struct upager_attachment *a, **pp;
-	int old = u->sock, ret;
+	int old = u->sock, ret, wait_ms = 0;
 	pid_t parent = u->pid;
 	struct ucred cred;
 	void *probe;
@@ -299,7 +301,10 @@ fail:
 	 * else will hold our uffds.  Alive: it serves our faults through
 	 * the fork event all the same, on the parent's connection.
 	 */
-	if (daemon_gone(u, ret == -EPIPE || ret == -ECONNRESET ? 1000 :
-			   ret == -ECONNREFUSED || ret == -ENOENT ? 250 : 0))
+	if (ret == -EPIPE || ret == -ECONNRESET)
+		wait_ms = 1000;
+	else if (ret == -ECONNREFUSED || ret == -ENOENT)
+		wait_ms = 250;
+	if (daemon_gone(u, wait_ms))
 		child_fallback(u);
 }

@@ -45,10 +45,10 @@ struct upager_attachment {
 	uint64_t attach_id;
 	uint32_t source;
 	unsigned int flags;
-	uint64_t features;	/* of the uffd */
-	uint64_t reg_mode;	/* UFFDIO_REGISTER_MODE_* of its mappings */
-	dev_t dev;		/* the memfd's inode: what its mappings */
-	ino_t ino;		/* show in /proc/self/maps */
+	uint64_t features; /* of the uffd */
+	uint64_t reg_mode; /* UFFDIO_REGISTER_MODE_* of its mappings */
+	dev_t dev;	   /* the memfd's inode: what its mappings */
+	ino_t ino;	   /* show in /proc/self/maps */
 };
 
 /*
@@ -56,7 +56,7 @@ struct upager_attachment {
  * own descriptors), so a detach meanwhile frees nothing it uses: detach
  * only marks it @gone, and the watcher closes it.
  */
-#define SERVE_MAX 256	/* see orphan_serve */
+#define SERVE_MAX 256 /* see orphan_serve */
 
 struct serve {
 	int uffd;
@@ -75,26 +75,26 @@ struct serve {
  * watcher takes, is never held with them.
  */
 struct upager {
-	struct upager *reg_next;	/* every connection, for fork (the
-					 * registry's lock) */
+	struct upager *reg_next; /* every connection, for fork (the
+				  * registry's lock) */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	int sock;			/* -1: the daemon is gone */
-	pid_t pid;			/* the process that connected */
-	uid_t daemon_uid;		/* the daemon's identity, pinned at */
-	pid_t daemon_pid;		/* connect for the process's life */
+	int sock;	  /* -1: the daemon is gone */
+	pid_t pid;	  /* the process that connected */
+	uid_t daemon_uid; /* the daemon's identity, pinned at */
+	pid_t daemon_pid; /* connect for the process's life */
 	int timeout_ms;
-	bool broken;			/* a reply timed out: out of step */
+	bool broken; /* a reply timed out: out of step */
 	uint64_t seq;
-	uint64_t features;		/* UPG_FEATURE_*, negotiated at hello */
-	pthread_mutex_t req_lock;	/* one request at a time: guards
-					 * sock's traffic, seq, broken */
+	uint64_t features;	  /* UPG_FEATURE_*, negotiated at hello */
+	pthread_mutex_t req_lock; /* one request at a time: guards
+				   * sock's traffic, seq, broken */
 
-	pthread_mutex_t att_lock;	/* attachments and watcher state */
+	pthread_mutex_t att_lock; /* attachments and watcher state */
 	struct upager_attachment *atts;
 	pthread_t watcher;
 	bool watcher_running;
-	int wake_efd;			/* tells the watcher to look again */
-	int daemon_pidfd;		/* readable when the daemon is gone */
+	int wake_efd;	  /* tells the watcher to look again */
+	int daemon_pidfd; /* readable when the daemon is gone */
 	_Atomic bool stopping;
 	_Atomic bool watcher_ready;
 
@@ -161,7 +161,7 @@ int hello(struct upager *u);
 
 struct vma {
 	uintptr_t start, end;
-	uint64_t off;		/* file offset at start */
+	uint64_t off; /* file offset at start */
 	dev_t dev;
 	ino_t ino;
 	bool shared;

@@ -51,8 +51,11 @@ static int maps_walk(int (*fn)(const struct vma *, void *), void *arg)
 			if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo,
 				   &hi, perms, &off, &maj, &min, &ino) == 7) {
 				struct vma v = {
-					.start = lo, .end = hi, .off = off,
-					.dev = makedev(maj, min), .ino = ino,
+					.start = lo,
+					.end = hi,
+					.off = off,
+					.dev = makedev(maj, min),
+					.ino = ino,
 					.shared = perms[3] == 's',
 				};
 

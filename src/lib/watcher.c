@@ -41,8 +41,11 @@ int serve_add(struct upager *u, const struct upager_attachment *a)
 	struct serve e = {
 		.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, 3),
 		.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, 3),
-		.dev = a->dev, .ino = a->ino, .source = a->source,
-		.features = a->features, .a = a,
+		.dev = a->dev,
+		.ino = a->ino,
+		.source = a->source,
+		.features = a->features,
+		.a = a,
 	};
 	int ret = 0;
 
@@ -50,7 +53,7 @@ int serve_add(struct upager *u, const struct upager_attachment *a)
 	if (e.uffd < 0 || e.memfd < 0) {
 		ret = -errno;
 	} else if (u->nr_serves == SERVE_MAX) {
-		ret = -EMFILE;	/* attachments of one connection */
+		ret = -EMFILE; /* attachments of one connection */
 	} else if (u->nr_serves == u->serves_cap) {
 		size_t cap = u->serves_cap ? 2 * u->serves_cap : 4;
 		void *p = realloc(u->serves, cap * sizeof(*u->serves));
@@ -118,8 +121,8 @@ static void read_mmap_min_addr(void)
 
 	if (fd < 0)
 		return;
-	if (read(fd, buf, sizeof(buf) - 1) > 0 && sscanf(buf, "%llu", &v) == 1 &&
-	    v > mmap_min_addr)
+	if (read(fd, buf, sizeof(buf) - 1) > 0 &&
+	    sscanf(buf, "%llu", &v) == 1 && v > mmap_min_addr)
 		mmap_min_addr = (v + ps - 1) & ~(ps - 1);
 	close(fd);
 }
@@ -182,13 +185,13 @@ static int answer(const struct serve *e, const struct uffd_msg *m)
 	int ret;
 
 	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		ret = uffd_result(uffd_writeprotect(e->uffd, addr, ps, false,
-						    true));
+		ret = uffd_result(
+			uffd_writeprotect(e->uffd, addr, ps, false, true));
 		goto out;
 	}
 	ret = vma_at(addr, &v);
 	if (ret <= 0) {
-		ret = 1;	/* unmapped meanwhile: the refault decides */
+		ret = 1; /* unmapped meanwhile: the refault decides */
 		goto out;
 	}
 	if (v.ino == e->ino && v.dev == e->dev) {
@@ -206,9 +209,11 @@ static int answer(const struct serve *e, const struct uffd_msg *m)
 		if (present) {
 			/* A shared mapping finds the frame on the refault;
 			 * a private one is mapped it. */
-			ret = v.shared ? 1
-				       : uffd_result(uffd_continue(
-						 e->uffd, addr, ps, true, NULL));
+			if (v.shared)
+				ret = 1;
+			else
+				ret = uffd_result(uffd_continue(e->uffd, addr,
+								ps, true, NULL));
 			goto out;
 		}
 	}
@@ -222,7 +227,7 @@ static int answer(const struct serve *e, const struct uffd_msg *m)
 			SIGBUS);
 		ret = 1;
 	} else {
-		ret = 1;	/* cannot answer it: it faults again */
+		ret = 1; /* cannot answer it: it faults again */
 	}
 out:
 	if (ret == 1)
@@ -380,7 +385,8 @@ int watcher_start(struct upager *u)
 		if (u->wake_efd < 0)
 			ret = u->wake_efd;
 		else
-			ret = -pthread_create(&u->watcher, NULL, watcher_main, u);
+			ret = -pthread_create(&u->watcher, NULL, watcher_main,
+					      u);
 		if (!ret)
 			u->watcher_running = true;
 	}

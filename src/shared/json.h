@@ -50,7 +50,7 @@ struct json {
 	bool multiline[JSON_DEPTH];
 };
 
-#define JSON_INIT(file) { .f = (file), .depth = -1 }
+#define JSON_INIT(file) ((struct json){ .f = (file), .depth = -1 })
 
 /*
  * json_member - the separator and the key (none when NULL, inside an

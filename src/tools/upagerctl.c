@@ -71,13 +71,13 @@
 
 #define PROG "upagerctl"
 #define EXIT_USAGE 2
-#define PARSE_OK -1			/* parsed; go on and run */
-#define BOUNCE_SIZE (1u << 20)		/* cat and write copy this at once */
-#define MAX_OPTIONS 16			/* per command, with the common ones */
-#define KEY_WIDTH 20			/* "key:" column of stat and stats */
-#define SHOW_CHARS 40			/* of an argument quoted in a message */
-#define SHOW_MAX (4 * SHOW_CHARS + 8)	/* escaped, with "…" and the NUL */
-#define PATH_CHARS 1024			/* of a path quoted in a message */
+#define PARSE_OK -1		      /* parsed; go on and run */
+#define BOUNCE_SIZE (1u << 20)	      /* cat and write copy this at once */
+#define MAX_OPTIONS 16		      /* per command, with the common ones */
+#define KEY_WIDTH 20		      /* "key:" column of stat and stats */
+#define SHOW_CHARS 40		      /* of an argument quoted in a message */
+#define SHOW_MAX (4 * SHOW_CHARS + 8) /* escaped, with "…" and the NUL */
+#define PATH_CHARS 1024		      /* of a path quoted in a message */
 /* A name or path from the daemon, escaped: at most 4 bytes a byte. */
 #define TEXT_MAX (4 * UPAGER_PATH_MAX + 8)
 #define ELLIPSIS "\u2026"
@@ -109,14 +109,14 @@ struct command;
 /* The parsed command line: what the handlers read. */
 struct args {
 	const struct command *cmd;
-	const char *socket;	/* NULL: the library's default */
-	const char *name;	/* the segment, for commands that take one */
+	const char *socket; /* NULL: the library's default */
+	const char *name;   /* the segment, for commands that take one */
 	const char *source;
 	uint64_t size;
 	uint64_t offset;
 	uint64_t length;
 	uint32_t mode;
-	uint32_t owner;		/* --owner: the uid the segment must have */
+	uint32_t owner; /* --owner: the uid the segment must have */
 	bool has_owner;
 	bool has_size;
 	bool has_length;
@@ -128,16 +128,16 @@ struct args {
 struct command {
 	const char *name;
 	int (*handler)(struct upager *u, const struct args *a);
-	const char *usage;		/* what follows the command's name */
-	const char *help;		/* what it does, its own options */
-	const struct option *options;	/* besides --socket and --help */
-	unsigned int needs;		/* NEEDS_* */
+	const char *usage;	      /* what follows the command's name */
+	const char *help;	      /* what it does, its own options */
+	const struct option *options; /* besides --socket and --help */
+	unsigned int needs;	      /* NEEDS_* */
 };
 
-#define NEEDS_NAME 0x1u			/* a segment NAME */
-#define NEEDS_SIZE 0x2u			/* --size */
-#define NEEDS_STDIN 0x4u		/* reads stdin */
-#define NEEDS_STDOUT 0x8u		/* writes stdout */
+#define NEEDS_NAME 0x1u	  /* a segment NAME */
+#define NEEDS_SIZE 0x2u	  /* --size */
+#define NEEDS_STDIN 0x4u  /* reads stdin */
+#define NEEDS_STDOUT 0x8u /* writes stdout */
 
 /*
  * text_escape - @s made safe to show on a terminal or in a table
@@ -447,8 +447,7 @@ static void info_text(const struct upager_segment_info *info)
 	print_bytes("size", info->size);
 	print_bytes("page size", info->page_size);
 	print_str("source", source_kind_name(info->source));
-	print_str("source path",
-		  info->source_path[0] ? info->source_path : "-");
+	print_str("source path", info->source_path[0] ? info->source_path : "-");
 	print_owner(info->uid);
 	print_str("mode", mode);
 	print_u64("attachments", info->nr_attachments);
@@ -540,8 +539,7 @@ static void note_rounding(struct upager *u, const struct args *a)
 	long ps;
 
 	memset(&info, 0, sizeof(info));
-	if (upager_stat(u, a->name, &info) == 0 && info.size &&
-	    info.page_size) {
+	if (upager_stat(u, a->name, &info) == 0 && info.size && info.page_size) {
 		size = info.size;
 		page = info.page_size;
 	} else {
@@ -550,8 +548,10 @@ static void note_rounding(struct upager *u, const struct args *a)
 		size = (a->size + page - 1) / page * page;
 	}
 	if (size != a->size)
-		note(a, "size rounded up to %" PRIu64 " bytes (whole pages "
-		     "of %" PRIu64 " bytes)", size, page);
+		note(a,
+		     "size rounded up to %" PRIu64 " bytes (whole pages "
+		     "of %" PRIu64 " bytes)",
+		     size, page);
 }
 
 /*
@@ -622,16 +622,19 @@ static int fail_quota(struct upager *u, const struct args *a, bool attach,
 	if (usage_mine(u, &me))
 		return fail_errno(a, EDQUOT);
 	if (attach)
-		return fail(a, "over the attachment limit of uid %" PRIu32
+		return fail(a,
+			    "over the attachment limit of uid %" PRIu32
 			    ": %" PRIu64 " of %" PRIu64 " attachments",
 			    me.uid, me.attachments, me.max_attachments);
 	if (me.segments >= me.max_segments)
-		return fail(a, "over the segment limit of uid %" PRIu32 ": %"
-			    PRIu64 " of %" PRIu64 " segments", me.uid,
-			    me.segments, me.max_segments);
-	return fail(a, "over the size limit of uid %" PRIu32 ": %s of %s in "
-		    "segments, %s more asked", me.uid,
-		    bytes_text(me.bytes, used, sizeof(used)),
+		return fail(a,
+			    "over the segment limit of uid %" PRIu32
+			    ": %" PRIu64 " of %" PRIu64 " segments",
+			    me.uid, me.segments, me.max_segments);
+	return fail(a,
+		    "over the size limit of uid %" PRIu32 ": %s of %s in "
+		    "segments, %s more asked",
+		    me.uid, bytes_text(me.bytes, used, sizeof(used)),
 		    bytes_text(me.max_bytes, max, sizeof(max)),
 		    bytes_text(size, more, sizeof(more)));
 }
@@ -904,7 +907,8 @@ static void usage_text(const struct upager_usage *v, size_t nr)
 			printf(" (%s)", name);
 		}
 		printf("%s\n", v[i].flags & UPAGER_USAGE_EXEMPT ?
-		       ", exempt from the limits" : "");
+				       ", exempt from the limits" :
+				       "");
 		print_used("  segments", v[i].segments, v[i].max_segments);
 		print_used_bytes("  bytes", v[i].bytes, v[i].max_bytes);
 		print_bytes("  resident", v[i].resident_bytes);
@@ -925,8 +929,7 @@ static void json_limit(struct json *j, const char *key, uint64_t v)
 	json_null(j, key);
 }
 
-static void usage_json(struct json *j, const struct upager_usage *v,
-		       size_t nr)
+static void usage_json(struct json *j, const struct upager_usage *v, size_t nr)
 {
 	json_u64(j, "idle_timeout_ms", nr ? v[0].idle_timeout_ms : 0);
 	json_open(j, "users", '[', true);
@@ -1027,8 +1030,7 @@ static ssize_t read_full(int fd, char *buf, size_t len)
 }
 
 /* Report a failed detach, unless something failed before it. */
-static int detach(const struct args *a, struct upager_attachment *at,
-		  int status)
+static int detach(const struct args *a, struct upager_attachment *at, int status)
 {
 	int ret = upager_detach(at);
 
@@ -1045,8 +1047,10 @@ static int check_offset(const struct args *a, uint64_t size)
 		return 0;
 	size_format(a->offset, off, sizeof(off));
 	size_format(size, sz, sizeof(sz));
-	return fail(a, "offset %" PRIu64 " (%s) is beyond the end of the "
-		    "segment (size %" PRIu64 ", %s)", a->offset, off, size, sz);
+	return fail(a,
+		    "offset %" PRIu64 " (%s) is beyond the end of the "
+		    "segment (size %" PRIu64 ", %s)",
+		    a->offset, off, size, sz);
 }
 
 /*
@@ -1120,9 +1124,10 @@ static int fail_sigbus(const struct args *a, const char *verb, uint64_t bad,
 
 	if (bad != UINT64_MAX)
 		snprintf(at, sizeof(at), "the page at offset %" PRIu64, bad);
-	return fail(a, "cannot %s %s (SIGBUS: its source failed, or upagerd "
-		    "is gone); %" PRIu64 " bytes copied before it", verb, at,
-		    done);
+	return fail(a,
+		    "cannot %s %s (SIGBUS: its source failed, or upagerd "
+		    "is gone); %" PRIu64 " bytes copied before it",
+		    verb, at, done);
 }
 
 /*
@@ -1226,9 +1231,11 @@ static int cmd_cat(struct upager *u, const struct args *a)
 		goto out;
 	len = a->has_length ? a->length : size - a->offset;
 	if (len > size - a->offset) {
-		status = fail(a, "offset %" PRIu64 " + length %" PRIu64
-			      " is beyond the end of the segment (size %"
-			      PRIu64 ")", a->offset, len, size);
+		status = fail(a,
+			      "offset %" PRIu64 " + length %" PRIu64
+			      " is beyond the end of the segment (size %" PRIu64
+			      ")",
+			      a->offset, len, size);
 		goto out;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -1249,10 +1256,10 @@ static int check_input_fits(const struct args *a, uint64_t room)
 	if (fstat(STDIN_FILENO, &st) < 0 || !S_ISREG(st.st_mode))
 		return 0;
 	pos = lseek(STDIN_FILENO, 0, SEEK_CUR);
-	if (pos < 0 || st.st_size <= pos ||
-	    (uint64_t)(st.st_size - pos) <= room)
+	if (pos < 0 || st.st_size <= pos || (uint64_t)(st.st_size - pos) <= room)
 		return 0;
-	return fail(a, "input holds %" PRIu64 " bytes, but only %" PRIu64
+	return fail(a,
+		    "input holds %" PRIu64 " bytes, but only %" PRIu64
 		    " fit at offset %" PRIu64 "; nothing written",
 		    (uint64_t)(st.st_size - pos), room, a->offset);
 }
@@ -1284,15 +1291,16 @@ static int write_range(const struct args *a, char *map, uint64_t size,
 		}
 		if (n == 0)
 			break;
-		fit = room - done < (uint64_t)n ? (size_t)(room - done)
-						 : (size_t)n;
+		fit = room - done < (uint64_t)n ? (size_t)(room - done) :
+						  (size_t)n;
 		if (copy_guarded(dst + done, bounce, fit, map, size, &bad)) {
 			status = fail_sigbus(a, "write", bad, done);
 			break;
 		}
 		done += fit;
 		if (fit < (size_t)n) {
-			status = fail(a, "input holds more than the %" PRIu64
+			status = fail(a,
+				      "input holds more than the %" PRIu64
 				      " bytes that fit at offset %" PRIu64
 				      "; only those were written",
 				      room, a->offset);
@@ -1459,7 +1467,8 @@ static const struct command *command_find(const char *name)
 static void name_rules_help(void)
 {
 	printf("NAME: 1 to %d characters of A-Z a-z 0-9 . _ - "
-	       "(not \".\" or \"..\").\n", UPAGER_NAME_MAX);
+	       "(not \".\" or \"..\").\n",
+	       UPAGER_NAME_MAX);
 }
 
 static void command_help(const struct command *cmd)
@@ -1507,8 +1516,10 @@ static int option_error(const struct command *cmd, const char *word, int c)
 
 	if (strncmp(word, "--", 2)) {
 		if (c == ':')
-			return usage_error(cmd, "option '-%s' needs an "
-					   "argument", show(opt));
+			return usage_error(cmd,
+					   "option '-%s' needs an "
+					   "argument",
+					   show(opt));
 		return usage_error(cmd, "unknown option '-%s'", show(opt));
 	}
 	if (c == ':')
@@ -1535,8 +1546,10 @@ static int parse_size_arg(const struct command *cmd, const char *opt,
 				   opt, show(arg), limit);
 	}
 	if (ret < 0)
-		return usage_error(cmd, "invalid %s '%s' (a byte count such "
-				   "as 4096, 64K or 1GiB)", opt, show(arg));
+		return usage_error(cmd,
+				   "invalid %s '%s' (a byte count such "
+				   "as 4096, 64K or 1GiB)",
+				   opt, show(arg));
 	*out = v;
 	return PARSE_OK;
 }
@@ -1550,8 +1563,10 @@ static int parse_mode_arg(const struct command *cmd, const char *arg,
 	for (p = arg; *p >= '0' && *p <= '7' && mode <= 0777; p++)
 		mode = mode * 8 + (uint32_t)(*p - '0');
 	if (p == arg || *p || mode > 0777)
-		return usage_error(cmd, "invalid --mode '%s' (octal permission "
-				   "bits, 0 to 0777)", show(arg));
+		return usage_error(cmd,
+				   "invalid --mode '%s' (octal permission "
+				   "bits, 0 to 0777)",
+				   show(arg));
 	*out = mode;
 	return PARSE_OK;
 }
@@ -1569,8 +1584,10 @@ static int parse_owner_arg(const struct command *cmd, const char *arg,
 		v = strtoull(arg, &end, 10);
 		/* (uid_t)-1 is no user's */
 		if (errno || *end || v >= UINT32_MAX)
-			return usage_error(cmd, "invalid --owner '%s' (a user "
-					   "name or a uid)", show(arg));
+			return usage_error(cmd,
+					   "invalid --owner '%s' (a user "
+					   "name or a uid)",
+					   show(arg));
 		*out = (uint32_t)v;
 		return PARSE_OK;
 	}
@@ -1598,7 +1615,7 @@ static int apply_option(struct args *a, int opt, const char *arg)
 				     &a->size);
 		if (ret == PARSE_OK && !a->size)
 			return usage_error(cmd, "--size must be at least 1 "
-					   "byte");
+						"byte");
 		return ret;
 	case OPT_SOURCE:
 		a->source = arg;
@@ -1643,12 +1660,14 @@ static int apply_positional(struct args *a, const char *arg)
 	}
 	len = strlen(arg);
 	if (len > UPAGER_NAME_MAX)
-		return usage_error(a->cmd, "segment name '%s' is too long "
-				   "(%zu bytes; at most %d)", show(arg), len,
-				   UPAGER_NAME_MAX);
-	return usage_error(a->cmd, "invalid segment name '%s' (1 to %d of "
-			   "A-Z a-z 0-9 . _ -, not . or ..)", show(arg),
-			   UPAGER_NAME_MAX);
+		return usage_error(a->cmd,
+				   "segment name '%s' is too long "
+				   "(%zu bytes; at most %d)",
+				   show(arg), len, UPAGER_NAME_MAX);
+	return usage_error(a->cmd,
+			   "invalid segment name '%s' (1 to %d of "
+			   "A-Z a-z 0-9 . _ -, not . or ..)",
+			   show(arg), UPAGER_NAME_MAX);
 }
 
 /* The command's options after the common ones, in one getopt table. */
@@ -1741,7 +1760,7 @@ static int parse_global(struct args *a, int argc, char **argv)
 		case OPT_SOCKET:
 			if (!*optarg)
 				return usage_error(NULL, "--socket needs a "
-						   "path");
+							 "path");
 			a->socket = optarg;
 			break;
 		case OPT_HELP:

@@ -67,10 +67,10 @@ struct workload {
 	unsigned int threads;
 	size_t page_size;
 	char *area;
-	char *src;		/* one page, source of UFFDIO_COPY */
+	char *src; /* one page, source of UFFDIO_COPY */
 	int uffd;
-	int stop_fd;		/* eventfd: tells the handler to return */
-	unsigned long faults;	/* served by the handler */
+	int stop_fd;	      /* eventfd: tells the handler to return */
+	unsigned long faults; /* served by the handler */
 };
 
 struct toucher {
@@ -161,7 +161,7 @@ static void *toucher_main(void *arg)
 		volatile char *p = w->area + i * w->page_size;
 
 		if (w->mode == MODE_WP)
-			*p = (char)pattern(i);	/* a write, which WP traps */
+			*p = (char)pattern(i); /* a write, which WP traps */
 		if ((unsigned char)*p != pattern(i)) {
 			t->err = -EIO;
 			return NULL;
@@ -254,16 +254,19 @@ static int parse_ulong(const char *s, unsigned long max, unsigned long *out)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"Usage: uffd-workload [-m missing|wp|minor] [-n PAGES] [-t THREADS]\n"
-"Sets up PAGES pages (default 1000) under a userfaultfd, waits for one byte\n"
-"(or EOF) on stdin, touches every page once from THREADS threads (default 1),\n"
-"then prints 'faults=N', N being the faults its handler served.\n");
+		"Usage: uffd-workload [-m missing|wp|minor] [-n PAGES] [-t THREADS]\n"
+		"Sets up PAGES pages (default 1000) under a userfaultfd, waits for one byte\n"
+		"(or EOF) on stdin, touches every page once from THREADS threads (default 1),\n"
+		"then prints 'faults=N', N being the faults its handler served.\n");
 }
 
 int main(int argc, char **argv)
 {
-	struct workload w = { .mode = MODE_MISSING, .pages = 1000, .threads = 1,
-			      .uffd = -1, .stop_fd = -1 };
+	struct workload w = { .mode = MODE_MISSING,
+			      .pages = 1000,
+			      .threads = 1,
+			      .uffd = -1,
+			      .stop_fd = -1 };
 	struct toucher *touchers = NULL;
 	pthread_t handler, *tids = NULL;
 	unsigned long v;
@@ -279,7 +282,8 @@ int main(int argc, char **argv)
 				if (!strcmp(optarg, mode_names[i]))
 					break;
 			if (i == 3) {
-				fprintf(stderr, "uffd-workload: unknown mode '%s'\n",
+				fprintf(stderr,
+					"uffd-workload: unknown mode '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -287,7 +291,8 @@ int main(int argc, char **argv)
 			break;
 		case 'n':
 			if (parse_ulong(optarg, 1UL << 24, &v)) {
-				fprintf(stderr, "uffd-workload: bad page count '%s'\n",
+				fprintf(stderr,
+					"uffd-workload: bad page count '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -295,7 +300,8 @@ int main(int argc, char **argv)
 			break;
 		case 't':
 			if (parse_ulong(optarg, 256, &v)) {
-				fprintf(stderr, "uffd-workload: bad thread count '%s'\n",
+				fprintf(stderr,
+					"uffd-workload: bad thread count '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -322,7 +328,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "uffd-workload: %s setup: %s\n",
 			mode_names[w.mode], strerror(-err));
 		return err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP ?
-			       EXIT_SKIP : 1;
+			       EXIT_SKIP :
+			       1;
 	}
 	err = pthread_create(&handler, NULL, handler_main, &w);
 	if (err) {
@@ -347,8 +354,7 @@ int main(int argc, char **argv)
 		touchers[i].first = i * per;
 		touchers[i].count = i == w.threads - 1 ? w.pages - i * per :
 							 per;
-		err = pthread_create(&tids[i], NULL, toucher_main,
-				     &touchers[i]);
+		err = pthread_create(&tids[i], NULL, toucher_main, &touchers[i]);
 		if (err) {
 			fprintf(stderr, "uffd-workload: pthread_create: %s\n",
 				strerror(err));
@@ -363,13 +369,13 @@ int main(int argc, char **argv)
 	}
 
 	if (write(w.stop_fd, &one, sizeof(one)) != sizeof(one)) {
-		fprintf(stderr, "uffd-workload: eventfd: %s\n",
-			strerror(errno));
+		fprintf(stderr, "uffd-workload: eventfd: %s\n", strerror(errno));
 		return 1;
 	}
 	pthread_join(handler, NULL);
 	if (err) {
-		fprintf(stderr, "uffd-workload: a page read back wrong contents\n");
+		fprintf(stderr,
+			"uffd-workload: a page read back wrong contents\n");
 		return 1;
 	}
 	printf("mode=%s pages=%zu threads=%u\n", mode_names[w.mode], w.pages,

@@ -82,23 +82,23 @@
 #include <bpf/bpf_core_read.h>
 #include "upager-trace.h"
 
-#define VM_UFFD_MISSING	(1UL << 9)
-#define VM_UFFD_WP	(1UL << 12)
-#define VM_UFFD_MINOR	(1UL << 41)
+#define VM_UFFD_MISSING (1UL << 9)
+#define VM_UFFD_WP (1UL << 12)
+#define VM_UFFD_MINOR (1UL << 41)
 
 /* include/uapi/linux/userfaultfd.h: ABI, will not move. */
-#define UFFD_PAGEFAULT_FLAG_WP		(1ULL << 1)
-#define UFFD_PAGEFAULT_FLAG_MINOR	(1ULL << 2)
+#define UFFD_PAGEFAULT_FLAG_WP (1ULL << 1)
+#define UFFD_PAGEFAULT_FLAG_MINOR (1ULL << 2)
 
-#define TASK_RUNNING	0
+#define TASK_RUNNING 0
 
-#define cmpxchg(p, old, new)	__sync_val_compare_and_swap(p, old, new)
+#define cmpxchg(p, old, new) __sync_val_compare_and_swap(p, old, new)
 
 /* The stack scan reads this much at a time, top down... */
-#define SCAN_CHUNK	512
-#define SCAN_WORDS	(SCAN_CHUNK / 8)
+#define SCAN_CHUNK 512
+#define SCAN_WORDS (SCAN_CHUNK / 8)
 /* ...at most this many times: 32 KiB, THREAD_SIZE on x86-64 with KASAN. */
-#define SCAN_MAX_CHUNKS	64
+#define SCAN_MAX_CHUNKS 64
 
 /* Set by the loader before load: 0 traces every process. */
 const volatile __u32 targ_tgid = 0;
@@ -129,9 +129,9 @@ struct {
 
 /* sched: per-thread state, freed with the thread. */
 struct task_wait {
-	__u64 fault_ts;	/* entry of the fault in progress, or 0 */
+	__u64 fault_ts; /* entry of the fault in progress, or 0 */
 	__u64 wait_ts;	/* start of the uffd wait in progress, or 0 */
-	__u64 woken_ts;	/* when that wait's thread was woken, or 0 */
+	__u64 woken_ts; /* when that wait's thread was woken, or 0 */
 	__u32 kind;	/* of that wait */
 	__u32 tries;	/* sleeps left to look for a uffd wait in this fault */
 };
@@ -142,7 +142,7 @@ struct task_wait {
  * fault that did not block at all leaves fault_ts behind, and every later
  * sleep of the thread would pay for a scan. Two tries bound both.
  */
-#define SCAN_TRIES	2
+#define SCAN_TRIES 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -357,8 +357,8 @@ static __always_inline int uwq_kind(__u64 wq)
 
 	uwq = (void *)(wq - bpf_core_field_offset(struct userfaultfd_wait_queue,
 						  wq));
-	entry = (void *)(wq + bpf_core_field_offset(struct wait_queue_entry,
-						    entry));
+	entry = (void *)(wq +
+			 bpf_core_field_offset(struct wait_queue_entry, entry));
 	next = BPF_CORE_READ(uwq, wq.entry.next);
 	/*
 	 * Queued: linked both ways. Woken entries are list_del_init()ed
@@ -375,12 +375,12 @@ static __always_inline int uwq_kind(__u64 wq)
 }
 
 struct scan_ctx {
-	__u64 task;	/* the .private we look for */
-	__u64 func;	/* the .func we look for */
-	__u64 top;	/* lowest address scanned so far */
-	__u64 base;	/* bottom of the stack */
-	__u64 above;	/* the word just above top: pairs across chunks */
-	int kind;	/* result, -1 until found */
+	__u64 task;  /* the .private we look for */
+	__u64 func;  /* the .func we look for */
+	__u64 top;   /* lowest address scanned so far */
+	__u64 base;  /* bottom of the stack */
+	__u64 above; /* the word just above top: pairs across chunks */
+	int kind;    /* result, -1 until found */
 };
 
 static long scan_chunk(__u32 i, void *data)
@@ -399,8 +399,8 @@ static long scan_chunk(__u32 i, void *data)
 	if (!b)
 		return 1;
 	addr = c->top - SCAN_CHUNK;
-	if (addr < c->base || bpf_probe_read_kernel(b->w, SCAN_CHUNK,
-						    (void *)addr))
+	if (addr < c->base ||
+	    bpf_probe_read_kernel(b->w, SCAN_CHUNK, (void *)addr))
 		return 1;
 	for (j = SCAN_WORDS - 1; j >= 0; j--) {
 		next = j == SCAN_WORDS - 1 ? c->above :

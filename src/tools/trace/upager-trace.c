@@ -42,10 +42,10 @@
 #include "upager-trace.h"
 #include "upager-trace.skel.h"
 
-#define EXIT_USAGE	2
+#define EXIT_USAGE 2
 #define EXIT_UNSUPPORTED 3
 
-#define VMLINUX_BTF	"/sys/kernel/btf/vmlinux"
+#define VMLINUX_BTF "/sys/kernel/btf/vmlinux"
 
 static const char *const kind_names[UPAGER_TRACE_NR_KINDS] = {
 	[UPAGER_TRACE_MISSING] = "missing",
@@ -67,8 +67,8 @@ static const char *const method_names[] = {
 };
 
 struct options {
-	pid_t pid;		/* 0: every process */
-	double duration;	/* seconds; 0: until a signal */
+	pid_t pid;	 /* 0: every process */
+	double duration; /* seconds; 0: until a signal */
 	enum method method;
 	bool json;
 	bool verbose;
@@ -90,7 +90,7 @@ struct report {
 	double elapsed;
 	__u64 dropped;
 	__u64 unknown_reason;
-	__u64 ends_from_wakeup;	/* sched method: switch-in not seen */
+	__u64 ends_from_wakeup; /* sched method: switch-in not seen */
 };
 
 static bool verbose;
@@ -121,27 +121,27 @@ static int libbpf_print(enum libbpf_print_level level, const char *fmt,
 static void usage(FILE *f)
 {
 	fprintf(f,
-"Usage: upager-trace [--pid PID] [--duration SECONDS] [--json]\n"
-"                    [--method auto|fentry|sched] [--verbose]\n"
-"\n"
-"Measure, in the kernel, how long threads wait in userfaultfd faults\n"
-"(entry to return of handle_userfault), per process and by fault kind\n"
-"(missing, wp, minor), as log2 histograms of nanoseconds.\n"
-"\n"
-"  -p, --pid PID          trace only this process (thread-group id); tracing\n"
-"                         also ends when it exits\n"
-"  -d, --duration SECS    trace for SECS seconds (fractions allowed); default:\n"
-"                         until SIGINT (Ctrl-C) or SIGTERM\n"
-"  -j, --json             print the result as one JSON object on stdout\n"
-"  -m, --method M         fentry: fentry/fexit on handle_userfault (exact);\n"
-"                         sched: page-fault and sched_switch tracepoints, for\n"
-"                         kernels that refuse fentry; auto (default): fentry,\n"
-"                         else sched\n"
-"  -v, --verbose          show libbpf's debug output\n"
-"  -h, --help             show this help\n"
-"\n"
-"Needs root and BTF (" VMLINUX_BTF ").\n"
-"Exit status: 0 success, 1 error, 2 bad usage, 3 tracing unsupported here.\n");
+		"Usage: upager-trace [--pid PID] [--duration SECONDS] [--json]\n"
+		"                    [--method auto|fentry|sched] [--verbose]\n"
+		"\n"
+		"Measure, in the kernel, how long threads wait in userfaultfd faults\n"
+		"(entry to return of handle_userfault), per process and by fault kind\n"
+		"(missing, wp, minor), as log2 histograms of nanoseconds.\n"
+		"\n"
+		"  -p, --pid PID          trace only this process (thread-group id); tracing\n"
+		"                         also ends when it exits\n"
+		"  -d, --duration SECS    trace for SECS seconds (fractions allowed); default:\n"
+		"                         until SIGINT (Ctrl-C) or SIGTERM\n"
+		"  -j, --json             print the result as one JSON object on stdout\n"
+		"  -m, --method M         fentry: fentry/fexit on handle_userfault (exact);\n"
+		"                         sched: page-fault and sched_switch tracepoints, for\n"
+		"                         kernels that refuse fentry; auto (default): fentry,\n"
+		"                         else sched\n"
+		"  -v, --verbose          show libbpf's debug output\n"
+		"  -h, --help             show this help\n"
+		"\n"
+		"Needs root and BTF (" VMLINUX_BTF ").\n"
+		"Exit status: 0 success, 1 error, 2 bad usage, 3 tracing unsupported here.\n");
 }
 
 static int parse_pid(const char *s, pid_t *pid)
@@ -440,7 +440,8 @@ static int report_collect(struct upager_trace *skel, struct report *r)
 	r->ends_from_wakeup = skel->bss->ends_from_wakeup;
 	if (verbose && r->method == METHOD_SCHED)
 		msg("sched method: %" PRIu64 " stack scans, %" PRIu64
-		    " found a uffd wait; %" PRIu64 " waits ended at their wake-up",
+		    " found a uffd wait; %" PRIu64
+		    " waits ended at their wake-up",
 		    (uint64_t)skel->bss->stack_scans,
 		    (uint64_t)skel->bss->stack_scan_hits,
 		    (uint64_t)skel->bss->ends_from_wakeup);
@@ -485,9 +486,9 @@ static void print_log2_hist(const struct upager_trace_hist *h)
 		w = 5;
 	printf("%*s%-*s : count     distribution\n", w + 1, "nsecs", w + 4, "");
 	for (i = first; i <= last; i++) {
-		printf("%*" PRIu64 " -> %-*" PRIu64 " : %-9" PRIu64 " |",
-		       w + 1, (uint64_t)slot_lower(i), w,
-		       (uint64_t)slot_upper(i), (uint64_t)h->slots[i]);
+		printf("%*" PRIu64 " -> %-*" PRIu64 " : %-9" PRIu64 " |", w + 1,
+		       (uint64_t)slot_lower(i), w, (uint64_t)slot_upper(i),
+		       (uint64_t)h->slots[i]);
 		print_stars(h->slots[i], max, 40);
 		puts("|");
 	}
@@ -506,8 +507,7 @@ static void print_row(const char *pid, const char *comm,
 	       " %10.1f %10.1f %10.1f %10.1f\n",
 	       pid, comm, (uint64_t)kinds[UPAGER_TRACE_MISSING].count,
 	       (uint64_t)kinds[UPAGER_TRACE_WP].count,
-	       (uint64_t)kinds[UPAGER_TRACE_MINOR].count,
-	       (uint64_t)all->count,
+	       (uint64_t)kinds[UPAGER_TRACE_MINOR].count, (uint64_t)all->count,
 	       all->count ? us(all->sum_ns) / (double)all->count : 0.0,
 	       us(hist_quantile(all, 0.50)), us(hist_quantile(all, 0.99)),
 	       us(all->max_ns));
@@ -561,7 +561,8 @@ static void report_print_text(const struct report *r)
 
 warnings:
 	if (r->dropped)
-		printf("\nwarning: %" PRIu64 " waits not recorded (BPF maps full)\n",
+		printf("\nwarning: %" PRIu64
+		       " waits not recorded (BPF maps full)\n",
 		       (uint64_t)r->dropped);
 	if (r->ends_from_wakeup)
 		printf("\nnote: %" PRIu64 " waits ended at their wake-up: their "
@@ -860,10 +861,12 @@ int main(int argc, char **argv)
 
 	start = now_secs();
 	if (o.pid)
-		fprintf(stderr, "upager-trace: tracing userfaultfd waits of pid %d",
+		fprintf(stderr,
+			"upager-trace: tracing userfaultfd waits of pid %d",
 			(int)o.pid);
 	else
-		fprintf(stderr, "upager-trace: tracing userfaultfd waits of all processes");
+		fprintf(stderr,
+			"upager-trace: tracing userfaultfd waits of all processes");
 	if (o.duration > 0)
 		fprintf(stderr, " for %g s", o.duration);
 	fprintf(stderr, " (%s method)... Hit Ctrl-C to end.\n",

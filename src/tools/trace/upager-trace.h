@@ -14,19 +14,19 @@
 #ifndef UPAGER_TRACE_H
 #define UPAGER_TRACE_H
 
-#define UPAGER_TRACE_COMM_LEN	16
+#define UPAGER_TRACE_COMM_LEN 16
 
 /*
  * log2 buckets of the wait in nanoseconds: slot 0 holds waits of 0 and 1 ns,
  * slot k (k > 0) holds [2^k, 2^(k+1) - 1]. 64 slots cover every u64, so no
  * slot is a catch-all and every bucket has a finite upper bound.
  */
-#define UPAGER_TRACE_SLOTS	64
+#define UPAGER_TRACE_SLOTS 64
 
 /* Concurrently waiting threads we can time; more are counted as dropped. */
-#define UPAGER_TRACE_MAX_WAITERS	16384
+#define UPAGER_TRACE_MAX_WAITERS 16384
 /* (tgid, kind) pairs we keep histograms for. */
-#define UPAGER_TRACE_MAX_ENTRIES	4096
+#define UPAGER_TRACE_MAX_ENTRIES 4096
 
 /*
  * The kind of a fault, from handle_userfault()'s @reason argument.
@@ -43,15 +43,15 @@ enum upager_trace_kind {
 
 struct upager_trace_key {
 	__u32 tgid;
-	__u32 kind;	/* enum upager_trace_kind */
+	__u32 kind; /* enum upager_trace_kind */
 };
 
 /* Updated from any CPU with atomic adds; the loader reads it at the end. */
 struct upager_trace_hist {
 	__u64 count;
 	__u64 sum_ns;
-	__u64 max_ns;	/* racy maximum: may miss a concurrent larger wait */
-	char comm[UPAGER_TRACE_COMM_LEN];	/* of the thread-group leader */
+	__u64 max_ns; /* racy maximum: may miss a concurrent larger wait */
+	char comm[UPAGER_TRACE_COMM_LEN]; /* of the thread-group leader */
 	__u64 slots[UPAGER_TRACE_SLOTS];
 };
 
