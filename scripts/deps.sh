@@ -8,6 +8,7 @@ pkgs=(
 	liburing-dev check				# core, tests
 	libbpf-dev clang llvm bpftool			# upager-trace (optional)
 	gnuplot-nox jq python3				# plots, test helpers
+	clang-format-14					# the format check
 )
 
 missing=()

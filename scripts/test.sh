@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite twice:
-# in the normal build and in an ASan+UBSan build.  Ends with the line
-# "N passed, N failed[, N skipped]"; exits non-zero when anything failed.
+# Installs what is missing, checks the formatting (scripts/check-format.sh),
+# builds, and runs the whole test suite twice: in the normal build and in an
+# ASan+UBSan build.  Ends with the line "N passed, N failed[, N skipped]"
+# (the format check counts as one); exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,12 @@ summary() {
 	python3 - "$@" <<'PY'
 import json, sys
 ok = fail = skip = 0
-for path in sys.argv[1:]:
+fmt = sys.argv[1]
+if fmt == "ok":
+    ok += 1
+else:
+    fail += 1
+for path in sys.argv[2:]:
     try:
         lines = open(path).read().splitlines()
     except OSError:
@@ -30,6 +36,15 @@ PY
 
 status=0
 logs=()
+
+echo "== format" >&2
+format=ok
+if ! scripts/check-format.sh; then
+	echo "== format FAILED: run scripts/check-format.sh --fix" >&2
+	format=fail
+	status=1
+fi
+
 for variant in "build" "build-asan -Db_sanitize=address,undefined -Db_lundef=false"; do
 	read -r dir opts <<<"$variant"
 	echo "== $dir: build" >&2
@@ -45,5 +60,5 @@ for variant in "build" "build-asan -Db_sanitize=address,undefined -Db_lundef=fal
 done
 
 echo
-summary "${logs[@]}"
+summary "$format" "${logs[@]}"
 exit $status
