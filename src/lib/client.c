@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,7 +347,14 @@ UPAGER_API int upager_stat(struct upager *u, const char *name,
 	return set_errno(ret);
 }
 
-UPAGER_API int upager_list(struct upager *u, struct upager_segment_info *infos,
+/*
+ * request_entries - a request answered by a run of @entry_type records of
+ * @entry_len bytes, then a @type record with the status.  The @size bytes
+ * at @off in entry i go to @out + i * @size while i < @max.  Returns the
+ * number of entries (which may exceed @max), or -errno as request().
+ */
+static int request_entries(struct upager *u, uint16_t type, uint16_t entry_type,
+			   size_t entry_len, size_t off, void *out, size_t size,
 			   size_t max)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
@@ -354,12 +362,10 @@ UPAGER_API int upager_list(struct upager *u, struct upager_segment_info *infos,
 	size_t n = 0;
 	int ret, fd;
 
-	if (!u || (max && !infos))
-		return set_errno(-EINVAL);
 	if (inherited(u))
-		return set_errno(-ECHILD);
+		return -ECHILD;
 	pthread_mutex_lock(&u->req_lock);
-	ret = send_request(u, &m, sizeof(m), UPG_LIST, -1);
+	ret = send_request(u, &m, sizeof(m), type, -1);
 	while (ret == 0) {
 		ssize_t len = recv_reply(u, buf, sizeof(buf), &fd);
 
@@ -371,20 +377,30 @@ UPAGER_API int upager_list(struct upager *u, struct upager_segment_info *infos,
 			close(fd);
 		if (r->seq != u->seq) {
 			ret = -EPROTO;
-		} else if (r->type == UPG_LIST) {
+		} else if (r->type == type) {
 			ret = r->status < 0 ? r->status : (int)n;
 			break;
-		} else if (r->type != UPG_LIST_ENTRY ||
-			   (size_t)len != sizeof(struct upg_info)) {
+		} else if (r->type != entry_type || (size_t)len != entry_len) {
 			ret = -EPROTO;
 		} else {
 			if (n < max)
-				infos[n] = ((struct upg_info *)buf)->info;
+				memcpy((char *)out + n * size, buf + off, size);
 			n++;
 		}
 	}
 	pthread_mutex_unlock(&u->req_lock);
-	return set_errno(ret);
+	return ret;
+}
+
+UPAGER_API int upager_list(struct upager *u, struct upager_segment_info *infos,
+			   size_t max)
+{
+	if (!u || (max && !infos))
+		return set_errno(-EINVAL);
+	return set_errno(request_entries(u, UPG_LIST, UPG_LIST_ENTRY,
+					 sizeof(struct upg_info),
+					 offsetof(struct upg_info, info), infos,
+					 sizeof(*infos), max));
 }
 
 UPAGER_API int upager_stats(struct upager *u, struct upager_daemon_stats *st)
@@ -406,44 +422,16 @@ UPAGER_API int upager_stats(struct upager *u, struct upager_daemon_stats *st)
 UPAGER_API int upager_usage(struct upager *u, struct upager_usage *out,
 			    size_t max)
 {
-	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
-	struct upg_hdr m, *r = (struct upg_hdr *)buf;
-	size_t n = 0;
-	int ret, fd;
-
 	if (!u || (max && !out))
 		return set_errno(-EINVAL);
 	if (inherited(u))
 		return set_errno(-ECHILD);
 	if (!(u->features & UPG_FEATURE_USAGE))
 		return set_errno(-EOPNOTSUPP);
-	pthread_mutex_lock(&u->req_lock);
-	ret = send_request(u, &m, sizeof(m), UPG_USAGE, -1);
-	while (ret == 0) {
-		ssize_t len = recv_reply(u, buf, sizeof(buf), &fd);
-
-		if (len < 0) {
-			ret = len;
-			break;
-		}
-		if (fd >= 0)
-			close(fd);
-		if (r->seq != u->seq) {
-			ret = -EPROTO;
-		} else if (r->type == UPG_USAGE) {
-			ret = r->status < 0 ? r->status : (int)n;
-			break;
-		} else if (r->type != UPG_USAGE_ENTRY ||
-			   (size_t)len != sizeof(struct upg_usage)) {
-			ret = -EPROTO;
-		} else {
-			if (n < max)
-				out[n] = ((struct upg_usage *)buf)->usage;
-			n++;
-		}
-	}
-	pthread_mutex_unlock(&u->req_lock);
-	return set_errno(ret);
+	return set_errno(request_entries(u, UPG_USAGE, UPG_USAGE_ENTRY,
+					 sizeof(struct upg_usage),
+					 offsetof(struct upg_usage, usage), out,
+					 sizeof(*out), max));
 }
 
 UPAGER_API void upager_disconnect(struct upager *u)
