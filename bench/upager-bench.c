@@ -48,6 +48,7 @@
 
 #include "bench-stats.h"
 #include "bench-systems.h"
+#include "fd.h"
 #include "size.h"
 
 #define BENCH_MAX_LIST 16
@@ -1317,36 +1318,6 @@ static void *shared_alloc(size_t len)
 	return p;
 }
 
-/*
- * Each of fds 0, 1, 2 that is closed is held open on /dev/null (the wrong
- * way round, so using it still fails), so that no descriptor we open -- a
- * socket, a userfaultfd, a daemon's log -- takes its number and gets the
- * report or the progress line written into it.  Returns a mask of the fds
- * that were closed (bit n: fd n), or -errno.
- */
-static int stdio_guard(void)
-{
-	int fd, nfd, closed = 0;
-
-	for (fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
-		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
-			continue;
-		nfd = open("/dev/null",
-			   fd == STDIN_FILENO ? O_WRONLY : O_RDONLY);
-		if (nfd < 0)
-			return -errno;
-		if (nfd != fd) {
-			if (dup2(nfd, fd) < 0) {
-				close(nfd);
-				return -errno;
-			}
-			close(nfd);
-		}
-		closed |= 1 << fd;
-	}
-	return closed;
-}
-
 static void result_finish(struct bench_result *res)
 {
 	bench_figures_median(res->runs, res->nr_runs, &res->fig);
@@ -1380,7 +1351,7 @@ int main(int argc, char **argv)
 	int r;
 
 	/* stdin is never read; stdout gets the report; stderr only talks */
-	r = stdio_guard();
+	r = fd_stdio_guard();
 	if (r < 0 || (r & (1 << STDOUT_FILENO))) {
 		fprintf(stderr, "upager-bench: %s\n",
 			r < 0 ? "cannot open /dev/null" :

@@ -25,4 +25,36 @@ static inline int fd_above_stdio(int fd)
 	return nfd < 0 ? -err : nfd;
 }
 
+/*
+ * fd_stdio_guard - for a program: each of fds 0, 1, 2 that is closed is
+ * held open on /dev/null, the wrong way round (stdin write-only, the
+ * others read-only) so that using it still fails, and no descriptor opened
+ * later -- a socket, a userfaultfd, a log -- takes its number and gets the
+ * program's output.  Returns a mask of the fds that were closed (bit n:
+ * fd n), or -errno.
+ */
+static inline int fd_stdio_guard(void)
+{
+	int fd, nfd, closed = 0;
+
+	for (fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		/* the lowest free number, so @fd: the ones below are open */
+		nfd = open("/dev/null",
+			   fd == STDIN_FILENO ? O_WRONLY : O_RDONLY);
+		if (nfd < 0)
+			return -errno;
+		if (nfd != fd) {
+			if (dup2(nfd, fd) < 0) {
+				close(nfd);
+				return -errno;
+			}
+			close(nfd);
+		}
+		closed |= 1 << fd;
+	}
+	return closed;
+}
+
 #endif

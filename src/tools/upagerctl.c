@@ -61,6 +61,7 @@
 
 #include <upager/upager.h>
 
+#include "fd.h"
 #include "json.h"
 #include "proto.h"
 #include "size.h"
@@ -1831,34 +1832,6 @@ static int connect_daemon(const struct args *a, struct upager **u)
 	return EXIT_FAILURE;
 }
 
-/*
- * Hold each of fds 0, 1, 2 that is closed open on /dev/null (see the top of
- * the file), and note it in stdio_closed.  Returns 0 or -errno.
- */
-static int stdio_guard(void)
-{
-	int fd, nfd;
-
-	for (fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
-		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
-			continue;
-		/* the lowest free number, so @fd: the ones below are open */
-		nfd = open("/dev/null",
-			   fd == STDIN_FILENO ? O_WRONLY : O_RDONLY);
-		if (nfd < 0)
-			return -errno;
-		if (nfd != fd) {
-			if (dup2(nfd, fd) < 0) {
-				close(nfd);
-				return -errno;
-			}
-			close(nfd);
-		}
-		stdio_closed |= 1u << fd;
-	}
-	return 0;
-}
-
 /* A command that needs a stream that was closed does not start. */
 static int check_stdio(const struct args *a)
 {
@@ -1897,13 +1870,15 @@ int main(int argc, char **argv)
 	struct upager *u = NULL;
 	int ret;
 
-	ret = stdio_guard();
+	/* see the top of the file */
+	ret = fd_stdio_guard();
 	if (ret < 0) {
 		/* stderr may be what is missing: the status still says it */
 		fprintf(stderr, PROG ": cannot open /dev/null: %s\n",
 			strerror(-ret));
 		return EXIT_FAILURE;
 	}
+	stdio_closed = ret;
 	ret = parse_global(&a, argc, argv);
 	if (ret == PARSE_OK)
 		ret = parse_command(&a, argc - optind, argv + optind);
