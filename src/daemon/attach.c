@@ -1,4 +1,9 @@
 // SPDX-License-Identifier: MIT
+/*
+ * Attachments: their life (new, fork, kill, reap), the address ranges they
+ * map and how the uffd's events change them, and their retry lists.  The
+ * design and the locking are in attach.h.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,10 +15,9 @@
 #include <sys/sysmacros.h>
 
 #include "attach.h"
+#include "daemon.h"
 #include "log.h"
 #include "segment.h"
-#include "daemon.h"
-#include "worker.h"
 
 static int ranges_add(struct attachment *att, uint64_t start, uint64_t len,
 		      uint64_t pgoff)
@@ -105,6 +109,9 @@ void attach_publish(struct attachment *att)
 	list_add_tail(&att->all_link, &d->attachments);
 	att->seg->nr_attachments++;
 	atomic_fetch_add(&d->nr_attachments, 1);
+	/* A forked child's, whose pid the main thread looks for. */
+	if (atomic_load(&att->pid) == 0)
+		atomic_fetch_add(&d->unresolved, 1);
 }
 
 bool attach_uffd_served(struct daemon *d, int fd)
@@ -235,7 +242,8 @@ static void ranges_oom(struct attachment *att)
 {
 	/* A lost range would leave faults in it unserved: give up the
 	 * attachment loudly rather than serve it wrong. */
-	pr_err("attach", "%s: out of memory tracking ranges", att->seg->name);
+	pr_err("attach", "%s: pid %d: out of memory tracking ranges",
+	       att->seg->name, (int)atomic_load(&att->pid));
 	attach_kill(att, "dropped");
 }
 
@@ -311,19 +319,18 @@ int attach_discover(struct attachment *att, uint64_t addr, pid_t tid)
 	return -EAGAIN;
 }
 
-void attach_unmap(struct attachment *att, uint64_t start, uint64_t end)
+int attach_unmap(struct attachment *att, uint64_t start, uint64_t end)
 {
 	int ret;
 
 	pthread_mutex_lock(&att->lock);
 	ret = ranges_cut(att, start, end, NULL);
 	pthread_mutex_unlock(&att->lock);
-	if (ret)
-		ranges_oom(att);
+	return ret;
 }
 
-void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
-		  uint64_t len)
+int attach_remap(struct attachment *att, uint64_t from, uint64_t to,
+		 uint64_t len)
 {
 	struct attachment moved = { .seg = att->seg };
 	int ret;
@@ -337,8 +344,7 @@ void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
 				  moved.ranges[i].len, moved.ranges[i].pgoff);
 	pthread_mutex_unlock(&att->lock);
 	free(moved.ranges);
-	if (ret)
-		ranges_oom(att);
+	return ret ? -ENOMEM : 0;
 }
 
 bool attach_has_ranges(struct attachment *att)
@@ -351,10 +357,10 @@ bool attach_has_ranges(struct attachment *att)
 	return ret;
 }
 
-void attach_requeue(struct attachment *att, uint64_t addr)
+int attach_requeue(struct attachment *att, uint64_t addr)
 {
 	if (atomic_load(&att->dead))
-		return;
+		return 0;
 	pthread_mutex_lock(&att->lock);
 	if (att->nr_retry == att->retry_cap) {
 		unsigned int cap = att->retry_cap ? 2 * att->retry_cap : 8;
@@ -362,34 +368,56 @@ void attach_requeue(struct attachment *att, uint64_t addr)
 
 		if (!p) {
 			pthread_mutex_unlock(&att->lock);
-			pr_err("fault", "out of memory requeueing a fault");
-			return;
+			return -ENOMEM;
 		}
 		att->retry = p;
 		att->retry_cap = cap;
 	}
 	att->retry[att->nr_retry++] = addr;
 	pthread_mutex_unlock(&att->lock);
-	worker_kick(att->owner);
+	daemon_kick(att->kick_fd);
+	return 0;
 }
 
+/*
+ * No daemon lock here: the caller may hold an attachment's evlock or lock,
+ * which come after it (daemon.h).  The main thread does the rest.
+ */
 bool attach_kill(struct attachment *att, const char *why)
 {
-	struct segment *seg = att->seg;
-	struct daemon *d = seg->d;
+	struct daemon *d = att->seg->d;
+	struct attachment *head;
 
 	if (atomic_exchange(&att->dead, true))
 		return false;
-	pr_info("attach", "%s: pid %d: attachment %llu %s", seg->name,
+	pr_info("attach", "%s: pid %d: attachment %llu %s", att->seg->name,
 		(int)atomic_load(&att->pid), (unsigned long long)att->id, why);
-	pthread_mutex_lock(&d->lock);
-	list_del_init(&att->seg_link);
-	list_del_init(&att->all_link);
-	seg->nr_attachments--;
-	if (atomic_load(&att->pid) == 0)
-		atomic_fetch_sub(&d->unresolved, 1);
-	pthread_mutex_unlock(&d->lock);
 	atomic_fetch_sub(&d->nr_attachments, 1);
-	worker_remove(att);
+	attach_get(att);
+	head = atomic_load(&d->killed);
+	do
+		att->kill_next = head;
+	while (!atomic_compare_exchange_weak(&d->killed, &head, att));
+	daemon_wake_main(d);
 	return true;
+}
+
+struct attachment *attach_reap(struct daemon *d)
+{
+	struct attachment *list, *att;
+
+	if (!atomic_load_explicit(&d->killed, memory_order_relaxed))
+		return NULL;
+	list = atomic_exchange(&d->killed, NULL);
+	pthread_mutex_lock(&d->lock);
+	for (att = list; att; att = att->kill_next) {
+		list_del_init(&att->seg_link);
+		list_del_init(&att->all_link);
+		att->seg->nr_attachments--;
+		/* (pid changes on the main thread only) */
+		if (atomic_load(&att->pid) == 0)
+			atomic_fetch_sub(&d->unresolved, 1);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return list;
 }

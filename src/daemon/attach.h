@@ -11,13 +11,25 @@
  * Lifetime: reference counted.  Each worker polling the uffd holds one;
  * fills in flight and parked waiters hold theirs.  attach_kill() takes an
  * attachment out of service once (whoever comes first: the process exited
- * or exec'd, it detached, its ranges are all unmapped) and asks the
- * workers polling it to stop; the uffd is closed with the last reference.
+ * or exec'd, it detached, its ranges are all unmapped), from any thread and
+ * under any lock but the daemon lock: it marks it dead and hands it to the
+ * main thread, which takes it off the daemon's lists (attach_reap) and
+ * tells the workers polling it to drop it.  The uffd is closed with the
+ * last reference.
  *
- * Locking: ranges and the retry list are under `lock`, as any worker may
- * serve or re-drive a fault of this attachment; `evlock` orders event
- * reading against copies (below).  `pid` is written once (a forked
- * child's, when it is identified) and read racily for statistics only.
+ * Locking (the order is in daemon.h):
+ *  - fixed before the attachment is published: id, seg, owner, kick_fd,
+ *    uffd, uid, parent_pid, parent_id, flags, uffd_features, uffd_ioctls,
+ *    created_ns;
+ *  - pidfd: written once, by the main thread, before pid is stored; read
+ *    after pid was seen set;
+ *  - atomics: refs, dead, pid (0 until a forked child is identified; -1
+ *    when it was found gone), fault_tid, ev_gen;
+ *  - `lock`: ranges and the retry list, as any worker may serve or drive
+ *    again a fault of this attachment;
+ *  - `evlock` orders reading the uffd's events against copies (below);
+ *  - the daemon lock: seg_link, all_link;
+ *  - kill_next: the daemon's list of killed attachments (lock-free).
  */
 #ifndef UPAGER_ATTACH_H
 #define UPAGER_ATTACH_H
@@ -101,7 +113,8 @@ struct attachment {
 	_Atomic int refs;
 	_Atomic bool dead;
 	struct segment *seg;		/* holds a reference */
-	struct worker *owner;
+	struct worker *owner;		/* polls the pidfd; drives retries */
+	int kick_fd;			/* the owner's eventfd */
 	int uffd;
 	int pidfd;			/* -1 until the pid is known */
 	_Atomic pid_t pid;		/* 0: forked, not yet identified */
@@ -121,15 +134,16 @@ struct attachment {
 	 * (remap, unmap, fork), read around a UFFDIO_COPY into the process:
 	 * a copy that succeeds (no event pending, or it fails EAGAIN) then
 	 * sees ranges that match the process's mappings.  A spinning lock:
-	 * it is held for one syscall, and every worker polling the uffd
-	 * takes it on every fault; sleeping on it would cost a cross-CPU
-	 * wake-up (tens of microseconds) each time.
+	 * it is held for one syscall (and the bookkeeping of the events
+	 * read), and every worker polling the uffd takes it on every fault;
+	 * sleeping on it would cost a cross-CPU wake-up (tens of
+	 * microseconds) each time.  Under it only `lock` is taken.
 	 */
 	struct spin_rwlock evlock;
 	_Atomic uint64_t ev_gen;	/* bumped, under evlock, by every
 					 * event that changes the ranges */
 
-	pthread_mutex_t lock;
+	pthread_mutex_t lock;		/* guards the five below */
 	struct att_range *ranges;
 	unsigned int nr_ranges, ranges_cap;
 	uint64_t *retry;		/* fault addresses to drive again */
@@ -137,6 +151,7 @@ struct attachment {
 
 	struct list_head seg_link;	/* segment's list, daemon lock */
 	struct list_head all_link;	/* daemon's list, daemon lock */
+	struct attachment *kill_next;	/* the daemon's killed list */
 };
 
 /* A new attachment of @seg over [start, start+len) at segment page @pgoff. */
@@ -144,8 +159,9 @@ int attach_new(struct segment *seg, int uffd, pid_t pid, uint64_t start,
 	       uint64_t len, uint64_t pgoff, struct attachment **out);
 
 /*
- * attach_publish - make @att known: on its segment's list and the daemon's.
- * The caller holds the daemon lock.
+ * attach_publish - make @att known: on its segment's list and the daemon's
+ * (and among the unresolved when its pid is not known).  The caller holds
+ * the daemon lock; @att's owner is set.
  */
 void attach_publish(struct attachment *att);
 
@@ -193,19 +209,35 @@ int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
  */
 int attach_discover(struct attachment *att, uint64_t addr, pid_t tid);
 
-/* Range bookkeeping for the uffd events. */
-void attach_unmap(struct attachment *att, uint64_t start, uint64_t end);
-void attach_remap(struct attachment *att, uint64_t from, uint64_t to,
-		  uint64_t len);
+/*
+ * Range bookkeeping for the uffd events: 0, or -ENOMEM when a range could
+ * not be tracked (the attachment cannot be served right any more: the
+ * caller drops it, once it holds no lock).
+ */
+int attach_unmap(struct attachment *att, uint64_t start, uint64_t end);
+int attach_remap(struct attachment *att, uint64_t from, uint64_t to,
+		 uint64_t len);
 bool attach_has_ranges(struct attachment *att);
 
-/* Queues @addr to be driven again by the owner, and wakes the owner. */
-void attach_requeue(struct attachment *att, uint64_t addr);
+/*
+ * attach_requeue - queue the fault at @addr to be driven again by a worker
+ * polling @att, and wake the owner.  Returns 0 (nothing to do when @att is
+ * dead), or -ENOMEM: the caller must answer the fault some other way.
+ */
+int attach_requeue(struct attachment *att, uint64_t addr);
 
 /*
- * attach_kill - take @att out of service (idempotent).
- * @why: for the log.  Safe from any thread.  True for the call that did it.
+ * attach_kill - take @att (published) out of service: idempotent, from any
+ * thread, under any lock but the daemon lock.  @why: for the log.  True
+ * for the call that did it.
  */
 bool attach_kill(struct attachment *att, const char *why);
+
+/*
+ * attach_reap - the attachments killed since the last call, taken off the
+ * daemon's lists (takes the daemon lock).  Main thread only.  Returns them
+ * linked through kill_next, each with a reference the caller drops.
+ */
+struct attachment *attach_reap(struct daemon *d);
 
 #endif

@@ -24,12 +24,17 @@ void daemon_fini(struct daemon *d)
 	pthread_mutex_destroy(&d->lock);
 }
 
-void daemon_wake_main(struct daemon *d)
+void daemon_kick(int efd)
 {
 	uint64_t one = 1;
 
-	if (write(d->main_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		pr_err("daemon", "waking main: %s", strerror(errno));
+	if (write(efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		pr_err("daemon", "kick: %s", strerror(errno));
+}
+
+void daemon_wake_main(struct daemon *d)
+{
+	daemon_kick(d->main_efd);
 }
 
 uint64_t now_ns(void)

@@ -4,10 +4,37 @@
  * needs it; a segment keeps a pointer to it, a worker too, an attachment
  * reaches it through its segment.
  *
- * Threads: the main thread runs the control plane (socket, requests,
- * signals, housekeeping) on its own io_uring; each worker thread serves the
- * faults of the attachments it polls on its own io_uring.  Segments and
- * their attachment lists are under `lock`; the fault path never takes it.
+ * Threads.  The main thread runs the control plane (socket, requests,
+ * signals, housekeeping) on its own io_uring, and is the only one to take
+ * attachments off the lists (attach_reap) and to set a forked child's pid.
+ * Each worker thread serves the faults of the attachments it polls on its
+ * own io_uring.  The fault path never takes the daemon lock; a worker takes
+ * it only to publish a forked child.
+ *
+ * Lock order, outermost first.  A thread holding one of these takes only
+ * what its entry names:
+ *
+ *   1. the daemon lock, d->lock (mutex): the segment and attachment lists
+ *      and what the structs below say.  Taken holding no other lock, and
+ *      no other is taken under it.  Held for list work and short system
+ *      calls (fstat, kcmp, pidfd_open, memfd_create, a non-blocking send),
+ *      never across /proc scans or calls into other processes' memory:
+ *      those collect under it (with references), work without it, and
+ *      check again under it.
+ *   2. an attachment's evlock (spinning rwlock, attach.h): held for one
+ *      read of the uffd and the events read with it, or for one copy into
+ *      the process; may take 3.  What an event needs of the daemon lock
+ *      (publishing a forked child) is done after it is released; an
+ *      attachment killed under it is handed to the main thread.
+ *   3. an attachment's lock (mutex): its ranges and retry list; takes
+ *      nothing (attach_fork holds the parent's while it fills the child,
+ *      which nobody else can see yet).
+ *
+ *   Leaves, taken holding no other lock and taking none: a segment's
+ *   wait_lock (its parked faults), a worker's inbox_lock (its inbox).
+ *
+ * Fields: the comments on each struct say which lock guards what; the
+ * rest is atomic, or set before the threads start and then read-only.
  */
 #ifndef UPAGER_DAEMON_H
 #define UPAGER_DAEMON_H
@@ -20,6 +47,7 @@
 #include "list.h"
 #include "quota.h"
 
+struct attachment;
 struct worker;
 
 #define counter_add(c, v) atomic_fetch_add_explicit(&(c), (v), memory_order_relaxed)
@@ -46,7 +74,7 @@ struct daemon {
 	_Atomic uint64_t next_att_id;
 	_Atomic uint64_t nr_attachments;
 
-	/* Set by main before the first thread starts, then read-only. */
+	/* Set by main before the first thread starts, then read-only: */
 	struct worker **workers;
 	unsigned int nr_workers;
 	bool pinned;			/* worker i runs on CPU i only */
@@ -58,6 +86,7 @@ struct daemon {
 	int fill_uffd;			/* registers segments' direct maps */
 	struct quota_limits limits;	/* per user */
 
+	/* Atomic: */
 	_Atomic unsigned int next_worker;
 	struct seg_counters retired;	/* of deleted segments */
 	_Atomic uint64_t connections;
@@ -68,6 +97,10 @@ struct daemon {
 	_Atomic uint64_t clients_exited;
 	_Atomic uint64_t protocol_errors;
 	_Atomic uint64_t unresolved;	/* forked attachments without pid */
+
+	/* Killed, for the main thread to take off the lists (attach.h): a
+	 * lock-free stack, pushed by anyone, emptied by the main thread. */
+	struct attachment *_Atomic killed;
 };
 
 /* Empty state, no thread, no descriptor; the limits are the defaults. */
@@ -75,6 +108,8 @@ void daemon_init(struct daemon *d);
 /* Frees what daemon_init() made. */
 void daemon_fini(struct daemon *d);
 
+/* Wakes the thread waiting on the eventfd @efd (main's, a worker's). */
+void daemon_kick(int efd);
 /* Wakes the main thread (housekeeping: forks, killed attachments). */
 void daemon_wake_main(struct daemon *d);
 

@@ -91,6 +91,20 @@ static void att_wake(struct attachment *att, uint64_t addr, uint64_t len)
 			 strerror(-ret));
 }
 
+/*
+ * Drives the fault at @addr of @att again later, from the attachment's
+ * retry list.  Without the memory for that, the fault is failed instead:
+ * the thread is woken and its access faults again, a new message the
+ * daemon reads like any other.  Slower, never lost; and no worse than
+ * it was (an access that needs an event read first finds it read by
+ * then, one that needs memory tries again).
+ */
+void fill_retry(struct attachment *att, uint64_t addr)
+{
+	if (attach_requeue(att, addr) == -ENOMEM)
+		att_wake(att, addr, att->seg->page_size);
+}
+
 /* Maps frames already in the memfd into a private attachment. */
 static void att_continue(struct attachment *att, uint64_t addr,
 			 uint64_t len)
@@ -100,7 +114,7 @@ static void att_continue(struct attachment *att, uint64_t addr,
 	case -ESRCH:		/* the process is gone */
 		break;
 	case -EAGAIN:		/* an event first */
-		attach_requeue(att, addr);
+		fill_retry(att, addr);
 		break;
 	default:		/* -EEXIST: mapped already; -ENOENT: moved */
 		att_wake(att, addr, len);
@@ -120,7 +134,7 @@ static void att_poison(struct attachment *att, uint64_t addr, uint64_t len)
 		case -EEXIST:		/* poisoned or filled already */
 			return;
 		case -EAGAIN:		/* an event first */
-			attach_requeue(att, addr);
+			fill_retry(att, addr);
 			return;
 		case -ESRCH:		/* the process is gone */
 		case -ENOSPC:
@@ -155,7 +169,7 @@ static void fill_unpark(struct segment *seg, uint64_t first, uint64_t n)
 			else if (st & PTE_PRESENT)
 				att_wake(sw->att, sw->addr, seg->page_size);
 			else
-				attach_requeue(sw->att, sw->addr);
+				fill_retry(sw->att, sw->addr);
 			attach_put(sw->att);
 		}
 	} while (nr == 16);
@@ -287,7 +301,7 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 	}
 	switch (err) {
 	case -EAGAIN:		/* an event first: read it, then again */
-		attach_requeue(att, f->addr);
+		fill_retry(att, f->addr);
 		break;
 	case -ESRCH:		/* the process is gone */
 	case -ENOSPC:
@@ -350,7 +364,7 @@ static void fill_finish(struct filler *fl, struct fill *f, int res)
 		/* Our own shortage, not the source's: try again later. */
 		fill_release(f, 0);
 		if (!f->prefetch)
-			attach_requeue(f->att, f->addr);
+			fill_retry(f->att, f->addr);
 		goto out;
 	}
 	if (res < 0 && f->rd.done >= seg->page_size &&
@@ -574,7 +588,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		if (ret > 0)
 			break;
 		if (ret < 0) {
-			attach_requeue(att, addr);	/* out of memory */
+			fill_retry(att, addr);	/* out of memory */
 			return;
 		}
 		attach_get(att);
@@ -585,7 +599,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		}
 		attach_put(att);
 		if (ret < 0) {
-			attach_requeue(att, addr);	/* out of memory */
+			fill_retry(att, addr);	/* out of memory */
 			return;
 		}
 	}
@@ -598,5 +612,5 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
 	if (fill_start(fl, seg, att, addr, pgoff, n, false))
-		attach_requeue(att, addr);
+		fill_retry(att, addr);
 }

@@ -64,6 +64,13 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		pid_t tid);
 
 /*
+ * fill_retry - drive the fault at @addr of @att again later (an event must
+ * be read first, or memory was short): from the attachment's retry list,
+ * or, without memory for that, by waking the thread to fault again.
+ */
+void fill_retry(struct attachment *att, uint64_t addr);
+
+/*
  * Fills whose copy met a pending event wait on @fl until that event is
  * read: fill_take_stalled() moves them to @list, whose attachments (see
  * fill_stalled_attachment()) the worker then reads, and fill_resume()

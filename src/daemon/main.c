@@ -1,8 +1,22 @@
 // SPDX-License-Identifier: MIT
 /*
- * upagerd: the daemon.  Parses options, opens the userfaultfds it needs
- * (probing the kernel's features), claims the socket, starts the
- * fault-serving workers and runs the control plane until SIGTERM/SIGINT.
+ * upagerd, the user-space pager.  It owns memory segments whose frames
+ * live in memfds; processes attach a segment (map its memfd) through the
+ * client library and hand the daemon a userfaultfd for the mapping, and
+ * the daemon serves their faults: a page never touched comes from the
+ * segment's source (zero, a file), read once and shared by every process
+ * that maps it.
+ *
+ * The daemon's parts: its state and lock order (daemon.h); the control
+ * server on the main thread (server.c: the socket, requests, forked
+ * children, housekeeping); the workers that poll the userfaultfds
+ * (worker.c) and run the fill path (fill.c); segments (segment.c) with
+ * their page tables (pagetable.c) and sources (source.c); attachments
+ * (attach.c); per-user limits (quota.c); the io_uring plumbing (ring.c).
+ *
+ * This file parses options, opens the userfaultfds the daemon needs
+ * (probing the kernel's features), claims the socket, starts the workers
+ * and runs the control server until SIGTERM/SIGINT.
  *
  * Whatever can fail for want of a privilege is done before the socket is
  * bound, and a start that fails after that removes the socket again: a
@@ -15,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -301,6 +314,7 @@ static void shutdown_segments(struct daemon *d)
 			break;
 		attach_kill(att, "daemon stopping");
 		attach_put(att);
+		worker_reap_killed(d);
 	}
 	pthread_mutex_lock(&d->lock);
 	list_for_each_entry_safe(seg, tmp, &d->segments, link) {
@@ -342,6 +356,7 @@ int main(int argc, char **argv)
 	char lim[QUOTA_KINDS][24];	/* "unlimited", a count or a size */
 	static struct daemon daemon_state;
 	struct daemon *d = &daemon_state;
+	struct attachment *att, *next;
 	struct quota_limits *ql = &d->limits;
 
 	daemon_init(d);
@@ -533,6 +548,11 @@ int main(int argc, char **argv)
 	shutdown_segments(d);
 	for (unsigned int i = 0; i < d->nr_workers; i++)
 		worker_stop(d->workers[i]);
+	/* Killed while the workers stopped: nobody to tell any more. */
+	for (att = attach_reap(d); att; att = next) {
+		next = att->kill_next;
+		attach_put(att);
+	}
 	free(d->workers);
 	close(d->main_efd);
 	if (ret) {

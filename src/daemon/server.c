@@ -36,7 +36,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,14 +48,15 @@
 #include <sys/timerfd.h>
 
 #include "attach.h"
+#include "daemon.h"
 #include "log.h"
 #include "proto.h"
 #include "quota.h"
 #include "ring.h"
 #include "segment.h"
 #include "server.h"
+#include "source.h"
 #include "uffd.h"
-#include "daemon.h"
 #include "worker.h"
 
 #define TICK_MS 20
@@ -159,6 +159,41 @@ static void arm_read(struct server *s, int fd, void *buf, size_t len,
 		pr_err("server", "cannot read: ring full: stopping");
 		s->stop = true;
 	}
+}
+
+/*
+ * Attachments collected under the daemon lock, each with a reference, to
+ * work on without it (what takes time, reads /proc or calls into another
+ * process has no business under the lock).
+ */
+struct att_set {
+	struct attachment **v;
+	size_t n, cap;
+};
+
+static int att_set_add(struct att_set *set, struct attachment *att)
+{
+	if (set->n == set->cap) {
+		size_t cap = set->cap ? 2 * set->cap : 16;
+		void *p = realloc(set->v, cap * sizeof(*set->v));
+
+		if (!p)
+			return -ENOMEM;
+		set->v = p;
+		set->cap = cap;
+	}
+	attach_get(att);
+	set->v[set->n++] = att;
+	return 0;
+}
+
+static void att_set_put(struct att_set *set)
+{
+	for (size_t i = 0; i < set->n; i++)
+		attach_put(set->v[i]);
+	free(set->v);
+	set->v = NULL;
+	set->n = set->cap = 0;
 }
 
 /* Segments */
@@ -688,7 +723,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	uint64_t features = 0;
 	struct upg_register_reply r;
 	struct attachment *att = NULL;
-	struct segment *seg;
+	struct segment *seg, *held = NULL;
 	unsigned int want = 4;
 	int ret;
 
@@ -705,9 +740,23 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	pthread_mutex_lock(&d->lock);
 	seg = seg_find_id(d, m->seg_id);
 	ret = seg_lookup(c, seg, want);
-	if (!ret && (m->addr % seg->page_size || m->len != seg->size ||
-		     !maps_segment(c->pid, seg, m->addr, m->len)))
+	if (!ret && (m->addr % seg->page_size || m->len != seg->size))
 		ret = -EINVAL;
+	if (!ret) {
+		segment_get(seg);
+		held = seg;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (ret)
+		goto out;
+	/* /proc is read without the lock; the segment is looked up again. */
+	if (!maps_segment(c->pid, seg, m->addr, m->len)) {
+		ret = -EINVAL;
+		goto out;
+	}
+	pthread_mutex_lock(&d->lock);
+	if (seg_find_id(d, m->seg_id) != seg)
+		ret = -ENOENT;		/* deleted meanwhile */
 	/* One uffd, one attachment: served twice it would be read by two. */
 	if (!ret && attach_uffd_served(d, fd))
 		ret = -EBUSY;
@@ -717,7 +766,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
 		fd = -1;
-		att->owner = worker_pick(d);
+		worker_assign(d, att);
 		att->flags = m->flags;
 		att->uid = c->uid;
 		att->uffd_features = features;
@@ -731,6 +780,8 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 			(unsigned long long)att->id);
 	}
 	pthread_mutex_unlock(&d->lock);
+out:
+	segment_put(held);	/* an attachment holds its own */
 	if (ret) {
 		attach_put(att);
 		if (fd >= 0)
@@ -764,6 +815,7 @@ static int do_detach(struct conn *c, const struct upg_detach *m)
 		return -ENOENT;
 	attach_kill(att, "detached");
 	attach_put(att);
+	worker_reap_killed(c->s->d);
 	return 0;
 }
 
@@ -827,8 +879,9 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 	struct daemon *d = c->s->d;
 	struct upg_register_reply r;
 	struct attachment *att, *found = NULL;
+	struct att_set cands = { 0 };
 	pid_t ppid = parent_of(c->pid);
-	int ret, owners = 0;
+	int ret = 0, owners = 0;
 
 	if (m->probe_addr % sysconf(_SC_PAGESIZE))
 		return -EINVAL;
@@ -841,29 +894,42 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		    att->parent_pid != ppid || (pid && pid != c->pid) ||
 		    (c->uid != 0 && c->uid != att->uid))
 			continue;
-		if (uffd_owns(att->uffd, m->probe_addr)) {
-			found = att;
+		ret = att_set_add(&cands, att);
+		if (ret)
+			break;
+	}
+	pthread_mutex_unlock(&d->lock);
+	/*
+	 * The probes register through other processes' uffds: not under
+	 * the lock.  The candidates' pids change on this thread only, so
+	 * what matched above still does.
+	 */
+	for (size_t i = 0; !ret && i < cands.n; i++) {
+		if (uffd_owns(cands.v[i]->uffd, m->probe_addr)) {
+			found = cands.v[i];
 			owners++;
 		}
 	}
-	if (owners > 1) {
-		pthread_mutex_unlock(&d->lock);
+	if (!ret && owners > 1) {
 		pr_warn("server", "pid %d: claim refused: the probe at %#llx is "
 			"no proof (%d candidates map it)", (int)c->pid,
 			(unsigned long long)m->probe_addr, owners);
-		return -EPERM;
+		ret = -EPERM;
+	} else if (!ret && !found) {
+		ret = -EAGAIN;	/* the fork event is not read yet */
 	}
-	if (found && !atomic_load(&found->pid))
+	if (ret) {
+		att_set_put(&cands);
+		return ret;
+	}
+	pthread_mutex_lock(&d->lock);
+	if (!atomic_load(&found->pid))
 		resolved(found, c->pid, "claimed");
-	if (found)
-		attach_get(found);
 	pthread_mutex_unlock(&d->lock);
-	if (!found)
-		return -EAGAIN;	/* the fork event is not read yet */
 	memset(&r, 0, sizeof(r));
 	r.attach_id = found->id;
 	ret = reply(c, &r, sizeof(r), UPG_CLAIM, &m->h, 0, found->uffd);
-	attach_put(found);
+	att_set_put(&cands);
 	return ret ?: 1;
 }
 
@@ -1181,6 +1247,8 @@ static void conn_readable(struct server *s, struct conn *c)
 		if (lost && ratelimit_ok(&s->rl_lost_fd, &missed))
 			pr_warn("server", "pid %d: a descriptor it sent was dropped: %s (%u more since)",
 				(int)c->pid, strerror(-lost), missed);
+		/* Requests see the lists without what was killed since. */
+		worker_reap_killed(d);
 		ret = n < 0 ? (int)n : handle_request(c, buf, n, fd, lost);
 		if (ret == -EPROTO) {
 			/* Only malformed input counts; the reason is logged. */
@@ -1478,22 +1546,17 @@ static void conns_sweep(struct server *s)
 
 /* Forked children */
 
-static bool pid_taken(struct segment *seg, pid_t pid)
-{
-	struct attachment *att;
-
-	list_for_each_entry(att, &seg->attachments, seg_link)
-		if (atomic_load(&att->pid) == pid)
-			return true;
-	return false;
-}
-
 static bool pid_maps(pid_t pid, struct segment *seg)
 {
 	return maps_segment(pid, seg, 0, 0);
 }
 
-static pid_t find_any_mapper(struct segment *seg)
+/*
+ * A process other than the daemon that maps @seg and is none of @taken
+ * (the pids of its attachments), from every /proc/PID/maps; 0 if none.
+ */
+static pid_t find_any_mapper(struct segment *seg, const pid_t *taken,
+			     size_t nr_taken)
 {
 	DIR *d = opendir("/proc");
 	struct dirent *de;
@@ -1502,12 +1565,15 @@ static pid_t find_any_mapper(struct segment *seg)
 	if (!d)
 		return 0;
 	while (!found && (de = readdir(d))) {
+		bool is_taken = false;
 		pid_t pid;
 
 		if (!isdigit((unsigned char)de->d_name[0]))
 			continue;
 		pid = atoi(de->d_name);
-		if (pid != getpid() && !pid_taken(seg, pid) && pid_maps(pid, seg))
+		for (size_t i = 0; i < nr_taken && !is_taken; i++)
+			is_taken = taken[i] == pid;
+		if (pid != getpid() && !is_taken && pid_maps(pid, seg))
 			found = pid;
 	}
 	closedir(d);
@@ -1532,6 +1598,35 @@ static pid_t tgid_of(pid_t tid)
 	return tgid;
 }
 
+/* An unresolved forked child, looked into without the daemon lock. */
+struct fork_cand {
+	struct attachment *att;	/* with a reference */
+	pid_t tid;		/* a thread of it seen faulting, or 0 */
+	bool expired;		/* unclaimed for FORK_RESOLVE_NS */
+	pid_t *taken;		/* expired: the pids of its segment's
+				 * attachments then */
+	size_t nr_taken;
+	pid_t pid;		/* found: its pid; -1: it is gone */
+};
+
+/* The pids of @seg's attachments, under the daemon lock; NULL if none or
+ * out of memory (@n says which). */
+static pid_t *seg_pids(struct segment *seg, size_t *n)
+{
+	struct attachment *att;
+	pid_t *pids;
+
+	*n = 0;
+	pids = calloc(seg->nr_attachments ? seg->nr_attachments : 1,
+		      sizeof(*pids));
+	if (!pids)
+		return NULL;
+	list_for_each_entry(att, &seg->attachments, seg_link)
+		if (*n < seg->nr_attachments)
+			pids[(*n)++] = atomic_load(&att->pid);
+	return pids;
+}
+
 /*
  * Finds the pids of forked children that did not claim their attachment
  * (a raw clone, or a claim still on its way).  Only proof counts: the
@@ -1539,9 +1634,16 @@ static pid_t tgid_of(pid_t tid)
  * fault (its thread id); a guess from /proc could hand one child's uffd
  * and faults to another process.  An attachment whose process is gone
  * (nobody unattached maps the segment any more) is dropped.
+ *
+ * The candidates are collected under the daemon lock, /proc is read
+ * without it, and what was found is applied under it again if the
+ * attachment is still unresolved and alive.  Pids change on this thread
+ * only, so the pids an attachment had then are the pids it has now.
  */
 static void resolve_forks(struct daemon *d)
 {
+	struct fork_cand *cands = NULL, *c;
+	size_t n = 0, cap = 0;
 	struct segment *seg;
 	struct attachment *att;
 	uint64_t now = now_ns();
@@ -1549,33 +1651,70 @@ static void resolve_forks(struct daemon *d)
 	pthread_mutex_lock(&d->lock);
 	list_for_each_entry(seg, &d->segments, link) {
 		list_for_each_entry(att, &seg->attachments, seg_link) {
-			pid_t tid = atomic_load(&att->fault_tid), pid = 0;
-
 			if (atomic_load(&att->pid) || atomic_load(&att->dead))
 				continue;
-			if (tid && (pid = tgid_of(tid)) > 0) {
-				resolved(att, pid, "faulted");
-				continue;
+			if (n == cap) {
+				size_t ncap = cap ? 2 * cap : 8;
+				void *p = realloc(cands, ncap * sizeof(*cands));
+
+				if (!p)
+					goto collected;	/* the rest next tick */
+				cands = p;
+				cap = ncap;
 			}
-			if (now - att->created_ns < FORK_RESOLVE_NS ||
-			    find_any_mapper(seg))
-				continue;
-			/* Mapped by no unattached process: it exited. */
-			atomic_store(&att->pid, -1);
-			atomic_fetch_sub(&d->unresolved, 1);
-			/* attach_kill takes the lock itself */
+			c = &cands[n];
+			*c = (struct fork_cand){
+				.att = att,
+				.tid = atomic_load(&att->fault_tid),
+				.expired = now - att->created_ns >= FORK_RESOLVE_NS,
+			};
+			if (c->expired)
+				c->taken = seg_pids(seg, &c->nr_taken);
+			if (!c->tid && !c->taken)
+				continue;	/* nothing to look for yet */
 			attach_get(att);
-			pthread_mutex_unlock(&d->lock);
-			if (attach_kill(att, "forked child exited"))
-				counter_add(d->clients_exited, 1);
-			attach_put(att);
-			pthread_mutex_lock(&d->lock);
-			/* The lists may have changed: next tick. */
-			goto out;
+			n++;
 		}
 	}
-out:
+collected:
 	pthread_mutex_unlock(&d->lock);
+
+	for (c = cands; c < cands + n; c++) {
+		pid_t pid = c->tid ? tgid_of(c->tid) : 0;
+
+		if (pid > 0)
+			c->pid = pid;
+		else if (c->taken &&
+			 !find_any_mapper(c->att->seg, c->taken, c->nr_taken))
+			c->pid = -1;	/* mapped by no unattached process */
+	}
+
+	pthread_mutex_lock(&d->lock);
+	for (c = cands; c < cands + n; c++) {
+		att = c->att;
+		if (atomic_load(&att->pid) || atomic_load(&att->dead))
+			c->pid = 0;	/* claimed, or killed, meanwhile */
+		if (!c->pid)
+			continue;
+		if (c->pid > 0) {
+			resolved(att, c->pid, "faulted");
+			c->pid = 0;
+			continue;
+		}
+		/* It exited; killed below (attach_kill takes no lock, but
+		 * has no business under this one either). */
+		atomic_store(&att->pid, -1);
+		atomic_fetch_sub(&d->unresolved, 1);
+	}
+	pthread_mutex_unlock(&d->lock);
+
+	for (c = cands; c < cands + n; c++) {
+		if (c->pid < 0 && attach_kill(c->att, "forked child exited"))
+			counter_add(d->clients_exited, 1);
+		attach_put(c->att);
+		free(c->taken);
+	}
+	free(cands);
 }
 
 /*
@@ -1589,29 +1728,19 @@ out:
 
 static void probe_exec(struct daemon *d)
 {
-	struct attachment *att, **atts = NULL;
-	size_t n = 0, cap = 0;
+	struct att_set set = { 0 };
+	struct attachment *att;
 	int ret;
 
 	pthread_mutex_lock(&d->lock);
-	list_for_each_entry(att, &d->attachments, all_link) {
-		if (atomic_load(&att->pid) <= 0)
-			continue;
-		if (n == cap) {
-			void *p = realloc(atts, (cap = cap ? 2 * cap : 16) *
-						      sizeof(*atts));
-			if (!p)
-				break;
-			atts = p;
-		}
-		attach_get(att);
-		atts[n++] = att;
-	}
+	list_for_each_entry(att, &d->attachments, all_link)
+		if (atomic_load(&att->pid) > 0 && att_set_add(&set, att))
+			break;		/* the rest next time */
 	pthread_mutex_unlock(&d->lock);
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < set.n; i++) {
 		uint64_t start = 0, len = 0;
 
-		att = atts[i];
+		att = set.v[i];
 		pthread_mutex_lock(&att->lock);
 		if (att->nr_ranges) {
 			start = att->ranges[0].start;
@@ -1622,9 +1751,8 @@ static void probe_exec(struct daemon *d)
 		/* -ESRCH: the address space is gone */
 		if (ret == -ESRCH && attach_kill(att, "gone (exec)"))
 			counter_add(d->clients_exited, 1);
-		attach_put(att);
 	}
-	free(atts);
+	att_set_put(&set);
 }
 
 /* The event loop: each request's completion handler */
@@ -1655,6 +1783,7 @@ static void efd_read(struct io_req *req, const struct io_uring_cqe *cqe)
 	struct server *s = container_of(req, struct server, efd_req);
 	struct daemon *d = s->d;
 
+	worker_reap_killed(d);
 	if (atomic_load(&d->unresolved))
 		resolve_forks(d);
 	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val),
@@ -1773,6 +1902,7 @@ int server_run(struct daemon *d, int listen_fd)
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 			break;
 		ret = 0;
+		worker_reap_killed(d);
 		ring_dispatch(&s.ring);
 	}
 	while (!list_empty(&s.conns))

@@ -86,19 +86,17 @@ struct worker {
 	struct filler fl;		/* the fills running on this ring */
 };
 
-struct worker *worker_pick(struct daemon *d)
+void worker_assign(struct daemon *d, struct attachment *att)
 {
 	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
 
-	return d->workers[i % d->nr_workers];
+	att->owner = d->workers[i % d->nr_workers];
+	att->kick_fd = att->owner->efd;
 }
 
 void worker_kick(struct worker *w)
 {
-	uint64_t one = 1;
-
-	if (write(w->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		pr_err("worker", "kick: %s", strerror(errno));
+	daemon_kick(w->efd);
 }
 
 /*
@@ -179,6 +177,17 @@ void worker_watch_pid(struct attachment *att)
 	worker_kick(att->owner);
 }
 
+void worker_reap_killed(struct daemon *d)
+{
+	struct attachment *att, *next;
+
+	for (att = attach_reap(d); att; att = next) {
+		next = att->kill_next;
+		worker_remove(att);
+		attach_put(att);
+	}
+}
+
 /*
  * A poll that cannot be armed (the ring full even after a submit) would
  * leave the attachment unserved: drop it loudly instead.
@@ -247,32 +256,36 @@ static void arm_efd(struct worker *w)
 		pr_err("worker", "%u: cannot read its eventfd: ring full", w->id);
 }
 
-static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
+/*
+ * What the events of a batch leave to do once the evlock is released: the
+ * daemon lock comes before the evlock (daemon.h), and logging or closing
+ * is not for a spinning lock that every worker polling the uffd takes on
+ * every fault.
+ */
+struct events_after {
+	struct attachment *children[UFFD_MSG_BATCH];	/* forked */
+	int lost[UFFD_MSG_BATCH];	/* forked, no memory for them: uffds */
+	unsigned int nr_children, nr_lost;
+	bool unmapped;			/* no range left */
+	bool oom;			/* a range could not be tracked */
+};
+
+/* A forked child's attachment: published, served, and its pid looked for. */
+static void fork_publish(struct worker *w, struct attachment *parent,
+			 struct attachment *child)
 {
-	struct attachment *child;
 	struct segment *seg = parent->seg;
 	struct daemon *d = w->d;
 
-	counter_add(d->events_fork, 1);
-	if (attach_fork(parent, ufd, &child)) {
-		/* Closing the uffd unregisters the child's ranges: its next
-		 * touch of an absent page would read zeros.  Nothing else
-		 * can be done without memory; say so loudly. */
-		pr_err("fault", "%s: out of memory for a forked child of pid %d",
-		       seg->name, (int)atomic_load(&parent->pid));
-		close(ufd);
-		return;
-	}
 	/* Owned before anyone can find it. */
-	child->owner = worker_pick(d);
+	worker_assign(d, child);
 	pthread_mutex_lock(&d->lock);
 	attach_publish(child);
-	atomic_fetch_add(&d->unresolved, 1);
 	pthread_mutex_unlock(&d->lock);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
 	if (worker_add(child)) {
-		/* Nobody would serve it: drop it (see above). */
+		/* Nobody would serve it: drop it, loudly (see below). */
 		pr_err("fault", "%s: out of memory for a forked child of pid %d",
 		       seg->name, (int)atomic_load(&parent->pid));
 		attach_kill(child, "dropped");
@@ -280,6 +293,30 @@ static void handle_fork(struct worker *w, struct attachment *parent, int ufd)
 	attach_put(child);
 	/* The main thread finds the child's pid. */
 	daemon_wake_main(d);
+}
+
+static void events_finish(struct worker *w, struct attachment *att,
+			  struct events_after *a)
+{
+	for (unsigned int i = 0; i < a->nr_lost; i++) {
+		/* Closing the uffd unregisters the child's ranges: its next
+		 * touch of an absent page would read zeros.  Nothing else
+		 * can be done without memory; say so loudly. */
+		pr_err("fault", "%s: out of memory for a forked child of pid %d",
+		       att->seg->name, (int)atomic_load(&att->pid));
+		close(a->lost[i]);
+	}
+	for (unsigned int i = 0; i < a->nr_children; i++)
+		fork_publish(w, att, a->children[i]);
+	if (a->oom) {
+		/* A lost range would leave faults in it unserved: give up the
+		 * attachment loudly rather than serve it wrong. */
+		pr_err("fault", "%s: pid %d: out of memory tracking ranges",
+		       att->seg->name, (int)atomic_load(&att->pid));
+		attach_kill(att, "dropped");
+	} else if (a->unmapped) {
+		attach_kill(att, "unmapped");
+	}
 }
 
 static void handle_pagefault(struct worker *w, struct attachment *att,
@@ -296,7 +333,7 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 		counter_add(seg->c.faults_wp, 1);
 		if (uffd_writeprotect(att->uffd, addr, seg->page_size, false,
 				      true) == -EAGAIN)
-			attach_requeue(att, addr);	/* an event first */
+			fill_retry(att, addr);	/* an event first */
 		return;
 	}
 	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
@@ -324,27 +361,43 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	pthread_mutex_lock(&att->lock);
 	addrs = att->retry;
 	n = att->nr_retry;
-	att->retry = NULL;
-	att->nr_retry = att->retry_cap = 0;
+	if (n) {
+		att->retry = NULL;
+		att->nr_retry = att->retry_cap = 0;
+	}
 	pthread_mutex_unlock(&att->lock);
+	if (!n)
+		return;
 	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
 		fill_fault(&w->fl, att, addrs[i], 0);
 	free(addrs);
 }
 
-/* Applies a non-fault event; the caller holds att->evlock for writing. */
+/*
+ * Applies a non-fault event; the caller holds att->evlock for writing.
+ * What must wait for the lock's release goes into @a.
+ */
 static void handle_event(struct worker *w, struct attachment *att,
-			 const struct uffd_msg *m)
+			 const struct uffd_msg *m, struct events_after *a)
 {
+	struct attachment *child;
+
 	switch (m->event) {
 	case UFFD_EVENT_FORK:
-		handle_fork(w, att, m->arg.fork.ufd);
+		/* The child's ranges are the parent's now, before the
+		 * events after this one change them. */
+		counter_add(w->d->events_fork, 1);
+		if (attach_fork(att, m->arg.fork.ufd, &child))
+			a->lost[a->nr_lost++] = m->arg.fork.ufd;
+		else
+			a->children[a->nr_children++] = child;
 		break;
 	case UFFD_EVENT_REMAP:
 		counter_add(w->d->events_remap, 1);
 		atomic_fetch_add(&att->ev_gen, 1);
-		attach_remap(att, m->arg.remap.from, m->arg.remap.to,
-			     m->arg.remap.len);
+		if (attach_remap(att, m->arg.remap.from, m->arg.remap.to,
+				 m->arg.remap.len))
+			a->oom = true;
 		break;
 	case UFFD_EVENT_REMOVE:
 		/* The frames stay PRESENT in the table; a fault on a
@@ -354,9 +407,10 @@ static void handle_event(struct worker *w, struct attachment *att,
 	case UFFD_EVENT_UNMAP:
 		counter_add(w->d->events_unmap, 1);
 		atomic_fetch_add(&att->ev_gen, 1);
-		attach_unmap(att, m->arg.remove.start, m->arg.remove.end);
+		if (attach_unmap(att, m->arg.remove.start, m->arg.remove.end))
+			a->oom = true;
 		if (!attach_has_ranges(att))
-			attach_kill(att, "unmapped");
+			a->unmapped = true;
 		break;
 	default:
 		pr_warn("fault", "%s: unknown uffd event %u", att->seg->name,
@@ -370,10 +424,11 @@ static void handle_event(struct worker *w, struct attachment *att,
  * Events are applied before the faults read with them: a fault's address
  * is looked up in the mappings as they are now, which is what a
  * UFFDIO_COPY to that address fills.  Reading and applying the events is
- * one step under the evlock (see attach.h).  The read never blocks, whatever
- * the file's flags (the client shares the open file and may clear
- * O_NONBLOCK): a blocking read would hold the evlock while waiting for a
- * fault that may never come.
+ * one step under the evlock (see attach.h); what they leave to do is done
+ * after it, before the faults.  The read never blocks, whatever the file's
+ * flags (the client shares the open file and may clear O_NONBLOCK): a
+ * blocking read would hold the evlock while waiting for a fault that may
+ * never come.
  */
 static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 {
@@ -382,6 +437,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 	ssize_t n;
 
 	do {
+		struct events_after a = { .nr_children = 0 };
 		size_t nr = 0;
 
 		spin_write_lock(&att->evlock);
@@ -390,7 +446,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				msgs[nr++] = msgs[i];
 			else
-				handle_event(w, att, &msgs[i]);
+				handle_event(w, att, &msgs[i], &a);
 		}
 		spin_write_unlock(&att->evlock);
 		if (n < 0) {
@@ -398,6 +454,8 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 				strerror(-n));
 			break;
 		}
+		if (nr < (size_t)n)
+			events_finish(w, att, &a);
 		total += n;
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
@@ -406,7 +464,6 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 	w->served += total;
 	return total;
 }
-
 
 /*
  * The inbox: pollers to take on; then whatever a kick was for, which the
@@ -436,8 +493,7 @@ static void run_inbox(struct worker *w)
 			disown(p);
 			continue;
 		}
-		if (p->att->nr_retry)
-			drive_retries(w, p->att);
+		drive_retries(w, p->att);
 		arm_pidfd(p);
 	}
 }

@@ -16,8 +16,8 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out);
 /* Asks @w to stop, joins it and frees it. */
 void worker_stop(struct worker *w);
 
-/* The worker for a new attachment: round robin. */
-struct worker *worker_pick(struct daemon *d);
+/* Sets @att's owner (and the eventfd that kicks it): round robin. */
+void worker_assign(struct daemon *d, struct attachment *att);
 
 /*
  * worker_add - serve @att: its owner (set before @att was published) and
@@ -31,5 +31,12 @@ void worker_remove(struct attachment *att);
 void worker_watch_pid(struct attachment *att);
 /* Wakes @w to look at its attachments (faults to drive again...). */
 void worker_kick(struct worker *w);
+
+/*
+ * worker_reap_killed - take the attachments killed since the last call off
+ * the daemon's lists and tell their workers to drop them (attach_reap).
+ * Main thread only, while the workers run.
+ */
+void worker_reap_killed(struct daemon *d);
 
 #endif
