@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -208,23 +209,21 @@ int uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect,
 
 ssize_t uffd_read(int uffd, struct uffd_msg *msgs, size_t n)
 {
-	static bool no_nowait;
+	static _Atomic bool no_nowait;	/* the daemon's workers share it */
 	struct iovec iov = { .iov_base = msgs, .iov_len = n * sizeof(*msgs) };
 	ssize_t got;
 
 	do {
 		if (!no_nowait) {
 			got = preadv2(uffd, &iov, 1, -1, RWF_NOWAIT);
-			if (got < 0 && errno == EOPNOTSUPP) {
-				/* An old kernel: the best we can. */
-				no_nowait = true;
+			if (got >= 0 || errno != EOPNOTSUPP)
 				continue;
-			}
-		} else {
-			if (!(fcntl(uffd, F_GETFL) & O_NONBLOCK))
-				fcntl(uffd, F_SETFL, O_NONBLOCK);
-			got = read(uffd, msgs, iov.iov_len);
+			/* An old kernel: the best we can, at once. */
+			no_nowait = true;
 		}
+		if (!(fcntl(uffd, F_GETFL) & O_NONBLOCK))
+			fcntl(uffd, F_SETFL, O_NONBLOCK);
+		got = read(uffd, msgs, iov.iov_len);
 	} while (got < 0 && errno == EINTR);
 	if (got < 0)
 		return errno == EAGAIN ? 0 : -errno;
