@@ -588,7 +588,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		if (ret > 0)
 			break;
 		if (ret < 0) {
-			fill_retry(att, addr);	/* out of memory */
+			fill_retry(att, addr);	/* -ENOMEM: see there */
 			return;
 		}
 		attach_get(att);
@@ -599,7 +599,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		}
 		attach_put(att);
 		if (ret < 0) {
-			fill_retry(att, addr);	/* out of memory */
+			fill_retry(att, addr);	/* -ENOMEM: see there */
 			return;
 		}
 	}
@@ -612,5 +612,5 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
 	if (fill_start(fl, seg, att, addr, pgoff, n, false))
-		fill_retry(att, addr);
+		fill_retry(att, addr);	/* -ENOMEM: see there */
 }

@@ -437,9 +437,11 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 	ssize_t n;
 
 	do {
-		struct events_after a = { .nr_children = 0 };
+		struct events_after a;	/* (its arrays need no zeroing) */
 		size_t nr = 0;
 
+		a.nr_children = a.nr_lost = 0;
+		a.unmapped = a.oom = false;
 		spin_write_lock(&att->evlock);
 		n = uffd_read(att->uffd, msgs, UFFD_MSG_BATCH);
 		for (ssize_t i = 0; i < n; i++) {
