@@ -22,9 +22,9 @@
 #include "daemon.h"
 
 #define PS 4096ull
-#define BASE 0x7f0000000000ull		/* where the client mapped it */
-#define FAR 0x7e0000000000ull		/* where mremap moves it */
-#define PG(n) ((uint64_t)(n) * PS)
+#define BASE 0x7f0000000000ull /* where the client mapped it */
+#define FAR 0x7e0000000000ull  /* where mremap moves it */
+#define PG(n) ((uint64_t)(n)*PS)
 
 static struct daemon dmn;
 static struct segment seg;
@@ -57,21 +57,20 @@ static void teardown(void)
 }
 
 /* @addr is segment page @pgoff, with @run pages to the end of its range. */
-#define ck_page(addr, want_pgoff, want_run)                                  \
-	do {                                                                 \
-		uint64_t _pg = ~0ull, _run = ~0ull, _a = (addr);             \
-		int _r = attach_lookup(att, _a, &_pg, &_run);                \
-		ck_assert_msg(_r == 0, "%#llx: lookup %d, want page %llu",   \
-			      (unsigned long long)_a, _r,                    \
-			      (unsigned long long)(want_pgoff));             \
-		ck_assert_msg(_pg == (uint64_t)(want_pgoff) &&               \
-				      _run == (uint64_t)(want_run),          \
+#define ck_page(addr, want_pgoff, want_run)                                    \
+	do {                                                                   \
+		uint64_t _pg = ~0ull, _run = ~0ull, _a = (addr);               \
+		int _r = attach_lookup(att, _a, &_pg, &_run);                  \
+		ck_assert_msg(_r == 0, "%#llx: lookup %d, want page %llu",     \
+			      (unsigned long long)_a, _r,                      \
+			      (unsigned long long)(want_pgoff));               \
+		ck_assert_msg(_pg == (uint64_t)(want_pgoff) &&                 \
+				      _run == (uint64_t)(want_run),            \
 			      "%#llx: page %llu run %llu, want %llu run %llu", \
-			      (unsigned long long)_a,                        \
-			      (unsigned long long)_pg,                       \
-			      (unsigned long long)_run,                      \
-			      (unsigned long long)(want_pgoff),              \
-			      (unsigned long long)(want_run));               \
+			      (unsigned long long)_a, (unsigned long long)_pg, \
+			      (unsigned long long)_run,                        \
+			      (unsigned long long)(want_pgoff),                \
+			      (unsigned long long)(want_run));                 \
 	} while (0)
 
 #define ck_nopage(addr)                                                      \
@@ -120,7 +119,7 @@ START_TEST(test_lookup)
 	ck_assert_int_eq(seg.refs, 2);
 
 	ck_page(BASE, 100, 10);
-	ck_page(BASE + 1, 100, 9);	/* rounded down: 9 whole pages left */
+	ck_page(BASE + 1, 100, 9); /* rounded down: 9 whole pages left */
 	ck_page(BASE + PG(3), 103, 7);
 	ck_page(BASE + PG(3) + 17, 103, 6);
 	ck_page(BASE + PG(9), 109, 1);
@@ -199,7 +198,7 @@ START_TEST(test_unmap_outside)
 	attach_unmap(att, BASE - PG(4), BASE);
 	attach_unmap(att, BASE + PG(4), BASE + PG(8));
 	attach_unmap(att, FAR, FAR + PG(1000));
-	attach_unmap(att, BASE + PG(2), BASE + PG(2));	/* empty */
+	attach_unmap(att, BASE + PG(2), BASE + PG(2)); /* empty */
 	ck_assert_uint_eq(att->nr_ranges, 1);
 	ck_page(BASE, 0, 4);
 	ck_page(BASE + PG(3), 3, 1);

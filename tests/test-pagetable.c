@@ -24,8 +24,8 @@
 #include "pagetable.h"
 
 #define NPAGES 64
-#define SHARE(n) ((uint64_t)(n) << 32)	/* the snapshot share count */
-#define NODE_BYTES 128u			/* every node, leaf or interior */
+#define SHARE(n) ((uint64_t)(n) << 32) /* the snapshot share count */
+#define NODE_BYTES 128u		       /* every node, leaf or interior */
 #define TIB_PAGES ((UINT64_C(1) << 40) / 4096)
 
 _Static_assert(sizeof(struct pt_leaf) == NODE_BYTES, "leaf size");
@@ -221,7 +221,8 @@ START_TEST(test_other_bits_kept)
 	ck_assert(pte_try_busy(&pt, 9));
 	ck_assert_uint_eq(pte_get(&pt, 9), SHARE(3) | PTE_PRESERVE | PTE_BUSY);
 	pte_end_busy(&pt, 9, PTE_PRESENT);
-	ck_assert_uint_eq(pte_get(&pt, 9), SHARE(3) | PTE_PRESERVE | PTE_PRESENT);
+	ck_assert_uint_eq(pte_get(&pt, 9),
+			  SHARE(3) | PTE_PRESERVE | PTE_PRESENT);
 	ck_assert(pte_present_to_absent(&pt, 9));
 	ck_assert_uint_eq(pte_get(&pt, 9), SHARE(3) | PTE_PRESERVE);
 
@@ -233,7 +234,8 @@ START_TEST(test_other_bits_kept)
 	/* all 64 bits are the entry's */
 	pte_set(11, ~(uint64_t)(PTE_PRESENT | PTE_BUSY | PTE_POISON));
 	ck_assert(pte_try_busy(&pt, 11));
-	ck_assert_uint_eq(pte_get(&pt, 11), ~(uint64_t)(PTE_PRESENT | PTE_POISON));
+	ck_assert_uint_eq(pte_get(&pt, 11),
+			  ~(uint64_t)(PTE_PRESENT | PTE_POISON));
 	ck_assert_uint_eq(pte_get(&pt, 12), 0);
 	ck_assert_uint_eq(pte_get(&pt, 10), SHARE(1));
 }
@@ -282,7 +284,7 @@ START_TEST(test_fini_twice)
 	ck_assert_ptr_null(root_of(&t));
 	ck_assert_uint_eq(pagetable_mem(&t), 0);
 	ck_assert_uint_eq(pte_get(&t, 0), 0);
-	pagetable_fini(&t);	/* a destructor accepts what it left */
+	pagetable_fini(&t); /* a destructor accepts what it left */
 }
 END_TEST
 
@@ -313,8 +315,22 @@ END_TEST
 START_TEST(test_geometry)
 {
 	static const uint64_t sizes[] = {
-		1, 2, 15, 16, 17, 255, 256, 257, 4095, 4096, 4097,
-		65536, 65537, (1u << 20) + 3, UINT64_C(1) << 24, TIB_PAGES,
+		1,
+		2,
+		15,
+		16,
+		17,
+		255,
+		256,
+		257,
+		4095,
+		4096,
+		4097,
+		65536,
+		65537,
+		(1u << 20) + 3,
+		UINT64_C(1) << 24,
+		TIB_PAGES,
 		TIB_PAGES + 1,
 	};
 	uint64_t idx[64], sorted[64];
@@ -341,8 +357,8 @@ START_TEST(test_geometry)
 		idx[nidx++] = n - 1;
 		/* duplicates are harmless: the value is the index's */
 		for (size_t k = 0; k < nidx; k++)
-			pte_set_in(&t, idx[k], SHARE(idx[k] & 0xffffffff) |
-						      PTE_PRESERVE);
+			pte_set_in(&t, idx[k],
+				   SHARE(idx[k] & 0xffffffff) | PTE_PRESERVE);
 		for (size_t k = 0; k < nidx; k++) {
 			uint64_t i = idx[k];
 
@@ -365,8 +381,7 @@ START_TEST(test_geometry)
 				      nodes_for(sorted, nidx, t.height) *
 					      NODE_BYTES,
 			      "%ju pages: %ju bytes of nodes for %zu entries",
-			      (uintmax_t)n, (uintmax_t)pagetable_mem(&t),
-			      nidx);
+			      (uintmax_t)n, (uintmax_t)pagetable_mem(&t), nidx);
 		pagetable_fini(&t);
 	}
 }
@@ -447,16 +462,18 @@ START_TEST(test_runs)
 		if (rand_r(&seed) % 4 == 0)
 			gap += 3 * PT_LEAF_SLOTS;
 		for (uint64_t j = i; j < i + len && j < n; j++)
-			pte_set_in(&t, j, PTE_PRESENT |
-						  (j % 3 ? PTE_PRESERVE : 0));
+			pte_set_in(&t, j,
+				   PTE_PRESENT | (j % 3 ? PTE_PRESERVE : 0));
 		i += len + gap;
 	}
 	pte_set_in(&t, n - 1, PTE_PRESENT);
 	for (uint64_t i = 0; i <= n + 2; i++) {
-		static const uint64_t maxes[] = { 0, 1, 15, 16, 17, 100, 512,
-						  UINT64_MAX };
+		static const uint64_t maxes[] = { 0,  1,   15,	16,
+						  17, 100, 512, UINT64_MAX };
 		static const uint64_t bitss[] = {
-			PTE_PRESENT, PTE_PRESENT | PTE_PRESERVE, 0,
+			PTE_PRESENT,
+			PTE_PRESENT | PTE_PRESERVE,
+			0,
 		};
 
 		for (size_t m = 0; m < sizeof(maxes) / sizeof(maxes[0]); m++) {
@@ -464,12 +481,14 @@ START_TEST(test_runs)
 				uint64_t mx = maxes[m], bits = bitss[b];
 
 				ck_assert_msg(pte_run_below(&t, i, mx, bits) ==
-						      naive_below(&t, i, mx, bits),
+						      naive_below(&t, i, mx,
+								  bits),
 					      "below %ju max %ju bits %ju",
 					      (uintmax_t)i, (uintmax_t)mx,
 					      (uintmax_t)bits);
 				ck_assert_msg(pte_run_from(&t, i, mx, bits) ==
-						      naive_from(&t, i, mx, bits),
+						      naive_from(&t, i, mx,
+								 bits),
 					      "from %ju max %ju bits %ju",
 					      (uintmax_t)i, (uintmax_t)mx,
 					      (uintmax_t)bits);
@@ -491,7 +510,8 @@ START_TEST(test_claim_run)
 	ck_assert_uint_eq(pte_claim_run(&t, 3, 500), 97);
 	for (uint64_t i = 0; i < n; i++)
 		ck_assert_uint_eq(pte_get(&t, i), i >= 3 && i < 100 ? PTE_BUSY :
-						  i == 100 ? PTE_PRESENT : 0);
+						  i == 100 ? PTE_PRESENT :
+							     0);
 	/* what is BUSY is not claimed twice */
 	ck_assert_uint_eq(pte_claim_run(&t, 50, 10), 0);
 	ck_assert_uint_eq(pte_claim_run(&t, 2, 10), 1);
@@ -506,9 +526,11 @@ START_TEST(test_claim_run)
 	pte_end_busy_run(&t, 2, 50, PTE_PRESENT);
 	pte_end_busy_run(&t, 52, 48, 0);
 	for (uint64_t i = 0; i < 118; i++)
-		ck_assert_uint_eq(pte_get(&t, i), i >= 2 && i < 52 ? PTE_PRESENT :
+		ck_assert_uint_eq(pte_get(&t, i), i >= 2 && i < 52 ?
+							  PTE_PRESENT :
 						  i == 100 ? PTE_PRESENT :
-						  i > 100 ? PTE_BUSY : 0);
+						  i > 100  ? PTE_BUSY :
+							     0);
 	ck_assert_uint_eq(pte_run_below(&t, 52, 512, PTE_PRESENT), 50);
 	ck_assert_uint_eq(pte_run_from(&t, 2, 512, PTE_PRESENT), 50);
 	/* the other bits stay */
@@ -530,7 +552,7 @@ END_TEST
 struct race {
 	struct pagetable *pt;
 	pthread_barrier_t *start;
-	_Atomic uint32_t *claims;	/* per page */
+	_Atomic uint32_t *claims; /* per page */
 	unsigned int id;
 	uint64_t won;
 };
@@ -543,7 +565,8 @@ static void *race_thread(void *arg)
 	/* Half the threads walk up, half down, each from its own offset, so
 	 * they collide all over the table. */
 	for (uint64_t k = 0; k < RACE_PAGES; k++) {
-		uint64_t j = (k + (uint64_t)r->id * (RACE_PAGES / RACE_THREADS)) %
+		uint64_t j = (k +
+			      (uint64_t)r->id * (RACE_PAGES / RACE_THREADS)) %
 			     RACE_PAGES;
 		uint64_t i = r->id & 1 ? RACE_PAGES - 1 - j : j;
 
@@ -574,8 +597,10 @@ START_TEST(test_race_claim_once)
 
 		pthread_barrier_init(&start, NULL, RACE_THREADS);
 		for (unsigned int i = 0; i < RACE_THREADS; i++) {
-			r[i] = (struct race){ .pt = &t, .start = &start,
-					      .claims = claims, .id = i };
+			r[i] = (struct race){ .pt = &t,
+					      .start = &start,
+					      .claims = claims,
+					      .id = i };
 			ck_assert_int_eq(pthread_create(&th[i], NULL,
 							race_thread, &r[i]),
 					 0);
@@ -621,7 +646,7 @@ struct churn {
 	struct pagetable *pt;
 	pthread_barrier_t *start;
 	_Atomic uint64_t *wins;
-	_Atomic uint32_t *owner;	/* per page: 0 free, else id + 1 */
+	_Atomic uint32_t *owner; /* per page: 0 free, else id + 1 */
 	unsigned int id;
 	int bad;
 };
@@ -670,8 +695,10 @@ START_TEST(test_race_churn)
 	ck_assert_int_eq(pagetable_init(&t, CHURN_PAGES), 0);
 	pthread_barrier_init(&start, NULL, RACE_THREADS);
 	for (unsigned int i = 0; i < RACE_THREADS; i++) {
-		c[i] = (struct churn){ .pt = &t, .start = &start,
-				       .wins = &wins, .owner = owner,
+		c[i] = (struct churn){ .pt = &t,
+				       .start = &start,
+				       .wins = &wins,
+				       .owner = owner,
 				       .id = i };
 		ck_assert_int_eq(pthread_create(&th[i], NULL, churn_thread,
 						&c[i]),
@@ -679,8 +706,8 @@ START_TEST(test_race_churn)
 	}
 	for (unsigned int i = 0; i < RACE_THREADS; i++) {
 		pthread_join(th[i], NULL);
-		ck_assert_msg(c[i].bad == 0, "thread %u: %d double claims",
-			      i, c[i].bad);
+		ck_assert_msg(c[i].bad == 0, "thread %u: %d double claims", i,
+			      c[i].bad);
 	}
 	pthread_barrier_destroy(&start);
 	ck_assert_uint_gt(wins, 0);
@@ -742,13 +769,13 @@ static void *install_thread(void *arg)
 
 		spin_until(&in->round, r);
 		t = atomic_load(&in->t);
-		if (!pte_try_busy(t, base + id))		/* same leaf */
+		if (!pte_try_busy(t, base + id)) /* same leaf */
 			a->bad++;
-		if (pte_try_busy(t, base + 15))		/* same entry */
+		if (pte_try_busy(t, base + 15)) /* same entry */
 			atomic_fetch_add(&in->shared_wins, 1);
 		if (!pte_try_busy(t, base + 16 * (id + 1) + id)) /* siblings */
 			a->bad++;
-		if (!pte_try_busy(t, base + 4096 * (id + 1)))	/* cousins */
+		if (!pte_try_busy(t, base + 4096 * (id + 1))) /* cousins */
 			a->bad++;
 		atomic_fetch_add(&in->ready, 1);
 	}
@@ -777,7 +804,7 @@ START_TEST(test_race_install)
 		atomic_store(&in.t, &t);
 		atomic_store(&in.shared_wins, 0);
 		atomic_store(&in.ready, 0);
-		atomic_store(&in.round, r);		/* go */
+		atomic_store(&in.round, r); /* go */
 		spin_until(&in.ready, INSTALL_THREADS);
 
 		ck_assert_uint_eq(atomic_load(&in.shared_wins), 1);
@@ -821,7 +848,7 @@ END_TEST
 struct heavy {
 	struct pagetable *pt;
 	pthread_barrier_t *start;
-	uint64_t touched[HEAVY_RECORDS];	/* an entry of every leaf made */
+	uint64_t touched[HEAVY_RECORDS]; /* an entry of every leaf made */
 	size_t ntouched;
 	unsigned int id;
 };
@@ -843,13 +870,13 @@ static void *heavy_thread(void *arg)
 		if (i + n > TIB_PAGES)
 			i = TIB_PAGES - n - 1;
 		switch (k % 5) {
-		case 0:	/* a fault: claim, fill, done */
+		case 0: /* a fault: claim, fill, done */
 			if (pte_try_busy(h->pt, i))
 				pte_end_busy(h->pt, i, PTE_PRESENT);
 			/* made its leaf, or found it */
 			h->touched[h->ntouched++] = i;
 			break;
-		case 1: {	/* a read-ahead run */
+		case 1: { /* a read-ahead run */
 			uint32_t got = pte_claim_run(h->pt, i, n);
 			/* the leaves of the entries claimed and of the one
 			 * that stopped the run */
@@ -861,15 +888,15 @@ static void *heavy_thread(void *arg)
 				h->touched[h->ntouched++] = j;
 			break;
 		}
-		case 2:	/* the source failed */
+		case 2: /* the source failed */
 			if (pte_try_busy(h->pt, i))
 				pte_end_busy(h->pt, i, PTE_POISON);
 			h->touched[h->ntouched++] = i;
 			break;
-		case 3:	/* a punched-out frame */
+		case 3: /* a punched-out frame */
 			pte_present_to_absent(h->pt, i);
 			break;
-		default:	/* lookups */
+		default: /* lookups */
 			pte_run_below(h->pt, i, 512, PTE_PRESENT);
 			pte_get(h->pt, i);
 			break;
@@ -901,8 +928,7 @@ START_TEST(test_fini_after_heavy_use)
 	ck_assert_ptr_nonnull(all);
 	for (unsigned int i = 0; i < HEAVY_THREADS; i++) {
 		pthread_join(th[i], NULL);
-		memcpy(all + n, h[i]->touched,
-		       h[i]->ntouched * sizeof(*all));
+		memcpy(all + n, h[i]->touched, h[i]->ntouched * sizeof(*all));
 		n += h[i]->ntouched;
 		free(h[i]);
 	}
@@ -990,8 +1016,7 @@ START_TEST(test_huge_sparse_memory)
 	ck_assert_uint_eq(pagetable_mem(&t), want);
 	ck_assert_uint_lt(pagetable_mem(&t) / touches, 400);
 	if (before >= 0 && after >= 0)
-		ck_assert_msg((uint64_t)(after - before) * 1024 <
-				      touches * 1024,
+		ck_assert_msg((uint64_t)(after - before) * 1024 < touches * 1024,
 			      "%ju touches cost %ld KiB resident",
 			      (uintmax_t)touches, after - before);
 	for (uint64_t k = 0; k < touches; k++) {
@@ -1061,8 +1086,8 @@ static void bench_report(const char *what, uint64_t ns, uint64_t ops)
 
 static int bench(void)
 {
-	const uint64_t dense = UINT64_C(1) << 24;		/* 64 GiB */
-	const uint64_t small = UINT64_C(1) << 18;		/* 1 GiB */
+	const uint64_t dense = UINT64_C(1) << 24; /* 64 GiB */
+	const uint64_t small = UINT64_C(1) << 18; /* 1 GiB */
 	struct pagetable t;
 	uint64_t t0, ops, x = 88172645463325252ull, sum = 0;
 
@@ -1106,8 +1131,7 @@ static int bench(void)
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		sum += pte_get(&t, x % dense);
 	}
-	bench_report("pte_get, random, dense 64 GiB", bench_now_ns() - t0,
-		     ops);
+	bench_report("pte_get, random, dense 64 GiB", bench_now_ns() - t0, ops);
 	t0 = bench_now_ns();
 	for (uint64_t k = 0; k < dense; k++)
 		sum += pte_get(&t, k);

@@ -8,8 +8,8 @@
 
 #include "quota.h"
 
-static struct quota_limits limits(uint64_t segs, uint64_t bytes,
-				  uint64_t conns, uint64_t atts)
+static struct quota_limits limits(uint64_t segs, uint64_t bytes, uint64_t conns,
+				  uint64_t atts)
 {
 	struct quota_limits l;
 
@@ -30,7 +30,8 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(l.max[QUOTA_SEGMENTS], QUOTA_DEFAULT_SEGMENTS);
 	ck_assert_uint_eq(l.max[QUOTA_CONNECTIONS], QUOTA_DEFAULT_CONNECTIONS);
 	ck_assert_uint_eq(l.max[QUOTA_ATTACHMENTS], QUOTA_DEFAULT_ATTACHMENTS);
-	ck_assert_uint_eq(l.idle_timeout_ns, QUOTA_DEFAULT_IDLE_SEC * 1000000000ull);
+	ck_assert_uint_eq(l.idle_timeout_ns,
+			  QUOTA_DEFAULT_IDLE_SEC * 1000000000ull);
 	ck_assert_uint_eq(l.daemon_uid, 4242);
 	ck_assert(!l.limit_root);
 	/* a quarter of memory, whole MiB, never below 1 GiB */
@@ -38,8 +39,8 @@ START_TEST(test_defaults)
 	ck_assert_uint_ge(l.max[QUOTA_BYTES], QUOTA_MIN_DEFAULT_BYTES);
 	if (mem / 4 > QUOTA_MIN_DEFAULT_BYTES) {
 		ck_assert_uint_le(l.max[QUOTA_BYTES], mem / 4);
-		ck_assert_uint_gt(l.max[QUOTA_BYTES], mem / 4 - (1u << 20) -
-							  sysconf(_SC_PAGESIZE));
+		ck_assert_uint_gt(l.max[QUOTA_BYTES],
+				  mem / 4 - (1u << 20) - sysconf(_SC_PAGESIZE));
 	} else {
 		ck_assert_uint_eq(l.max[QUOTA_BYTES], QUOTA_MIN_DEFAULT_BYTES);
 	}
@@ -51,7 +52,7 @@ START_TEST(test_exempt)
 	struct quota_limits l = limits(1, 1, 1, 1);
 
 	ck_assert(quota_exempt(&l, 0));
-	ck_assert(quota_exempt(&l, 1000));	/* the daemon's user */
+	ck_assert(quota_exempt(&l, 1000)); /* the daemon's user */
 	ck_assert(!quota_exempt(&l, 65534));
 	ck_assert(!quota_exempt(&l, 1));
 	ck_assert_uint_eq(quota_limit(&l, 0, QUOTA_SEGMENTS), QUOTA_UNLIMITED);
@@ -66,7 +67,8 @@ START_TEST(test_exempt)
 	ck_assert(!quota_exempt(&l, 1000));
 	ck_assert_uint_eq(quota_limit(&l, 0, QUOTA_SEGMENTS), 1);
 	ck_assert_int_eq(quota_check(&l, 0, QUOTA_SEGMENTS, 1, 1), -EDQUOT);
-	ck_assert_int_eq(quota_check(&l, 1000, QUOTA_CONNECTIONS, 1, 1), -EUSERS);
+	ck_assert_int_eq(quota_check(&l, 1000, QUOTA_CONNECTIONS, 1, 1),
+			 -EUSERS);
 }
 END_TEST
 
@@ -84,14 +86,16 @@ START_TEST(test_check)
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_SEGMENTS, 4, 0), -EDQUOT);
 	/* bytes: the whole request must fit */
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 6 << 20, 4 << 20), 0);
-	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 6 << 20,
-				     (4 << 20) + 1), -EDQUOT);
+	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 6 << 20, (4 << 20) + 1),
+			 -EDQUOT);
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 0, 10 << 20), 0);
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 0, (10 << 20) + 1),
 			 -EDQUOT);
 	/* no wrap-around */
-	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 1, UINT64_MAX), -EDQUOT);
-	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, UINT64_MAX, 1), -EDQUOT);
+	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 1, UINT64_MAX),
+			 -EDQUOT);
+	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, UINT64_MAX, 1),
+			 -EDQUOT);
 	/* each kind its errno */
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_CONNECTIONS, 1, 1), 0);
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_CONNECTIONS, 2, 1), -EUSERS);
@@ -103,7 +107,8 @@ START_TEST(test_check)
 	l.max[QUOTA_SEGMENTS] = QUOTA_UNLIMITED;
 	ck_assert_int_eq(quota_check(&l, u, QUOTA_SEGMENTS, UINT64_MAX - 1, 1),
 			 0);
-	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 0, UINT64_MAX), -EDQUOT);
+	ck_assert_int_eq(quota_check(&l, u, QUOTA_BYTES, 0, UINT64_MAX),
+			 -EDQUOT);
 }
 END_TEST
 
@@ -115,9 +120,11 @@ START_TEST(test_tally)
 
 	ck_assert_ptr_null(quota_tally_find(&t, 0));
 	for (size_t i = 0; i < sizeof(uids) / sizeof(uids[0]); i++) {
-		ck_assert_int_eq(quota_tally_add(&t, uids[i], QUOTA_SEGMENTS, 1), 0);
+		ck_assert_int_eq(quota_tally_add(&t, uids[i], QUOTA_SEGMENTS, 1),
+				 0);
 		ck_assert_int_eq(quota_tally_add(&t, uids[i], QUOTA_BYTES,
-						 4096 * (i + 1)), 0);
+						 4096 * (i + 1)),
+				 0);
 	}
 	ck_assert_int_eq(quota_tally_add(&t, 7, QUOTA_CONNECTIONS, 3), 0);
 	ck_assert_int_eq(quota_tally_add(&t, 7, QUOTA_ATTACHMENTS, 2), 0);
@@ -145,7 +152,8 @@ START_TEST(test_tally)
 	ck_assert_uint_eq(r->uid, 8);
 	ck_assert_uint_eq(r->segments + r->bytes + r->attachments, 0);
 	ck_assert_ptr_eq(quota_usage_field(r, QUOTA_BYTES), &r->bytes);
-	ck_assert_ptr_eq(quota_usage_field(r, QUOTA_CONNECTIONS), &r->connections);
+	ck_assert_ptr_eq(quota_usage_field(r, QUOTA_CONNECTIONS),
+			 &r->connections);
 	ck_assert_ptr_null(quota_usage_field(r, QUOTA_KINDS));
 	/* saturating */
 	ck_assert_int_eq(quota_tally_add(&t, 8, QUOTA_BYTES, UINT64_MAX - 1), 0);
@@ -180,7 +188,7 @@ START_TEST(test_usage_limits)
 	ck_assert_uint_eq(u.max_connections, 2);
 	ck_assert_uint_eq(u.max_attachments, 4);
 	ck_assert_uint_eq(u.idle_timeout_ms, 2500);
-	ck_assert_uint_eq(u.segments, 9);	/* usage untouched */
+	ck_assert_uint_eq(u.segments, 9); /* usage untouched */
 
 	u.uid = 0;
 	quota_usage_limits(&l, &u);

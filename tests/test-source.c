@@ -25,12 +25,12 @@
 
 #define PS 4096u
 #define FILE_PAGES 10
-#define FILE_TAIL 100	/* bytes of a partial last page */
+#define FILE_TAIL 100 /* bytes of a partial last page */
 #define FILE_SIZE (FILE_PAGES * PS + FILE_TAIL)
 
 static char tmp_path[PATH_MAX];
 static int tmp_fd = -1;
-static unsigned char *contents;	/* what the file holds */
+static unsigned char *contents; /* what the file holds */
 static struct io_uring ring;
 static struct source *src;
 
@@ -86,8 +86,8 @@ static void file_teardown(void)
 
 struct run {
 	struct source_read rd;
-	unsigned int submits;	/* I/O round trips it took */
-	bool inline_done;	/* ->read() completed it */
+	unsigned int submits; /* I/O round trips it took */
+	bool inline_done;     /* ->read() completed it */
 };
 
 /*
@@ -129,8 +129,8 @@ static int run_read(struct source *s, struct run *r, uint64_t pgoff,
 }
 
 /* Checks @buf holds the file's bytes of the run, zeros past the end. */
-static void check_run(const unsigned char *buf, uint64_t pgoff,
-		      uint32_t npages, uint64_t file_size)
+static void check_run(const unsigned char *buf, uint64_t pgoff, uint32_t npages,
+		      uint64_t file_size)
 {
 	for (uint64_t i = 0; i < (uint64_t)npages * PS; i++) {
 		uint64_t off = pgoff * PS + i;
@@ -324,8 +324,9 @@ START_TEST(test_file_eagain_and_error)
 {
 	unsigned char *buf = sentinel_buf(2);
 	struct io_uring_cqe *cqe;
-	struct source_read rd = { .buf = buf, .pgoff = 3, .npages = 2,
-				  .user_data = buf };
+	struct source_read rd = {
+		.buf = buf, .pgoff = 3, .npages = 2, .user_data = buf
+	};
 	int ret;
 
 	/* -EAGAIN: queued again, whole. */
@@ -460,7 +461,8 @@ START_TEST(test_file_ring_full)
 	ck_assert_int_eq(io_uring_queue_init(2, &small, 0), 0);
 	for (int i = 0; i < 6; i++) {
 		rd[i] = (struct source_read){ .buf = buf + i * PS,
-					      .pgoff = i, .npages = 1,
+					      .pgoff = i,
+					      .npages = 1,
 					      .user_data = &rd[i] };
 		ck_assert_int_eq(source_read(src, &rd[i], &small), 0);
 	}
@@ -572,8 +574,10 @@ static bool have_io_uring(void)
 	int ret = io_uring_queue_init(2, &r, 0);
 
 	if (ret < 0) {
-		fprintf(stderr, "io_uring unavailable (%s): file source tests "
-				"skipped\n", strerror(-ret));
+		fprintf(stderr,
+			"io_uring unavailable (%s): file source tests "
+			"skipped\n",
+			strerror(-ret));
 		return false;
 	}
 	io_uring_queue_exit(&r);

@@ -32,7 +32,9 @@ static int ranges_add(struct attachment *att, uint64_t start, uint64_t len,
 		att->ranges_cap = cap;
 	}
 	att->ranges[att->nr_ranges++] = (struct att_range){
-		.start = start, .len = len, .pgoff = pgoff,
+		.start = start,
+		.len = len,
+		.pgoff = pgoff,
 	};
 	return 0;
 }
@@ -265,7 +267,8 @@ static int vma_at(pid_t pid, uint64_t addr, uint64_t *lo, uint64_t *hi,
 
 		/* A long path may split a line: its tail never parses. */
 		if (sscanf(line, "%llx-%llx %*s %llx %x:%x %llu", &l, &h, &o,
-			   &maj, &min, &i) != 6 || addr < l || addr >= h)
+			   &maj, &min, &i) != 6 ||
+		    addr < l || addr >= h)
 			continue;
 		*lo = l;
 		*hi = h;

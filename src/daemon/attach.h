@@ -57,7 +57,7 @@ struct spin_rwlock {
 static inline void spin_relax(unsigned int *n)
 {
 	if (++*n % 64 == 0)
-		sched_yield();	/* the holder may have been preempted */
+		sched_yield(); /* the holder may have been preempted */
 	else
 		__builtin_ia32_pause();
 }
@@ -69,9 +69,10 @@ static inline void spin_read_lock(struct spin_rwlock *l)
 	for (;;) {
 		int v = atomic_load_explicit(&l->v, memory_order_relaxed);
 
-		if (v >= 0 && atomic_compare_exchange_weak_explicit(
-				      &l->v, &v, v + 1, memory_order_acquire,
-				      memory_order_relaxed))
+		if (v >= 0 &&
+		    atomic_compare_exchange_weak_explicit(&l->v, &v, v + 1,
+							  memory_order_acquire,
+							  memory_order_relaxed))
 			return;
 		spin_relax(&n);
 	}
@@ -89,9 +90,9 @@ static inline void spin_write_lock(struct spin_rwlock *l)
 	for (;;) {
 		int v = 0;
 
-		if (atomic_compare_exchange_weak_explicit(
-			    &l->v, &v, -1, memory_order_acquire,
-			    memory_order_relaxed))
+		if (atomic_compare_exchange_weak_explicit(&l->v, &v, -1,
+							  memory_order_acquire,
+							  memory_order_relaxed))
 			return;
 		spin_relax(&n);
 	}
@@ -105,26 +106,26 @@ static inline void spin_write_unlock(struct spin_rwlock *l)
 struct att_range {
 	uint64_t start;
 	uint64_t len;
-	uint64_t pgoff;		/* segment page at start */
+	uint64_t pgoff; /* segment page at start */
 };
 
 struct attachment {
 	uint64_t id;
 	_Atomic int refs;
 	_Atomic bool dead;
-	struct segment *seg;		/* holds a reference */
-	struct worker *owner;		/* polls the pidfd; drives retries */
-	int kick_fd;			/* the owner's eventfd */
+	struct segment *seg;  /* holds a reference */
+	struct worker *owner; /* polls the pidfd; drives retries */
+	int kick_fd;	      /* the owner's eventfd */
 	int uffd;
-	int pidfd;			/* -1 until the pid is known */
-	_Atomic pid_t pid;		/* 0: forked, not yet identified */
-	_Atomic pid_t fault_tid;	/* a thread seen faulting, while pid
-					 * is 0 */
-	uid_t uid;			/* the registering process's user;
-					 * its forked children's too */
+	int pidfd;		 /* -1 until the pid is known */
+	_Atomic pid_t pid;	 /* 0: forked, not yet identified */
+	_Atomic pid_t fault_tid; /* a thread seen faulting, while pid
+				  * is 0 */
+	uid_t uid;		 /* the registering process's user;
+				  * its forked children's too */
 	pid_t parent_pid;
-	uint64_t parent_id;		/* forked from this attachment */
-	uint32_t flags;			/* UPG_REGISTER_* */
+	uint64_t parent_id; /* forked from this attachment */
+	uint32_t flags;	    /* UPG_REGISTER_* */
 	uint64_t uffd_features;
 	uint64_t uffd_ioctls;
 	uint64_t created_ns;
@@ -140,18 +141,18 @@ struct attachment {
 	 * microseconds) each time.  Under it only `lock` is taken.
 	 */
 	struct spin_rwlock evlock;
-	_Atomic uint64_t ev_gen;	/* bumped, under evlock, by every
-					 * event that changes the ranges */
+	_Atomic uint64_t ev_gen; /* bumped, under evlock, by every
+				  * event that changes the ranges */
 
-	pthread_mutex_t lock;		/* guards the five below */
+	pthread_mutex_t lock; /* guards the five below */
 	struct att_range *ranges;
 	unsigned int nr_ranges, ranges_cap;
-	uint64_t *retry;		/* fault addresses to drive again */
+	uint64_t *retry; /* fault addresses to drive again */
 	unsigned int nr_retry, retry_cap;
 
-	struct list_head seg_link;	/* segment's list, daemon lock */
-	struct list_head all_link;	/* daemon's list, daemon lock */
-	struct attachment *kill_next;	/* the daemon's killed list */
+	struct list_head seg_link;    /* segment's list, daemon lock */
+	struct list_head all_link;    /* daemon's list, daemon lock */
+	struct attachment *kill_next; /* the daemon's killed list */
 };
 
 /* A new attachment of @seg over [start, start+len) at segment page @pgoff. */

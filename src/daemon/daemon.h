@@ -50,7 +50,8 @@
 struct attachment;
 struct worker;
 
-#define counter_add(c, v) atomic_fetch_add_explicit(&(c), (v), memory_order_relaxed)
+#define counter_add(c, v) \
+	atomic_fetch_add_explicit(&(c), (v), memory_order_relaxed)
 #define counter_get(c) atomic_load_explicit(&(c), memory_order_relaxed)
 
 /* A segment's fault counters (relaxed atomics); the daemon keeps the sum
@@ -67,28 +68,28 @@ struct seg_counters {
 
 struct daemon {
 	pthread_mutex_t lock;
-	struct list_head segments;	/* under lock */
-	unsigned int nr_segments;	/* under lock */
-	struct list_head attachments;	/* live ones, under lock */
-	uint64_t next_seg_id;		/* under lock */
+	struct list_head segments;    /* under lock */
+	unsigned int nr_segments;     /* under lock */
+	struct list_head attachments; /* live ones, under lock */
+	uint64_t next_seg_id;	      /* under lock */
 	_Atomic uint64_t next_att_id;
 	_Atomic uint64_t nr_attachments;
 
 	/* Set by main before the first thread starts, then read-only: */
 	struct worker **workers;
 	unsigned int nr_workers;
-	bool pinned;			/* worker i runs on CPU i only */
+	bool pinned; /* worker i runs on CPU i only */
 	uint64_t start_ns;
-	uint64_t spin_ns;		/* workers look for faults this long
-					 * before sleeping */
-	uint64_t uffd_features;		/* what the running kernel offers */
-	int main_efd;			/* wakes the main thread */
-	int fill_uffd;			/* registers segments' direct maps */
-	struct quota_limits limits;	/* per user */
+	uint64_t spin_ns;	    /* workers look for faults this long
+				     * before sleeping */
+	uint64_t uffd_features;	    /* what the running kernel offers */
+	int main_efd;		    /* wakes the main thread */
+	int fill_uffd;		    /* registers segments' direct maps */
+	struct quota_limits limits; /* per user */
 
 	/* Atomic: */
 	_Atomic unsigned int next_worker;
-	struct seg_counters retired;	/* of deleted segments */
+	struct seg_counters retired; /* of deleted segments */
 	_Atomic uint64_t connections;
 	_Atomic uint64_t events_fork;
 	_Atomic uint64_t events_remap;
@@ -96,7 +97,7 @@ struct daemon {
 	_Atomic uint64_t events_unmap;
 	_Atomic uint64_t clients_exited;
 	_Atomic uint64_t protocol_errors;
-	_Atomic uint64_t unresolved;	/* forked attachments without pid */
+	_Atomic uint64_t unresolved; /* forked attachments without pid */
 
 	/* Killed, for the main thread to take off the lists (attach.h): a
 	 * lock-free stack, pushed by anyone, emptied by the main thread. */

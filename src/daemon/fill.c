@@ -34,16 +34,16 @@
 
 /* One run of pages being read and put into a segment, on one worker. */
 struct fill {
-	struct io_req req;	/* the source read's completions */
+	struct io_req req; /* the source read's completions */
 	struct source_read rd;
-	struct filler *fl;	/* the worker it runs on */
+	struct filler *fl; /* the worker it runs on */
 	struct segment *seg;
-	struct attachment *att;	/* the faulting one; holds a reference */
-	uint64_t addr;		/* where the run starts in att */
-	bool prefetch;		/* nobody waits at addr */
-	bool answered;		/* the faulting thread was answered */
-	uint32_t from;		/* pages before it are in the memfd */
-	struct list_head stall_link;	/* on its filler's stalled list */
+	struct attachment *att;	     /* the faulting one; holds a reference */
+	uint64_t addr;		     /* where the run starts in att */
+	bool prefetch;		     /* nobody waits at addr */
+	bool answered;		     /* the faulting thread was answered */
+	uint32_t from;		     /* pages before it are in the memfd */
+	struct list_head stall_link; /* on its filler's stalled list */
 };
 
 void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring)
@@ -106,17 +106,16 @@ void fill_retry(struct attachment *att, uint64_t addr)
 }
 
 /* Maps frames already in the memfd into a private attachment. */
-static void att_continue(struct attachment *att, uint64_t addr,
-			 uint64_t len)
+static void att_continue(struct attachment *att, uint64_t addr, uint64_t len)
 {
 	switch (uffd_continue(att->uffd, addr, len, true, NULL)) {
 	case 0:
-	case -ESRCH:		/* the process is gone */
+	case -ESRCH: /* the process is gone */
 		break;
-	case -EAGAIN:		/* an event first */
+	case -EAGAIN: /* an event first */
 		fill_retry(att, addr);
 		break;
-	default:		/* -EEXIST: mapped already; -ENOENT: moved */
+	default: /* -EEXIST: mapped already; -ENOENT: moved */
 		att_wake(att, addr, len);
 		break;
 	}
@@ -131,15 +130,15 @@ static void att_poison(struct attachment *att, uint64_t addr, uint64_t len)
 	if (att->uffd_features & UFFD_FEATURE_POISON) {
 		switch (uffd_poison(att->uffd, addr, len, true, NULL)) {
 		case 0:
-		case -EEXIST:		/* poisoned or filled already */
+		case -EEXIST: /* poisoned or filled already */
 			return;
-		case -EAGAIN:		/* an event first */
+		case -EAGAIN: /* an event first */
 			fill_retry(att, addr);
 			return;
-		case -ESRCH:		/* the process is gone */
+		case -ESRCH: /* the process is gone */
 		case -ENOSPC:
 			break;
-		default:		/* -ENOENT: it moved: refault */
+		default: /* -ENOENT: it moved: refault */
 			att_wake(att, addr, len);
 			return;
 		}
@@ -220,8 +219,9 @@ static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err)
 	uint64_t ps = f->seg->page_size;
 	uint64_t len = (uint64_t)(f->rd.npages - from) * ps;
 	bool direct = f->att->flags & UPG_REGISTER_RDONLY;
-	uint64_t dst = direct ? (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps
-			      : f->addr + from * ps;
+	uint64_t dst = direct ? (uintptr_t)f->seg->map +
+					(f->rd.pgoff + from) * ps :
+				f->addr + from * ps;
 	int uffd = direct ? f->seg->d->fill_uffd : f->att->uffd;
 	uint64_t pgoff, run, done;
 
@@ -263,7 +263,8 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 
 		if (!n && *err == -EEXIST) {
 			/* Filled behind our back: present, not ours. */
-			pte_end_busy(&seg->pt, f->rd.pgoff + done++, PTE_PRESENT);
+			pte_end_busy(&seg->pt, f->rd.pgoff + done++,
+				     PTE_PRESENT);
 			continue;
 		}
 		if (!n)
@@ -294,22 +295,23 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 
 	if (done > 0) {
 		if (att->flags & UPG_REGISTER_RDONLY)
-			att_continue(att, f->addr, (uint64_t)done * seg->page_size);
+			att_continue(att, f->addr,
+				     (uint64_t)done * seg->page_size);
 		else if (!first_copied)
 			att_wake(att, f->addr, seg->page_size);
 		return;
 	}
 	switch (err) {
-	case -EAGAIN:		/* an event first: read it, then again */
+	case -EAGAIN: /* an event first: read it, then again */
 		fill_retry(att, f->addr);
 		break;
-	case -ESRCH:		/* the process is gone */
+	case -ESRCH: /* the process is gone */
 	case -ENOSPC:
 		if (attach_kill(att, "gone"))
 			counter_add(seg->d->clients_exited, 1);
 		break;
-	default:		/* -ENOENT and the like: the mapping changed
-				 * under us; the thread's retry finds out */
+	default: /* -ENOENT and the like: the mapping changed
+		  * under us; the thread's retry finds out */
 		att_wake(att, f->addr, seg->page_size);
 		break;
 	}
@@ -457,7 +459,7 @@ void fill_resume(struct filler *fl, struct list_head *stalled)
 		if (atomic_load(&f->att->dead)) {
 			fill_release(f, f->from);
 			fill_unpark(f->seg, f->rd.pgoff + f->from,
-				      f->rd.npages - f->from);
+				    f->rd.npages - f->from);
 			fill_free(f);
 			continue;
 		}
@@ -485,16 +487,17 @@ static void fill_read_done(struct io_req *req, const struct io_uring_cqe *cqe)
  * the present frames after it (up to the read-ahead window), so that a
  * reader of a filled segment takes one round trip per window, not per page.
  */
-static void continue_run(struct attachment *att, uint64_t addr,
-			 uint64_t pgoff, uint64_t run)
+static void continue_run(struct attachment *att, uint64_t addr, uint64_t pgoff,
+			 uint64_t run)
 {
 	struct segment *seg = att->seg;
 	uint64_t n, max = ra_pages(seg, pgoff);
 
 	if (max > run)
 		max = run;
-	n = 1 + (max > 1 ? pte_run_from(&seg->pt, pgoff + 1, max - 1,
-					  PTE_PRESENT) : 0);
+	n = 1 +
+	    (max > 1 ? pte_run_from(&seg->pt, pgoff + 1, max - 1, PTE_PRESENT) :
+		       0);
 	att_continue(att, addr, n * seg->page_size);
 }
 
@@ -588,7 +591,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		if (ret > 0)
 			break;
 		if (ret < 0) {
-			fill_retry(att, addr);	/* -ENOMEM: see there */
+			fill_retry(att, addr); /* -ENOMEM: see there */
 			return;
 		}
 		attach_get(att);
@@ -599,7 +602,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		}
 		attach_put(att);
 		if (ret < 0) {
-			fill_retry(att, addr);	/* -ENOMEM: see there */
+			fill_retry(att, addr); /* -ENOMEM: see there */
 			return;
 		}
 	}
@@ -612,5 +615,5 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
 	if (fill_start(fl, seg, att, addr, pgoff, n, false))
-		fill_retry(att, addr);	/* -ENOMEM: see there */
+		fill_retry(att, addr); /* -ENOMEM: see there */
 }

@@ -42,11 +42,11 @@ struct daemon;
 /* A worker's fill state.  Its thread alone uses it. */
 struct filler {
 	struct daemon *d;
-	struct io_uring *ring;		/* the worker's: source reads */
-	struct list_head stalled;	/* fills waiting for an event to be
-					 * read before they copy again */
-	unsigned int nr_fills;		/* in flight on the ring */
-	void *bufs[FILL_BUF_CACHE];	/* FILL_MAX_PAGES pages each */
+	struct io_uring *ring;	    /* the worker's: source reads */
+	struct list_head stalled;   /* fills waiting for an event to be
+				     * read before they copy again */
+	unsigned int nr_fills;	    /* in flight on the ring */
+	void *bufs[FILL_BUF_CACHE]; /* FILL_MAX_PAGES pages each */
 	unsigned int nr_bufs;
 	size_t buf_size;
 };

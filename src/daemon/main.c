@@ -80,17 +80,18 @@ static void usage(FILE *f, const struct quota_limits *l)
 		"                           0: never)\n"
 		"\n"
 		"  -h, --help             this text\n"
-		"  -V, --version          the version\n", DEFAULT_SPIN_US,
-		QUOTA_DEFAULT_SEGMENTS, def_bytes, QUOTA_DEFAULT_CONNECTIONS,
-		QUOTA_DEFAULT_ATTACHMENTS, QUOTA_DEFAULT_IDLE_SEC);
+		"  -V, --version          the version\n",
+		DEFAULT_SPIN_US, QUOTA_DEFAULT_SEGMENTS, def_bytes,
+		QUOTA_DEFAULT_CONNECTIONS, QUOTA_DEFAULT_ATTACHMENTS,
+		QUOTA_DEFAULT_IDLE_SEC);
 }
 
 /*
  * A limit of @kind from @arg: a count (bytes: a size such as 64G), or
  * "unlimited".  Returns 0, or 2 after saying what is wrong.
  */
-static int parse_limit(struct quota_limits *l, const char *opt,
-		       const char *arg, enum quota_kind kind)
+static int parse_limit(struct quota_limits *l, const char *opt, const char *arg,
+		       enum quota_kind kind)
 {
 	uint64_t v;
 	char *end;
@@ -101,7 +102,8 @@ static int parse_limit(struct quota_limits *l, const char *opt,
 	}
 	if (kind == QUOTA_BYTES) {
 		if (size_parse(arg, &v) || v == QUOTA_UNLIMITED) {
-			fprintf(stderr, "upagerd: --%s: expected a size such as 64G, or 'unlimited', got '%s'\n",
+			fprintf(stderr,
+				"upagerd: --%s: expected a size such as 64G, or 'unlimited', got '%s'\n",
 				opt, arg);
 			return 2;
 		}
@@ -109,7 +111,8 @@ static int parse_limit(struct quota_limits *l, const char *opt,
 		errno = 0;
 		v = strtoull(arg, &end, 10);
 		if (errno || *end || !*arg || *arg == '-' || v > UINT32_MAX) {
-			fprintf(stderr, "upagerd: --%s: expected 0..%u or 'unlimited', got '%s'\n",
+			fprintf(stderr,
+				"upagerd: --%s: expected 0..%u or 'unlimited', got '%s'\n",
 				opt, UINT32_MAX, arg);
 			return 2;
 		}
@@ -135,10 +138,12 @@ static const char *limit_text(const struct quota_limits *l,
 static void uffd_error(const char *what, int err)
 {
 	if (err == -EPERM)
-		pr_err("main", "%s: %s: allow it with 'sysctl vm.unprivileged_userfaultfd=1', or run upagerd as root or with CAP_SYS_PTRACE (a seccomp or security policy may forbid it, too)",
+		pr_err("main",
+		       "%s: %s: allow it with 'sysctl vm.unprivileged_userfaultfd=1', or run upagerd as root or with CAP_SYS_PTRACE (a seccomp or security policy may forbid it, too)",
 		       what, strerror(-err));
 	else if (err == -ENOSYS)
-		pr_err("main", "%s: %s: the kernel has no userfaultfd (CONFIG_USERFAULTFD)",
+		pr_err("main",
+		       "%s: %s: the kernel has no userfaultfd (CONFIG_USERFAULTFD)",
 		       what, strerror(-err));
 	else
 		pr_err("main", "%s: %s", what, strerror(-err));
@@ -163,7 +168,8 @@ static void raise_nofile(void)
 			(unsigned long long)old, strerror(errno));
 	else
 		pr_info("main", "descriptor limit raised from %llu to %llu",
-			(unsigned long long)old, (unsigned long long)rl.rlim_cur);
+			(unsigned long long)old,
+			(unsigned long long)rl.rlim_cur);
 }
 
 /* Creates the socket's directory for the default root path. */
@@ -263,13 +269,13 @@ static int listen_on(const char *path, const char **why)
 		if (probe >= 0 &&
 		    connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
 			close(probe);
-			ret = -EADDRINUSE;	/* a live daemon */
+			ret = -EADDRINUSE; /* a live daemon */
 			goto err;
 		}
 		if (probe >= 0)
 			close(probe);
 		if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-			ret = -EEXIST;		/* not ours to remove */
+			ret = -EEXIST; /* not ours to remove */
 			goto err;
 		}
 		pr_notice("main", "replacing stale socket %s", path);
@@ -353,7 +359,7 @@ int main(int argc, char **argv)
 	sigset_t mask;
 	int c, fd, ret;
 	long idle;
-	char lim[QUOTA_KINDS][24];	/* "unlimited", a count or a size */
+	char lim[QUOTA_KINDS][24]; /* "unlimited", a count or a size */
 	static struct daemon daemon_state;
 	struct daemon *d = &daemon_state;
 	struct attachment *att, *next;
@@ -370,8 +376,7 @@ int main(int argc, char **argv)
 				return 2;
 			break;
 		case 'B':
-			if (parse_limit(ql, "max-bytes", optarg,
-					QUOTA_BYTES))
+			if (parse_limit(ql, "max-bytes", optarg, QUOTA_BYTES))
 				return 2;
 			break;
 		case 'C':
@@ -392,7 +397,8 @@ int main(int argc, char **argv)
 			idle = strtol(optarg, &end, 10);
 			if (errno || *end || !*optarg || idle < 0 ||
 			    idle > 86400 * 365) {
-				fprintf(stderr, "upagerd: --idle-timeout: expected 0..31536000 seconds, got '%s'\n",
+				fprintf(stderr,
+					"upagerd: --idle-timeout: expected 0..31536000 seconds, got '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -400,7 +406,8 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			if (!*optarg) {
-				fprintf(stderr, "upagerd: --socket: an empty path\nTry 'upagerd --help'.\n");
+				fprintf(stderr,
+					"upagerd: --socket: an empty path\nTry 'upagerd --help'.\n");
 				return 2;
 			}
 			sock = optarg;
@@ -409,14 +416,16 @@ int main(int argc, char **argv)
 			errno = 0;
 			threads = strtol(optarg, &end, 10);
 			if (errno || *end || threads < 1 || threads > 256) {
-				fprintf(stderr, "upagerd: --threads: expected 1..256, got '%s'\n",
+				fprintf(stderr,
+					"upagerd: --threads: expected 1..256, got '%s'\n",
 					optarg);
 				return 2;
 			}
 			break;
 		case 'l':
 			if (log_level_parse(optarg)) {
-				fprintf(stderr, "upagerd: --log-level: unknown level '%s'\n",
+				fprintf(stderr,
+					"upagerd: --log-level: unknown level '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -431,7 +440,8 @@ int main(int argc, char **argv)
 			errno = 0;
 			spin_us = strtol(optarg, &end, 10);
 			if (errno || *end || spin_us < 0 || spin_us > 1000000) {
-				fprintf(stderr, "upagerd: --spin-us: expected 0..1000000, got '%s'\n",
+				fprintf(stderr,
+					"upagerd: --spin-us: expected 0..1000000, got '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -448,7 +458,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "upagerd: unexpected argument '%s'\nTry 'upagerd --help'.\n",
+		fprintf(stderr,
+			"upagerd: unexpected argument '%s'\nTry 'upagerd --help'.\n",
 			argv[optind]);
 		return 2;
 	}
@@ -478,8 +489,8 @@ int main(int argc, char **argv)
 	 * a uffd nobody reads.
 	 */
 	d->fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM,
-				 UFFD_FEATURE_MISSING_SHMEM, UFFD_OPEN_USER_ONLY,
-				 NULL);
+				 UFFD_FEATURE_MISSING_SHMEM,
+				 UFFD_OPEN_USER_ONLY, NULL);
 	if (d->fill_uffd < 0) {
 		uffd_error("userfaultfd for direct maps", d->fill_uffd);
 		return 1;
@@ -517,7 +528,7 @@ int main(int argc, char **argv)
 	/* One worker per CPU, each pinned to its CPU: attachments follow
 	 * their faulting threads (worker.c).  Other counts float. */
 	d->pinned = pin && threads == sysconf(_SC_NPROCESSORS_ONLN) &&
-		   threads == sysconf(_SC_NPROCESSORS_CONF);
+		    threads == sysconf(_SC_NPROCESSORS_CONF);
 	d->workers = calloc(threads, sizeof(*d->workers));
 	if (d->main_efd < 0 || !d->workers) {
 		pr_err("main", "setup: %s", strerror(errno));
@@ -526,13 +537,16 @@ int main(int argc, char **argv)
 	for (; started < threads; started++) {
 		ret = worker_start(d, started, &d->workers[started]);
 		if (ret) {
-			pr_err("main", "worker %ld: %s", started, strerror(-ret));
+			pr_err("main", "worker %ld: %s", started,
+			       strerror(-ret));
 			goto fail;
 		}
 	}
-	pr_notice("main", "listening on %s with %ld threads (uffd features %#llx)",
+	pr_notice("main",
+		  "listening on %s with %ld threads (uffd features %#llx)",
 		  sock, threads, (unsigned long long)d->uffd_features);
-	pr_notice("main", "limits per user%s: %s segments, %s bytes, %s connections, %s attachments; idle connections closed after %llu s%s",
+	pr_notice("main",
+		  "limits per user%s: %s segments, %s bytes, %s connections, %s attachments; idle connections closed after %llu s%s",
 		  ql->limit_root ? "" : " but root and the daemon's",
 		  limit_text(ql, QUOTA_SEGMENTS, lim[0], sizeof(lim[0])),
 		  limit_text(ql, QUOTA_BYTES, lim[1], sizeof(lim[1])),

@@ -65,8 +65,7 @@ static void *pt_node_get(struct pagetable *pt, _Atomic(void *) *link,
 	if (atomic_compare_exchange_strong_explicit(link, &n, fresh,
 						    memory_order_acq_rel,
 						    memory_order_acquire)) {
-		atomic_fetch_add_explicit(&pt->mem, size,
-					  memory_order_relaxed);
+		atomic_fetch_add_explicit(&pt->mem, size, memory_order_relaxed);
 		return fresh;
 	}
 	free(fresh);
@@ -105,8 +104,8 @@ uint64_t pte_run_below(struct pagetable *pt, uint64_t i, uint64_t max,
 	if (max > i)
 		max = i;
 	while (n < max) {
-		uint64_t j = i - n - 1;		/* the next entry down */
-		uint64_t k = j & PT_LEAF_MASK;	/* its slot; k..0 here */
+		uint64_t j = i - n - 1;	       /* the next entry down */
+		uint64_t k = j & PT_LEAF_MASK; /* its slot; k..0 here */
 		struct pt_leaf *l = pt_leaf_lookup(pt, j);
 
 		if (!l) {
@@ -140,14 +139,14 @@ uint64_t pte_run_from(struct pagetable *pt, uint64_t i, uint64_t max,
 		max = pt->npages - i;
 	while (n < max) {
 		uint64_t j = i + n;
-		uint64_t k = j & PT_LEAF_MASK;	/* its slot; k..MASK here */
+		uint64_t k = j & PT_LEAF_MASK; /* its slot; k..MASK here */
 		struct pt_leaf *l = pt_leaf_lookup(pt, j);
 
 		if (!l) {
 			if (bits)
 				break;
-			n += PT_LEAF_SLOTS - k < max - n ? PT_LEAF_SLOTS - k
-							 : max - n;
+			n += PT_LEAF_SLOTS - k < max - n ? PT_LEAF_SLOTS - k :
+							   max - n;
 			continue;
 		}
 		for (;;) {
@@ -191,8 +190,8 @@ uint64_t pte_claim_run(struct pagetable *pt, uint64_t i, uint64_t max)
 			return n;
 		for (;;) {
 			_Atomic uint64_t *e = &l->e[k];
-			uint64_t old = atomic_load_explicit(
-				e, memory_order_acquire);
+			uint64_t old =
+				atomic_load_explicit(e, memory_order_acquire);
 
 			do {
 				if (old & (PTE_PRESENT | PTE_BUSY | PTE_POISON))
@@ -207,8 +206,7 @@ uint64_t pte_claim_run(struct pagetable *pt, uint64_t i, uint64_t max)
 	return n;
 }
 
-void pte_end_busy_run(struct pagetable *pt, uint64_t i, uint64_t n,
-		      uint64_t set)
+void pte_end_busy_run(struct pagetable *pt, uint64_t i, uint64_t n, uint64_t set)
 {
 	uint64_t done = 0;
 
@@ -233,8 +231,8 @@ void pte_end_busy_run(struct pagetable *pt, uint64_t i, uint64_t n,
 		}
 		for (uint64_t j = k; j < k + here; j++) {
 			_Atomic uint64_t *e = &l->e[j];
-			uint64_t old = atomic_load_explicit(
-				e, memory_order_acquire);
+			uint64_t old =
+				atomic_load_explicit(e, memory_order_acquire);
 
 			while (!atomic_compare_exchange_weak_explicit(
 				e, &old, (old & ~PTE_BUSY) | set,

@@ -78,8 +78,8 @@ struct pt_leaf {
 };
 
 struct pt_node {
-	_Atomic(void *) slot[PT_NODE_SLOTS];	/* a pt_node, or a pt_leaf
-						 * one level up from them */
+	_Atomic(void *) slot[PT_NODE_SLOTS]; /* a pt_node, or a pt_leaf
+					      * one level up from them */
 };
 
 /*
@@ -87,12 +87,12 @@ struct pt_node {
  * pagetable_init and pagetable_fini run alone.
  */
 struct pagetable {
-	_Atomic(void *) root;	/* a pt_node; the pt_leaf at height 0 */
+	_Atomic(void *) root; /* a pt_node; the pt_leaf at height 0 */
 	uint64_t npages;
-	unsigned int height;	/* interior levels above the leaves */
-	_Atomic uint64_t mem;	/* bytes of nodes held */
-	_Atomic uint64_t lost;	/* nodes freed after losing the race to be
-				 * installed (statistics, tests) */
+	unsigned int height;   /* interior levels above the leaves */
+	_Atomic uint64_t mem;  /* bytes of nodes held */
+	_Atomic uint64_t lost; /* nodes freed after losing the race to be
+				* installed (statistics, tests) */
 };
 
 /*
@@ -131,9 +131,8 @@ static inline struct pt_leaf *pt_leaf_lookup(struct pagetable *pt, uint64_t i)
 		struct pt_node *node = n;
 		unsigned int shift = PT_LEAF_SHIFT + (h - 1) * PT_NODE_SHIFT;
 
-		n = atomic_load_explicit(
-			&node->slot[(i >> shift) & PT_NODE_MASK],
-			memory_order_acquire);
+		n = atomic_load_explicit(&node->slot[(i >> shift) & PT_NODE_MASK],
+					 memory_order_acquire);
 	}
 	return n;
 }
@@ -166,9 +165,10 @@ static inline int pte_claim(struct pagetable *pt, uint64_t i)
 		return -ENOMEM;
 	old = atomic_load_explicit(e, memory_order_acquire);
 	while (!(old & (PTE_PRESENT | PTE_BUSY | PTE_POISON))) {
-		if (atomic_compare_exchange_weak_explicit(
-			    e, &old, old | PTE_BUSY, memory_order_acq_rel,
-			    memory_order_acquire))
+		if (atomic_compare_exchange_weak_explicit(e, &old,
+							  old | PTE_BUSY,
+							  memory_order_acq_rel,
+							  memory_order_acquire))
 			return 1;
 	}
 	return 0;
@@ -197,9 +197,10 @@ static inline void pte_end_busy(struct pagetable *pt, uint64_t i, uint64_t set)
 	else if (!set || !(e = pte_ref(pt, i)))
 		return;
 	old = atomic_load_explicit(e, memory_order_acquire);
-	while (!atomic_compare_exchange_weak_explicit(
-		e, &old, (old & ~PTE_BUSY) | set, memory_order_acq_rel,
-		memory_order_acquire))
+	while (!atomic_compare_exchange_weak_explicit(e, &old,
+						      (old & ~PTE_BUSY) | set,
+						      memory_order_acq_rel,
+						      memory_order_acquire))
 		;
 }
 
@@ -215,9 +216,10 @@ static inline bool pte_present_to_absent(struct pagetable *pt, uint64_t i)
 	e = &l->e[i & PT_LEAF_MASK];
 	old = atomic_load_explicit(e, memory_order_acquire);
 	while ((old & PTE_PRESENT) && !(old & PTE_BUSY)) {
-		if (atomic_compare_exchange_weak_explicit(
-			    e, &old, old & ~PTE_PRESENT, memory_order_acq_rel,
-			    memory_order_acquire))
+		if (atomic_compare_exchange_weak_explicit(e, &old,
+							  old & ~PTE_PRESENT,
+							  memory_order_acq_rel,
+							  memory_order_acquire))
 			return true;
 	}
 	return false;

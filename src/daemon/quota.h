@@ -58,14 +58,14 @@ enum quota_kind {
 #define QUOTA_DEFAULT_CONNECTIONS 256
 #define QUOTA_DEFAULT_ATTACHMENTS 1024
 #define QUOTA_DEFAULT_IDLE_SEC 60
-#define QUOTA_MIN_DEFAULT_BYTES (1ull << 30)	/* on a very small machine */
+#define QUOTA_MIN_DEFAULT_BYTES (1ull << 30) /* on a very small machine */
 
 struct quota_limits {
-	uint64_t max[QUOTA_KINDS];	/* per uid; QUOTA_UNLIMITED: none */
-	bool limit_root;		/* root and daemon_uid are limited too */
-	uid_t daemon_uid;		/* exempt with root */
-	uint64_t idle_timeout_ns;	/* an idle connection is closed after
-					 * this; 0: never */
+	uint64_t max[QUOTA_KINDS]; /* per uid; QUOTA_UNLIMITED: none */
+	bool limit_root;	   /* root and daemon_uid are limited too */
+	uid_t daemon_uid;	   /* exempt with root */
+	uint64_t idle_timeout_ns;  /* an idle connection is closed after
+				    * this; 0: never */
 };
 
 /* The defaults, for a daemon running as @daemon_uid. */

@@ -70,7 +70,8 @@ unsigned int ring_dispatch(struct io_uring *ring)
 	struct io_uring_cqe *cqe;
 	unsigned int head, n = 0;
 
-	io_uring_for_each_cqe(ring, head, cqe) {
+	io_uring_for_each_cqe(ring, head, cqe)
+	{
 		struct io_req *req = io_uring_cqe_get_data(cqe);
 
 		if (req)
@@ -100,7 +101,8 @@ int ring_submit_and_wait(struct io_uring *ring)
 	if (io_uring_cq_ready(ring))
 		return submitted;
 	ret = sys_io_uring_enter(ring->ring_fd, 0, 1,
-				 IORING_ENTER_GETEVENTS | IORING_ENTER_NO_IOWAIT);
+				 IORING_ENTER_GETEVENTS |
+					 IORING_ENTER_NO_IOWAIT);
 	/* As io_uring_enter(): what was submitted hides a failed wait. */
 	return submitted ? submitted : (ret < 0 ? ret : 0);
 }

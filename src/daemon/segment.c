@@ -32,7 +32,8 @@ int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
 		return -ENOMEM;
 	seg->d = d;
 	seg->page_size = src->page_size;
-	seg->size = (size + seg->page_size - 1) & ~(uint64_t)(seg->page_size - 1);
+	seg->size = (size + seg->page_size - 1) &
+		    ~(uint64_t)(seg->page_size - 1);
 	seg->npages = seg->size / seg->page_size;
 	seg->uid = uid;
 	seg->gid = gid;
@@ -170,8 +171,11 @@ int segment_park(struct segment *seg, struct attachment *att, uint64_t pgoff,
 	pthread_mutex_lock(&seg->wait_lock);
 	if (pte_get(&seg->pt, pgoff) & PTE_BUSY) {
 		if (seg->nr_waiters == seg->waiters_cap) {
-			unsigned int cap = seg->waiters_cap ? 2 * seg->waiters_cap : 16;
-			void *p = realloc(seg->waiters, cap * sizeof(*seg->waiters));
+			unsigned int cap = seg->waiters_cap ?
+						   2 * seg->waiters_cap :
+						   16;
+			void *p = realloc(seg->waiters,
+					  cap * sizeof(*seg->waiters));
 
 			if (!p) {
 				parked = -ENOMEM;
@@ -181,7 +185,9 @@ int segment_park(struct segment *seg, struct attachment *att, uint64_t pgoff,
 			seg->waiters_cap = cap;
 		}
 		seg->waiters[seg->nr_waiters++] = (struct seg_waiter){
-			.pgoff = pgoff, .addr = addr, .att = att,
+			.pgoff = pgoff,
+			.addr = addr,
+			.att = att,
 		};
 		parked = 1;
 	}

@@ -33,7 +33,7 @@ struct attachment;
 struct seg_waiter {
 	uint64_t pgoff;
 	uint64_t addr;
-	struct attachment *att;	/* holds a reference */
+	struct attachment *att; /* holds a reference */
 };
 
 struct segment {
@@ -43,30 +43,30 @@ struct segment {
 	uint64_t size;
 	uint64_t npages;
 	uint32_t page_size;
-	uid_t uid;		/* the creator's: owner and group */
+	uid_t uid; /* the creator's: owner and group */
 	gid_t gid;
 	uint32_t mode;
 	int memfd;
-	void *map;		/* the daemon's own mapping of the memfd,
-				 * registered with d->fill_uffd: a frame
-				 * filled there is whole before any process
-				 * can see it */
+	void *map; /* the daemon's own mapping of the memfd,
+		    * registered with d->fill_uffd: a frame
+		    * filled there is whole before any process
+		    * can see it */
 	struct source *src;
 	struct pagetable pt;
 	_Atomic int refs;
 
 	/* under the daemon lock */
 	bool deleted;
-	struct list_head link;		/* daemon's segment list */
+	struct list_head link; /* daemon's segment list */
 	struct list_head attachments;
 	unsigned int nr_attachments;
 
-	pthread_mutex_t wait_lock;	/* guards the wait list: */
+	pthread_mutex_t wait_lock; /* guards the wait list: */
 	struct seg_waiter *waiters;
 	unsigned int nr_waiters, waiters_cap;
 
 	struct seg_counters c;
-	_Atomic uint64_t last_fault;	/* page; bounds read-ahead */
+	_Atomic uint64_t last_fault; /* page; bounds read-ahead */
 };
 
 /*

@@ -62,11 +62,11 @@
 #define TICK_MS 20
 #define FORK_RESOLVE_NS (3ull * 1000000000)
 #define REFUSE_WAIT_MS 1000
-#define REFUSE_PENDING_MAX 8	/* refused connections of a uid that wait
-				 * for their hello */
-#define SWEEP_TICKS 10		/* idle and refused connections, every
-				 * 200 ms */
-#define LOG_EVERY_NS 1000000000ull	/* rate limit of repeated warnings */
+/* refused connections of a uid that wait for their hello */
+#define REFUSE_PENDING_MAX 8
+/* idle and refused connections, every 200 ms */
+#define SWEEP_TICKS 10
+#define LOG_EVERY_NS 1000000000ull /* rate limit of repeated warnings */
 
 /*
  * A client's connection.  It lives while it is open and while its poll is
@@ -74,26 +74,26 @@
  * last completion drops the other.
  */
 struct conn {
-	struct io_req req;	/* its socket's multishot poll */
+	struct io_req req; /* its socket's multishot poll */
 	unsigned int refs;
-	bool armed;		/* its poll holds a reference */
+	bool armed; /* its poll holds a reference */
 	bool closed;
 	struct server *s;
 	int fd;
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
-	gid_t *groups;		/* supplementary groups at connect */
+	gid_t *groups; /* supplementary groups at connect */
 	int nr_groups;
 	bool hello;
-	uint64_t features;	/* UPG_FEATURE_*, negotiated at hello */
-	uint64_t last_ns;	/* its last request, for the idle timeout */
-	int refused;		/* -EUSERS: over its uid's limit, answered
-				 * so, closed once its hello is read */
+	uint64_t features; /* UPG_FEATURE_*, negotiated at hello */
+	uint64_t last_ns;  /* its last request, for the idle timeout */
+	int refused;	   /* -EUSERS: over its uid's limit, answered
+			    * so, closed once its hello is read */
 	uint64_t refuse_deadline_ns;
-	int send_err;		/* a reply could not be sent: drop it */
-	char why[128];		/* the protocol error, for the log */
-	struct list_head link;	/* the server's conns, then closing */
+	int send_err;	       /* a reply could not be sent: drop it */
+	char why[128];	       /* the protocol error, for the log */
+	struct list_head link; /* the server's conns, then closing */
 };
 
 /* A warning that may repeat quickly: logged at most once a second. */
@@ -111,17 +111,17 @@ struct server {
 	struct signalfd_siginfo si;
 	struct io_req listen_req, signal_req, efd_req, timer_req;
 	struct list_head conns;
-	struct list_head closing;	/* closed, their polls not done yet */
+	struct list_head closing; /* closed, their polls not done yet */
 	uint64_t ticks;
 	bool stop;
 
-	int reserve_fd;		/* /dev/null, given up to refuse one */
-	int refuse_fd;		/* that client, until its hello is read */
-	struct io_req refuse_req;	/* refuse_fd's poll */
-	bool refuse_polled;	/* until that poll's completion came: no
-				 * other refusal starts before */
+	int reserve_fd;		  /* /dev/null, given up to refuse one */
+	int refuse_fd;		  /* that client, until its hello is read */
+	struct io_req refuse_req; /* refuse_fd's poll */
+	bool refuse_polled;	  /* until that poll's completion came: no
+				   * other refusal starts before */
 	uint64_t refuse_deadline_ns;
-	bool accept_stalled;	/* the backlog may hold connections */
+	bool accept_stalled; /* the backlog may hold connections */
 	struct ratelimit rl_refuse, rl_accept, rl_lost_fd, rl_quota;
 };
 
@@ -260,7 +260,7 @@ static int conn_send(struct conn *c, const void *msg, size_t len, int fd)
 	int ret = proto_send(c->fd, msg, len, fd, MSG_DONTWAIT);
 
 	if (ret == -EPROTO)
-		ret = -EMSGSIZE;	/* short: not the client's fault */
+		ret = -EMSGSIZE; /* short: not the client's fault */
 	if (ret && !c->send_err)
 		c->send_err = ret;
 	return ret;
@@ -364,15 +364,15 @@ static int quota_take(struct conn *c, enum quota_kind kind, uint64_t more,
 		quota_tally_free(&t);
 		return -ENOMEM;
 	}
-	ret = quota_check(&d->limits, c->uid, k, *quota_usage_field(u, k),
-			  more);
+	ret = quota_check(&d->limits, c->uid, k, *quota_usage_field(u, k), more);
 	if (!ret && kind == QUOTA_SEGMENTS) {
 		k = QUOTA_BYTES;
 		more = bytes;
 		ret = quota_check(&d->limits, c->uid, k, u->bytes, bytes);
 	}
 	if (ret && ratelimit_ok(&c->s->rl_quota, &missed))
-		pr_notice("server", "pid %d uid %d: refused: %llu %s of %llu, %llu more asked (%u more since)",
+		pr_notice("server",
+			  "pid %d uid %d: refused: %llu %s of %llu, %llu more asked (%u more since)",
 			  (int)c->pid, (int)c->uid,
 			  (unsigned long long)*quota_usage_field(u, k),
 			  quota_kind_name(k),
@@ -607,8 +607,7 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	if (c->features & UPG_FEATURE_OWNER)
 		known |= UPG_ATTACH_OWNER;
 	if (!proto_name_valid(m->name, sizeof(m->name)) ||
-	    (m->flags & ~known) ||
-	    (m->owner && !(m->flags & UPG_ATTACH_OWNER)))
+	    (m->flags & ~known) || (m->owner && !(m->flags & UPG_ATTACH_OWNER)))
 		return -EINVAL;
 	if (!(m->flags & UPAGER_ATTACH_RDONLY))
 		want |= 2;
@@ -756,7 +755,7 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	}
 	pthread_mutex_lock(&d->lock);
 	if (seg_find_id(d, m->seg_id) != seg)
-		ret = -ENOENT;		/* deleted meanwhile */
+		ret = -ENOENT; /* deleted meanwhile */
 	/* One uffd, one attachment: served twice it would be read by two. */
 	if (!ret && attach_uffd_served(d, fd))
 		ret = -EBUSY;
@@ -775,13 +774,14 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	}
 	if (!ret) {
 		attach_publish(att);
-		pr_info("attach", "%s: pid %d attached at %#llx: attachment %llu",
+		pr_info("attach",
+			"%s: pid %d attached at %#llx: attachment %llu",
 			seg->name, (int)c->pid, (unsigned long long)m->addr,
 			(unsigned long long)att->id);
 	}
 	pthread_mutex_unlock(&d->lock);
 out:
-	segment_put(held);	/* an attachment holds its own */
+	segment_put(held); /* an attachment holds its own */
 	if (ret) {
 		attach_put(att);
 		if (fd >= 0)
@@ -791,7 +791,8 @@ out:
 	ret = worker_add(att);
 	if (ret) {
 		/* Published, but nobody would serve it: take it back. */
-		pr_err("attach", "%s: pid %d: out of memory to serve attachment %llu",
+		pr_err("attach",
+		       "%s: pid %d: out of memory to serve attachment %llu",
 		       seg->name, (int)c->pid, (unsigned long long)att->id);
 		attach_kill(att, "dropped");
 		attach_put(att);
@@ -911,12 +912,13 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 		}
 	}
 	if (!ret && owners > 1) {
-		pr_warn("server", "pid %d: claim refused: the probe at %#llx is "
-			"no proof (%d candidates map it)", (int)c->pid,
-			(unsigned long long)m->probe_addr, owners);
+		pr_warn("server",
+			"pid %d: claim refused: the probe at %#llx is "
+			"no proof (%d candidates map it)",
+			(int)c->pid, (unsigned long long)m->probe_addr, owners);
 		ret = -EPERM;
 	} else if (!ret && !found) {
-		ret = -EAGAIN;	/* the fork event is not read yet */
+		ret = -EAGAIN; /* the fork event is not read yet */
 	}
 	if (ret) {
 		att_set_put(&cands);
@@ -936,12 +938,18 @@ static int do_claim(struct conn *c, const struct upg_claim *m)
 static const char *type_name(uint16_t type)
 {
 	static const char *const names[UPG_TYPE_MAX] = {
-		[UPG_HELLO] = "hello", [UPG_CREATE] = "create",
-		[UPG_DELETE] = "delete", [UPG_STAT] = "stat",
-		[UPG_LIST] = "list", [UPG_LIST_ENTRY] = "list entry",
-		[UPG_STATS] = "stats", [UPG_ATTACH] = "attach",
-		[UPG_REGISTER] = "register", [UPG_DETACH] = "detach",
-		[UPG_CLAIM] = "claim", [UPG_USAGE] = "usage",
+		[UPG_HELLO] = "hello",
+		[UPG_CREATE] = "create",
+		[UPG_DELETE] = "delete",
+		[UPG_STAT] = "stat",
+		[UPG_LIST] = "list",
+		[UPG_LIST_ENTRY] = "list entry",
+		[UPG_STATS] = "stats",
+		[UPG_ATTACH] = "attach",
+		[UPG_REGISTER] = "register",
+		[UPG_DETACH] = "detach",
+		[UPG_CLAIM] = "claim",
+		[UPG_USAGE] = "usage",
 		[UPG_USAGE_ENTRY] = "usage entry",
 	};
 
@@ -949,8 +957,8 @@ static const char *type_name(uint16_t type)
 }
 
 /* A protocol error: says which check failed, in @c->why. */
-__attribute__((format(printf, 2, 3)))
-static int protocol_error(struct conn *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static int
+protocol_error(struct conn *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -1007,8 +1015,7 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
 		for (size_t i = 0; i < k; i++, nfds++) {
 			int d;
 
-			memcpy(&d, CMSG_DATA(cm) + i * sizeof(int),
-			       sizeof(int));
+			memcpy(&d, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
 			if (nfds == 0)
 				*fd = d;
 			else
@@ -1024,7 +1031,8 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
 	else if (nfds > 1)
 		ret = protocol_error(c, "%d descriptors with one record", nfds);
 	else if ((size_t)n < sizeof(*h))
-		ret = protocol_error(c, "a record of %zd bytes, shorter than a header",
+		ret = protocol_error(c,
+				     "a record of %zd bytes, shorter than a header",
 				     n);
 	else if (h->magic != UPG_MAGIC)
 		ret = protocol_error(c, "bad magic %#x", h->magic);
@@ -1032,7 +1040,8 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
 		ret = protocol_error(c, "protocol version %u, not %u",
 				     h->version, UPG_VERSION);
 	else if (h->size != (size_t)n)
-		ret = protocol_error(c, "header says %u bytes, the record has %zd",
+		ret = protocol_error(c,
+				     "header says %u bytes, the record has %zd",
 				     h->size, n);
 	if (!ret && (mh.msg_flags & MSG_CTRUNC)) {
 		/* Descriptors the kernel could not install here.  At the
@@ -1075,8 +1084,8 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 		ret = protocol_error(c, "%s of %zu bytes, not %zu",
 				     type_name(h->type), n, want);
 	else if (h->status != 0)
-		ret = protocol_error(c, "status %d in a %s request",
-				     h->status, type_name(h->type));
+		ret = protocol_error(c, "status %d in a %s request", h->status,
+				     type_name(h->type));
 	else if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER)
 		ret = protocol_error(c, "a descriptor with %s",
 				     type_name(h->type));
@@ -1096,7 +1105,8 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 	switch (h->type) {
 	case UPG_HELLO: {
 		const struct upg_hello *m = buf;
-		struct upg_hello rh = { .features = m->features & UPG_FEATURES_KNOWN };
+		struct upg_hello rh = { .features = m->features &
+						    UPG_FEATURES_KNOWN };
 
 		if (c->hello)
 			return protocol_error(c, "a second hello");
@@ -1163,7 +1173,7 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 	if (c->send_err)
 		return c->send_err;
 	if (ret == 1)
-		return 0;	/* replied already */
+		return 0; /* replied already */
 	if (ret > 0)
 		ret = 0;
 	proto_hdr_init(&r, h->type, sizeof(r), h->seq);
@@ -1245,7 +1255,8 @@ static void conn_readable(struct server *s, struct conn *c)
 		}
 		c->last_ns = now_ns();
 		if (lost && ratelimit_ok(&s->rl_lost_fd, &missed))
-			pr_warn("server", "pid %d: a descriptor it sent was dropped: %s (%u more since)",
+			pr_warn("server",
+				"pid %d: a descriptor it sent was dropped: %s (%u more since)",
 				(int)c->pid, strerror(-lost), missed);
 		/* Requests see the lists without what was killed since. */
 		worker_reap_killed(d);
@@ -1253,7 +1264,8 @@ static void conn_readable(struct server *s, struct conn *c)
 		if (ret == -EPROTO) {
 			/* Only malformed input counts; the reason is logged. */
 			counter_add(d->protocol_errors, 1);
-			pr_warn("server", "pid %d: protocol error: %s: disconnected",
+			pr_warn("server",
+				"pid %d: protocol error: %s: disconnected",
 				(int)c->pid, c->why);
 			conn_close(s, c, "protocol error");
 			return;
@@ -1281,7 +1293,7 @@ static int conn_get_groups(struct conn *c)
 			return 0;
 		}
 		if (errno == ENOPROTOOPT) {
-			c->nr_groups = 0;	/* before 4.13: primary only */
+			c->nr_groups = 0; /* before 4.13: primary only */
 			return 0;
 		}
 		if (errno != ERANGE)
@@ -1350,7 +1362,8 @@ static bool refuse_one(struct server *s, int err)
 	}
 	getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
 	if (ratelimit_ok(&s->rl_refuse, &missed))
-		pr_warn("server", "pid %d uid %d: connection refused: %s (%u more since)",
+		pr_warn("server",
+			"pid %d uid %d: connection refused: %s (%u more since)",
 			(int)cred.pid, (int)cred.uid, strerror(err), missed);
 	proto_hdr_init(&h, UPG_HELLO, sizeof(h), 1);
 	h.status = -err;
@@ -1400,7 +1413,8 @@ static bool conn_refuse(struct server *s, struct conn *c, uint64_t used)
 	unsigned int missed;
 
 	if (ratelimit_ok(&s->rl_quota, &missed))
-		pr_notice("server", "pid %d uid %d: connection refused: %llu connections of %llu (%u more since)",
+		pr_notice("server",
+			  "pid %d uid %d: connection refused: %llu connections of %llu (%u more since)",
 			  (int)c->pid, (int)c->uid, (unsigned long long)used,
 			  (unsigned long long)quota_limit(&d->limits, c->uid,
 							  QUOTA_CONNECTIONS),
@@ -1444,16 +1458,15 @@ static void do_accept(struct server *s)
 				return;
 			}
 			s->accept_stalled = true;
-			if ((err == EMFILE || err == ENFILE) &&
-			    !refusing(s) && s->reserve_fd >= 0) {
+			if ((err == EMFILE || err == ENFILE) && !refusing(s) &&
+			    s->reserve_fd >= 0) {
 				if (refuse_one(s, err))
 					continue;
 				return;
 			}
 			/* Waits for the refused client, or descriptors or
 			 * memory coming back: the tick tries again. */
-			if (!refusing(s) &&
-			    ratelimit_ok(&s->rl_accept, &missed))
+			if (!refusing(s) && ratelimit_ok(&s->rl_accept, &missed))
 				pr_warn("server", "accept: %s (%u more since)",
 					strerror(err), missed);
 			return;
@@ -1484,8 +1497,8 @@ static void do_accept(struct server *s)
 		if (!quota_exempt(&d->limits, c->uid)) {
 			uint64_t used = conns_of(s, c->uid, false);
 
-			if (quota_check(&d->limits, c->uid,
-					QUOTA_CONNECTIONS, used, 1) &&
+			if (quota_check(&d->limits, c->uid, QUOTA_CONNECTIONS,
+					used, 1) &&
 			    conn_refuse(s, c, used)) {
 				free(c->groups);
 				free(c);
@@ -1495,8 +1508,8 @@ static void do_accept(struct server *s)
 		}
 		list_add_tail(&c->link, &s->conns);
 		atomic_fetch_add(&d->connections, 1);
-		pr_info("server", "pid %d uid %d gid %d: connected", (int)c->pid,
-			(int)c->uid, (int)c->gid);
+		pr_info("server", "pid %d uid %d gid %d: connected",
+			(int)c->pid, (int)c->uid, (int)c->gid);
 		if (conn_arm(s, c))
 			conn_close(s, c, "cannot poll it: ring full");
 	}
@@ -1535,11 +1548,13 @@ static void conns_sweep(struct server *s)
 				conn_close(s, c, "refused, no hello");
 			continue;
 		}
-		if (!idle || now - c->last_ns < idle || pid_attached(s->d, c->pid))
+		if (!idle || now - c->last_ns < idle ||
+		    pid_attached(s->d, c->pid))
 			continue;
-		pr_info("server", "pid %d uid %d: idle for %llu s",
-			(int)c->pid, (int)c->uid,
-			(unsigned long long)((now - c->last_ns) / 1000000000ull));
+		pr_info("server", "pid %d uid %d: idle for %llu s", (int)c->pid,
+			(int)c->uid,
+			(unsigned long long)((now - c->last_ns) /
+					     1000000000ull));
 		conn_close(s, c, "idle");
 	}
 }
@@ -1600,13 +1615,13 @@ static pid_t tgid_of(pid_t tid)
 
 /* An unresolved forked child, looked into without the daemon lock. */
 struct fork_cand {
-	struct attachment *att;	/* with a reference */
+	struct attachment *att; /* with a reference */
 	pid_t tid;		/* a thread of it seen faulting, or 0 */
 	bool expired;		/* unclaimed for FORK_RESOLVE_NS */
 	pid_t *taken;		/* expired: the pids of its segment's
 				 * attachments then */
 	size_t nr_taken;
-	pid_t pid;		/* found: its pid; -1: it is gone */
+	pid_t pid; /* found: its pid; -1: it is gone */
 };
 
 /* The pids of @seg's attachments, under the daemon lock; NULL if none or
@@ -1658,7 +1673,7 @@ static void resolve_forks(struct daemon *d)
 				void *p = realloc(cands, ncap * sizeof(*cands));
 
 				if (!p)
-					goto collected;	/* the rest next tick */
+					goto collected; /* the rest next tick */
 				cands = p;
 				cap = ncap;
 			}
@@ -1666,12 +1681,13 @@ static void resolve_forks(struct daemon *d)
 			*c = (struct fork_cand){
 				.att = att,
 				.tid = atomic_load(&att->fault_tid),
-				.expired = now - att->created_ns >= FORK_RESOLVE_NS,
+				.expired = now - att->created_ns >=
+					   FORK_RESOLVE_NS,
 			};
 			if (c->expired)
 				c->taken = seg_pids(seg, &c->nr_taken);
 			if (!c->tid && !c->taken)
-				continue;	/* nothing to look for yet */
+				continue; /* nothing to look for yet */
 			attach_get(att);
 			n++;
 		}
@@ -1686,14 +1702,14 @@ collected:
 			c->pid = pid;
 		else if (c->taken &&
 			 !find_any_mapper(c->att->seg, c->taken, c->nr_taken))
-			c->pid = -1;	/* mapped by no unattached process */
+			c->pid = -1; /* mapped by no unattached process */
 	}
 
 	pthread_mutex_lock(&d->lock);
 	for (c = cands; c < cands + n; c++) {
 		att = c->att;
 		if (atomic_load(&att->pid) || atomic_load(&att->dead))
-			c->pid = 0;	/* claimed, or killed, meanwhile */
+			c->pid = 0; /* claimed, or killed, meanwhile */
 		if (!c->pid)
 			continue;
 		if (c->pid > 0) {
@@ -1735,7 +1751,7 @@ static void probe_exec(struct daemon *d)
 	pthread_mutex_lock(&d->lock);
 	list_for_each_entry(att, &d->attachments, all_link)
 		if (atomic_load(&att->pid) > 0 && att_set_add(&set, att))
-			break;		/* the rest next time */
+			break; /* the rest next time */
 	pthread_mutex_unlock(&d->lock);
 	for (size_t i = 0; i < set.n; i++) {
 		uint64_t start = 0, len = 0;
@@ -1747,7 +1763,8 @@ static void probe_exec(struct daemon *d)
 			len = att->seg->page_size;
 		}
 		pthread_mutex_unlock(&att->lock);
-		ret = len ? uffd_continue(att->uffd, start, len, false, NULL) : 0;
+		ret = len ? uffd_continue(att->uffd, start, len, false, NULL) :
+			    0;
 		/* -ESRCH: the address space is gone */
 		if (ret == -ESRCH && attach_kill(att, "gone (exec)"))
 			counter_add(d->clients_exited, 1);
@@ -1786,8 +1803,7 @@ static void efd_read(struct io_req *req, const struct io_uring_cqe *cqe)
 	worker_reap_killed(d);
 	if (atomic_load(&d->unresolved))
 		resolve_forks(d);
-	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val),
-		 &s->efd_req);
+	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), &s->efd_req);
 }
 
 static void timer_read(struct io_req *req, const struct io_uring_cqe *cqe)
@@ -1817,7 +1833,7 @@ static void refuse_polled(struct io_req *req, const struct io_uring_cqe *cqe)
 
 	s->refuse_polled = false;
 	if (s->refuse_fd < 0)
-		return;		/* a client closed already */
+		return; /* a client closed already */
 	refuse_done(s, true);
 	do_accept(s);
 }
@@ -1837,7 +1853,7 @@ static void conn_polled(struct io_req *req, const struct io_uring_cqe *cqe)
 	if (!more)
 		c->armed = false;
 	if (!c->closed) {
-		conn_readable(s, c);	/* may close it */
+		conn_readable(s, c); /* may close it */
 		if (!c->closed && !more && conn_arm(s, c))
 			conn_close(s, c, "cannot poll it: ring full");
 	}

@@ -44,15 +44,17 @@ static void fail_pages_init(void)
 	if (end != env && *end == '-')
 		last = strtoull(end + 1, &end, 10);
 	if (end == env || *end || last < first) {
-		pr_err("source", "UPAGER_TEST_FAIL_PAGES=%s: expected FIRST-LAST",
-		       env);
+		pr_err("source",
+		       "UPAGER_TEST_FAIL_PAGES=%s: expected FIRST-LAST", env);
 		return;
 	}
 	fail_pages.first = first;
 	fail_pages.last = last;
 	fail_pages.on = true;
-	pr_warn("source", "test hook: file sources fail to read pages %" PRIu64
-		"-%" PRIu64 " (UPAGER_TEST_FAIL_PAGES)", first, last);
+	pr_warn("source",
+		"test hook: file sources fail to read pages %" PRIu64
+		"-%" PRIu64 " (UPAGER_TEST_FAIL_PAGES)",
+		first, last);
 }
 
 /*
@@ -86,7 +88,7 @@ static int zero_read(struct source *src, struct source_read *rd,
 static int zero_complete(struct source *src, struct source_read *rd, int res,
 			 struct io_uring *ring)
 {
-	return -EINVAL;	/* never queues I/O */
+	return -EINVAL; /* never queues I/O */
 }
 
 static void plain_destroy(struct source *src)

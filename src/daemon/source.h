@@ -24,19 +24,19 @@ struct source;
 
 /* One run of pages being read for one fault (and its read-ahead). */
 struct source_read {
-	void *buf;		/* npages * page_size bytes */
-	uint64_t pgoff;		/* first page */
+	void *buf;	/* npages * page_size bytes */
+	uint64_t pgoff; /* first page */
 	uint32_t npages;
-	uint32_t done;		/* bytes in buf so far */
-	uint64_t bytes_read;	/* bytes that came from the source */
-	bool zero;		/* the run is all zeros; buf untouched */
-	void *user_data;	/* the SQE's user_data for queued I/O (a
-				 * struct io_req *, ring.h) */
+	uint32_t done;	     /* bytes in buf so far */
+	uint64_t bytes_read; /* bytes that came from the source */
+	bool zero;	     /* the run is all zeros; buf untouched */
+	void *user_data;     /* the SQE's user_data for queued I/O (a
+			      * struct io_req *, ring.h) */
 };
 
 struct source_ops {
 	const char *name;
-	uint32_t kind;		/* enum upager_source_kind */
+	uint32_t kind; /* enum upager_source_kind */
 	int (*read)(struct source *src, struct source_read *rd,
 		    struct io_uring *ring);
 	int (*complete)(struct source *src, struct source_read *rd, int res,
@@ -47,10 +47,10 @@ struct source_ops {
 struct source {
 	const struct source_ops *ops;
 	uint32_t page_size;
-	int fd;				/* file: the image, read-only */
-	uint64_t file_size;		/* file: at create */
-	char path[UPAGER_PATH_MAX];	/* file: for stat */
-	bool fail_pages;		/* file: the test hook applies */
+	int fd;			    /* file: the image, read-only */
+	uint64_t file_size;	    /* file: at create */
+	char path[UPAGER_PATH_MAX]; /* file: for stat */
+	bool fail_pages;	    /* file: the test hook applies */
 };
 
 int source_zero_new(uint32_t page_size, struct source **out);

@@ -49,16 +49,16 @@
  * it, but for `next`, under the inbox lock until the worker takes it.
  */
 struct poller {
-	struct io_req uffd_req;		/* the multishot poll of att->uffd */
-	struct io_req pidfd_req;	/* the owner's poll of att->pidfd */
+	struct io_req uffd_req;	 /* the multishot poll of att->uffd */
+	struct io_req pidfd_req; /* the owner's poll of att->pidfd */
 	struct worker *w;
-	struct attachment *att;		/* holds a reference */
-	unsigned int refs;		/* the worker's list's, each poll's */
+	struct attachment *att; /* holds a reference */
+	unsigned int refs;	/* the worker's list's, each poll's */
 	bool uffd_armed, pidfd_armed;
-	bool pid_watched;		/* the pidfd poll was armed once */
-	bool gone;			/* dropped by its worker */
-	struct list_head link;		/* w->pollers, then w->gone */
-	struct poller *next;		/* in the inbox */
+	bool pid_watched;      /* the pidfd poll was armed once */
+	bool gone;	       /* dropped by its worker */
+	struct list_head link; /* w->pollers, then w->gone */
+	struct poller *next;   /* in the inbox */
 };
 
 /*
@@ -71,19 +71,19 @@ struct worker {
 	unsigned int id;
 	pthread_t thread;
 	struct io_uring ring;
-	int efd;			/* kicks the worker */
+	int efd; /* kicks the worker */
 	uint64_t efd_val;
 	struct io_req efd_req;
-	_Atomic bool stopping;		/* worker_stop() asked */
+	_Atomic bool stopping; /* worker_stop() asked */
 	bool stop;
 
 	pthread_mutex_t inbox_lock;
-	struct poller *inbox, **inbox_tail;	/* pollers to take on */
+	struct poller *inbox, **inbox_tail; /* pollers to take on */
 
-	struct list_head pollers;	/* served */
-	struct list_head gone;		/* dropped, their polls not done yet */
-	uint64_t served;		/* uffd messages read */
-	struct filler fl;		/* the fills running on this ring */
+	struct list_head pollers; /* served */
+	struct list_head gone;	  /* dropped, their polls not done yet */
+	uint64_t served;	  /* uffd messages read */
+	struct filler fl;	  /* the fills running on this ring */
 };
 
 void worker_assign(struct daemon *d, struct attachment *att)
@@ -194,7 +194,8 @@ void worker_reap_killed(struct daemon *d)
  */
 static void arm_failed(struct poller *p, const char *what)
 {
-	pr_err("worker", "%s: %u: cannot poll the %s of attachment %llu: ring full",
+	pr_err("worker",
+	       "%s: %u: cannot poll the %s of attachment %llu: ring full",
 	       p->att->seg->name, p->w->id, what,
 	       (unsigned long long)p->att->id);
 	attach_kill(p->att, "dropped");
@@ -253,7 +254,8 @@ static void arm_efd(struct worker *w)
 {
 	if (ring_read(&w->ring, w->efd, &w->efd_val, sizeof(w->efd_val),
 		      &w->efd_req))
-		pr_err("worker", "%u: cannot read its eventfd: ring full", w->id);
+		pr_err("worker", "%u: cannot read its eventfd: ring full",
+		       w->id);
 }
 
 /*
@@ -263,11 +265,11 @@ static void arm_efd(struct worker *w)
  * every fault.
  */
 struct events_after {
-	struct attachment *children[UFFD_MSG_BATCH];	/* forked */
-	int lost[UFFD_MSG_BATCH];	/* forked, no memory for them: uffds */
+	struct attachment *children[UFFD_MSG_BATCH]; /* forked */
+	int lost[UFFD_MSG_BATCH]; /* forked, no memory for them: uffds */
 	unsigned int nr_children, nr_lost;
-	bool unmapped;			/* no range left */
-	bool oom;			/* a range could not be tracked */
+	bool unmapped; /* no range left */
+	bool oom;      /* a range could not be tracked */
 };
 
 /* A forked child's attachment: published, served, and its pid looked for. */
@@ -323,17 +325,19 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 			     const struct uffd_msg *m)
 {
 	struct segment *seg = att->seg;
-	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(seg->page_size - 1);
+	uint64_t addr = m->arg.pagefault.address &
+			~(uint64_t)(seg->page_size - 1);
 	uint64_t flags = m->arg.pagefault.flags;
 	pid_t tid = att->uffd_features & UFFD_FEATURE_THREAD_ID ?
-			    (pid_t)m->arg.pagefault.feat.ptid : 0;
+			    (pid_t)m->arg.pagefault.feat.ptid :
+			    0;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
 		/* No snapshot protects anything yet: let the write go. */
 		counter_add(seg->c.faults_wp, 1);
 		if (uffd_writeprotect(att->uffd, addr, seg->page_size, false,
 				      true) == -EAGAIN)
-			fill_retry(att, addr);	/* an event first */
+			fill_retry(att, addr); /* an event first */
 		return;
 	}
 	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
@@ -437,7 +441,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 	ssize_t n;
 
 	do {
-		struct events_after a;	/* (its arrays need no zeroing) */
+		struct events_after a; /* (its arrays need no zeroing) */
 		size_t nr = 0;
 
 		a.nr_children = a.nr_lost = 0;
@@ -461,7 +465,7 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 		total += n;
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
-	} while (n == UFFD_MSG_BATCH);	/* a full batch: more? */
+	} while (n == UFFD_MSG_BATCH); /* a full batch: more? */
 	drive_retries(w, att);
 	w->served += total;
 	return total;
@@ -616,7 +620,8 @@ static void *worker_main(void *arg)
 
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN &&
 		    ret != -EBUSY) {
-			pr_err("worker", "%u: io_uring: %s", w->id, strerror(-ret));
+			pr_err("worker", "%u: io_uring: %s", w->id,
+			       strerror(-ret));
 			break;
 		}
 		reap(w);
@@ -675,7 +680,7 @@ void worker_stop(struct worker *w)
 	atomic_store(&w->stopping, true);
 	worker_kick(w);
 	pthread_join(w->thread, NULL);
-	run_inbox(w);	/* drop what was posted after the stop */
+	run_inbox(w); /* drop what was posted after the stop */
 	io_uring_queue_exit(&w->ring);
 	/* No completion can come any more: the dropped pollers go. */
 	list_for_each_entry_safe(p, tmp, &w->gone, link) {

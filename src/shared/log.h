@@ -24,10 +24,10 @@ void log_msg(int level, const char *module, const char *fmt, ...)
 #define pr_warn(mod, ...) log_msg(LOG_WARN, mod, __VA_ARGS__)
 #define pr_notice(mod, ...) log_msg(LOG_NOTICE, mod, __VA_ARGS__)
 #define pr_info(mod, ...) log_msg(LOG_INFO, mod, __VA_ARGS__)
-#define pr_debug(mod, ...)                                                   \
-	do {                                                                 \
-		if (log_enabled(LOG_DEBUG))                                  \
-			log_msg(LOG_DEBUG, mod, __VA_ARGS__);                \
+#define pr_debug(mod, ...)                                    \
+	do {                                                  \
+		if (log_enabled(LOG_DEBUG))                   \
+			log_msg(LOG_DEBUG, mod, __VA_ARGS__); \
 	} while (0)
 
 #endif

@@ -129,7 +129,8 @@ ssize_t proto_recv(int sock, void *buf, size_t len, int *fd, int flags)
 		return -errno;
 	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		goto bad;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c;
+	     c = CMSG_NXTHDR(&mh, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			goto bad;
 		nfds += (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);

@@ -20,31 +20,31 @@
 #include <stdint.h>
 #include <upager/upager.h>
 
-#define UPG_MAGIC 0x52475055u	/* "UPGR" little-endian */
+#define UPG_MAGIC 0x52475055u /* "UPGR" little-endian */
 #define UPG_VERSION 1
 
 /*
  * Feature bits negotiated at hello.  A request a feature brings is made
  * only on a connection that negotiated it; the daemon refuses it otherwise.
  */
-#define UPG_FEATURE_USAGE (1ull << 0)	/* UPG_USAGE: per-user usage and
-					 * limits */
-#define UPG_FEATURE_OWNER (1ull << 1)	/* UPG_ATTACH with UPG_ATTACH_OWNER */
+/* UPG_USAGE: per-user usage and limits */
+#define UPG_FEATURE_USAGE (1ull << 0)
+#define UPG_FEATURE_OWNER (1ull << 1) /* UPG_ATTACH with UPG_ATTACH_OWNER */
 #define UPG_FEATURES_KNOWN (UPG_FEATURE_USAGE | UPG_FEATURE_OWNER)
 
 enum upg_type {
 	UPG_HELLO = 1,
-	UPG_CREATE,		/* + source fd when source == FILE */
+	UPG_CREATE, /* + source fd when source == FILE */
 	UPG_DELETE,
 	UPG_STAT,
-	UPG_LIST,		/* replies: UPG_LIST_ENTRY..., then UPG_LIST */
+	UPG_LIST, /* replies: UPG_LIST_ENTRY..., then UPG_LIST */
 	UPG_LIST_ENTRY,
 	UPG_STATS,
-	UPG_ATTACH,		/* reply + memfd */
-	UPG_REGISTER,		/* + userfaultfd */
+	UPG_ATTACH,   /* reply + memfd */
+	UPG_REGISTER, /* + userfaultfd */
 	UPG_DETACH,
-	UPG_CLAIM,		/* reply + the child's userfaultfd */
-	UPG_USAGE,		/* replies: UPG_USAGE_ENTRY..., then UPG_USAGE */
+	UPG_CLAIM, /* reply + the child's userfaultfd */
+	UPG_USAGE, /* replies: UPG_USAGE_ENTRY..., then UPG_USAGE */
 	UPG_USAGE_ENTRY,
 	UPG_TYPE_MAX,
 };
@@ -53,9 +53,9 @@ struct upg_hdr {
 	uint32_t magic;
 	uint16_t version;
 	uint16_t type;
-	uint32_t size;		/* of the whole message */
-	int32_t status;		/* replies: 0, a count, or -errno */
-	uint64_t seq;		/* echoed in the reply */
+	uint32_t size;	/* of the whole message */
+	int32_t status; /* replies: 0, a count, or -errno */
+	uint64_t seq;	/* echoed in the reply */
 };
 
 struct upg_hello {
@@ -68,7 +68,7 @@ struct upg_create {
 	char name[UPAGER_NAME_MAX + 1];
 	uint64_t size;
 	uint32_t mode;
-	uint32_t source;	/* enum upager_source_kind */
+	uint32_t source; /* enum upager_source_kind */
 };
 
 /*
@@ -83,7 +83,7 @@ struct upg_name {
 	struct upg_hdr h;
 	char name[UPAGER_NAME_MAX + 1];
 	uint32_t flags;
-	uint32_t owner;		/* attach with UPG_ATTACH_OWNER; else 0 */
+	uint32_t owner; /* attach with UPG_ATTACH_OWNER; else 0 */
 };
 
 struct upg_attach_reply {
@@ -101,7 +101,7 @@ struct upg_register {
 	uint64_t seg_id;
 	uint64_t addr;
 	uint64_t len;
-	uint64_t uffd_features;	/* what the client's UFFDIO_API enabled */
+	uint64_t uffd_features; /* what the client's UFFDIO_API enabled */
 	uint64_t uffd_ioctls;	/* what UFFDIO_REGISTER returned */
 	uint32_t flags;
 	uint32_t reserved;
@@ -131,7 +131,7 @@ struct upg_detach {
 struct upg_claim {
 	struct upg_hdr h;
 	uint64_t parent_attach_id;
-	uint64_t probe_addr;	/* one page, mapped by the child alone */
+	uint64_t probe_addr; /* one page, mapped by the child alone */
 };
 
 struct upg_info {
@@ -166,7 +166,7 @@ _Static_assert(sizeof(struct upg_stats) == 168, "upg_stats");
 _Static_assert(sizeof(struct upager_usage) == 88, "usage");
 _Static_assert(sizeof(struct upg_usage) == 112, "upg_usage");
 
-#define UPG_MSG_MAX 1024	/* larger than any message */
+#define UPG_MSG_MAX 1024 /* larger than any message */
 
 /* The size a request of @type must have, or 0 for an unknown type. */
 size_t proto_request_size(uint16_t type);

@@ -19,7 +19,8 @@ int sockpath_default(char *buf, size_t len)
 	else if (geteuid() == 0)
 		n = snprintf(buf, len, "/run/upager/upager.sock");
 	else
-		n = snprintf(buf, len, "/tmp/upager-%u.sock", (unsigned)geteuid());
+		n = snprintf(buf, len, "/tmp/upager-%u.sock",
+			     (unsigned)geteuid());
 	if (n < 0 || (size_t)n >= len ||
 	    (size_t)n >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return -ENAMETOOLONG;

@@ -19,16 +19,16 @@
 #define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
 #endif
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)	/* 6.4 */
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13) /* 6.4 */
 #endif
 #ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON (1 << 14)		/* 6.6 */
+#define UFFD_FEATURE_POISON (1 << 14) /* 6.6 */
 #endif
 #ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)		/* 6.7 */
+#define UFFD_FEATURE_WP_ASYNC (1 << 15) /* 6.7 */
 #endif
 #ifndef UFFD_FEATURE_MOVE
-#define UFFD_FEATURE_MOVE (1 << 16)		/* 6.8 */
+#define UFFD_FEATURE_MOVE (1 << 16) /* 6.8 */
 #endif
 
 #ifndef _UFFDIO_POISON

@@ -95,7 +95,8 @@ int uffd_features_of(int fd, uint64_t *features)
 	if (!f)
 		return -errno;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "API: %llx:%llx:%llx", &api, &feat, &ioctls) != 3)
+		if (sscanf(line, "API: %llx:%llx:%llx", &api, &feat, &ioctls) !=
+		    3)
 			continue;
 		/* Bit 31 is the kernel's own "initialized"; a uffd that never
 		 * completed UFFDIO_API shows no feature at all. */
@@ -113,7 +114,8 @@ int uffd_register(int uffd, uint64_t start, uint64_t len, uint64_t mode,
 		  uint64_t *ioctls)
 {
 	struct uffdio_register r = {
-		.range = { .start = start, .len = len }, .mode = mode,
+		.range = { .start = start, .len = len },
+		.mode = mode,
 	};
 
 	if (ioctl(uffd, UFFDIO_REGISTER, &r) < 0)
@@ -140,11 +142,13 @@ static int ranged(int ret, int64_t did, uint64_t len, uint64_t *done)
 	return err;
 }
 
-int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
-	      bool wake, uint64_t *done)
+int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, bool wake,
+	      uint64_t *done)
 {
 	struct uffdio_copy c = {
-		.dst = dst, .src = (uintptr_t)src, .len = len,
+		.dst = dst,
+		.src = (uintptr_t)src,
+		.len = len,
 		.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
 	};
 	int ret = ioctl(uffd, UFFDIO_COPY, &c);
@@ -209,7 +213,7 @@ int uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect,
 
 ssize_t uffd_read(int uffd, struct uffd_msg *msgs, size_t n)
 {
-	static _Atomic bool no_nowait;	/* the daemon's workers share it */
+	static _Atomic bool no_nowait; /* the daemon's workers share it */
 	struct iovec iov = { .iov_base = msgs, .iov_len = n * sizeof(*msgs) };
 	ssize_t got;
 

@@ -26,8 +26,8 @@
 #include "uffd-compat.h"
 
 /* uffd_open() flags */
-#define UFFD_OPEN_USER_ONLY 0x1u	/* user-mode faults only, always */
-#define UFFD_OPEN_BLOCKING 0x2u		/* reads block (no O_NONBLOCK) */
+#define UFFD_OPEN_USER_ONLY 0x1u /* user-mode faults only, always */
+#define UFFD_OPEN_BLOCKING 0x2u	 /* reads block (no O_NONBLOCK) */
 
 /*
  * uffd_open - a userfaultfd with the features of @want the kernel offers
@@ -56,8 +56,8 @@ int uffd_register(int uffd, uint64_t start, uint64_t len, uint64_t mode,
 		  uint64_t *ioctls);
 int uffd_unregister(int uffd, uint64_t start, uint64_t len);
 
-int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
-	      bool wake, uint64_t *done);
+int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, bool wake,
+	      uint64_t *done);
 int uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake,
 		  uint64_t *done);
 int uffd_continue(int uffd, uint64_t start, uint64_t len, bool wake,
