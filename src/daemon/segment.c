@@ -99,14 +99,22 @@ void segment_get(struct segment *seg)
 	atomic_fetch_add(&seg->refs, 1);
 }
 
+/* Moves @c's counts to @r: each taken and zeroed at once, none lost. */
+#define counter_move(r, c) counter_add((r), atomic_exchange(&(c), 0))
+
 static void counters_retire(struct seg_counters *r, struct seg_counters *c)
 {
-	counter_add(r->faults_missing, counter_get(c->faults_missing));
-	counter_add(r->faults_wp, counter_get(c->faults_wp));
-	counter_add(r->faults_minor, counter_get(c->faults_minor));
-	counter_add(r->faults_waited, counter_get(c->faults_waited));
-	counter_add(r->pages_filled, counter_get(c->pages_filled));
-	counter_add(r->bytes_read, counter_get(c->bytes_read));
+	counter_move(r->faults_missing, c->faults_missing);
+	counter_move(r->faults_wp, c->faults_wp);
+	counter_move(r->faults_minor, c->faults_minor);
+	counter_move(r->faults_waited, c->faults_waited);
+	counter_move(r->pages_filled, c->pages_filled);
+	counter_move(r->bytes_read, c->bytes_read);
+}
+
+void segment_retire_counters(struct segment *seg)
+{
+	counters_retire(&seg->d->retired, &seg->c);
 }
 
 void segment_put(struct segment *seg)

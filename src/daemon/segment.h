@@ -80,6 +80,14 @@ void segment_get(struct segment *seg);
 void segment_put(struct segment *seg);
 
 /*
+ * segment_retire_counters - move @seg's counts to the daemon's retired
+ * ones, as it leaves the segment list (the daemon lock held): daemon-wide
+ * sums, taken under that lock, then never miss a deleted segment that is
+ * still attached.  What it counts later is moved when it is freed.
+ */
+void segment_retire_counters(struct segment *seg);
+
+/*
  * Fills @info but for the attached pids (attach_pids() adds them); the
  * caller holds the daemon lock.
  */

@@ -469,6 +469,7 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 	if (!ret) {
 		seg->deleted = true;
 		list_del_init(&seg->link);
+		segment_retire_counters(seg);
 		d->nr_segments--;
 		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
 			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
