@@ -391,6 +391,16 @@ START_TEST(test_file_segment_end_to_end)
 	ck_assert_uint_eq(json_u64(r.out, "source"), UPAGER_SOURCE_FILE);
 	ck_assert_uint_eq(json_u64(r.out, "bytes_read"), 0);
 	ck_assert_uint_eq(json_u64(r.out, "nr_attachments"), 0);
+	/* never faulted: nothing read ahead, nothing checked */
+	ck_assert_uint_eq(json_u64(r.out, "readahead_pages"), 0);
+	ck_assert_uint_eq(json_u64(r.out, "readahead_touched"), 0);
+	ck_assert_uint_eq(json_u64(r.out, "readahead_untouched"), 0);
+	h_run_free(&r);
+	ctl(&r, &d, NULL, 0, "stat", "img", NULL);
+	ck_assert_exit(&r, 0);
+	ck_assert_ptr_nonnull(strstr(r.out, "\nreadahead pages:"));
+	/* none checked: no rate, not 0% */
+	ck_assert_ptr_nonnull(strstr(r.out, "\nreadahead hit rate:  -\n"));
 	h_run_free(&r);
 
 	/* cat: the file's first 3 MiB (the segment is 3M, not the file) */
@@ -436,6 +446,20 @@ START_TEST(test_file_segment_end_to_end)
 	ck_assert_uint_eq(json_u64(r.out, "segments"), 2);
 	ck_assert_uint_eq(json_u64(r.out, "protocol_errors"), 0);
 	ck_assert_uint_ge(json_u64(r.out, "bytes_read"), 3 * H_MIB);
+	/* present, whatever the faults above made of them */
+	json_u64(r.out, "readahead_pages");
+	json_u64(r.out, "readahead_touched");
+	json_u64(r.out, "readahead_untouched");
+	json_u64(r.out, "uffd_reads");
+	json_u64(r.out, "uffd_reads_empty");
+	json_u64(r.out, "home_moves");
+	json_u64(r.out, "pollers_added");
+	h_run_free(&r);
+	ctl(&r, &d, NULL, 0, "stats", NULL);
+	ck_assert_exit(&r, 0);
+	ck_assert_ptr_nonnull(strstr(r.out, "\nreadahead hit rate: "));
+	ck_assert_ptr_nonnull(strstr(r.out, "\nuffd reads empty: "));
+	ck_assert_ptr_nonnull(strstr(r.out, "\npollers added: "));
 	h_run_free(&r);
 
 	/* the rounded size: a whole-page segment from a longer file */

@@ -86,6 +86,11 @@ struct upager_segment_info {
 	uint64_t bytes_read;	      /* bytes read from the source */
 	uint64_t resident_bytes;      /* memory the memfd holds */
 	uint64_t readahead_max_pages; /* largest read-ahead window used */
+	uint64_t readahead_pages;     /* pages filled ahead of any fault
+				       * (asynchronous read-ahead) */
+	uint64_t readahead_touched;   /* of those, found mapped by the
+				       * process they were read for */
+	uint64_t readahead_untouched; /* of those, found not mapped */
 	uint32_t nr_attachments;
 	uint32_t nr_pids;		 /* entries used in pids[] */
 	uint32_t pids[UPAGER_STAT_PIDS]; /* attached processes; 0 = a
@@ -113,6 +118,15 @@ struct upager_daemon_stats {
 	uint64_t clients_exited;  /* attachments dropped as their
 				   * process exited */
 	uint64_t protocol_errors; /* clients dropped for garbage */
+	uint64_t readahead_pages; /* sums of the segments' */
+	uint64_t readahead_touched;
+	uint64_t readahead_untouched;
+	uint64_t uffd_reads;	   /* read()s on clients' userfaultfds */
+	uint64_t uffd_reads_empty; /* of those, finding no message */
+	uint64_t home_moves;	   /* a userfaultfd's home worker moved
+				    * to another CPU's */
+	uint64_t pollers_added;	   /* a userfaultfd polled by one more
+				    * worker */
 };
 
 /* The daemon's limits do not apply to this user (root, or the daemon's

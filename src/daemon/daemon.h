@@ -64,6 +64,9 @@ struct seg_counters {
 	_Atomic uint64_t pages_filled;
 	_Atomic uint64_t bytes_read;
 	_Atomic uint64_t readahead_max;
+	_Atomic uint64_t readahead_pages;     /* filled ahead of any fault */
+	_Atomic uint64_t readahead_touched;   /* of those, found mapped */
+	_Atomic uint64_t readahead_untouched; /* found not mapped */
 };
 
 struct daemon {
@@ -98,6 +101,12 @@ struct daemon {
 	_Atomic uint64_t clients_exited;
 	_Atomic uint64_t protocol_errors;
 	_Atomic uint64_t unresolved; /* forked attachments without pid */
+	/* the fault dispatch: */
+	_Atomic uint64_t uffd_reads;	   /* read()s on clients' uffds */
+	_Atomic uint64_t uffd_reads_empty; /* of those, with no message */
+	_Atomic uint64_t home_moves;	   /* a uffd's home worker moved */
+	_Atomic uint64_t pollers_added;	   /* a uffd polled by one more
+					    * worker */
 
 	/* Killed, for the main thread to take off the lists (attach.h): a
 	 * lock-free stack, pushed by anyone, emptied by the main thread. */

@@ -110,6 +110,9 @@ static void counters_retire(struct seg_counters *r, struct seg_counters *c)
 	counter_move(r->faults_waited, c->faults_waited);
 	counter_move(r->pages_filled, c->pages_filled);
 	counter_move(r->bytes_read, c->bytes_read);
+	counter_move(r->readahead_pages, c->readahead_pages);
+	counter_move(r->readahead_touched, c->readahead_touched);
+	counter_move(r->readahead_untouched, c->readahead_untouched);
 }
 
 void segment_retire_counters(struct segment *seg)
@@ -160,6 +163,9 @@ void segment_info(struct segment *seg, struct upager_segment_info *info)
 	info->pages_filled = counter_get(seg->c.pages_filled);
 	info->bytes_read = counter_get(seg->c.bytes_read);
 	info->readahead_max_pages = counter_get(seg->c.readahead_max);
+	info->readahead_pages = counter_get(seg->c.readahead_pages);
+	info->readahead_touched = counter_get(seg->c.readahead_touched);
+	info->readahead_untouched = counter_get(seg->c.readahead_untouched);
 	info->resident_bytes = segment_resident_bytes(seg);
 	info->nr_attachments = seg->nr_attachments;
 }

@@ -533,6 +533,9 @@ static void sum_counters(struct daemon *d, struct upager_daemon_stats *st)
 	st->faults_waited = counter_get(d->retired.faults_waited);
 	st->pages_filled = counter_get(d->retired.pages_filled);
 	st->bytes_read = counter_get(d->retired.bytes_read);
+	st->readahead_pages = counter_get(d->retired.readahead_pages);
+	st->readahead_touched = counter_get(d->retired.readahead_touched);
+	st->readahead_untouched = counter_get(d->retired.readahead_untouched);
 	list_for_each_entry(seg, &d->segments, link) {
 		st->faults_missing += counter_get(seg->c.faults_missing);
 		st->faults_wp += counter_get(seg->c.faults_wp);
@@ -540,6 +543,10 @@ static void sum_counters(struct daemon *d, struct upager_daemon_stats *st)
 		st->faults_waited += counter_get(seg->c.faults_waited);
 		st->pages_filled += counter_get(seg->c.pages_filled);
 		st->bytes_read += counter_get(seg->c.bytes_read);
+		st->readahead_pages += counter_get(seg->c.readahead_pages);
+		st->readahead_touched += counter_get(seg->c.readahead_touched);
+		st->readahead_untouched += counter_get(
+			seg->c.readahead_untouched);
 		st->resident_bytes += segment_resident_bytes(seg);
 	}
 }
@@ -565,6 +572,10 @@ static int do_stats(struct conn *c, const struct upg_hdr *m)
 	st->events_unmap = counter_get(d->events_unmap);
 	st->clients_exited = counter_get(d->clients_exited);
 	st->protocol_errors = counter_get(d->protocol_errors);
+	st->uffd_reads = counter_get(d->uffd_reads);
+	st->uffd_reads_empty = counter_get(d->uffd_reads_empty);
+	st->home_moves = counter_get(d->home_moves);
+	st->pollers_added = counter_get(d->pollers_added);
 	return reply(c, &r, sizeof(r), UPG_STATS, m, 0, -1) ?: 1;
 }
 

@@ -159,10 +159,10 @@ _Static_assert(sizeof(struct upg_register) == 72, "upg_register");
 _Static_assert(sizeof(struct upg_register_reply) == 32, "upg_register_reply");
 _Static_assert(sizeof(struct upg_detach) == 32, "upg_detach");
 _Static_assert(sizeof(struct upg_claim) == 40, "upg_claim");
-_Static_assert(sizeof(struct upager_segment_info) == 552, "segment_info");
-_Static_assert(sizeof(struct upg_info) == 576, "upg_info");
-_Static_assert(sizeof(struct upager_daemon_stats) == 144, "daemon_stats");
-_Static_assert(sizeof(struct upg_stats) == 168, "upg_stats");
+_Static_assert(sizeof(struct upager_segment_info) == 576, "segment_info");
+_Static_assert(sizeof(struct upg_info) == 600, "upg_info");
+_Static_assert(sizeof(struct upager_daemon_stats) == 200, "daemon_stats");
+_Static_assert(sizeof(struct upg_stats) == 224, "upg_stats");
 _Static_assert(sizeof(struct upager_usage) == 88, "usage");
 _Static_assert(sizeof(struct upg_usage) == 112, "upg_usage");
 

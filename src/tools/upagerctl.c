@@ -399,6 +399,9 @@ static void info_json(struct json *j, const struct upager_segment_info *info,
 	json_u64(j, "bytes_read", info->bytes_read);
 	json_u64(j, "resident_bytes", info->resident_bytes);
 	json_u64(j, "readahead_max_pages", info->readahead_max_pages);
+	json_u64(j, "readahead_pages", info->readahead_pages);
+	json_u64(j, "readahead_touched", info->readahead_touched);
+	json_u64(j, "readahead_untouched", info->readahead_untouched);
 	json_u64(j, "nr_attachments", info->nr_attachments);
 	json_u64(j, "nr_pids", info->nr_pids);
 	json_open(j, "pids", '[', false);
@@ -438,6 +441,28 @@ static void print_pids(const struct upager_segment_info *info)
 	putchar('\n');
 }
 
+/* touched/(touched+untouched) as "87.5%", "-" when none was checked: a
+ * page the process unmapped first counts in neither. */
+static void print_hit_rate(const char *key, uint64_t touched, uint64_t untouched)
+{
+	/* as doubles: the sum of two uint64_t may wrap */
+	double checked = (double)touched + (double)untouched;
+
+	print_key(key);
+	if (checked > 0)
+		printf("%.1f%%\n", 100.0 * (double)touched / checked);
+	else
+		puts("-");
+}
+
+static void print_readahead(uint64_t pages, uint64_t touched, uint64_t untouched)
+{
+	print_u64("readahead pages", pages);
+	print_u64("readahead touched", touched);
+	print_u64("readahead untouched", untouched);
+	print_hit_rate("readahead hit rate", touched, untouched);
+}
+
 static void info_text(const struct upager_segment_info *info)
 {
 	char mode[16];
@@ -457,6 +482,8 @@ static void info_text(const struct upager_segment_info *info)
 	print_u64("pages filled", info->pages_filled);
 	print_bytes("bytes read", info->bytes_read);
 	print_u64("readahead max pages", info->readahead_max_pages);
+	print_readahead(info->readahead_pages, info->readahead_touched,
+			info->readahead_untouched);
 	print_u64("faults missing", info->faults_missing);
 	print_u64("faults wp", info->faults_wp);
 	print_u64("faults minor", info->faults_minor);
@@ -833,12 +860,18 @@ static void stats_text(const struct upager_daemon_stats *st)
 	print_u64("pages filled", st->pages_filled);
 	print_bytes("bytes read", st->bytes_read);
 	print_bytes("resident", st->resident_bytes);
+	print_readahead(st->readahead_pages, st->readahead_touched,
+			st->readahead_untouched);
 	print_u64("events fork", st->events_fork);
 	print_u64("events remap", st->events_remap);
 	print_u64("events remove", st->events_remove);
 	print_u64("events unmap", st->events_unmap);
 	print_u64("clients exited", st->clients_exited);
 	print_u64("protocol errors", st->protocol_errors);
+	print_u64("uffd reads", st->uffd_reads);
+	print_u64("uffd reads empty", st->uffd_reads_empty);
+	print_u64("home moves", st->home_moves);
+	print_u64("pollers added", st->pollers_added);
 }
 
 static void stats_json(struct json *j, const struct upager_daemon_stats *st)
@@ -861,6 +894,13 @@ static void stats_json(struct json *j, const struct upager_daemon_stats *st)
 	json_u64(j, "events_unmap", st->events_unmap);
 	json_u64(j, "clients_exited", st->clients_exited);
 	json_u64(j, "protocol_errors", st->protocol_errors);
+	json_u64(j, "readahead_pages", st->readahead_pages);
+	json_u64(j, "readahead_touched", st->readahead_touched);
+	json_u64(j, "readahead_untouched", st->readahead_untouched);
+	json_u64(j, "uffd_reads", st->uffd_reads);
+	json_u64(j, "uffd_reads_empty", st->uffd_reads_empty);
+	json_u64(j, "home_moves", st->home_moves);
+	json_u64(j, "pollers_added", st->pollers_added);
 }
 
 /* "3 of 256", or "3" with no limit */
