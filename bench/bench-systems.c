@@ -3,10 +3,18 @@
  * upager-bench: the systems (see bench-systems.h for the model).
  *
  * The kernel references and the minimal handler are here to give upagerd's
- * figures a scale: the kernel is the floor a user-space pager cannot beat on
+ * figures a scale: the kernel alone is what no user-space pager can beat on
  * a missing fault, and the minimal handler is what the textbook design costs
- * on this machine (two thread hand-offs per fault).  Both are kept exactly
- * plain on purpose: a tuned reference would hide what the daemon adds.
+ * on this machine (two thread hand-offs per fault, across CPUs as often as
+ * not).  Both are kept exactly plain on purpose: a tuned reference would
+ * hide what the daemon adds.
+ *
+ * The floor is the other end: the least a userfaultfd round trip costs
+ * here, with nothing shared between faulting threads (a uffd and a handler
+ * each) and no wake-up crossing CPUs (each handler pinned beside its
+ * faulting thread, blocking in poll() so the two take turns on the CPU).
+ * A daemon serving many processes cannot place itself like that; how close
+ * it comes is the ratio the targets read.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -17,6 +25,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,6 +418,304 @@ const struct bench_system bench_minimal = {
 	.teardown = nothing_teardown,
 };
 
+/* ---- floor: a userfaultfd and a handler per faulting thread, pinned ---- */
+
+static cpu_set_t worker_cpus;
+static int nr_worker_cpus;
+static pthread_once_t worker_cpus_once = PTHREAD_ONCE_INIT;
+
+static void worker_cpus_init(void)
+{
+	/*
+	 * The first call comes from a thread that is not pinned (the bench's
+	 * or a child's main thread): its mask is the one the bench started
+	 * with.
+	 */
+	if (sched_getaffinity(0, sizeof(worker_cpus), &worker_cpus) < 0) {
+		CPU_ZERO(&worker_cpus);
+		CPU_SET(0, &worker_cpus);
+	}
+	nr_worker_cpus = CPU_COUNT(&worker_cpus);
+}
+
+int bench_worker_cpu(unsigned int w)
+{
+	int cpu, k;
+
+	pthread_once(&worker_cpus_once, worker_cpus_init);
+	k = (int)(w % (unsigned int)nr_worker_cpus);
+	for (cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, &worker_cpus) && !k--)
+			return cpu;
+	return 0;
+}
+
+struct floor_handler {
+	struct floor *f;
+	int uffd;
+	pthread_t thread;
+	bool started;
+	char *lo; /* its worker's slice: [lo, lo + len) */
+	size_t len;
+	char *page; /* the file source's bounce buffer */
+	uint64_t faults;
+	int error; /* -errno, read after join */
+};
+
+struct floor {
+	int stopfd; /* one eventfd stops every handler of the process */
+	char *base;
+	size_t len;
+	size_t page_size;
+	int source_fd;
+	unsigned int nr;
+	struct floor_handler h[];
+};
+
+static int floor_fill(struct floor_handler *h, unsigned long addr)
+{
+	struct floor *f = h->f;
+	ssize_t n;
+	int r;
+
+	if (f->source_fd < 0) {
+		r = uffd_zeropage(h->uffd, addr, f->page_size, true, NULL);
+	} else {
+		n = pread(f->source_fd, h->page, f->page_size,
+			  (off_t)(addr - (unsigned long)f->base));
+		if (n < 0)
+			return -errno;
+		/* past the end of the file reads as zero */
+		memset(h->page + n, 0, f->page_size - (size_t)n);
+		r = uffd_copy(h->uffd, addr, h->page, f->page_size, true, NULL);
+	}
+	return r == -EEXIST ? 0 : r;
+}
+
+static void *floor_handler(void *arg)
+{
+	struct floor_handler *h = arg;
+	struct floor *f = h->f;
+	struct uffd_msg msg;
+	ssize_t n;
+	int r;
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = h->uffd, .events = POLLIN },
+			{ .fd = f->stopfd, .events = POLLIN },
+		};
+
+		/* blocks: the faulting thread needs this CPU to run */
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			h->error = -errno;
+			break;
+		}
+		if (pfd[1].revents)
+			break;
+		n = uffd_read(h->uffd, &msg, 1);
+		if (n < 0) {
+			h->error = (int)n;
+			break;
+		}
+		if (!n)
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT) {
+			h->error = -EPROTO;
+			break;
+		}
+		r = floor_fill(h, (unsigned long)msg.arg.pagefault.address &
+					  ~(unsigned long)(f->page_size - 1));
+		if (r < 0) {
+			h->error = r;
+			break;
+		}
+		h->faults++;
+	}
+	/* unregistering wakes the faulting thread: never a hang */
+	if (h->error)
+		uffd_unregister(h->uffd, (uintptr_t)h->lo, h->len);
+	return NULL;
+}
+
+/* Stop and join the handlers; returns the first handler's error. */
+static int floor_stop(struct floor *f)
+{
+	uint64_t one = 1;
+	unsigned int i;
+	int r = 0;
+
+	if (f->stopfd >= 0 && write(f->stopfd, &one, sizeof(one)) != sizeof(one))
+		abort(); /* an eventfd write cannot fail here */
+	for (i = 0; i < f->nr; i++) {
+		struct floor_handler *h = &f->h[i];
+
+		if (!h->started)
+			continue;
+		pthread_join(h->thread, NULL);
+		h->started = false;
+		if (h->error && !r)
+			r = h->error;
+	}
+	return r;
+}
+
+static void floor_free(struct floor *f)
+{
+	unsigned int i;
+
+	if (!f)
+		return;
+	floor_stop(f);
+	for (i = 0; i < f->nr; i++) {
+		if (f->h[i].uffd >= 0)
+			close(f->h[i].uffd);
+		free(f->h[i].page);
+	}
+	if (f->stopfd >= 0)
+		close(f->stopfd);
+	if (f->base)
+		munmap(f->base, f->len);
+	free(f);
+}
+
+static int floor_setup(struct bench_run *run)
+{
+	run->fd = memfd_create("upager-bench-floor", MFD_CLOEXEC);
+	if (run->fd < 0)
+		return -errno;
+	if (ftruncate(run->fd, (off_t)run->len) < 0) {
+		int r = -errno;
+
+		close(run->fd);
+		run->fd = -1;
+		return r;
+	}
+	return 0;
+}
+
+/* The userfaultfd and the pinned handler of worker @w, over its slice. */
+static int floor_handler_start(struct bench_run *run, struct floor *f,
+			       struct floor_handler *h, unsigned int w)
+{
+	unsigned int nw = run->threads * run->procs;
+	size_t lo = bench_slice_lo(run->pages, w, nw);
+	size_t hi = bench_slice_lo(run->pages, w + 1, nw);
+	uint64_t need = f->source_fd < 0 ? (uint64_t)1 << _UFFDIO_ZEROPAGE :
+					   (uint64_t)1 << _UFFDIO_COPY;
+	uint64_t ioctls;
+	pthread_attr_t attr;
+	cpu_set_t cpus;
+	int r;
+
+	h->f = f;
+	h->lo = f->base + lo * f->page_size;
+	h->len = (hi - lo) * f->page_size;
+	if (f->source_fd >= 0) {
+		h->page = aligned_alloc(f->page_size, f->page_size);
+		if (!h->page)
+			return -ENOMEM;
+	}
+	/* no feature: shmem missing faults need none */
+	r = uffd_open(0, 0, 0, NULL);
+	if (r < 0)
+		return r;
+	h->uffd = r;
+	if (!h->len)
+		return 0;
+	r = uffd_register(h->uffd, (uintptr_t)h->lo, h->len,
+			  UFFDIO_REGISTER_MODE_MISSING, &ioctls);
+	if (r < 0)
+		return r;
+	if ((ioctls & need) != need)
+		return -EOPNOTSUPP;
+	CPU_ZERO(&cpus);
+	CPU_SET(bench_worker_cpu(w), &cpus);
+	r = -pthread_attr_init(&attr);
+	if (r < 0)
+		return r;
+	r = -pthread_attr_setaffinity_np(&attr, sizeof(cpus), &cpus);
+	if (!r)
+		r = -pthread_create(&h->thread, &attr, floor_handler, h);
+	pthread_attr_destroy(&attr);
+	if (r < 0)
+		return r;
+	h->started = true;
+	return 0;
+}
+
+static int floor_attach(struct bench_run *run, struct bench_map *map)
+{
+	struct floor *f;
+	unsigned int t;
+	void *p;
+	int r;
+
+	f = calloc(1, sizeof(*f) + run->threads * sizeof(f->h[0]));
+	if (!f)
+		return -ENOMEM;
+	f->stopfd = -1;
+	f->len = run->len;
+	f->page_size = run->env->page_size;
+	f->source_fd = run->source_fd;
+	f->nr = run->threads;
+	for (t = 0; t < f->nr; t++)
+		f->h[t].uffd = -1;
+	p = mmap(NULL, f->len, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
+	if (p == MAP_FAILED) {
+		r = -errno;
+		goto fail;
+	}
+	f->base = p;
+	no_huge(p, f->len);
+	f->stopfd = eventfd(0, EFD_CLOEXEC);
+	if (f->stopfd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	for (t = 0; t < f->nr; t++) {
+		r = floor_handler_start(run, f, &f->h[t],
+					map->proc * run->threads + t);
+		if (r < 0)
+			goto fail;
+	}
+	map->addr = f->base;
+	map->priv = f;
+	return 0;
+fail:
+	floor_free(f);
+	return r;
+}
+
+static int floor_detach(struct bench_run *run, struct bench_map *map)
+{
+	struct floor *f = map->priv;
+	int r;
+
+	(void)run;
+	if (!f)
+		return 0;
+	r = floor_stop(f);
+	floor_free(f);
+	map->priv = NULL;
+	map->addr = NULL;
+	return r;
+}
+
+const struct bench_system bench_floor = {
+	.name = "floor",
+	.summary = "best uffd handler: shmem, uffd + handler per thread, "
+		   "pinned",
+	.flags = BENCH_SYS_REFERENCE | BENCH_SYS_PINNED,
+	.setup = floor_setup,
+	.attach = floor_attach,
+	.touch = bench_touch_timed,
+	.detach = floor_detach,
+	.teardown = memfd_teardown,
+};
+
 /* ---- upagerd ---- */
 
 struct upagerd_map {
@@ -705,6 +1012,11 @@ const struct bench_system bench_upagerd = {
 };
 
 const struct bench_system *const bench_all_systems[] = {
-	&bench_kernel_memfd, &bench_kernel_anon, &bench_kernel_file,
-	&bench_minimal,	     &bench_upagerd,	 NULL,
+	&bench_kernel_memfd,
+	&bench_kernel_anon,
+	&bench_kernel_file,
+	&bench_minimal,
+	&bench_floor,
+	&bench_upagerd,
+	NULL,
 };

@@ -9,7 +9,7 @@
  *             a daemon segment) that every process of the run will share;
  *   attach    in each process that touches pages (the bench process itself,
  *             or each forked child when the variant has several processes):
- *             map it, and for the minimal handler start its handler thread;
+ *             map it, and for the in-process handlers start their threads;
  *   touch     in each faulting thread: first-touch a slice of the pages,
  *             timing every access;
  *   detach    in the same process as attach: unmap, stop the handler;
@@ -25,6 +25,17 @@
  *                 userfaultfd, served by one handler thread in the same
  *                 process: poll + read + UFFDIO_COPY, the userfaultfd(2)
  *                 manual page's example (one per process, like kernel-anon);
+ *   floor         the best a userfaultfd handler can do here, the reference
+ *                 upagerd is held to: a memfd mapped MAP_SHARED (shmem, as
+ *                 upagerd's segments are; children map the inherited memfd,
+ *                 as upagerd's processes share a segment), and every
+ *                 faulting thread has a userfaultfd of its own over its own
+ *                 slice, registered MISSING, and a handler thread of its own
+ *                 that blocks in poll() and answers with UFFDIO_ZEROPAGE (a
+ *                 file source: pread + UFFDIO_COPY), one page at a time.
+ *                 Both threads are pinned to one CPU (BENCH_SYS_PINNED): a
+ *                 fault is two context switches on one CPU, never a wake-up
+ *                 across CPUs;
  *   upagerd       a daemon segment: upager_create, then upager_attach in
  *                 every touching process (children upager_connect first).
  *
@@ -65,6 +76,7 @@ struct bench_run {
 	struct bench_env *env;
 	size_t pages;
 	size_t len;		      /* pages * page size */
+	unsigned int threads, procs;  /* faulting threads per process */
 	int source_fd;		      /* -1: zero-filled; else the file */
 	int fd;			      /* kernel-memfd: the memfd */
 	char name[64];		      /* upagerd: the segment */
@@ -73,13 +85,15 @@ struct bench_run {
 
 /* One process's view of a run. */
 struct bench_map {
-	bool in_child; /* a forked child, not the bench */
+	bool in_child;	   /* a forked child, not the bench */
+	unsigned int proc; /* its index: its workers are proc * threads + t */
 	char *addr;
 	void *priv;
 };
 
 /* One faulting thread's share of a run. */
 struct bench_touch {
+	unsigned int worker; /* proc * threads + thread */
 	char *base;
 	size_t page_size;
 	const uint32_t *order; /* page index of every access */
@@ -90,6 +104,8 @@ struct bench_touch {
 
 #define BENCH_SYS_REFERENCE 0x1u /* upagerd is compared with it */
 #define BENCH_SYS_DAEMON 0x2u	 /* needs init (upagerd) */
+/* faulting threads start pinned to bench_worker_cpu(worker) */
+#define BENCH_SYS_PINNED 0x4u
 
 struct bench_system {
 	const char *name;
@@ -109,10 +125,23 @@ extern const struct bench_system bench_kernel_memfd;
 extern const struct bench_system bench_kernel_anon;
 extern const struct bench_system bench_kernel_file;
 extern const struct bench_system bench_minimal;
+extern const struct bench_system bench_floor;
 extern const struct bench_system bench_upagerd;
 
 /* Every system, for --systems and --help. */
 extern const struct bench_system *const bench_all_systems[];
+
+/* First of the @nw slices of @n accesses (pages) of worker @w. */
+static inline size_t bench_slice_lo(size_t n, unsigned int w, unsigned int nw)
+{
+	return (size_t)((unsigned __int128)n * w / nw);
+}
+
+/*
+ * The CPU of worker @w of a pinned system: the (@w mod count)-th CPU the
+ * bench may run on (all online CPUs, unless it was started under taskset).
+ */
+int bench_worker_cpu(unsigned int w);
 
 /* The timed first touch every system uses. */
 void bench_touch_timed(const struct bench_touch *t);

@@ -4,7 +4,9 @@
  *
  * One invocation measures one workload (a subcommand) on several systems side
  * by side: the kernel alone (memfd, anonymous, file mmap), a minimal
- * userfaultfd handler in the same process, and upagerd.  A workload is a set
+ * userfaultfd handler in the same process, the floor (the best a handler
+ * can do: one per faulting thread, on its CPU), and upagerd, whose figures
+ * are read as ratios to the floor's.  A workload is a set
  * of variants (page order x faulting threads x processes, and for `file` the
  * page-cache state); each variant runs every system the workload lists.
  *
@@ -208,11 +210,6 @@ static uint64_t xorshift(uint64_t *s)
 	x ^= x >> 27;
 	*s = x;
 	return x * 0x2545F4914F6CDD1DULL;
-}
-
-static size_t slice_lo(size_t n, unsigned int w, unsigned int nw)
-{
-	return (size_t)((unsigned __int128)n * w / nw);
 }
 
 /* ---- the file workload's source ---- */
@@ -445,8 +442,8 @@ static int verify(struct bench_ctx *c, const struct bench_variant *v,
 		  char *base, unsigned int p)
 {
 	unsigned int nw = v->threads * v->procs;
-	size_t lo = slice_lo(c->pages, p * v->threads, nw);
-	size_t hi = slice_lo(c->pages, (p + 1) * v->threads, nw);
+	size_t lo = bench_slice_lo(c->pages, p * v->threads, nw);
+	size_t hi = bench_slice_lo(c->pages, (p + 1) * v->threads, nw);
 	size_t stride = c->pages / BENCH_VERIFY_MAX + 1, k;
 	unsigned char want[64];
 
@@ -469,12 +466,18 @@ static int verify(struct bench_ctx *c, const struct bench_variant *v,
 	return 0;
 }
 
-/* Start @threads workers of process @p on @base; they wait at the barrier. */
+/*
+ * Start @threads workers of process @p on @base; they wait at the barrier.
+ * A pinned system's start on their CPU: fresh threads, so nothing of the
+ * pinning outlives the run.
+ */
 static int start_workers(struct bench_ctx *c, const struct bench_system *sys,
 			 const struct bench_variant *v, unsigned int p,
 			 char *base, struct bench_worker *w, pthread_t *tid)
 {
 	unsigned int nw = v->threads * v->procs, t;
+	pthread_attr_t attr;
+	cpu_set_t cpus;
 	int r;
 
 	for (t = 0; t < v->threads; t++) {
@@ -483,14 +486,27 @@ static int start_workers(struct bench_ctx *c, const struct bench_system *sys,
 		w[t] = (struct bench_worker){
 			.c = c, .sys = sys, .id = id,
 			.touch = {
+				.worker = id,
 				.base = base, .page_size = c->page_size,
 				.order = c->order,
-				.lo = slice_lo(c->pages, id, nw),
-				.hi = slice_lo(c->pages, id + 1, nw),
+				.lo = bench_slice_lo(c->pages, id, nw),
+				.hi = bench_slice_lo(c->pages, id + 1, nw),
 				.samples = c->samples, .write = c->write,
 			},
 		};
-		r = -pthread_create(&tid[t], NULL, worker_main, &w[t]);
+		r = -pthread_attr_init(&attr);
+		if (!r) {
+			CPU_ZERO(&cpus);
+			CPU_SET(bench_worker_cpu(id), &cpus);
+			if (sys->flags & BENCH_SYS_PINNED)
+				r = -pthread_attr_setaffinity_np(&attr,
+								 sizeof(cpus),
+								 &cpus);
+			if (!r)
+				r = -pthread_create(&tid[t], &attr, worker_main,
+						    &w[t]);
+			pthread_attr_destroy(&attr);
+		}
 		if (r < 0) {
 			/* let the started ones go, as if aborted */
 			atomic_store(&c->ctl->go, BENCH_GO_ABORT);
@@ -519,7 +535,7 @@ static void child_main(struct bench_ctx *c, const struct bench_system *sys,
 {
 	struct bench_worker w[BENCH_MAX_THREADS];
 	pthread_t tid[BENCH_MAX_THREADS];
-	struct bench_map map = { .in_child = true };
+	struct bench_map map = { .in_child = true, .proc = p };
 	unsigned int t;
 	int r, rc = 0;
 
@@ -706,6 +722,8 @@ static int run_one(struct bench_ctx *c, const struct bench_system *sys,
 		.env = &c->env,
 		.pages = c->pages,
 		.len = c->pages * c->page_size,
+		.threads = v->threads,
+		.procs = v->procs,
 		.source_fd = c->file_fd,
 		.fd = -1,
 	};
@@ -766,8 +784,8 @@ static void make_order(struct bench_ctx *c, const struct bench_variant *v)
 	if (strcmp(v->order, "random"))
 		return;
 	for (w = 0; w < nw; w++) {
-		size_t lo = slice_lo(c->pages, w, nw);
-		size_t hi = slice_lo(c->pages, w + 1, nw);
+		size_t lo = bench_slice_lo(c->pages, w, nw);
+		size_t hi = bench_slice_lo(c->pages, w + 1, nw);
 
 		for (k = hi - 1; k > lo; k--) {
 			size_t j = lo + xorshift(&seed) % (k - lo + 1);
@@ -849,18 +867,12 @@ static const unsigned int threads_1_2[] = { 1, 2, 0 };
 static const unsigned int only_1[] = { 1, 0 };
 
 static const struct bench_system *const missing_systems[] = {
-	&bench_kernel_memfd,
-	&bench_kernel_anon,
-	&bench_minimal,
-	&bench_upagerd,
-	NULL,
+	&bench_kernel_memfd, &bench_kernel_anon, &bench_minimal,
+	&bench_floor,	     &bench_upagerd,	 NULL,
 };
 
 static const struct bench_system *const file_systems[] = {
-	&bench_kernel_file,
-	&bench_minimal,
-	&bench_upagerd,
-	NULL,
+	&bench_kernel_file, &bench_minimal, &bench_floor, &bench_upagerd, NULL,
 };
 
 static const struct bench_workload workloads[] = {
@@ -869,9 +881,12 @@ static const struct bench_workload workloads[] = {
 		.summary = "first touch of a zero-filled segment",
 		.help = "Every page is touched once, for the first time: a missing fault on every\n"
 			"system.  Variants: --order x --threads x --procs (defaults seq,random;\n"
-			"1,2; 1,2).  With several processes, kernel-memfd and upagerd share one\n"
-			"segment and each process touches its own slice; kernel-anon and minimal\n"
-			"have one private mapping per process.  Default access: write.\n",
+			"1,2; 1,2).  With several processes, kernel-memfd, floor and upagerd\n"
+			"share one segment (the floor's processes map one memfd, as upagerd's map\n"
+			"one segment: the same shmem work behind the ratio) and each process\n"
+			"touches its own slice; kernel-anon and minimal have one private mapping\n"
+			"per process.  The floor zero-fills with UFFDIO_ZEROPAGE.  Default\n"
+			"access: write.\n",
 		.write_default = true,
 		.default_threads = threads_1_2,
 		.default_procs = threads_1_2,
@@ -888,7 +903,8 @@ static const struct bench_workload workloads[] = {
 			"cold drops the file's pages (posix_fadvise DONTNEED) before each run;\n"
 			"warm reads the file through first.  Default access: read.\n"
 			"The file is --file PATH, else a temporary file of --pages pages of\n"
-			"pseudo-random bytes in $TMPDIR, removed at the end.\n",
+			"pseudo-random bytes in $TMPDIR, removed at the end.  minimal and floor\n"
+			"fill a page with pread + UFFDIO_COPY.\n",
 		.write_default = false,
 		.has_cache = true,
 		.default_threads = only_1,
@@ -914,7 +930,15 @@ static void usage(FILE *f)
 		"       upager-bench <workload> --help\n"
 		"\n"
 		"Measure first-touch fault latency and throughput of one access pattern on\n"
-		"the kernel alone, a minimal userfaultfd handler, and upagerd, side by side.\n"
+		"the kernel alone, a minimal userfaultfd handler, the floor, and upagerd,\n"
+		"side by side.\n"
+		"\n"
+		"The floor is the best a userfaultfd handler does on this machine, the\n"
+		"reference upagerd is measured against: shmem memory (a memfd, MAP_SHARED)\n"
+		"registered MISSING, and for each faulting thread a userfaultfd over its own\n"
+		"slice and a handler thread of its own that blocks in poll() and answers\n"
+		"with UFFDIO_ZEROPAGE (a file: pread + UFFDIO_COPY).  Faulting thread i and\n"
+		"its handler are pinned to CPU (i mod CPUs the bench may use).\n"
 		"\n"
 		"Workloads:\n");
 	for (i = 0; i < NR_WORKLOADS; i++)
