@@ -72,6 +72,7 @@ int bench_figures_compute(uint64_t *ns, size_t n, uint64_t wall_ns,
 	out->wall_ns = (double)wall_ns;
 	out->faults_per_s = (double)n * 1e9 / (double)wall_ns;
 	out->mb_per_s = (double)n * (double)page_size * 1e3 / (double)wall_ns;
+	out->cpu_per_fault_ns = -1; /* the caller's, if it knows */
 	return 0;
 }
 
@@ -86,10 +87,13 @@ static double median_of(double *v, size_t n)
 void bench_figures_median(const struct bench_figures *runs, size_t n,
 			  struct bench_figures *out)
 {
-	/* the struct is all doubles: take the median field by field */
+	/*
+	 * The struct is all doubles: take the median field by field, over
+	 * the runs that measured it (>= 0).
+	 */
 	const size_t nr_fields = sizeof(*out) / sizeof(double);
-	double *v;
-	size_t f, i;
+	double *v, x;
+	size_t f, i, k;
 
 	_Static_assert(sizeof(struct bench_figures) % sizeof(double) == 0,
 		       "bench_figures must hold doubles only");
@@ -100,9 +104,12 @@ void bench_figures_median(const struct bench_figures *runs, size_t n,
 	if (!v)
 		abort();
 	for (f = 0; f < nr_fields; f++) {
-		for (i = 0; i < n; i++)
-			v[i] = ((const double *)&runs[i])[f];
-		((double *)out)[f] = median_of(v, n);
+		for (i = k = 0; i < n; i++) {
+			x = ((const double *)&runs[i])[f];
+			if (x >= 0)
+				v[k++] = x;
+		}
+		((double *)out)[f] = k ? median_of(v, k) : -1;
 	}
 	free(v);
 }
@@ -214,26 +221,35 @@ static double ratio(double a, double b)
 static void table_row(FILE *f, const char *variant, const char *system,
 		      const struct bench_figures *g)
 {
-	fprintf(f, "%-18s %-22s %8.2f %8.2f %8.2f %8.2f %9.2f %10.0f %8.1f\n",
+	char cpu[16] = "-";
+
+	if (g->cpu_per_fault_ns >= 0)
+		snprintf(cpu, sizeof(cpu), "%.2f", g->cpu_per_fault_ns / 1e3);
+	fprintf(f,
+		"%-18s %-22s %8.2f %8.2f %8.2f %8.2f %9.2f %10.0f %8.1f %9s\n",
 		variant, system, g->p50_ns / 1e3, g->p90_ns / 1e3,
 		g->p99_ns / 1e3, g->p999_ns / 1e3, g->max_ns / 1e3,
-		g->faults_per_s, g->mb_per_s);
+		g->faults_per_s, g->mb_per_s, cpu);
 }
 
 static void table_ratio_row(FILE *f, const struct bench_figures *u,
 			    const struct bench_result *ref)
 {
 	const struct bench_figures *g = &ref->fig;
-	char label[40];
+	char label[40], cpu[16] = "-";
 
 	snprintf(label, sizeof(label), "  upagerd/%s", ref->system);
+	if (u->cpu_per_fault_ns >= 0 && g->cpu_per_fault_ns > 0)
+		snprintf(cpu, sizeof(cpu), "%.2fx",
+			 u->cpu_per_fault_ns / g->cpu_per_fault_ns);
 	fprintf(f,
-		"%-18s %-22s %7.2fx %7.2fx %7.2fx %7.2fx %8.2fx %9.2fx %7.2fx\n",
+		"%-18s %-22s %7.2fx %7.2fx %7.2fx %7.2fx %8.2fx %9.2fx %7.2fx "
+		"%9s\n",
 		"", label, ratio(u->p50_ns, g->p50_ns),
 		ratio(u->p90_ns, g->p90_ns), ratio(u->p99_ns, g->p99_ns),
 		ratio(u->p999_ns, g->p999_ns), ratio(u->max_ns, g->max_ns),
 		ratio(u->faults_per_s, g->faults_per_s),
-		ratio(u->mb_per_s, g->mb_per_s));
+		ratio(u->mb_per_s, g->mb_per_s), cpu);
 }
 
 void bench_report_table(const struct bench_report *r, FILE *f)
@@ -251,9 +267,9 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 		fprintf(f, "file: %s\n", r->file);
 	if (r->daemon)
 		fprintf(f, "upagerd: %s\n", r->daemon);
-	fprintf(f, "%-18s %-22s %8s %8s %8s %8s %9s %10s %8s\n", "variant",
+	fprintf(f, "%-18s %-22s %8s %8s %8s %8s %9s %10s %8s %9s\n", "variant",
 		"system", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us",
-		"faults/s", "MB/s");
+		"faults/s", "MB/s", "cpu/fault");
 	for (i = 0; i < r->nr_results; i++) {
 		const struct bench_result *res = &r->results[i];
 		const char *vname = res->variant.name;
@@ -279,8 +295,14 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 				table_ratio_row(f, &res->fig, ref);
 		}
 	}
-	fprintf(f, "(latency: per first touch of a page, us; ratios: "
-		   "upagerd's figure over the reference's)\n");
+	fprintf(f, "(latency: per first touch of a page, us; max: the slowest "
+		   "touch;\n"
+		   " cpu/fault: the pager's CPU time per fault it served, us: "
+		   "minimal's and\n"
+		   " the floor's handler threads, upagerd's threads over the "
+		   "touch phase,\n"
+		   " \"-\" where not known; ratios: upagerd's figure over the "
+		   "reference's)\n");
 }
 
 void bench_report_targets(const struct bench_report *r, FILE *f)
@@ -307,9 +329,14 @@ static void json_figures(FILE *f, const struct bench_figures *g)
 	fprintf(f,
 		"\"p50_ns\": %.1f, \"p90_ns\": %.1f, \"p99_ns\": %.1f, "
 		"\"p999_ns\": %.1f, \"max_ns\": %.1f, \"mean_ns\": %.1f, "
-		"\"wall_ns\": %.0f, \"faults_per_s\": %.1f, \"mb_per_s\": %.2f",
+		"\"wall_ns\": %.0f, \"faults_per_s\": %.1f, \"mb_per_s\": %.2f, "
+		"\"cpu_per_fault_ns\": ",
 		g->p50_ns, g->p90_ns, g->p99_ns, g->p999_ns, g->max_ns,
 		g->mean_ns, g->wall_ns, g->faults_per_s, g->mb_per_s);
+	if (g->cpu_per_fault_ns >= 0)
+		fprintf(f, "%.1f", g->cpu_per_fault_ns);
+	else
+		fprintf(f, "null");
 }
 
 static void json_dist(FILE *f, const struct bench_dist *d)
@@ -374,14 +401,23 @@ static void json_result(const struct bench_report *r,
 	if (res->cache_resident >= 0)
 		fprintf(f, ", \"cache_resident_before\": %.3f",
 			res->cache_resident);
+	if (res->sys_stats.cpu_valid)
+		fprintf(f,
+			",\n     \"pager_cpu\": {\"cpu_ns\": %llu, "
+			"\"faults_served\": %llu}",
+			(unsigned long long)res->sys_stats.cpu_ns,
+			(unsigned long long)res->sys_stats.faults_served);
 	if (res->sys_stats.valid) {
 		const struct bench_sys_stats *s = &res->sys_stats;
 
 		fprintf(f,
 			",\n     \"daemon_stats\": {\"faults_missing\": %llu, "
+			"\"faults_minor\": %llu, \"faults_wp\": %llu, "
 			"\"faults_waited\": %llu, \"pages_filled\": %llu, "
 			"\"bytes_read\": %llu, \"readahead_max_pages\": %llu}",
 			(unsigned long long)s->faults_missing,
+			(unsigned long long)s->faults_minor,
+			(unsigned long long)s->faults_wp,
 			(unsigned long long)s->faults_waited,
 			(unsigned long long)s->pages_filled,
 			(unsigned long long)s->bytes_read,
@@ -399,12 +435,21 @@ static void json_result(const struct bench_report *r,
 			json_write_string(f, ref->system);
 			fprintf(f,
 				": {\"p50\": %.3f, \"p99\": %.3f, "
-				"\"p999\": %.3f, \"faults_per_s\": %.3f}",
+				"\"p999\": %.3f, \"max\": %.3f, "
+				"\"faults_per_s\": %.3f, \"cpu_per_fault\": ",
 				ratio(res->fig.p50_ns, ref->fig.p50_ns),
 				ratio(res->fig.p99_ns, ref->fig.p99_ns),
 				ratio(res->fig.p999_ns, ref->fig.p999_ns),
+				ratio(res->fig.max_ns, ref->fig.max_ns),
 				ratio(res->fig.faults_per_s,
 				      ref->fig.faults_per_s));
+			if (res->fig.cpu_per_fault_ns >= 0 &&
+			    ref->fig.cpu_per_fault_ns > 0)
+				fprintf(f, "%.3f}",
+					res->fig.cpu_per_fault_ns /
+						ref->fig.cpu_per_fault_ns);
+			else
+				fprintf(f, "null}");
 			first = false;
 		}
 		fprintf(f, "}");

@@ -18,7 +18,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Figures of one run, or the per-figure median of several. */
+/*
+ * Figures of one run, or the per-figure median of several.  A negative
+ * figure was not measured; a median is taken over the runs that have it.
+ */
 struct bench_figures {
 	double p50_ns;
 	double p90_ns;
@@ -26,9 +29,11 @@ struct bench_figures {
 	double p999_ns;
 	double max_ns;
 	double mean_ns;
-	double wall_ns;	     /* barrier release to last worker done */
-	double faults_per_s; /* pages touched / wall time */
-	double mb_per_s;     /* 10^6 bytes per second */
+	double wall_ns;		 /* barrier release to last worker done */
+	double faults_per_s;	 /* pages touched / wall time */
+	double mb_per_s;	 /* 10^6 bytes per second */
+	double cpu_per_fault_ns; /* the pager's CPU over the faults it
+				  * served; < 0: not known */
 };
 
 /*
@@ -50,10 +55,17 @@ struct bench_dist {
 	uint64_t nr_samples;
 };
 
-/* Counters a system can report about its own work (upagerd's stat). */
+/* Counters a system can report about its own work. */
 struct bench_sys_stats {
+	/* the pager's CPU time over the run, and the faults it served */
+	bool cpu_valid;
+	uint64_t cpu_ns;
+	uint64_t faults_served;
+	/* upagerd's stat of the run's segment */
 	bool valid;
 	uint64_t faults_missing;
+	uint64_t faults_minor;
+	uint64_t faults_wp;
 	uint64_t faults_waited;
 	uint64_t pages_filled;
 	uint64_t bytes_read;

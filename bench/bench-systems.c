@@ -19,6 +19,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -27,6 +28,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +242,56 @@ const struct bench_system bench_kernel_file = {
 	.teardown = nothing_teardown,
 };
 
+/* ---- the in-process handlers' CPU time ---- */
+
+/* Shared with the run's children: each handler adds itself as it ends. */
+struct bench_handlers {
+	_Atomic uint64_t cpu_ns;
+	_Atomic uint64_t faults;
+};
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+		return 0;
+	return ts_ns(&ts);
+}
+
+static int handlers_setup(struct bench_run *run)
+{
+	void *p = mmap(NULL, sizeof(*run->handlers), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	run->handlers = p;
+	return 0;
+}
+
+/* A handler thread's last words: its CPU time and the faults it served. */
+static void handlers_add(struct bench_handlers *hs, uint64_t faults)
+{
+	if (!hs)
+		return;
+	atomic_fetch_add(&hs->cpu_ns, thread_cpu_ns());
+	atomic_fetch_add(&hs->faults, faults);
+}
+
+static void handlers_teardown(struct bench_run *run)
+{
+	struct bench_sys_stats *s = &run->stats;
+
+	if (!run->handlers)
+		return;
+	s->cpu_valid = true;
+	s->cpu_ns = atomic_load(&run->handlers->cpu_ns);
+	s->faults_served = atomic_load(&run->handlers->faults);
+	munmap(run->handlers, sizeof(*run->handlers));
+	run->handlers = NULL;
+}
+
 /* ---- minimal: the userfaultfd(2) example, one handler thread ---- */
 
 struct minimal {
@@ -252,6 +304,8 @@ struct minimal {
 	size_t page_size;
 	int source_fd;
 	char *page;
+	struct bench_handlers *handlers;
+	uint64_t faults;
 	int error; /* -errno of the handler, read after join */
 };
 
@@ -310,10 +364,12 @@ static void *minimal_handler(void *arg)
 			m->error = r;
 			break;
 		}
+		m->faults++;
 	}
 	/* unregistering wakes the faulting threads: never a hang */
 	if (m->error)
 		uffd_unregister(m->uffd, (uintptr_t)m->base, m->len);
+	handlers_add(m->handlers, m->faults);
 	return NULL;
 }
 
@@ -345,6 +401,7 @@ static int minimal_attach(struct bench_run *run, struct bench_map *map)
 	m->len = run->len;
 	m->page_size = run->env->page_size;
 	m->source_fd = run->source_fd;
+	m->handlers = run->handlers;
 	p = mmap(NULL, m->len, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED) {
@@ -411,11 +468,11 @@ const struct bench_system bench_minimal = {
 	.summary = "uffd MISSING on anon memory, 1 handler thread "
 		   "(textbook)",
 	.flags = BENCH_SYS_REFERENCE,
-	.setup = nothing_setup,
+	.setup = handlers_setup,
 	.attach = minimal_attach,
 	.touch = bench_touch_timed,
 	.detach = minimal_detach,
-	.teardown = nothing_teardown,
+	.teardown = handlers_teardown,
 };
 
 /* ---- floor: a userfaultfd and a handler per faulting thread, pinned ---- */
@@ -468,6 +525,7 @@ struct floor {
 	size_t len;
 	size_t page_size;
 	int source_fd;
+	struct bench_handlers *handlers;
 	unsigned int nr;
 	struct floor_handler h[];
 };
@@ -537,6 +595,7 @@ static void *floor_handler(void *arg)
 	/* unregistering wakes the faulting thread: never a hang */
 	if (h->error)
 		uffd_unregister(h->uffd, (uintptr_t)h->lo, h->len);
+	handlers_add(f->handlers, h->faults);
 	return NULL;
 }
 
@@ -581,19 +640,26 @@ static void floor_free(struct floor *f)
 	free(f);
 }
 
+static void floor_teardown(struct bench_run *run)
+{
+	handlers_teardown(run);
+	memfd_teardown(run);
+}
+
 static int floor_setup(struct bench_run *run)
 {
+	int r;
+
 	run->fd = memfd_create("upager-bench-floor", MFD_CLOEXEC);
 	if (run->fd < 0)
 		return -errno;
-	if (ftruncate(run->fd, (off_t)run->len) < 0) {
-		int r = -errno;
-
-		close(run->fd);
-		run->fd = -1;
-		return r;
-	}
-	return 0;
+	if (ftruncate(run->fd, (off_t)run->len) < 0)
+		r = -errno;
+	else
+		r = handlers_setup(run);
+	if (r < 0)
+		floor_teardown(run);
+	return r;
 }
 
 /* The userfaultfd and the pinned handler of worker @w, over its slice. */
@@ -660,6 +726,7 @@ static int floor_attach(struct bench_run *run, struct bench_map *map)
 	f->len = run->len;
 	f->page_size = run->env->page_size;
 	f->source_fd = run->source_fd;
+	f->handlers = run->handlers;
 	f->nr = run->threads;
 	for (t = 0; t < f->nr; t++)
 		f->h[t].uffd = -1;
@@ -713,7 +780,7 @@ const struct bench_system bench_floor = {
 	.attach = floor_attach,
 	.touch = bench_touch_timed,
 	.detach = floor_detach,
-	.teardown = memfd_teardown,
+	.teardown = floor_teardown,
 };
 
 /* ---- upagerd ---- */
@@ -978,6 +1045,55 @@ static int upagerd_detach(struct bench_run *run, struct bench_map *map)
 	return r;
 }
 
+/*
+ * The time on CPU of every thread of @pid so far: the first field of each
+ * thread's schedstat, in ns.  A thread that ended takes its time with it:
+ * the daemon's workers live as long as the daemon.
+ */
+static int proc_cpu_ns(pid_t pid, uint64_t *ns)
+{
+	char path[64], buf[96];
+	struct dirent *d;
+	uint64_t sum = 0;
+	unsigned int n = 0;
+	ssize_t len;
+	DIR *dir;
+	int fd;
+
+	bench_fmt(path, sizeof(path), "/proc/%d/task", (int)pid);
+	dir = opendir(path);
+	if (!dir)
+		return -errno;
+	while ((d = readdir(dir))) {
+		if (d->d_name[0] == '.')
+			continue;
+		bench_fmt(path, sizeof(path), "%s/schedstat", d->d_name);
+		fd = openat(dirfd(dir), path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue; /* it ended meanwhile */
+		len = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		buf[len] = '\0';
+		sum += strtoull(buf, NULL, 10);
+		n++;
+	}
+	closedir(dir);
+	if (!n)
+		return -ESRCH;
+	*ns = sum;
+	return 0;
+}
+
+static int upagerd_pager_cpu(struct bench_run *run, uint64_t *ns)
+{
+	/* an existing daemon (--socket): the library does not say its pid */
+	if (run->env->daemon_pid <= 0)
+		return -ESRCH;
+	return proc_cpu_ns(run->env->daemon_pid, ns);
+}
+
 static void upagerd_teardown(struct bench_run *run)
 {
 	struct upager_segment_info info;
@@ -988,7 +1104,12 @@ static void upagerd_teardown(struct bench_run *run)
 	if (!upager_stat(run->env->conn, run->name, &info)) {
 		s->valid = true;
 		s->faults_missing = info.faults_missing;
+		s->faults_minor = info.faults_minor;
+		s->faults_wp = info.faults_wp;
 		s->faults_waited = info.faults_waited;
+		/* a fresh segment per run: its counts are the run's */
+		s->faults_served = info.faults_missing + info.faults_minor +
+				   info.faults_wp;
 		s->pages_filled = info.pages_filled;
 		s->bytes_read = info.bytes_read;
 		s->readahead_max_pages = info.readahead_max_pages;
@@ -1009,6 +1130,7 @@ const struct bench_system bench_upagerd = {
 	.touch = bench_touch_timed,
 	.detach = upagerd_detach,
 	.teardown = upagerd_teardown,
+	.pager_cpu = upagerd_pager_cpu,
 };
 
 const struct bench_system *const bench_all_systems[] = {

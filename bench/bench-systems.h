@@ -41,6 +41,13 @@
  *
  * Workloads choose the memory's content through bench_run.source_fd: -1 is
  * zero-filled, otherwise the file whose pages the mapping must show.
+ *
+ * The pager's CPU time per fault: the in-process handlers (minimal, floor)
+ * read their thread's CPU clock as they end and add it, with the faults
+ * they served, to counters shared with the children (bench_run.handlers);
+ * teardown reports the sums.  upagerd's is the time on CPU of the daemon's
+ * threads (/proc/PID/task/TID/schedstat) from the barrier to the last
+ * worker done, read through pager_cpu, over the faults its segment counts.
  */
 #ifndef UPAGER_BENCH_SYSTEMS_H
 #define UPAGER_BENCH_SYSTEMS_H
@@ -75,11 +82,15 @@ struct bench_env {
 struct bench_run {
 	struct bench_env *env;
 	size_t pages;
-	size_t len;		      /* pages * page size */
-	unsigned int threads, procs;  /* faulting threads per process */
-	int source_fd;		      /* -1: zero-filled; else the file */
-	int fd;			      /* kernel-memfd: the memfd */
-	char name[64];		      /* upagerd: the segment */
+	size_t len;			 /* pages * page size */
+	unsigned int threads, procs;	 /* faulting threads per process */
+	int source_fd;			 /* -1: zero-filled; else the file */
+	int fd;				 /* kernel-memfd: the memfd */
+	char name[64];			 /* upagerd: the segment */
+	struct bench_handlers *handlers; /* minimal, floor: their counters,
+					  * shared with the children */
+	uint64_t cpu_start;		 /* pager_cpu at the barrier */
+	bool cpu_started;
 	struct bench_sys_stats stats; /* filled by teardown, if it can */
 };
 
@@ -119,6 +130,12 @@ struct bench_system {
 	void (*touch)(const struct bench_touch *t);
 	int (*detach)(struct bench_run *run, struct bench_map *map);
 	void (*teardown)(struct bench_run *run);
+	/*
+	 * optional, in the bench process: the CPU ns a pager outside the
+	 * bench has used so far, read at the barrier and once every worker
+	 * is done; 0 or -errno when it cannot be read
+	 */
+	int (*pager_cpu)(struct bench_run *run, uint64_t *ns);
 };
 
 extern const struct bench_system bench_kernel_memfd;

@@ -614,6 +614,28 @@ static int wait_count(struct bench_ctx *c, _Atomic uint32_t *word, uint32_t n,
 	return 0;
 }
 
+/*
+ * The pager's CPU over the touch phase, for a pager outside the bench:
+ * read at the barrier (@end false) and once every worker is done.
+ */
+static void pager_cpu_mark(const struct bench_system *sys,
+			   struct bench_run *run, bool end)
+{
+	uint64_t ns;
+
+	if (!sys->pager_cpu || sys->pager_cpu(run, &ns) < 0) {
+		run->cpu_started = false;
+		return;
+	}
+	if (!end) {
+		run->cpu_start = ns;
+		run->cpu_started = true;
+	} else if (run->cpu_started && ns >= run->cpu_start) {
+		run->stats.cpu_valid = true;
+		run->stats.cpu_ns = ns - run->cpu_start;
+	}
+}
+
 static int run_procs(struct bench_ctx *c, const struct bench_system *sys,
 		     struct bench_run *run, const struct bench_variant *v)
 {
@@ -645,10 +667,12 @@ static int run_procs(struct bench_ctx *c, const struct bench_system *sys,
 		atomic_store(&c->ctl->go, BENCH_GO_ABORT);
 		futex_wake_all(&c->ctl->go);
 	} else {
+		pager_cpu_mark(sys, run, false);
 		c->ctl->t_start = bench_now_ns();
 		atomic_store(&c->ctl->go, BENCH_GO_TOUCH);
 		futex_wake_all(&c->ctl->go);
 		r = wait_count(c, &c->ctl->done, nw, pids, reaped, started);
+		pager_cpu_mark(sys, run, true);
 		atomic_store(&c->ctl->go,
 			     r < 0 ? BENCH_GO_ABORT : BENCH_GO_VERIFY);
 		futex_wake_all(&c->ctl->go);
@@ -694,10 +718,12 @@ static int run_here(struct bench_ctx *c, const struct bench_system *sys,
 		return r;
 	}
 	wait_count(c, &c->ctl->ready, v->threads, NULL, NULL, 0);
+	pager_cpu_mark(sys, run, false);
 	c->ctl->t_start = bench_now_ns();
 	atomic_store(&c->ctl->go, BENCH_GO_TOUCH);
 	futex_wake_all(&c->ctl->go);
 	wait_count(c, &c->ctl->done, v->threads, NULL, NULL, 0);
+	pager_cpu_mark(sys, run, true);
 	for (t = 0; t < v->threads; t++)
 		pthread_join(tid[t], NULL);
 	r = verify(c, v, map.addr, 0);
@@ -976,6 +1002,15 @@ static void usage(FILE *f)
 		"Every first touch of a page is timed in its thread; one that costs about\n"
 		"the timer (\"timer N ns\" in the header) did not fault: the pager or the\n"
 		"kernel had mapped it ahead (read-ahead, fault-around).\n"
+		"\n"
+		"Columns, each the median over the runs: p50 .. p99.9 and max (the slowest\n"
+		"first touch of a run), us; faults/s and MB/s, pages over the touch phase's\n"
+		"wall time; cpu/fault, the pager's CPU time per fault it served, us:\n"
+		"minimal's and the floor's handler threads (CLOCK_THREAD_CPUTIME_ID, read\n"
+		"as each ends), upagerd's threads over the touch phase (the first field of\n"
+		"/proc/PID/task/*/schedstat) per fault its segment counts (missing + minor\n"
+		"+ wp: a page it filled ahead costs CPU but is no fault); \"-\" for the\n"
+		"kernel, and for upagerd with --socket (its pid is not known).\n"
 		"\n"
 		"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
 		"are reported, never an error.\n",
@@ -1534,6 +1569,10 @@ int main(int argc, char **argv)
 				fig = &res->runs[res->nr_runs++];
 				bench_figures_compute(c.samples, c.pages, wall,
 						      c.page_size, fig);
+				if (st.cpu_valid && st.faults_served)
+					fig->cpu_per_fault_ns =
+						(double)st.cpu_ns /
+						(double)st.faults_served;
 			}
 		}
 		for (si = 0; si < c.nr_systems; si++)
