@@ -185,14 +185,16 @@ const struct bench_result *bench_report_find(const struct bench_report *r,
 	return NULL;
 }
 
-void bench_report_target(struct bench_report *r, const char *name, double value,
-			 const char *op, double goal)
+struct bench_target *bench_report_target(struct bench_report *r,
+					 const char *name, double value,
+					 const char *op, double goal)
 {
 	struct bench_target *t;
 
 	if (r->nr_targets >= sizeof(r->targets) / sizeof(r->targets[0]))
-		return;
+		return NULL;
 	t = &r->targets[r->nr_targets++];
+	memset(t, 0, sizeof(*t));
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	t->value = value;
 	t->op = op;
@@ -203,6 +205,7 @@ void bench_report_target(struct bench_report *r, const char *name, double value,
 		t->met = value <= goal;
 	else
 		t->met = value >= goal;
+	return t;
 }
 
 static bool result_ok(const struct bench_result *res)
@@ -311,13 +314,17 @@ void bench_report_targets(const struct bench_report *r, FILE *f)
 
 	for (i = 0; i < r->nr_targets; i++) {
 		const struct bench_target *t = &r->targets[i];
+		const char *unit = t->unit ? t->unit : "";
+		const char *sp = t->unit ? " " : "";
 
+		/* "info": the same goal, on a variant the issue only watches */
+		fprintf(f, "%-6s %s = ", t->info ? "info" : "target", t->name);
 		if (t->value < 0)
-			fprintf(f, "target %s = n/a (goal %s %.1f) NOT RUN\n",
-				t->name, t->op, t->goal);
+			fprintf(f, "n/a (goal %s %g%s%s) NOT RUN\n", t->op,
+				t->goal, sp, unit);
 		else
-			fprintf(f, "target %s = %.2f (goal %s %.1f) %s\n",
-				t->name, t->value, t->op, t->goal,
+			fprintf(f, "%.2f%s%s (goal %s %g%s%s) %s\n", t->value,
+				sp, unit, t->op, t->goal, sp, unit,
 				t->met ? "MET" : "MISSED");
 	}
 }
@@ -504,8 +511,14 @@ int bench_report_json(const struct bench_report *r, FILE *f)
 			fprintf(f, ", \"value\": null");
 		else
 			fprintf(f, ", \"value\": %.4f", t->value);
-		fprintf(f, ", \"op\": \"%s\", \"goal\": %.2f, \"met\": %s}",
-			t->op, t->goal, t->met ? "true" : "false");
+		fprintf(f, ", \"op\": \"%s\", \"goal\": %g, \"unit\": ", t->op,
+			t->goal);
+		if (t->unit)
+			json_write_string(f, t->unit);
+		else
+			fprintf(f, "null");
+		fprintf(f, ", \"informational\": %s, \"met\": %s}",
+			t->info ? "true" : "false", t->met ? "true" : "false");
 	}
 	fprintf(f, "%s]\n}\n", r->nr_targets ? "\n  " : "");
 	return ferror(f) ? -EIO : 0;

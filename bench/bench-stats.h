@@ -107,6 +107,8 @@ struct bench_target {
 	double value;
 	const char *op; /* "<=" or ">=" */
 	double goal;
+	const char *unit; /* of value and goal: NULL for a ratio */
+	bool info;	  /* a figure the issue asks to watch, no target */
 	bool met;
 };
 
@@ -151,9 +153,13 @@ const struct bench_result *bench_report_find(const struct bench_report *r,
 					     const char *system,
 					     const char *variant);
 
-/* Append a target line; @value < 0 means it could not be computed. */
-void bench_report_target(struct bench_report *r, const char *name, double value,
-			 const char *op, double goal);
+/*
+ * Append a target line; @value < 0 means it could not be computed.
+ * Returns the line, for its unit and info, or NULL when there is no room.
+ */
+struct bench_target *bench_report_target(struct bench_report *r,
+					 const char *name, double value,
+					 const char *op, double goal);
 
 void bench_report_table(const struct bench_report *r, FILE *f);
 void bench_report_targets(const struct bench_report *r, FILE *f);
