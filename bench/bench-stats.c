@@ -219,6 +219,17 @@ static double ratio(double a, double b)
 	return b > 0 ? a / b : 0;
 }
 
+/*
+ * Of the pages read ahead that were checked, the share the process they
+ * were read for had touched; < 0 while none was checked.
+ */
+static double readahead_hit_rate(const struct bench_sys_stats *s)
+{
+	uint64_t checked = s->readahead_touched + s->readahead_untouched;
+
+	return checked ? (double)s->readahead_touched / (double)checked : -1;
+}
+
 /* ---- table ---- */
 
 static void table_row(FILE *f, const char *variant, const char *system,
@@ -253,6 +264,22 @@ static void table_ratio_row(FILE *f, const struct bench_figures *u,
 		ratio(u->p999_ns, g->p999_ns), ratio(u->max_ns, g->max_ns),
 		ratio(u->faults_per_s, g->faults_per_s),
 		ratio(u->mb_per_s, g->mb_per_s), cpu);
+}
+
+/* upagerd's read-ahead in the last run: how much, and how much of it hit. */
+static void table_readahead(FILE *f, const struct bench_sys_stats *s)
+{
+	double hit = readahead_hit_rate(s);
+	char rate[16] = "-";
+
+	if (hit >= 0)
+		snprintf(rate, sizeof(rate), "%.1f%%", hit * 100);
+	fprintf(f,
+		"%-18s %-22s %llu pages ahead, hit %s (%llu touched, %llu "
+		"untouched)\n",
+		"", "  read-ahead", (unsigned long long)s->readahead_pages,
+		rate, (unsigned long long)s->readahead_touched,
+		(unsigned long long)s->readahead_untouched);
 }
 
 void bench_report_table(const struct bench_report *r, FILE *f)
@@ -290,6 +317,8 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 		last = vname;
 		if (strcmp(res->system, "upagerd") || !result_ok(res))
 			continue;
+		if (res->sys_stats.valid)
+			table_readahead(f, &res->sys_stats);
 		for (j = 0; j < r->nr_results; j++) {
 			const struct bench_result *ref = &r->results[j];
 
@@ -298,14 +327,18 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 				table_ratio_row(f, &res->fig, ref);
 		}
 	}
-	fprintf(f, "(latency: per first touch of a page, us; max: the slowest "
-		   "touch;\n"
-		   " cpu/fault: the pager's CPU time per fault it served, us: "
-		   "minimal's and\n"
-		   " the floor's handler threads, upagerd's threads over the "
-		   "touch phase,\n"
-		   " \"-\" where not known; ratios: upagerd's figure over the "
-		   "reference's)\n");
+	fputs("(latency: per first touch of a page, us; max: the slowest "
+	      "touch;\n"
+	      " cpu/fault: the pager's CPU time per fault it served, us: "
+	      "minimal's and\n"
+	      " the floor's handler threads, upagerd's threads over the touch "
+	      "phase,\n"
+	      " \"-\" where not known; read-ahead: upagerd's pages filled "
+	      "ahead of any\n"
+	      " fault in the last run, and the share of those checked that "
+	      "were touched;\n"
+	      " ratios: upagerd's figure over the reference's)\n",
+	      f);
 }
 
 void bench_report_targets(const struct bench_report *r, FILE *f)
@@ -421,14 +454,23 @@ static void json_result(const struct bench_report *r,
 			",\n     \"daemon_stats\": {\"faults_missing\": %llu, "
 			"\"faults_minor\": %llu, \"faults_wp\": %llu, "
 			"\"faults_waited\": %llu, \"pages_filled\": %llu, "
-			"\"bytes_read\": %llu, \"readahead_max_pages\": %llu}",
+			"\"bytes_read\": %llu, \"readahead_max_pages\": %llu, "
+			"\"readahead_pages\": %llu, \"readahead_touched\": %llu, "
+			"\"readahead_untouched\": %llu, \"readahead_hit_rate\": ",
 			(unsigned long long)s->faults_missing,
 			(unsigned long long)s->faults_minor,
 			(unsigned long long)s->faults_wp,
 			(unsigned long long)s->faults_waited,
 			(unsigned long long)s->pages_filled,
 			(unsigned long long)s->bytes_read,
-			(unsigned long long)s->readahead_max_pages);
+			(unsigned long long)s->readahead_max_pages,
+			(unsigned long long)s->readahead_pages,
+			(unsigned long long)s->readahead_touched,
+			(unsigned long long)s->readahead_untouched);
+		if (readahead_hit_rate(s) >= 0)
+			fprintf(f, "%.4f}", readahead_hit_rate(s));
+		else
+			fprintf(f, "null}");
 	}
 	if (!strcmp(res->system, "upagerd")) {
 		fprintf(f, ",\n     \"ratios\": {");

@@ -70,6 +70,9 @@ struct bench_sys_stats {
 	uint64_t pages_filled;
 	uint64_t bytes_read;
 	uint64_t readahead_max_pages;
+	uint64_t readahead_pages;     /* filled ahead of any fault */
+	uint64_t readahead_touched;   /* of those, found mapped */
+	uint64_t readahead_untouched; /* found not mapped */
 };
 
 /* The variant of a workload a result was measured on. */

@@ -1113,6 +1113,9 @@ static void upagerd_teardown(struct bench_run *run)
 		s->pages_filled = info.pages_filled;
 		s->bytes_read = info.bytes_read;
 		s->readahead_max_pages = info.readahead_max_pages;
+		s->readahead_pages = info.readahead_pages;
+		s->readahead_touched = info.readahead_touched;
+		s->readahead_untouched = info.readahead_untouched;
 	}
 	if (upager_delete(run->env->conn, run->name, 0) == -EBUSY)
 		upager_delete(run->env->conn, run->name, UPAGER_DELETE_FORCE);

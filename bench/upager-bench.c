@@ -1044,7 +1044,10 @@ static void usage(FILE *f)
 		"as each ends), upagerd's threads over the touch phase (the first field of\n"
 		"/proc/PID/task/*/schedstat) per fault its segment counts (missing + minor\n"
 		"+ wp: a page it filled ahead costs CPU but is no fault); \"-\" for the\n"
-		"kernel, and for upagerd with --socket (its pid is not known).\n"
+		"kernel, and for upagerd with --socket (its pid is not known).  Under\n"
+		"upagerd's row, read-ahead: the pages its segment filled ahead of any fault\n"
+		"in the last run, and the hit rate touched / (touched + untouched) of those\n"
+		"the daemon checked (\"-\" while none was).\n"
 		"\n"
 		"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
 		"are reported, never an error.\n",
