@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -862,6 +863,187 @@ START_TEST(test_library_wait_bounded)
 }
 END_TEST
 
+/*
+ * Swapping blocks of an attachment with mremap while two threads, each
+ * pinned to its own CPU, fault on it: the daemon puts a reader of the uffd
+ * on each CPU, so events and copies come from two workers at once.  A copy
+ * that landed at an address a swap had just given to another block would
+ * put one block's bytes into another's frames; the segment read through a
+ * fresh attachment after the loop says whether any did.  MADV_REMOVE now
+ * and then punches frames out, so that faults (and remove events) go on.
+ */
+#define SWAP_BLOCK (1u << 20)
+#define SWAP_BLOCKS 32
+#define SWAP_ROUNDS 400
+
+struct swap_toucher {
+	char *map;
+	unsigned int cpu;
+	uint64_t seed;
+	_Atomic bool *stop;
+	_Atomic unsigned long *touched;
+};
+
+static void *swap_toucher_main(void *arg)
+{
+	struct swap_toucher *t = arg;
+	uint64_t s = t->seed;
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(t->cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	while (!atomic_load(t->stop)) {
+		size_t off = (xorshift(&s) %
+			      (SWAP_BLOCKS * (SWAP_BLOCK / H_PAGE))) *
+			     H_PAGE;
+
+		/* A block in flight is a hole for a moment: SIGSEGV. */
+		access_page(t->map + off);
+		atomic_fetch_add(t->touched, 1);
+	}
+	return NULL;
+}
+
+START_TEST(test_remap_swap_two_readers)
+{
+	const size_t size = (size_t)SWAP_BLOCKS * SWAP_BLOCK;
+	unsigned int blk[SWAP_BLOCKS], ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	_Atomic unsigned long touched = 0;
+	_Atomic bool stop = false;
+	struct upager_daemon_stats st;
+	struct swap_toucher t[2];
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	pthread_t th[2];
+	uint64_t s = 7;
+	char *data, *map;
+
+	catch_faults();
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	data = h_file_segment(&d, u, "img", size, 71);
+	map = h_attach(u, "img", 0, &a);
+	for (unsigned int i = 0; i < SWAP_BLOCKS; i++)
+		blk[i] = i;
+	for (int i = 0; i < 2; i++) {
+		t[i] = (struct swap_toucher){ .map = map,
+					      .cpu = ncpu > 1 ? i : 0,
+					      .seed = 11 + i,
+					      .stop = &stop,
+					      .touched = &touched };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, swap_toucher_main,
+						&t[i]),
+				 0);
+	}
+	for (int r = 0; r < SWAP_ROUNDS; r++) {
+		unsigned int i = xorshift(&s) % SWAP_BLOCKS;
+		unsigned int j = xorshift(&s) % SWAP_BLOCKS, k;
+		char *bi = map + (size_t)i * SWAP_BLOCK;
+		char *bj = map + (size_t)j * SWAP_BLOCK;
+		char *tmp;
+
+		if (i == j) {
+			/* Punch it out: the next touches fill it again. */
+			ck_assert_int_eq(madvise(bi, SWAP_BLOCK, MADV_REMOVE),
+					 0);
+			continue;
+		}
+		tmp = mmap(NULL, SWAP_BLOCK, PROT_NONE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ck_assert_ptr_ne(tmp, MAP_FAILED);
+		ck_assert_ptr_eq(mremap(bi, SWAP_BLOCK, SWAP_BLOCK,
+					MREMAP_MAYMOVE | MREMAP_FIXED, tmp),
+				 tmp);
+		ck_assert_ptr_eq(mremap(bj, SWAP_BLOCK, SWAP_BLOCK,
+					MREMAP_MAYMOVE | MREMAP_FIXED, bi),
+				 bi);
+		ck_assert_ptr_eq(mremap(tmp, SWAP_BLOCK, SWAP_BLOCK,
+					MREMAP_MAYMOVE | MREMAP_FIXED, bj),
+				 bj);
+		k = blk[i];
+		blk[i] = blk[j];
+		blk[j] = k;
+	}
+	atomic_store(&stop, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	ck_assert_uint_gt(atomic_load(&touched), 0);
+	/* Every block where the swaps left it, every frame its own. */
+	for (unsigned int i = 0; i < SWAP_BLOCKS; i++)
+		ck_assert_msg(h_first_diff(map + (size_t)i * SWAP_BLOCK,
+					   data + (size_t)blk[i] * SWAP_BLOCK,
+					   SWAP_BLOCK) < 0,
+			      "slot %u (block %u) differs", i, blk[i]);
+	st = h_stats(u);
+	ck_assert_int_eq(atomic_load(&stray_signals), 0);
+	ck_assert_int_eq(upager_detach(a), 0);
+	assert_segment(u, "img", data, size);
+	/* Both CPUs' workers read the uffd (when the daemon has two). */
+	if (ncpu > 1)
+		ck_assert_msg(st.pollers_added > 0,
+			      "the uffd never got a second reader");
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
+/*
+ * One thread, pinned to one CPU then to another: the uffd's home follows
+ * it (a worker on the faulting thread's CPU reads the faults), and the
+ * bytes are right throughout.
+ */
+START_TEST(test_home_follows_thread)
+{
+	const size_t size = 16 * H_MIB;
+	unsigned int ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct upager_daemon_stats st0, st;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	cpu_set_t set, old;
+	char *data, *map;
+
+	if (ncpu < 2)
+		return;
+	pthread_getaffinity_np(pthread_self(), sizeof(old), &old);
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	data = h_file_segment(&d, u, "img", size, 5);
+	map = h_attach(u, "img", 0, &a);
+	st0 = h_stats(u);
+	for (unsigned int pass = 0; pass < 2; pass++) {
+		CPU_ZERO(&set);
+		CPU_SET(pass, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+		/* Scattered pages, one fault each, for long enough to be
+		 * seen (the frames punched out after each sweep). */
+		for (uint64_t end = h_now_ms() + 300; h_now_ms() < end;) {
+			for (size_t i = 0; i < size / H_PAGE; i++) {
+				size_t pg = (i * 7919) % (size / H_PAGE);
+
+				ck_assert_int_eq(memcmp(map + pg * H_PAGE,
+							data + pg * H_PAGE, 64),
+						 0);
+			}
+			ck_assert_int_eq(madvise(map, size, MADV_REMOVE), 0);
+		}
+	}
+	pthread_setaffinity_np(pthread_self(), sizeof(old), &old);
+	st = h_stats(u);
+	ck_assert_msg(st.home_moves > st0.home_moves,
+		      "the home never moved (%llu)",
+		      (unsigned long long)st.home_moves);
+	ck_assert_int_eq(h_first_diff(map, data, size), -1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *hardening_suite(void)
 {
 	Suite *s = h_suite("hardening");
@@ -891,6 +1073,13 @@ static Suite *hardening_suite(void)
 			     UFFD_FEATURE_EVENT_REMOVE);
 	tcase_add_test(tc, test_mremap_grow);
 	tcase_add_test(tc, test_event_during_fill_reads_once);
+
+	tc = h_tcase(s, "dispatch",
+		     H_NEED_BASE | UFFD_FEATURE_EVENT_REMAP |
+			     UFFD_FEATURE_EVENT_UNMAP |
+			     UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_THREAD_ID);
+	tcase_add_test(tc, test_remap_swap_two_readers);
+	tcase_add_test(tc, test_home_follows_thread);
 
 	tc = h_tcase(s, "library", H_NEED_BASE);
 	tcase_add_test(tc, test_library_fds_above_stdio);

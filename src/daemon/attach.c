@@ -169,6 +169,7 @@ void attach_put(struct attachment *att)
 		close(att->pidfd);
 	segment_put(att->seg);
 	pthread_mutex_destroy(&att->lock);
+	free(att->pollers);
 	free(att->ranges);
 	free(att->retry);
 	free(att);
@@ -282,7 +283,8 @@ static int vma_at(pid_t pid, uint64_t addr, uint64_t *lo, uint64_t *hi,
 	return ret;
 }
 
-int attach_discover(struct attachment *att, uint64_t addr, pid_t tid)
+int attach_discover(struct attachment *att, uint64_t addr, pid_t tid,
+		    bool alone, bool *drain)
 {
 	pid_t pid = atomic_load(&att->pid) > 0 ? atomic_load(&att->pid) : tid;
 	uint64_t ps = att->seg->page_size;
@@ -303,8 +305,10 @@ int attach_discover(struct attachment *att, uint64_t addr, pid_t tid)
 		    (hi - lo) % ps)
 			return -EINVAL;
 		/* What /proc said holds unless an event was applied since:
-		 * an event read later describes a change made later. */
-		spin_write_lock(&att->evlock);
+		 * an event read later describes a change made later.  With
+		 * other readers, no event may be read meanwhile either. */
+		if (!alone && !gate_drain_enter(&att->gate))
+			return -EAGAIN;
 		if (atomic_load(&att->ev_gen) == gen) {
 			pthread_mutex_lock(&att->lock);
 			ret = ranges_cut(att, lo, hi, NULL);
@@ -312,7 +316,8 @@ int attach_discover(struct attachment *att, uint64_t addr, pid_t tid)
 			pthread_mutex_unlock(&att->lock);
 			same = true;
 		}
-		spin_write_unlock(&att->evlock);
+		if (!alone && gate_release(&att->gate))
+			*drain = true;
 		if (same) {
 			if (ret)
 				ranges_oom(att);
@@ -378,13 +383,13 @@ int attach_requeue(struct attachment *att, uint64_t addr)
 	}
 	att->retry[att->nr_retry++] = addr;
 	pthread_mutex_unlock(&att->lock);
-	daemon_kick(att->kick_fd);
+	daemon_kick(atomic_load(&att->kick_fd));
 	return 0;
 }
 
 /*
- * No daemon lock here: the caller may hold an attachment's evlock or lock,
- * which come after it (daemon.h).  The main thread does the rest.
+ * No daemon lock here: the caller may hold an attachment's lock, which
+ * comes after it (daemon.h).  The main thread does the rest.
  */
 bool attach_kill(struct attachment *att, const char *why)
 {

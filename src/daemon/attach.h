@@ -18,16 +18,18 @@
  * last reference.
  *
  * Locking (the order is in daemon.h):
- *  - fixed before the attachment is published: id, seg, owner, kick_fd,
- *    uffd, uid, parent_pid, parent_id, flags, uffd_features, uffd_ioctls,
- *    created_ns;
+ *  - fixed before the attachment is published: id, seg, owner, uffd, uid,
+ *    parent_pid, parent_id, flags, uffd_features, uffd_ioctls, created_ns,
+ *    pollers (the array; its entries are their workers');
  *  - pidfd: written once, by the main thread, before pid is stored; read
  *    after pid was seen set;
  *  - atomics: refs, dead, pid (0 until a forked child is identified; -1
- *    when it was found gone), fault_tid, ev_gen;
+ *    when it was found gone), fault_tid, ev_gen, and the dispatch fields
+ *    (home, kick_fd, readers, want, gate, cpus_*, period_ns, sample_ns),
+ *    whose rules are in worker.c;
  *  - `lock`: ranges and the retry list, as any worker may serve or drive
- *    again a fault of this attachment;
- *  - `evlock` orders reading the uffd's events against copies (below);
+ *    again a fault of this attachment; held for bookkeeping only, never
+ *    across a syscall;
  *  - the daemon lock: seg_link, all_link;
  *  - kill_next: the daemon's list of killed attachments (lock-free).
  */
@@ -49,59 +51,73 @@ struct daemon;
 struct segment;
 struct worker;
 
-/* -1: a writer; n > 0: n readers. */
-struct spin_rwlock {
-	_Atomic int v;
+/*
+ * The gate of an attachment whose uffd several workers read (worker.c):
+ * a drain (reading the uffd and applying the events read) and copies into
+ * the process's mapping exclude each other, and nobody ever waits for
+ * it.  A drain refused sets AGAIN and leaves: whoever holds the gate
+ * drains again on leaving it.  A copy refused fills the page by its
+ * offset instead (fill.c), which needs no gate.
+ */
+#define GATE_DRAIN (1u << 31)
+#define GATE_AGAIN (1u << 30)
+#define GATE_COPIES (GATE_AGAIN - 1)
+
+/* True: the caller drains.  False: AGAIN is set for whoever holds it. */
+static inline bool gate_drain_enter(_Atomic uint32_t *g)
+{
+	uint32_t v = atomic_load_explicit(g, memory_order_relaxed);
+
+	for (;;) {
+		if (!(v & (GATE_DRAIN | GATE_COPIES))) {
+			if (atomic_compare_exchange_weak_explicit(
+				    g, &v, GATE_DRAIN, memory_order_acquire,
+				    memory_order_relaxed))
+				return true;
+		} else if (atomic_compare_exchange_weak_explicit(
+				   g, &v, v | GATE_AGAIN, memory_order_relaxed,
+				   memory_order_relaxed)) {
+			return false; /* set while held: the holder sees it */
+		}
+	}
+}
+
+/* Leaves a drain.  True: a drain was refused meanwhile; the caller must
+ * see that one happens (drain again, or have its worker do it). */
+static inline bool gate_release(_Atomic uint32_t *g)
+{
+	return atomic_exchange_explicit(g, 0, memory_order_release) & GATE_AGAIN;
+}
+
+/* True: the caller may copy.  A drain held or wanted refuses it. */
+static inline bool gate_copy_enter(_Atomic uint32_t *g)
+{
+	uint32_t v = atomic_load_explicit(g, memory_order_relaxed);
+
+	while (!(v & (GATE_DRAIN | GATE_AGAIN)))
+		if (atomic_compare_exchange_weak_explicit(g, &v, v + 1,
+							  memory_order_acquire,
+							  memory_order_relaxed))
+			return true;
+	return false;
+}
+
+/* Leaves a copy.  True: the last copier out, with a drain refused: the
+ * caller must drain (gate_drain_enter takes the gate then). */
+static inline bool gate_copy_exit(_Atomic uint32_t *g)
+{
+	uint32_t v = atomic_fetch_sub_explicit(g, 1, memory_order_release);
+
+	return (v & GATE_COPIES) == 1 && (v & GATE_AGAIN);
+}
+
+/* Pages read ahead for this process's stream, not checked yet (fill.c). */
+struct att_ahead {
+	uint64_t addr;
+	uint32_t n;
 };
 
-static inline void spin_relax(unsigned int *n)
-{
-	if (++*n % 64 == 0)
-		sched_yield(); /* the holder may have been preempted */
-	else
-		__builtin_ia32_pause();
-}
-
-static inline void spin_read_lock(struct spin_rwlock *l)
-{
-	unsigned int n = 0;
-
-	for (;;) {
-		int v = atomic_load_explicit(&l->v, memory_order_relaxed);
-
-		if (v >= 0 &&
-		    atomic_compare_exchange_weak_explicit(&l->v, &v, v + 1,
-							  memory_order_acquire,
-							  memory_order_relaxed))
-			return;
-		spin_relax(&n);
-	}
-}
-
-static inline void spin_read_unlock(struct spin_rwlock *l)
-{
-	atomic_fetch_sub_explicit(&l->v, 1, memory_order_release);
-}
-
-static inline void spin_write_lock(struct spin_rwlock *l)
-{
-	unsigned int n = 0;
-
-	for (;;) {
-		int v = 0;
-
-		if (atomic_compare_exchange_weak_explicit(&l->v, &v, -1,
-							  memory_order_acquire,
-							  memory_order_relaxed))
-			return;
-		spin_relax(&n);
-	}
-}
-
-static inline void spin_write_unlock(struct spin_rwlock *l)
-{
-	atomic_store_explicit(&l->v, 0, memory_order_release);
-}
+#define ATT_AHEAD 8
 
 struct att_range {
 	uint64_t start;
@@ -114,8 +130,7 @@ struct attachment {
 	_Atomic int refs;
 	_Atomic bool dead;
 	struct segment *seg;  /* holds a reference */
-	struct worker *owner; /* polls the pidfd; drives retries */
-	int kick_fd;	      /* the owner's eventfd */
+	struct worker *owner; /* polls the pidfd */
 	int uffd;
 	int pidfd;		 /* -1 until the pid is known */
 	_Atomic pid_t pid;	 /* 0: forked, not yet identified */
@@ -131,24 +146,32 @@ struct attachment {
 	uint64_t created_ns;
 
 	/*
-	 * Written around reading the uffd and applying the events read
-	 * (remap, unmap, fork), read around a UFFDIO_COPY into the process:
-	 * a copy that succeeds (no event pending, or it fails EAGAIN) then
-	 * sees ranges that match the process's mappings.  A spinning lock:
-	 * it is held for one syscall (and the bookkeeping of the events
-	 * read), and every worker polling the uffd takes it on every fault;
-	 * sleeping on it would cost a cross-CPU wake-up (tens of
-	 * microseconds) each time.  Under it only `lock` is taken.
+	 * Who reads the uffd (worker.c, "Who reads a uffd").  Bit i of
+	 * readers: worker i may read it and copy into the process; set by
+	 * the home before that worker starts, cleared by that worker once
+	 * it stopped.  A worker alone in readers reads and copies without
+	 * the gate; with several, drains and copies take the gate.
 	 */
-	struct spin_rwlock evlock;
-	_Atomic uint64_t ev_gen; /* bumped, under evlock, by every
-				  * event that changes the ranges */
+	struct worker *_Atomic home; /* a reader; decides who reads */
+	_Atomic int kick_fd;	     /* the home's eventfd */
+	_Atomic uint64_t readers;
+	_Atomic uint64_t want;	    /* the readers the home chose */
+	_Atomic uint32_t gate;	    /* see gate_drain_enter() */
+	_Atomic uint64_t cpus_now;  /* CPUs its threads faulted on, this */
+	_Atomic uint64_t cpus_last; /* period and the one before */
+	_Atomic uint64_t period_ns; /* when this one started */
+	_Atomic uint64_t sample_ns; /* the next thread CPU sample is due */
+	void *pollers;		    /* one per worker (worker.c) */
+	_Atomic uint64_t ev_gen;    /* bumped by every event that changes
+				     * the ranges */
 
-	pthread_mutex_t lock; /* guards the five below */
+	pthread_mutex_t lock; /* guards the seven below */
 	struct att_range *ranges;
 	unsigned int nr_ranges, ranges_cap;
 	uint64_t *retry; /* fault addresses to drive again */
 	unsigned int nr_retry, retry_cap;
+	struct att_ahead ahead[ATT_AHEAD]; /* oldest first */
+	_Atomic unsigned int nr_ahead;	   /* (read without the lock too) */
 
 	struct list_head seg_link;    /* segment's list, daemon lock */
 	struct list_head all_link;    /* daemon's list, daemon lock */
@@ -204,11 +227,15 @@ int attach_lookup(struct attachment *att, uint64_t addr, uint64_t *pgoff,
  * (@tid: a thread of the process, for a forked child whose pid is not
  * known yet), for what the events do not say: mremap growing a range in
  * place or past its old length, the old range MREMAP_DONTUNMAP leaves
- * mapped.  Returns 0 when @addr maps the segment now (and the ranges say
- * so), -ENOENT when nothing is mapped there, -EINVAL when something else
- * is, -EAGAIN when the mappings kept changing meanwhile.
+ * mapped.  @alone: the caller is the uffd's only reader; else the gate is
+ * taken to apply what /proc said, and *@drain set when the caller must
+ * drain the uffd after.  Returns 0 when @addr maps the segment now (and
+ * the ranges say so), -ENOENT when nothing is mapped there, -EINVAL when
+ * something else is, -EAGAIN when the mappings kept changing meanwhile
+ * (or the gate was held).
  */
-int attach_discover(struct attachment *att, uint64_t addr, pid_t tid);
+int attach_discover(struct attachment *att, uint64_t addr, pid_t tid,
+		    bool alone, bool *drain);
 
 /*
  * Range bookkeeping for the uffd events: 0, or -ENOMEM when a range could
@@ -222,8 +249,8 @@ bool attach_has_ranges(struct attachment *att);
 
 /*
  * attach_requeue - queue the fault at @addr to be driven again by a worker
- * polling @att, and wake the owner.  Returns 0 (nothing to do when @att is
- * dead), or -ENOMEM: the caller must answer the fault some other way.
+ * reading @att's uffd, and wake its home.  Returns 0 (nothing to do when @att
+ * is dead), or -ENOMEM: the caller must answer the fault some other way.
  */
 int attach_requeue(struct attachment *att, uint64_t addr);
 

@@ -14,6 +14,8 @@ void daemon_init(struct daemon *d)
 	pthread_mutex_init(&d->lock, NULL);
 	list_init(&d->segments);
 	list_init(&d->attachments);
+	pthread_mutex_init(&d->ahead_lock, NULL);
+	list_init(&d->ahead);
 	d->main_efd = -1;
 	d->fill_uffd = -1;
 	quota_limits_default(&d->limits, geteuid());
@@ -21,6 +23,7 @@ void daemon_init(struct daemon *d)
 
 void daemon_fini(struct daemon *d)
 {
+	pthread_mutex_destroy(&d->ahead_lock);
 	pthread_mutex_destroy(&d->lock);
 }
 

@@ -21,17 +21,18 @@
  *      never across /proc scans or calls into other processes' memory:
  *      those collect under it (with references), work without it, and
  *      check again under it.
- *   2. an attachment's evlock (spinning rwlock, attach.h): held for one
- *      read of the uffd and the events read with it, or for one copy into
- *      the process; may take 3.  What an event needs of the daemon lock
- *      (publishing a forked child) is done after it is released; an
- *      attachment killed under it is handed to the main thread.
- *   3. an attachment's lock (mutex): its ranges and retry list; takes
- *      nothing (attach_fork holds the parent's while it fills the child,
- *      which nobody else can see yet).
+ *   2. an attachment's lock (mutex): its ranges, retry list and read-ahead
+ *      records; takes nothing (attach_fork holds the parent's while it
+ *      fills the child, which nobody else can see yet).  No system call
+ *      under it.
+ *
+ *   No worker ever waits for another: reading a uffd and copying into its
+ *   process are ordered by who reads it and by an attachment's gate
+ *   (attach.h), which is never waited on (worker.c).
  *
  *   Leaves, taken holding no other lock and taking none: a segment's
- *   wait_lock (its parked faults), a worker's inbox_lock (its inbox).
+ *   wait_lock (its parked faults), a worker's inbox_lock (its inbox), the
+ *   daemon's ahead_lock (read-ahead waiting for an idle worker).
  *
  * Fields: the comments on each struct say which lock guards what; the
  * rest is atomic, or set before the threads start and then read-only.
@@ -101,6 +102,13 @@ struct daemon {
 	_Atomic uint64_t clients_exited;
 	_Atomic uint64_t protocol_errors;
 	_Atomic uint64_t unresolved; /* forked attachments without pid */
+	/* Read-ahead waiting for an idle worker (fill.c), and the workers
+	 * about to sleep (bit i: worker i): */
+	pthread_mutex_t ahead_lock;
+	struct list_head ahead; /* under ahead_lock */
+	_Atomic unsigned int nr_ahead;
+	_Atomic uint64_t idle;
+
 	/* the fault dispatch: */
 	_Atomic uint64_t uffd_reads;	   /* read()s on clients' uffds */
 	_Atomic uint64_t uffd_reads_empty; /* of those, with no message */

@@ -13,9 +13,28 @@
  *            pages back and wake the thread, whose retry finds the new
  *            reality.
  *   -ESRCH, -ENOSPC   the process is gone: give the pages back.
+ *
+ * Three ways into a process's pages (fill_ioctl):
+ *   alone     the worker is the uffd's only reader (worker.c): it reads
+ *             and applies every event itself, so the ranges it looks the
+ *             address up in are the process's mappings, and a change not
+ *             read yet fails the copy with EAGAIN.  UFFDIO_COPY into the
+ *             process, which wakes the faulting thread: one system call.
+ *   gated     one of several readers: the same copy, inside the gate
+ *             (attach.h) that keeps drains out, without the wake-up
+ *             (UFFDIO_COPY_MODE_DONTWAKE), which comes after the gate is
+ *             left: nothing is held while a woken thread runs.
+ *   by offset any worker, always right: the frames go into the memfd
+ *             through the daemon's own map, where the page offset is the
+ *             address, then the thread is woken and maps the frame with a
+ *             minor fault of its own.  Read-only attachments (mapped with
+ *             UFFDIO_CONTINUE), read-ahead, a worker that does not read the
+ *             uffd (any more), and a copy the gate refused go this way.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,8 +48,22 @@
 #include "ring.h"
 #include "segment.h"
 #include "uffd.h"
+#include "worker.h"
 
 #define RA_MIN 1
+
+/*
+ * Read-ahead past the faulting window goes in chunks of at most AHEAD_CHUNK
+ * pages, one at a time per idle worker (at most AHEAD_INFLIGHT of its
+ * reads in flight), starting once a window reached AHEAD_MIN pages and
+ * staying within AHEAD_WINDOWS windows of the latest fault: a stream that
+ * stopped stops costing memory, and no fault waits behind more than one
+ * chunk of it.
+ */
+#define AHEAD_MIN 64
+#define AHEAD_CHUNK 256
+#define AHEAD_INFLIGHT 4
+#define AHEAD_WINDOWS 4
 
 /* One run of pages being read and put into a segment, on one worker. */
 struct fill {
@@ -40,17 +73,31 @@ struct fill {
 	struct segment *seg;
 	struct attachment *att;	     /* the faulting one; holds a reference */
 	uint64_t addr;		     /* where the run starts in att */
-	bool prefetch;		     /* nobody waits at addr */
+	bool ahead;		     /* read-ahead: nobody waits at addr */
 	bool answered;		     /* the faulting thread was answered */
+	bool by_offset;		     /* the last ioctl went by offset */
+	bool gated;		     /* the last ioctl went through the gate */
+	bool offset_only;	     /* the rest goes by offset */
 	uint32_t from;		     /* pages before it are in the memfd */
 	struct list_head stall_link; /* on its filler's stalled list */
 };
 
-void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring)
+/* Read-ahead waiting for an idle worker, on d->ahead. */
+struct ahead_job {
+	struct list_head link;
+	struct attachment *att; /* holds a reference */
+	uint64_t addr;
+	uint64_t pgoff;
+	uint32_t n;
+};
+
+void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
+		 unsigned int id)
 {
 	memset(fl, 0, sizeof(*fl));
 	fl->d = d;
 	fl->ring = ring;
+	fl->bit = 1ull << id;
 	fl->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
 	list_init(&fl->stalled);
 }
@@ -105,6 +152,29 @@ void fill_retry(struct attachment *att, uint64_t addr)
 		att_wake(att, addr, att->seg->page_size);
 }
 
+/* How this worker may reach into @att's process now (see the top). */
+enum into { INTO_ALONE, INTO_GATED, BY_OFFSET };
+
+static enum into into_enter(struct filler *fl, struct attachment *att)
+{
+	uint64_t r = atomic_load_explicit(&att->readers, memory_order_acquire);
+
+	if (r == fl->bit)
+		return INTO_ALONE;
+	if ((r & fl->bit) && gate_copy_enter(&att->gate))
+		return INTO_GATED;
+	return BY_OFFSET;
+}
+
+static void into_exit(struct attachment *att, enum into how)
+{
+	/* The last copier out owes a drain that was refused meanwhile: the
+	 * home, a reader whatever happens meanwhile, does it next (not here,
+	 * inside a fill). */
+	if (how == INTO_GATED && gate_copy_exit(&att->gate))
+		daemon_kick(atomic_load(&att->kick_fd));
+}
+
 /* Maps frames already in the memfd into a private attachment. */
 static void att_continue(struct attachment *att, uint64_t addr, uint64_t len)
 {
@@ -123,12 +193,23 @@ static void att_continue(struct attachment *att, uint64_t addr, uint64_t len)
 
 /*
  * The source could not give the page: the access fails with SIGBUS, like
- * an I/O error under a kernel file mapping.
+ * an I/O error under a kernel file mapping.  A poison marker goes in at an
+ * address, as a copy does: only a reader of the uffd puts it there.
  */
-static void att_poison(struct attachment *att, uint64_t addr, uint64_t len)
+static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
+		       uint64_t len)
 {
 	if (att->uffd_features & UFFD_FEATURE_POISON) {
-		switch (uffd_poison(att->uffd, addr, len, true, NULL)) {
+		enum into how = into_enter(fl, att);
+		int ret;
+
+		if (how == BY_OFFSET) {
+			fill_retry(att, addr); /* for a reader */
+			return;
+		}
+		ret = uffd_poison(att->uffd, addr, len, true, NULL);
+		into_exit(att, how);
+		switch (ret) {
 		case 0:
 		case -EEXIST: /* poisoned or filled already */
 			return;
@@ -193,6 +274,8 @@ static void fill_free(struct fill *f)
 {
 	if (f->rd.buf)
 		buf_put(f->fl, f->rd.buf);
+	if (f->ahead)
+		f->fl->nr_ahead--;
 	attach_put(f->att);
 	f->fl->nr_fills--;
 	free(f);
@@ -207,59 +290,62 @@ static void fill_release(struct fill *f, uint32_t from)
 }
 
 /*
- * Puts pages [from, npages) of the run into the memfd.  A shared attachment
- * gets them through its own mapping, which also maps them there; a private
- * (read-only) one cannot (UFFDIO_COPY into a private mapping makes private
- * pages), so they go in through the daemon's direct map and are then
- * mapped with UFFDIO_CONTINUE.  Returns the bytes done; @err gets 0, or
- * -errno for what stopped it.
+ * Puts pages [from, npages) of the run into the memfd, the way into_enter()
+ * allows (see the top).  Returns the bytes done; @err gets 0, or -errno for
+ * what stopped it; @woke: the faulting thread was woken by it.
  */
-static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err)
+static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err, bool *woke)
 {
+	struct attachment *att = f->att;
 	uint64_t ps = f->seg->page_size;
 	uint64_t len = (uint64_t)(f->rd.npages - from) * ps;
-	bool direct = f->att->flags & UPG_REGISTER_RDONLY;
-	uint64_t dst = direct ? (uintptr_t)f->seg->map +
-					(f->rd.pgoff + from) * ps :
-				f->addr + from * ps;
-	int uffd = direct ? f->seg->d->fill_uffd : f->att->uffd;
-	uint64_t pgoff, run, done;
+	uint64_t dst = f->addr + from * ps, pgoff, run, done;
+	void *src = (char *)f->rd.buf + from * ps;
+	enum into how = BY_OFFSET;
+	int uffd = att->uffd;
 
-	if (!direct) {
-		/* The address still maps these pages (see attach.h). */
-		spin_read_lock(&f->att->evlock);
-		if (attach_lookup(f->att, dst, &pgoff, &run) < 0 ||
-		    pgoff != f->rd.pgoff + from || run < len / ps) {
-			spin_read_unlock(&f->att->evlock);
-			*err = -ENOENT;
-			return 0;
-		}
+	if (!(att->flags & UPG_REGISTER_RDONLY) && !f->offset_only)
+		how = into_enter(f->fl, att);
+	/* The address still maps these pages (the ranges follow every
+	 * event read, and one not read yet fails the copy: EAGAIN). */
+	if (how != BY_OFFSET &&
+	    (attach_lookup(att, dst, &pgoff, &run) < 0 ||
+	     pgoff != f->rd.pgoff + from || run < len / ps)) {
+		into_exit(att, how);
+		how = BY_OFFSET;
 	}
-	/* Into the direct map nobody waits: no wake. */
+	if (how == BY_OFFSET) {
+		/* Nobody waits on the daemon's own map: no wake. */
+		dst = (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps;
+		uffd = f->seg->d->fill_uffd;
+	}
 	if (f->rd.zero)
-		*err = uffd_zeropage(uffd, dst, len, !direct, &done);
+		*err = uffd_zeropage(uffd, dst, len, how == INTO_ALONE, &done);
 	else
-		*err = uffd_copy(uffd, dst, (char *)f->rd.buf + from * ps, len,
-				 !direct, &done);
-	if (!direct)
-		spin_read_unlock(&f->att->evlock);
+		*err = uffd_copy(uffd, dst, src, len, how == INTO_ALONE, &done);
+	into_exit(att, how);
+	*woke = how == INTO_ALONE;
+	f->by_offset = how == BY_OFFSET;
+	f->gated = how == INTO_GATED;
 	return done;
 }
 
 /*
  * Puts the run into the memfd, page states following what each ioctl did.
  * Returns the pages from the start of the run that are present now; @err
- * is what stopped it (-errno), if anything did.
+ * is what stopped it (-errno), if anything did; @woke: the first page's
+ * ioctl woke the faulting thread.
  */
-static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
+static uint32_t fill_map(struct fill *f, int *err, bool *woke)
 {
 	struct segment *seg = f->seg;
 	uint32_t done = f->from, filled = 0;
 
 	*err = 0;
-	*first_copied = false;
+	*woke = false;
 	while (done < f->rd.npages) {
-		uint32_t n = fill_ioctl(f, done, err) / seg->page_size;
+		bool w;
+		uint32_t n = fill_ioctl(f, done, err, &w) / seg->page_size;
 
 		if (!n && *err == -EEXIST) {
 			/* Filled behind our back: present, not ours. */
@@ -267,11 +353,18 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 				     PTE_PRESENT);
 			continue;
 		}
+		if (!n && *err == -EAGAIN && f->gated) {
+			/* An event to read first, and another reader may be
+			 * the one who reads it: nothing would wake this fill
+			 * up again.  By offset, which no event stops. */
+			f->offset_only = true;
+			continue;
+		}
 		if (!n)
 			break;
 		/* All, or part: the next call reports what stopped it. */
 		if (done == 0)
-			*first_copied = true;
+			*woke = w;
 		filled += n;
 		pte_end_busy_run(&seg->pt, f->rd.pgoff + done, n, PTE_PRESENT);
 		done += n;
@@ -283,12 +376,11 @@ static uint32_t fill_map(struct fill *f, int *err, bool *first_copied)
 
 /*
  * Tells the faulting thread how its fill went.  A UFFDIO_COPY into its
- * own mapping woke it already; a frame found there already, or put in
- * through the direct map, needs a wake or a UFFDIO_CONTINUE.  @err: what
- * stopped the fill before its first page (-errno), when @done is 0.
+ * own mapping by the only reader woke it already; any other way needs a
+ * wake or a UFFDIO_CONTINUE.  @err: what stopped the fill before its
+ * first page (-errno), when @done is 0.
  */
-static void fill_answer(struct fill *f, uint32_t done, int err,
-			bool first_copied)
+static void fill_answer(struct fill *f, uint32_t done, int err, bool woke)
 {
 	struct attachment *att = f->att;
 	struct segment *seg = f->seg;
@@ -297,7 +389,7 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 		if (att->flags & UPG_REGISTER_RDONLY)
 			att_continue(att, f->addr,
 				     (uint64_t)done * seg->page_size);
-		else if (!first_copied)
+		else if (!woke)
 			att_wake(att, f->addr, seg->page_size);
 		return;
 	}
@@ -317,41 +409,220 @@ static void fill_answer(struct fill *f, uint32_t done, int err,
 	}
 }
 
-static int fill_start(struct filler *fl, struct segment *seg,
-		      struct attachment *att, uint64_t addr, uint64_t pgoff,
-		      uint32_t n, bool prefetch);
+/* ---- read-ahead past the window ---- */
+
+/* Wakes an idle worker but @self, if one sleeps: it runs the read-ahead. */
+static void ahead_kick(struct daemon *d, uint64_t self)
+{
+	uint64_t idle = atomic_load(&d->idle) & ~self;
+
+	if (idle)
+		worker_kick(d->workers[__builtin_ctzll(idle)]);
+}
 
 /*
- * Asynchronous read-ahead: a long sequential run starts reading the next
- * one before anybody faults on it, and copies it into the same process's
- * mapping, so that stream finds its pages mapped and other processes find
- * them in the memfd, while the daemon reads further.  It runs at most
- * PREFETCH_AHEAD windows past the latest fault, so a stream that stopped
- * stops costing memory.
+ * Queues the read-ahead that follows the run [pgoff, pgoff + n) at @addr
+ * of @att, for an idle worker: the next chunk, if the stream is long
+ * enough and not too far ahead of its latest fault, and the pages are
+ * still mapped there.
  */
-#define PREFETCH_MIN 64
-#define PREFETCH_AHEAD 4
-
-static void fill_prefetch_next(struct filler *fl, struct fill *f)
+static void ahead_queue(struct filler *fl, struct attachment *att,
+			uint64_t addr, uint64_t pgoff, uint32_t n)
 {
-	struct segment *seg = f->seg;
-	uint64_t ps = seg->page_size;
-	uint64_t next = f->rd.pgoff + f->rd.npages;
-	uint64_t addr = f->addr + (uint64_t)f->rd.npages * ps;
+	struct segment *seg = att->seg;
+	struct daemon *d = seg->d;
+	uint64_t next = pgoff + n, at = addr + (uint64_t)n * seg->page_size;
 	uint64_t last = atomic_load_explicit(&seg->last_fault,
 					     memory_order_relaxed);
-	uint64_t pgoff, run;
-	uint32_t n = 0;
+	uint64_t where, run;
+	struct ahead_job *j;
 
-	if (f->rd.npages < PREFETCH_MIN || atomic_load(&f->att->dead) ||
-	    next > last + PREFETCH_AHEAD * (uint64_t)FILL_MAX_PAGES ||
-	    attach_lookup(f->att, addr, &pgoff, &run) < 0 || pgoff != next)
+	if (atomic_load(&att->dead) ||
+	    next > last + AHEAD_WINDOWS * (uint64_t)FILL_MAX_PAGES ||
+	    next >= seg->npages || pte_get(&seg->pt, next) != 0 ||
+	    attach_lookup(att, at, &where, &run) < 0 || where != next)
 		return;
-	if (run > f->rd.npages)
-		run = f->rd.npages;
-	n = pte_claim_run(&seg->pt, next, run);
+	j = malloc(sizeof(*j));
+	if (!j)
+		return; /* read-ahead is a guess: no harm */
+	j->att = att;
+	attach_get(att);
+	j->addr = at;
+	j->pgoff = next;
+	j->n = run < AHEAD_CHUNK ? run : AHEAD_CHUNK;
+	pthread_mutex_lock(&d->ahead_lock);
+	list_add_tail(&j->link, &d->ahead);
+	atomic_fetch_add(&d->nr_ahead, 1);
+	pthread_mutex_unlock(&d->ahead_lock);
+	ahead_kick(d, fl->bit);
+}
+
+bool fill_ahead_waiting(struct daemon *d)
+{
+	return atomic_load(&d->nr_ahead) != 0;
+}
+
+static struct ahead_job *ahead_take(struct daemon *d)
+{
+	struct ahead_job *j = NULL;
+
+	pthread_mutex_lock(&d->ahead_lock);
+	if (!list_empty(&d->ahead)) {
+		j = list_entry(d->ahead.next, struct ahead_job, link);
+		list_del_init(&j->link);
+		atomic_fetch_sub(&d->nr_ahead, 1);
+	}
+	pthread_mutex_unlock(&d->ahead_lock);
+	return j;
+}
+
+void fill_ahead_flush(struct daemon *d)
+{
+	struct ahead_job *j;
+
+	while ((j = ahead_take(d))) {
+		attach_put(j->att);
+		free(j);
+	}
+}
+
+/* Counts how many of @n pages at @addr the process maps (pagemap bit 63). */
+static int pages_mapped(pid_t pid, uint64_t addr, uint32_t n, uint32_t ps,
+			uint32_t *mapped)
+{
+	uint64_t ent[AHEAD_CHUNK];
+	char path[64];
+	int fd, ret = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	*mapped = 0;
+	for (uint32_t at = 0; at < n && !ret;) {
+		uint32_t k = n - at < AHEAD_CHUNK ? n - at : AHEAD_CHUNK;
+		ssize_t got = pread(fd, ent, k * sizeof(ent[0]),
+				    (addr / ps + at) * sizeof(ent[0]));
+
+		if (got != (ssize_t)(k * sizeof(ent[0])))
+			ret = -EIO;
+		for (uint32_t i = 0; i < k && !ret; i++)
+			*mapped += ent[i] >> 63;
+		at += k;
+	}
+	close(fd);
+	return ret;
+}
+
+/* Checks pages read ahead for @att: touched or not (unchecked when the
+ * process cannot be read any more). */
+static void ahead_count(struct attachment *att, const struct att_ahead *a,
+			unsigned int nr)
+{
+	struct segment *seg = att->seg;
+	pid_t pid = atomic_load(&att->pid);
+
+	for (unsigned int i = 0; i < nr && pid > 0; i++) {
+		uint32_t mapped;
+
+		if (pages_mapped(pid, a[i].addr, a[i].n, seg->page_size,
+				 &mapped))
+			continue;
+		counter_add(seg->c.readahead_touched, mapped);
+		counter_add(seg->c.readahead_untouched, a[i].n - mapped);
+	}
+}
+
+/*
+ * Notes pages [addr, addr + n pages) read ahead for @att's stream: a
+ * stream's chunks join the record they follow.
+ */
+static void ahead_note(struct attachment *att, uint64_t addr, uint32_t n)
+{
+	uint64_t ps = att->seg->page_size;
+	struct att_ahead old;
+	bool full = false;
+	unsigned int nr;
+
+	pthread_mutex_lock(&att->lock);
+	nr = att->nr_ahead;
+	for (unsigned int i = 0; i < nr; i++) {
+		struct att_ahead *a = &att->ahead[i];
+
+		if (a->addr + (uint64_t)a->n * ps == addr) {
+			a->n += n;
+			pthread_mutex_unlock(&att->lock);
+			return;
+		}
+	}
+	if (nr == ATT_AHEAD) {
+		/* The oldest is checked now: the stream went far past it
+		 * without a fault of its own, or never will. */
+		full = true;
+		old = att->ahead[0];
+		memmove(att->ahead, att->ahead + 1,
+			(ATT_AHEAD - 1) * sizeof(att->ahead[0]));
+		nr--;
+	}
+	att->ahead[nr] = (struct att_ahead){ addr, n };
+	atomic_store_explicit(&att->nr_ahead, nr + 1, memory_order_relaxed);
+	pthread_mutex_unlock(&att->lock);
+	if (full)
+		ahead_count(att, &old, 1);
+}
+
+void fill_ahead_check(struct attachment *att, uint64_t addr)
+{
+	uint64_t ps = att->seg->page_size;
+	struct att_ahead done[ATT_AHEAD];
+	unsigned int nr = 0, keep = 0;
+
+	if (!atomic_load_explicit(&att->nr_ahead, memory_order_relaxed))
+		return;
+	pthread_mutex_lock(&att->lock);
+	for (unsigned int i = 0; i < att->nr_ahead; i++) {
+		struct att_ahead *a = &att->ahead[i];
+
+		if (a->addr + (uint64_t)a->n * ps <= addr)
+			done[nr++] = *a;
+		else
+			att->ahead[keep++] = *a;
+	}
+	atomic_store_explicit(&att->nr_ahead, keep, memory_order_relaxed);
+	pthread_mutex_unlock(&att->lock);
+	ahead_count(att, done, nr);
+}
+
+static int fill_start(struct filler *fl, struct segment *seg,
+		      struct attachment *att, uint64_t addr, uint64_t pgoff,
+		      uint32_t n, bool ahead);
+
+bool fill_run_ahead(struct filler *fl)
+{
+	struct ahead_job *j;
+	struct segment *seg;
+	uint32_t n;
+
+	if (fl->nr_ahead >= AHEAD_INFLIGHT || !fill_ahead_waiting(fl->d))
+		return false;
+	j = ahead_take(fl->d);
+	if (!j)
+		return false;
+	seg = j->att->seg;
+	/* Claimed now, not when queued: a fault that came first filled its
+	 * own window. */
+	n = atomic_load(&j->att->dead) ?
+		    0 :
+		    pte_claim_run(&seg->pt, j->pgoff, j->n);
+	/* The next chunk is queued first: another idle worker fills it
+	 * while this one fills this. */
+	if (n == j->n)
+		ahead_queue(fl, j->att, j->addr, j->pgoff, n);
 	if (n)
-		fill_start(fl, seg, f->att, addr, next, n, true);
+		fill_start(fl, seg, j->att, j->addr, j->pgoff, n, true);
+	attach_put(j->att);
+	free(j);
+	return true;
 }
 
 static void fill_deliver(struct filler *fl, struct fill *f);
@@ -365,7 +636,7 @@ static void fill_finish(struct filler *fl, struct fill *f, int res)
 	if (res == -EBUSY || res == -ENOMEM) {
 		/* Our own shortage, not the source's: try again later. */
 		fill_release(f, 0);
-		if (!f->prefetch)
+		if (!f->ahead)
 			fill_retry(f->att, f->addr);
 		goto out;
 	}
@@ -386,15 +657,13 @@ static void fill_finish(struct filler *fl, struct fill *f, int res)
 		pr_warn("fault", "%s: source read of pages %llu+%u failed: %s",
 			seg->name, (unsigned long long)f->rd.pgoff,
 			f->rd.npages, strerror(-res));
-		fill_release(f, f->prefetch ? 0 : 1);
-		if (!f->prefetch) {
+		fill_release(f, f->ahead ? 0 : 1);
+		if (!f->ahead) {
 			pte_end_busy(&seg->pt, f->rd.pgoff, PTE_POISON);
-			att_poison(f->att, f->addr, seg->page_size);
+			att_poison(fl, f->att, f->addr, seg->page_size);
 		}
 		goto out;
 	}
-	/* The next read goes out first, to run while this run is copied. */
-	fill_prefetch_next(fl, f);
 	fill_deliver(fl, f);
 	return;
 out:
@@ -404,24 +673,24 @@ out:
 
 /*
  * Puts the run that is in the buffer into the memfd and answers the
- * faulting thread.  A copy that meets a pending event (EAGAIN) keeps the
- * buffer and the pages it has not copied yet: the fill waits on its
- * filler's stalled list until the event is read, then resumes here.  The
- * source is never read twice for it.
+ * faulting thread; then the read-ahead after it is queued.  A copy that
+ * meets a pending event (EAGAIN) keeps the buffer and the pages it has not
+ * copied yet: the fill waits on its filler's stalled list until the event
+ * is read, then resumes here.  The source is never read twice for it.
  */
 static void fill_deliver(struct filler *fl, struct fill *f)
 {
 	struct segment *seg = f->seg;
 	uint32_t first = f->from, done;
-	bool first_copied;
+	bool woke;
 	int err;
 
-	done = fill_map(f, &err, &first_copied);
+	done = fill_map(f, &err, &woke);
 	if (err == -EAGAIN && done < f->rd.npages &&
 	    !(f->att->flags & UPG_REGISTER_RDONLY) &&
 	    !atomic_load(&f->att->dead)) {
-		if (done > 0 && !f->prefetch && !f->answered) {
-			fill_answer(f, done, 0, first_copied);
+		if (done > 0 && !f->ahead && !f->answered) {
+			fill_answer(f, done, 0, woke);
 			f->answered = true;
 		}
 		fill_unpark(seg, f->rd.pgoff + first, done - first);
@@ -430,12 +699,26 @@ static void fill_deliver(struct filler *fl, struct fill *f)
 		return;
 	}
 	fill_release(f, done);
-	if (!f->prefetch && !f->answered)
-		fill_answer(f, done, err, first_copied);
-	else if (done > first && (f->att->flags & UPG_REGISTER_RDONLY))
+	if (!f->ahead && !f->answered)
+		fill_answer(f, done, err, woke);
+	else if (done > first && !f->ahead &&
+		 (f->att->flags & UPG_REGISTER_RDONLY))
 		att_continue(f->att, f->addr + (uint64_t)first * seg->page_size,
 			     (uint64_t)(done - first) * seg->page_size);
 	fill_unpark(seg, f->rd.pgoff + first, f->rd.npages - first);
+	if (f->ahead && done > first)
+		counter_add(seg->c.readahead_pages, done - first);
+	if (f->ahead && done > first && f->by_offset) {
+		/* Not mapped into the process: whether it touches the
+		 * pages can be checked.  The daemon's map keeps no page
+		 * tables for them. */
+		madvise((char *)seg->map +
+				(f->rd.pgoff + first) * seg->page_size,
+			(uint64_t)(done - first) * seg->page_size,
+			MADV_DONTNEED);
+		ahead_note(f->att, f->addr + (uint64_t)first * seg->page_size,
+			   done - first);
+	}
 	fill_free(f);
 }
 
@@ -503,13 +786,13 @@ static void continue_run(struct attachment *att, uint64_t addr, uint64_t pgoff,
 
 /*
  * Reads pages [pgoff, pgoff + n), claimed BUSY by the caller, and puts them
- * into the memfd through @att's mapping at @addr: for its fault there, or
- * as read-ahead (@prefetch).  On failure the pages are given back and
- * -ENOMEM returned.
+ * into the memfd: for @att's fault at @addr, or as read-ahead for its
+ * stream (@ahead).  On failure the pages are given back and -ENOMEM
+ * returned.
  */
 static int fill_start(struct filler *fl, struct segment *seg,
 		      struct attachment *att, uint64_t addr, uint64_t pgoff,
-		      uint32_t n, bool prefetch)
+		      uint32_t n, bool ahead)
 {
 	struct fill *f = calloc(1, sizeof(*f));
 	int ret;
@@ -527,12 +810,13 @@ static int fill_start(struct filler *fl, struct segment *seg,
 		return -ENOMEM;
 	}
 	fl->nr_fills++;
+	fl->nr_ahead += ahead;
 	f->fl = fl;
 	f->seg = seg;
 	f->att = att;
 	attach_get(att);
 	f->addr = addr;
-	f->prefetch = prefetch;
+	f->ahead = ahead;
 	f->rd.pgoff = pgoff;
 	f->rd.npages = n;
 	f->req.complete = fill_read_done;
@@ -549,7 +833,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 {
 	struct segment *seg = att->seg;
 	uint64_t pgoff, run, st;
-	uint32_t n, max;
+	uint32_t n, max, want;
 	int ret;
 
 	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
@@ -560,9 +844,15 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		 * registered with our uffd by the client: SIGBUS, rather
 		 * than a fault that comes back for ever.
 		 */
-		ret = attach_discover(att, addr, tid);
+		bool drain = false;
+
+		ret = attach_discover(att, addr, tid,
+				      atomic_load(&att->readers) == fl->bit,
+				      &drain);
+		if (drain)
+			daemon_kick(atomic_load(&att->kick_fd));
 		if (ret == -EINVAL)
-			att_poison(att, addr, seg->page_size);
+			att_poison(fl, att, addr, seg->page_size);
 		if (ret || attach_lookup(att, addr, &pgoff, &run) < 0) {
 			if (ret != -EINVAL)
 				att_wake(att, addr, seg->page_size);
@@ -572,7 +862,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	for (;;) {
 		st = pte_get(&seg->pt, pgoff);
 		if (st & PTE_POISON) {
-			att_poison(att, addr, seg->page_size);
+			att_poison(fl, att, addr, seg->page_size);
 			return;
 		}
 		if (st & PTE_PRESENT) {
@@ -608,12 +898,17 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	}
 
 	atomic_store_explicit(&seg->last_fault, pgoff, memory_order_relaxed);
-	max = ra_pages(seg, pgoff);
+	want = ra_pages(seg, pgoff);
+	max = want < AHEAD_CHUNK ? want : AHEAD_CHUNK;
 	if (max > run)
 		max = run;
 	n = 1 + (max > 1 ? pte_claim_run(&seg->pt, pgoff + 1, max - 1) : 0);
 	if (n > counter_get(seg->c.readahead_max))
 		atomic_store(&seg->c.readahead_max, n);
+	/* A stream: what follows its window goes to an idle worker, which
+	 * starts on it while this one fills the window. */
+	if (want >= AHEAD_MIN && n == max)
+		ahead_queue(fl, att, addr, pgoff, n);
 	if (fill_start(fl, seg, att, addr, pgoff, n, false))
 		fill_retry(att, addr); /* -ENOMEM: see there */
 }

@@ -21,6 +21,16 @@
  * only: `struct filler` is the part of a worker the fill path uses (its
  * ring, its read buffers, its stalled fills), so that the fill path knows
  * nothing else of workers.
+ *
+ * Read-ahead comes in two kinds.  The faulting window: a fault reads the
+ * run of pages from it on, as long as the run of present pages before it
+ * (context read-ahead), and maps them all into the faulting process with
+ * its answer.  And ahead of the stream: once a window is long, the pages
+ * after it are read in bounded chunks by whichever worker is idle, after
+ * the fault was answered, into the memfd only; the process maps them with
+ * a minor fault of the kernel's own when it gets there, which is what
+ * makes them observable: /proc/PID/pagemap later says whether each was
+ * touched (the read-ahead hit counters).
  */
 #ifndef UPAGER_FILL_H
 #define UPAGER_FILL_H
@@ -43,15 +53,18 @@ struct daemon;
 struct filler {
 	struct daemon *d;
 	struct io_uring *ring;	    /* the worker's: source reads */
+	uint64_t bit;		    /* the worker's bit in att->readers */
 	struct list_head stalled;   /* fills waiting for an event to be
 				     * read before they copy again */
 	unsigned int nr_fills;	    /* in flight on the ring */
+	unsigned int nr_ahead;	    /* of those, read-ahead */
 	void *bufs[FILL_BUF_CACHE]; /* FILL_MAX_PAGES pages each */
 	unsigned int nr_bufs;
 	size_t buf_size;
 };
 
-void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring);
+void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
+		 unsigned int id);
 /* Frees the cached buffers; no fill may be in flight. */
 void filler_fini(struct filler *fl);
 
@@ -79,5 +92,22 @@ void fill_retry(struct attachment *att, uint64_t addr);
 void fill_take_stalled(struct filler *fl, struct list_head *list);
 struct attachment *fill_stalled_attachment(struct list_head *link);
 void fill_resume(struct filler *fl, struct list_head *list);
+
+/*
+ * fill_run_ahead - start the next chunk of read-ahead waiting for an idle
+ * worker, on @fl's ring.  Returns whether there was one (and room).
+ */
+bool fill_run_ahead(struct filler *fl);
+/* Whether read-ahead waits for a worker. */
+bool fill_ahead_waiting(struct daemon *d);
+/* Drops the read-ahead still waiting (the daemon stops). */
+void fill_ahead_flush(struct daemon *d);
+
+/*
+ * fill_ahead_check - @att faulted at @addr: check the pages read ahead for
+ * it below @addr (its stream went past them) against /proc/PID/pagemap,
+ * and count them touched or not.
+ */
+void fill_ahead_check(struct attachment *att, uint64_t addr);
 
 #endif

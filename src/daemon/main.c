@@ -38,6 +38,7 @@
 
 #include "attach.h"
 #include "daemon.h"
+#include "fill.h"
 #include "log.h"
 #include "quota.h"
 #include "segment.h"
@@ -415,9 +416,9 @@ int main(int argc, char **argv)
 		case 't':
 			errno = 0;
 			threads = strtol(optarg, &end, 10);
-			if (errno || *end || threads < 1 || threads > 256) {
+			if (errno || *end || threads < 1 || threads > 64) {
 				fprintf(stderr,
-					"upagerd: --threads: expected 1..256, got '%s'\n",
+					"upagerd: --threads: expected 1..64, got '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -562,6 +563,9 @@ int main(int argc, char **argv)
 	shutdown_segments(d);
 	for (unsigned int i = 0; i < d->nr_workers; i++)
 		worker_stop(d->workers[i]);
+	fill_ahead_flush(d);
+	for (unsigned int i = 0; i < d->nr_workers; i++)
+		worker_free(d->workers[i]);
 	/* Killed while the workers stopped: nobody to tell any more. */
 	for (att = attach_reap(d); att; att = next) {
 		next = att->kill_next;
@@ -580,6 +584,8 @@ fail:
 	unlink(sock);
 	for (long i = 0; i < started; i++)
 		worker_stop(d->workers[i]);
+	for (long i = 0; i < started; i++)
+		worker_free(d->workers[i]);
 	free(d->workers);
 	if (d->main_efd >= 0)
 		close(d->main_efd);

@@ -4,27 +4,59 @@
  *
  * A worker sleeps in ring_submit_and_wait() on one ring that carries
  * everything it waits for: a multishot poll on the userfaultfd of each
- * attachment it serves, a poll on the pidfd of each it owns, the source
+ * attachment it reads, a poll on the pidfd of each it owns, the source
  * reads of its fills, and its inbox eventfd.  One worker is pinned to each
- * CPU and every worker polls every uffd (see worker_add), so a fault is
- * read by the worker on the faulting thread's CPU.  A readable uffd is
- * drained with read() in batches; a batch's events are applied before its
- * faults are served (see drain_uffd), then the faults that had to wait for
- * an event are driven again.
+ * CPU (when the daemon runs one per CPU).
  *
- * A worker's share of an attachment is a `struct poller`: its polls, on
- * the worker's ring, carry it as their completion's io_req.  A poller is
- * allocated when the attachment is added (worker_add fails there, with
- * -ENOMEM, before anything is posted) and reaches its worker through the
- * inbox, a list of pollers under inbox_lock.  Everything else the worker
- * is told comes as a kick of its eventfd with the news in the attachment
- * itself (dead, a fault to drive again, a pid to watch): telling a worker
- * allocates nothing and cannot fail.  A poller lives until its worker has
- * dropped it and the last completion of each of its polls has come (the
- * final one of a multishot poll, without IORING_CQE_F_MORE, comes after a
- * cancellation too): a completion never finds it freed.
+ * Who reads a uffd.  A fault wakes every poller of its uffd, and the one
+ * on the faulting thread's CPU runs the moment that thread sleeps, while
+ * waking another CPU's costs tens of microseconds and finds, most of the
+ * time, that the first took the message.  So a uffd has one reader, its
+ * home: the worker on the CPU its threads fault on.  The home follows them:
+ * every SAMPLE_NS a reader looks up the CPU of a faulting thread (the
+ * message's UFFD_FEATURE_THREAD_ID, /proc/TID/stat), and the home places
+ * the readers where the threads of the last two PERIOD_NS were seen: a
+ * uffd whose threads fault on one CPU moves its home there; one whose
+ * threads fault on several gets a reader on each, so that they are served
+ * in parallel.
+ *
+ * Why one reader needs no lock.  A UFFDIO_COPY fills the pages of the
+ * address it is given; the daemon looks that address up in the ranges the
+ * events have told it (attach.h).  The kernel fails a copy while an event
+ * that changes the mappings (remap, unmap, remove, fork) is pending, until
+ * it is read; but once it is read and before it is applied, a copy by
+ * another thread could land at an address that maps other pages now.  A
+ * worker that reads every event itself, and applies them before it does
+ * anything else, never copies in that window.  Several readers take the
+ * attachment's gate (attach.h): a drain (read, apply) and copies exclude
+ * each other, nobody waits for it, and a copy never wakes the faulting
+ * thread inside it (fill.c, "Three ways into a process's pages").
+ *
+ * The rules that make both safe (att->readers, bit i for worker i):
+ *  - a worker reads and copies into a process only while its bit is set:
+ *    alone, without the gate; with others, inside it;
+ *  - only the home sets bits (its own thread, before the new reader
+ *    starts), and only when it is a reader itself: so a worker alone in
+ *    readers is the home and nobody can join it behind its back;
+ *  - a worker clears its own bit, on its own thread, between two things it
+ *    does: it is never inside a drain or a copy when it leaves;
+ *  - whoever is not a reader fills by page offset (fill.c), which is right
+ *    whatever the mappings are.
+ *
+ * A worker's share of an attachment is its `struct poller`, one per worker
+ * in the attachment's array: its polls, on the worker's ring, carry it as
+ * their completion's io_req, each with a reference to the attachment.
+ * Other threads tell a worker about a poller through its inbox (a locked
+ * list, and a kick of its eventfd): the worker then brings the poller in
+ * line with the attachment (poller_sync): read or not, watch the pid, drop
+ * it when dead.  Telling allocates nothing and cannot fail.
+ *
+ * Read-ahead past a faulting window is queued for an idle worker (fill.c):
+ * a worker with nothing to do runs one chunk at a time, looking at its
+ * ring between two.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,32 +75,35 @@
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
+#define SAMPLE_NS 2000000ull  /* a faulting thread's CPU, this often */
+#define PERIOD_NS 20000000ull /* threads not seen for 2 of these left */
+#define STALL_NS 100000	      /* stalled fills are tried again after */
 
-/*
- * One worker's share of one attachment.  Its worker's thread alone uses
- * it, but for `next`, under the inbox lock until the worker takes it.
- */
+/* One worker's share of one attachment, in the attachment's array. */
 struct poller {
 	struct io_req uffd_req;	 /* the multishot poll of att->uffd */
 	struct io_req pidfd_req; /* the owner's poll of att->pidfd */
 	struct worker *w;
-	struct attachment *att; /* holds a reference */
-	unsigned int refs;	/* the worker's list's, each poll's */
-	bool uffd_armed, pidfd_armed;
+	struct attachment *att;
+	bool reading;	 /* the uffd poll is wanted */
+	bool uffd_armed; /* each armed poll holds a reference */
+	bool pidfd_armed;
 	bool pid_watched;      /* the pidfd poll was armed once */
-	bool gone;	       /* dropped by its worker */
-	struct list_head link; /* w->pollers, then w->gone */
+	bool listed;	       /* on w->pollers */
+	bool queued;	       /* in the inbox (inbox_lock), with a reference */
+	struct list_head link; /* w->pollers: reading or watching */
 	struct poller *next;   /* in the inbox */
 };
 
 /*
- * Locking: the inbox (inbox, inbox_tail) is under inbox_lock and
- * `stopping` is atomic; everything else is the worker thread's, or set
- * before it starts.
+ * Locking: the inbox (inbox, inbox_tail, and the pollers' queued) is
+ * under inbox_lock and `stopping` is atomic; everything else is the worker
+ * thread's, or set before it starts.
  */
 struct worker {
 	struct daemon *d;
 	unsigned int id;
+	uint64_t bit; /* 1 << id: its bit in att->readers */
 	pthread_t thread;
 	struct io_uring ring;
 	int efd; /* kicks the worker */
@@ -78,20 +113,29 @@ struct worker {
 	bool stop;
 
 	pthread_mutex_t inbox_lock;
-	struct poller *inbox, **inbox_tail; /* pollers to take on */
+	struct poller *inbox, **inbox_tail; /* pollers to look at */
 
-	struct list_head pollers; /* served */
-	struct list_head gone;	  /* dropped, their polls not done yet */
+	struct list_head pollers; /* with a poll armed or wanted */
 	uint64_t served;	  /* uffd messages read */
 	struct filler fl;	  /* the fills running on this ring */
 };
 
+static struct poller *poller_of(struct attachment *att, struct worker *w)
+{
+	return &((struct poller *)att->pollers)[w->id];
+}
+
+/* Places @att's home: round robin (the threads' CPUs move it later). */
 void worker_assign(struct daemon *d, struct attachment *att)
 {
 	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
+	struct worker *w = d->workers[i % d->nr_workers];
 
-	att->owner = d->workers[i % d->nr_workers];
-	att->kick_fd = att->owner->efd;
+	att->owner = w;
+	atomic_store(&att->home, w);
+	atomic_store(&att->kick_fd, w->efd);
+	atomic_store(&att->readers, w->bit);
+	atomic_store(&att->want, w->bit);
 }
 
 void worker_kick(struct worker *w)
@@ -99,82 +143,66 @@ void worker_kick(struct worker *w)
 	daemon_kick(w->efd);
 }
 
-/*
- * Every worker polls the attachment's uffd, up to MAX_POLLERS of them from
- * the owner on: a fault is read by whichever comes first, which is nearly
- * always the worker pinned to the faulting thread's CPU, since it runs the
- * moment the faulting thread sleeps while a wake-up of another CPU takes
- * tens of microseconds (DESIGN.md, "Where the time goes").  Two threads of
- * one process faulting on two CPUs are then served in parallel.  The owner
- * alone watches the pidfd.
- */
-#define MAX_POLLERS 4
-
-static unsigned int nr_pollers(struct daemon *d)
+/* Asks @p's worker to look at it (poller_sync). */
+static void poller_post(struct poller *p)
 {
-	return d->nr_workers < MAX_POLLERS ? d->nr_workers : MAX_POLLERS;
-}
+	struct worker *w = p->w;
+	bool kick = false;
 
-static struct worker *poller_worker(struct attachment *att, unsigned int i)
-{
-	struct daemon *d = att->owner->d;
-
-	return d->workers[(att->owner->id + i) % d->nr_workers];
+	pthread_mutex_lock(&w->inbox_lock);
+	if (!p->queued) {
+		p->queued = true;
+		attach_get(p->att);
+		p->next = NULL;
+		*w->inbox_tail = p;
+		w->inbox_tail = &p->next;
+		kick = true;
+	}
+	pthread_mutex_unlock(&w->inbox_lock);
+	if (kick)
+		worker_kick(w);
 }
 
 static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
 static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
 
-static void poller_put(struct poller *p)
-{
-	if (--p->refs)
-		return;
-	list_del_init(&p->link);
-	attach_put(p->att);
-	free(p);
-}
-
 int worker_add(struct attachment *att)
 {
-	struct poller *p[MAX_POLLERS];
-	unsigned int n = nr_pollers(att->owner->d);
+	struct daemon *d = att->owner->d;
+	struct poller *p = calloc(d->nr_workers, sizeof(*p));
 
-	for (unsigned int i = 0; i < n; i++) {
-		p[i] = calloc(1, sizeof(*p[i]));
-		if (!p[i]) {
-			while (i--)
-				free(p[i]);
-			return -ENOMEM;
-		}
+	if (!p)
+		return -ENOMEM;
+	for (unsigned int i = 0; i < d->nr_workers; i++) {
+		p[i].uffd_req.complete = uffd_polled;
+		p[i].pidfd_req.complete = pidfd_polled;
+		p[i].w = d->workers[i];
+		p[i].att = att;
+		list_init(&p[i].link);
 	}
-	for (unsigned int i = 0; i < n; i++) {
-		struct worker *w = poller_worker(att, i);
-
-		p[i]->uffd_req.complete = uffd_polled;
-		p[i]->pidfd_req.complete = pidfd_polled;
-		p[i]->w = w;
-		p[i]->att = att;
-		attach_get(att);
-		p[i]->refs = 1;
-		list_init(&p[i]->link);
-		pthread_mutex_lock(&w->inbox_lock);
-		*w->inbox_tail = p[i];
-		w->inbox_tail = &p[i]->next;
-		pthread_mutex_unlock(&w->inbox_lock);
-		worker_kick(w);
-	}
+	att->pollers = p;
+	poller_post(poller_of(att, atomic_load(&att->home)));
 	return 0;
 }
 
 void worker_remove(struct attachment *att)
 {
-	for (unsigned int i = 0; i < nr_pollers(att->owner->d); i++)
-		worker_kick(poller_worker(att, i));
+	struct daemon *d = att->owner->d;
+
+	if (!att->pollers)
+		return;
+	for (unsigned int i = 0; i < d->nr_workers; i++) {
+		struct poller *p = poller_of(att, d->workers[i]);
+
+		if (i == att->owner->id ||
+		    (atomic_load(&att->readers) & d->workers[i]->bit))
+			poller_post(p);
+	}
 }
 
 void worker_watch_pid(struct attachment *att)
 {
-	worker_kick(att->owner);
+	poller_post(poller_of(att, att->owner));
 }
 
 void worker_reap_killed(struct daemon *d)
@@ -208,7 +236,7 @@ static void arm_uffd(struct poller *p)
 		return;
 	}
 	p->uffd_armed = true;
-	p->refs++;
+	attach_get(p->att);
 }
 
 /* The owner's: once the pid is known (a forked child's comes later). */
@@ -226,28 +254,67 @@ static void arm_pidfd(struct poller *p)
 		return;
 	}
 	p->pidfd_armed = true;
-	p->refs++;
+	attach_get(att);
 }
 
-static void own(struct worker *w, struct poller *p)
+static void cancel(struct poller *p, struct io_req *req, bool armed)
 {
-	list_add_tail(&p->link, &w->pollers);
-	arm_uffd(p);
-	arm_pidfd(p);
+	if (armed && ring_cancel(&p->w->ring, req))
+		pr_err("worker", "%u: cannot cancel a poll: ring full",
+		       p->w->id);
 }
 
-/* Drops @p; its polls are cancelled and it goes when they are done. */
-static void disown(struct poller *p)
+/*
+ * On or off w->pollers, as it has polls armed or wanted; on it, it holds a
+ * reference.  Taking it off may free @p (with its attachment): the last
+ * thing a caller does with it.
+ */
+static void poller_list(struct poller *p)
 {
+	bool want = p->reading || p->uffd_armed || p->pidfd_armed;
+
+	if (want && !p->listed) {
+		p->listed = true;
+		attach_get(p->att);
+		list_add_tail(&p->link, &p->w->pollers);
+	} else if (!want && p->listed) {
+		p->listed = false;
+		list_del_init(&p->link);
+		attach_put(p->att);
+	}
+}
+
+/* @p's worker stops reading the uffd: between two things it does. */
+static void stop_reading(struct poller *p)
+{
+	p->reading = false;
+	cancel(p, &p->uffd_req, p->uffd_armed);
+	atomic_fetch_and(&p->att->readers, ~p->w->bit);
+}
+
+/* Brings @p in line with its attachment: read or not, watch the pid. */
+static void poller_sync(struct poller *p)
+{
+	struct attachment *att = p->att;
 	struct worker *w = p->w;
+	bool dead = w->stop || atomic_load(&att->dead);
+	bool read = !dead && (atomic_load(&att->want) & w->bit);
 
-	p->gone = true;
-	list_del_init(&p->link);
-	list_add_tail(&p->link, &w->gone);
-	if ((p->uffd_armed && ring_cancel(&w->ring, &p->uffd_req)) ||
-	    (p->pidfd_armed && ring_cancel(&w->ring, &p->pidfd_req)))
-		pr_err("worker", "%u: cannot cancel a poll: ring full", w->id);
-	poller_put(p);
+	if (read && !p->reading) {
+		p->reading = true;
+		if (!p->uffd_armed)
+			arm_uffd(p);
+	} else if (!read && p->reading) {
+		stop_reading(p);
+	} else if (!read) {
+		/* Asked to join, then not, before it started. */
+		atomic_fetch_and(&att->readers, ~w->bit);
+	}
+	if (dead)
+		cancel(p, &p->pidfd_req, p->pidfd_armed);
+	else
+		arm_pidfd(p);
+	poller_list(p); /* (the caller holds a reference) */
 }
 
 static void arm_efd(struct worker *w)
@@ -258,11 +325,99 @@ static void arm_efd(struct worker *w)
 		       w->id);
 }
 
+/* ---- where a uffd is read ---- */
+
+/* The CPU thread @tid last ran on (field 39 of /proc/TID/stat), or -1. */
+static int thread_cpu(pid_t tid)
+{
+	char path[48], buf[1024], *p;
+	ssize_t n;
+	int fd, field;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	p = strrchr(buf, ')'); /* the name may hold anything */
+	if (!p)
+		return -1;
+	/* ") S ..." : field 3 starts after the space. */
+	for (field = 2; *p && field < 39; p++)
+		if (*p == ' ')
+			field++;
+	return field == 39 ? atoi(p) : -1;
+}
+
+/* Notes the CPU thread @tid of @att faults on, once per SAMPLE_NS. */
+static void sample(struct worker *w, struct attachment *att, pid_t tid,
+		   uint64_t now)
+{
+	int cpu = thread_cpu(tid);
+
+	if (cpu < 0 || (unsigned int)cpu >= w->d->nr_workers)
+		return;
+	if (now - atomic_load(&att->period_ns) >= PERIOD_NS) {
+		/* Readers racing here lose a sample at worst. */
+		atomic_store(&att->cpus_last, atomic_load(&att->cpus_now));
+		atomic_store(&att->cpus_now, 0);
+		atomic_store(&att->period_ns, now);
+	}
+	atomic_fetch_or(&att->cpus_now, 1ull << cpu);
+}
+
 /*
- * What the events of a batch leave to do once the evlock is released: the
- * daemon lock comes before the evlock (daemon.h), and logging or closing
- * is not for a spinning lock that every worker polling the uffd takes on
- * every fault.
+ * The home places @att's readers on the CPUs its threads were seen on:
+ * new ones join (their bits set before they start), a new home is chosen
+ * among them if this one's CPU is not among them, and the others are told
+ * to leave.  The home itself leaves last, after handing over.
+ */
+static void place(struct worker *w, struct poller *p)
+{
+	struct attachment *att = p->att;
+	struct daemon *d = w->d;
+	uint64_t want = atomic_load(&att->cpus_now) |
+			atomic_load(&att->cpus_last);
+	uint64_t readers = atomic_load(&att->readers), add, go;
+	struct worker *home = w;
+
+	if (!want || (want == atomic_load(&att->want) && (want & w->bit) &&
+		      (readers & want) == want))
+		return;
+	if (!(want & w->bit))
+		home = d->workers[__builtin_ctzll(
+			want & readers ? want & readers : want)];
+	add = want & ~readers;
+	go = readers & ~want & ~w->bit;
+	if (add && readers == w->bit)
+		atomic_store(&att->gate, 0); /* unused while alone */
+	atomic_fetch_or(&att->readers, add);
+	atomic_store(&att->want, want);
+	if (home != w) {
+		atomic_store(&att->home, home);
+		atomic_store(&att->kick_fd, home->efd);
+		counter_add(d->home_moves, 1);
+	}
+	if (__builtin_popcountll(want) > 1)
+		counter_add(d->pollers_added, __builtin_popcountll(add));
+	for (uint64_t m = add | go; m; m &= m - 1)
+		poller_post(poller_of(att, d->workers[__builtin_ctzll(m)]));
+	if (!(want & w->bit)) {
+		stop_reading(p);
+		poller_list(p);
+	}
+}
+
+/* ---- reading a uffd ---- */
+
+/*
+ * What the events of a batch leave to do once it is out of the drain:
+ * publishing a forked child takes the daemon lock, and logging or closing
+ * is not for the gate, which every reader of the uffd takes.
  */
 struct events_after {
 	struct attachment *children[UFFD_MSG_BATCH]; /* forked */
@@ -344,10 +499,12 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 		/* The frame is in the memfd: map it.  The missing path
 		 * checks that and handles a frame punched meanwhile. */
 		counter_add(seg->c.faults_minor, 1);
+		fill_ahead_check(att, addr);
 		fill_fault(&w->fl, att, addr, tid);
 		return;
 	}
 	counter_add(seg->c.faults_missing, 1);
+	fill_ahead_check(att, addr);
 	fill_fault(&w->fl, att, addr, tid);
 	if (!atomic_load(&att->pid) && !atomic_load(&att->fault_tid) &&
 	    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
@@ -377,10 +534,7 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	free(addrs);
 }
 
-/*
- * Applies a non-fault event; the caller holds att->evlock for writing.
- * What must wait for the lock's release goes into @a.
- */
+/* Applies a non-fault event.  What must wait goes into @a. */
 static void handle_event(struct worker *w, struct attachment *att,
 			 const struct uffd_msg *m, struct events_after *a)
 {
@@ -427,26 +581,29 @@ static void handle_event(struct worker *w, struct attachment *att,
  * Reads and serves what @att's uffd holds; returns the messages read.
  * Events are applied before the faults read with them: a fault's address
  * is looked up in the mappings as they are now, which is what a
- * UFFDIO_COPY to that address fills.  Reading and applying the events is
- * one step under the evlock (see attach.h); what they leave to do is done
- * after it, before the faults.  The read never blocks, whatever the file's
- * flags (the client shares the open file and may clear O_NONBLOCK): a
- * blocking read would hold the evlock while waiting for a fault that may
- * never come.
+ * UFFDIO_COPY to that address fills.  With other readers, reading and
+ * applying is one step inside the gate, and the faults are served after
+ * it; a drain the gate refuses is done by whoever holds it.  The read
+ * never blocks, whatever the file's flags (the client shares the open
+ * file and may clear O_NONBLOCK).
  */
-static unsigned int drain_uffd(struct worker *w, struct attachment *att)
+static unsigned int drain_uffd(struct worker *w, struct poller *p)
 {
+	struct attachment *att = p->att;
 	struct uffd_msg msgs[UFFD_MSG_BATCH];
 	unsigned int total = 0;
+	bool again = false;
 	ssize_t n;
 
 	do {
 		struct events_after a; /* (its arrays need no zeroing) */
+		bool alone = atomic_load(&att->readers) == w->bit;
 		size_t nr = 0;
 
+		if (!p->reading || (!alone && !gate_drain_enter(&att->gate)))
+			break; /* refused: the holder drains again */
 		a.nr_children = a.nr_lost = 0;
 		a.unmapped = a.oom = false;
-		spin_write_lock(&att->evlock);
 		n = uffd_read(att->uffd, msgs, UFFD_MSG_BATCH);
 		for (ssize_t i = 0; i < n; i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
@@ -454,8 +611,13 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 			else
 				handle_event(w, att, &msgs[i], &a);
 		}
-		spin_write_unlock(&att->evlock);
+		again = !alone && gate_release(&att->gate);
+		counter_add(w->d->uffd_reads, 1);
+		if (n <= 0)
+			counter_add(w->d->uffd_reads_empty, 1);
 		if (n < 0) {
+			if (again)
+				daemon_kick(atomic_load(&att->kick_fd));
 			pr_warn("fault", "%s: read uffd: %s", att->seg->name,
 				strerror(-n));
 			break;
@@ -463,18 +625,31 @@ static unsigned int drain_uffd(struct worker *w, struct attachment *att)
 		if (nr < (size_t)n)
 			events_finish(w, att, &a);
 		total += n;
+		if (nr && w->d->pinned &&
+		    (att->uffd_features & UFFD_FEATURE_THREAD_ID)) {
+			uint64_t now = now_ns();
+
+			if (now >= atomic_load(&att->sample_ns)) {
+				atomic_store(&att->sample_ns, now + SAMPLE_NS);
+				sample(w, att,
+				       (pid_t)msgs[nr - 1].arg.pagefault.feat.ptid,
+				       now);
+				if (atomic_load(&att->home) == w)
+					place(w, p);
+			}
+		}
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
-	} while (n == UFFD_MSG_BATCH); /* a full batch: more? */
+	} while (n == UFFD_MSG_BATCH || again); /* more? */
 	drive_retries(w, att);
 	w->served += total;
 	return total;
 }
 
 /*
- * The inbox: pollers to take on; then whatever a kick was for, which the
- * attachments say: killed (drop it), faults to drive again (from other
- * threads: they land on their owner here), a pid known at last (watch it).
+ * The inbox: pollers to bring in line with their attachments; then faults
+ * to drive again (from other threads: they land on a reader here), and
+ * drains owed (a copy left the gate with one refused meanwhile).
  */
 static void run_inbox(struct worker *w)
 {
@@ -484,23 +659,23 @@ static void run_inbox(struct worker *w)
 	p = w->inbox;
 	w->inbox = NULL;
 	w->inbox_tail = &w->inbox;
+	for (struct poller *q = p; q; q = q->next)
+		q->queued = false;
 	pthread_mutex_unlock(&w->inbox_lock);
 	if (atomic_load(&w->stopping))
 		w->stop = true;
 	for (; p; p = next) {
 		next = p->next;
-		if (w->stop || atomic_load(&p->att->dead))
-			poller_put(p);
-		else
-			own(w, p);
+		poller_sync(p);
+		attach_put(p->att);
 	}
 	list_for_each_entry_safe(p, tmp, &w->pollers, link) {
-		if (atomic_load(&p->att->dead)) {
-			disown(p);
+		if (!p->reading)
 			continue;
-		}
-		drive_retries(w, p->att);
-		arm_pidfd(p);
+		if (atomic_load(&p->att->gate) & GATE_AGAIN)
+			drain_uffd(w, p);
+		else
+			drive_retries(w, p->att);
 	}
 }
 
@@ -508,6 +683,7 @@ static void inbox_kicked(struct io_req *req, const struct io_uring_cqe *cqe)
 {
 	struct worker *w = container_of(req, struct worker, efd_req);
 
+	(void)cqe;
 	run_inbox(w);
 	if (!w->stop)
 		arm_efd(w);
@@ -521,36 +697,40 @@ static void inbox_kicked(struct io_req *req, const struct io_uring_cqe *cqe)
 static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe)
 {
 	struct poller *p = container_of(req, struct poller, uffd_req);
+	struct attachment *att = p->att;
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 
-	if (!more)
-		p->uffd_armed = false;
-	if (!p->gone) {
-		if (cqe->res < 0 && cqe->res != -ECANCELED)
-			pr_warn("fault", "%s: poll uffd: %s", p->att->seg->name,
-				strerror(-cqe->res));
-		drain_uffd(p->w, p->att);
-		if (!more && !atomic_load(&p->att->dead))
-			arm_uffd(p);
-	}
-	if (!more)
-		poller_put(p);
+	if (cqe->res < 0 && cqe->res != -ECANCELED)
+		pr_warn("fault", "%s: poll uffd: %s", att->seg->name,
+			strerror(-cqe->res));
+	drain_uffd(p->w, p);
+	if (more)
+		return;
+	p->uffd_armed = false;
+	if (p->reading && !atomic_load(&att->dead))
+		arm_uffd(p);
+	poller_list(p);
+	attach_put(att);
 }
 
 /* The owner's pidfd poll: the process exited (or it was cancelled). */
 static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe)
 {
 	struct poller *p = container_of(req, struct poller, pidfd_req);
+	struct attachment *att = p->att;
 
 	p->pidfd_armed = false;
-	if (!p->gone && cqe->res >= 0 && attach_kill(p->att, "exited"))
+	if (cqe->res >= 0 && !atomic_load(&att->dead) &&
+	    attach_kill(att, "exited"))
 		counter_add(p->w->d->clients_exited, 1);
-	poller_put(p);
+	poller_list(p);
+	attach_put(att);
 }
 
 /*
  * Fills whose copy met a pending event: read the events (and whatever
- * faults came with them), then copy again what the fills hold.
+ * faults came with them), then copy again what the fills hold (a worker
+ * that no longer reads that uffd fills by page offset).
  */
 static void resume_stalled(struct worker *w)
 {
@@ -561,7 +741,7 @@ static void resume_stalled(struct worker *w)
 		struct attachment *att = fill_stalled_attachment(n);
 
 		if (!atomic_load(&att->dead))
-			drain_uffd(w, att);
+			drain_uffd(w, poller_of(att, w));
 	}
 	fill_resume(&w->fl, &list);
 }
@@ -574,22 +754,20 @@ static void reap(struct worker *w)
 }
 
 /*
- * After serving a fault, look for the next one for a while before sleeping.
- * A faulting thread's next fault usually follows within microseconds, and
- * waking a sleeping worker on another CPU costs tens of them (DESIGN.md,
- * "Where the time goes"): the spin saves one of the two hand-offs.  Reading
- * the uffds directly finds a fault sooner than its poll completion would.
+ * After serving a fault, look for the next one for a while before sleeping
+ * (--spin-us; off by default: a worker spinning on the faulting thread's
+ * CPU takes that CPU from it).
  */
 static void spin(struct worker *w)
 {
 	uint64_t until = now_ns() + w->d->spin_ns;
-	struct poller *p;
+	struct poller *p, *tmp;
 
 	while (!w->stop) {
 		uint64_t before = w->served;
 
-		list_for_each_entry(p, &w->pollers, link)
-			drain_uffd(w, p->att);
+		list_for_each_entry_safe(p, tmp, &w->pollers, link)
+			drain_uffd(w, p);
 		io_uring_submit_and_get_events(&w->ring);
 		reap(w);
 		if (w->served != before)
@@ -599,9 +777,30 @@ static void spin(struct worker *w)
 	}
 }
 
+/*
+ * Idle: run read-ahead while there is some (and room on the ring), a chunk
+ * at a time, taking what the ring has between two.  The idle bit is set
+ * before the queue is looked at, and fill.c queues before it looks for
+ * idle workers to kick: one of the two sees the other.
+ */
+static void run_ahead(struct worker *w)
+{
+	while (!w->stop) {
+		if (!fill_run_ahead(&w->fl)) {
+			atomic_fetch_or(&w->d->idle, w->bit);
+			if (!fill_ahead_waiting(w->d) || !fill_run_ahead(&w->fl))
+				return;
+			atomic_fetch_and(&w->d->idle, ~w->bit);
+		}
+		io_uring_submit_and_get_events(&w->ring);
+		reap(w);
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
+	struct poller *p, *tmp;
 
 	if (w->d->pinned) {
 		cpu_set_t set;
@@ -616,8 +815,23 @@ static void *worker_main(void *arg)
 	 * references that must be dropped. */
 	while (!w->stop || w->fl.nr_fills) {
 		uint64_t before = w->served;
-		int ret = ring_submit_and_wait(&w->ring);
+		int ret;
 
+		run_ahead(w);
+		if (list_empty(&w->fl.stalled)) {
+			ret = ring_submit_and_wait(&w->ring);
+		} else {
+			/* A copy failed for an event read meanwhile, whose
+			 * thread has not run yet: nothing wakes us for it. */
+			struct __kernel_timespec ts = { 0, STALL_NS };
+			struct io_uring_cqe *cqe;
+
+			io_uring_submit(&w->ring);
+			ret = io_uring_wait_cqe_timeout(&w->ring, &cqe, &ts);
+			if (ret == -ETIME)
+				ret = 0;
+		}
+		atomic_fetch_and(&w->d->idle, ~w->bit);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN &&
 		    ret != -EBUSY) {
 			pr_err("worker", "%u: io_uring: %s", w->id,
@@ -628,8 +842,11 @@ static void *worker_main(void *arg)
 		if (w->d->spin_ns && w->served != before)
 			spin(w);
 	}
-	while (!list_empty(&w->pollers))
-		disown(list_entry(w->pollers.next, struct poller, link));
+	list_for_each_entry_safe(p, tmp, &w->pollers, link) {
+		if (p->reading)
+			stop_reading(p);
+		cancel(p, &p->pidfd_req, p->pidfd_armed);
+	}
 	return NULL;
 }
 
@@ -640,12 +857,16 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 
 	if (!w)
 		return -ENOMEM;
+	if (id >= 64) {
+		free(w);
+		return -EINVAL; /* att->readers has 64 bits */
+	}
 	w->d = d;
 	w->id = id;
+	w->bit = 1ull << id;
 	w->efd_req.complete = inbox_kicked;
 	w->inbox_tail = &w->inbox;
 	list_init(&w->pollers);
-	list_init(&w->gone);
 	pthread_mutex_init(&w->inbox_lock, NULL);
 	w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w->efd < 0) {
@@ -655,7 +876,7 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out)
 	ret = io_uring_queue_init(RING_ENTRIES, &w->ring, 0);
 	if (ret < 0)
 		goto err;
-	filler_init(&w->fl, d, &w->ring);
+	filler_init(&w->fl, d, &w->ring, id);
 	ret = -pthread_create(&w->thread, NULL, worker_main, w);
 	if (ret) {
 		io_uring_queue_exit(&w->ring);
@@ -673,19 +894,33 @@ err:
 
 void worker_stop(struct worker *w)
 {
-	struct poller *p, *tmp;
-
 	if (!w)
 		return;
 	atomic_store(&w->stopping, true);
 	worker_kick(w);
 	pthread_join(w->thread, NULL);
+	atomic_fetch_and(&w->d->idle, ~w->bit);
+}
+
+void worker_free(struct worker *w)
+{
+	struct poller *p, *tmp;
+
+	if (!w)
+		return;
 	run_inbox(w); /* drop what was posted after the stop */
 	io_uring_queue_exit(&w->ring);
-	/* No completion can come any more: the dropped pollers go. */
-	list_for_each_entry_safe(p, tmp, &w->gone, link) {
-		p->refs = 1;
-		poller_put(p);
+	/* No completion can come any more: the polls' references go. */
+	list_for_each_entry_safe(p, tmp, &w->pollers, link) {
+		struct attachment *att = p->att;
+		unsigned int refs = p->uffd_armed + p->pidfd_armed;
+
+		attach_get(att);
+		p->uffd_armed = p->pidfd_armed = p->reading = false;
+		poller_list(p);
+		while (refs--)
+			attach_put(att);
+		attach_put(att);
 	}
 	filler_fini(&w->fl);
 	close(w->efd);

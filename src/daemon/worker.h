@@ -13,19 +13,25 @@ struct daemon;
 struct worker;
 
 int worker_start(struct daemon *d, unsigned int id, struct worker **out);
-/* Asks @w to stop, joins it and frees it. */
+/*
+ * worker_stop - ask @w to stop and join it; worker_free() frees it once
+ * every worker has stopped (until then the others may still tell it
+ * things).
+ */
 void worker_stop(struct worker *w);
+void worker_free(struct worker *w);
 
-/* Sets @att's owner (and the eventfd that kicks it): round robin. */
+/* Sets @att's owner (its pidfd) and home (its uffd): round robin. */
 void worker_assign(struct daemon *d, struct attachment *att);
 
 /*
- * worker_add - serve @att: its owner (set before @att was published) and
- * the workers after it poll the uffd, the owner its pidfd.  Each takes a
- * reference.  Returns 0, or -ENOMEM with nothing done.
+ * worker_add - serve @att: its home (set before @att was published) reads
+ * the uffd, the owner polls its pidfd; the home moves, or others join it,
+ * as the threads fault on other CPUs (worker.c).  Returns 0, or -ENOMEM
+ * with nothing done.
  */
 int worker_add(struct attachment *att);
-/* Tells the workers polling @att, which is dead, to drop it. */
+/* Tells the workers serving @att, which is dead, to drop it. */
 void worker_remove(struct attachment *att);
 /* Tells @att's owner that its pid (and pidfd) is known now: poll it. */
 void worker_watch_pid(struct attachment *att);
