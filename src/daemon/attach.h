@@ -25,7 +25,7 @@
  *    after pid was seen set;
  *  - atomics: refs, dead, pid (0 until a forked child is identified; -1
  *    when it was found gone), fault_tid, ev_gen, and the dispatch fields
- *    (home, kick_fd, readers, want, gate, cpus_*, period_ns, sample_ns),
+ *    (home, kick_fd, readers, want, gate, sample_ns),
  *    whose rules are in worker.c;
  *  - `lock`: ranges and the retry list, as any worker may serve or drive
  *    again a fault of this attachment; held for bookkeeping only, never
@@ -157,9 +157,6 @@ struct attachment {
 	_Atomic uint64_t readers;
 	_Atomic uint64_t want;	    /* the readers the home chose */
 	_Atomic uint32_t gate;	    /* see gate_drain_enter() */
-	_Atomic uint64_t cpus_now;  /* CPUs its threads faulted on, this */
-	_Atomic uint64_t cpus_last; /* period and the one before */
-	_Atomic uint64_t period_ns; /* when this one started */
 	_Atomic uint64_t sample_ns; /* the next thread CPU sample is due */
 	void *pollers;		    /* one per worker (worker.c) */
 	_Atomic uint64_t ev_gen;    /* bumped by every event that changes

@@ -75,7 +75,7 @@ struct fill {
 	uint64_t addr;		     /* where the run starts in att */
 	bool ahead;		     /* read-ahead: nobody waits at addr */
 	bool answered;		     /* the faulting thread was answered */
-	bool by_offset;		     /* the last ioctl went by offset */
+	bool by_offset;		     /* an ioctl went by offset */
 	bool gated;		     /* the last ioctl went through the gate */
 	bool offset_only;	     /* the rest goes by offset */
 	uint32_t from;		     /* pages before it are in the memfd */
@@ -102,8 +102,11 @@ void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
 	list_init(&fl->stalled);
 }
 
+static void zap_flush(struct filler *fl);
+
 void filler_fini(struct filler *fl)
 {
+	zap_flush(fl);
 	while (fl->nr_bufs)
 		munmap(fl->bufs[--fl->nr_bufs], fl->buf_size);
 }
@@ -166,12 +169,14 @@ static enum into into_enter(struct filler *fl, struct attachment *att)
 	return BY_OFFSET;
 }
 
-static void into_exit(struct attachment *att, enum into how)
+static void into_exit(struct filler *fl, struct attachment *att, enum into how)
 {
 	/* The last copier out owes a drain that was refused meanwhile: the
-	 * home, a reader whatever happens meanwhile, does it next (not here,
-	 * inside a fill). */
-	if (how == INTO_GATED && gate_copy_exit(&att->gate))
+	 * drain this fill is served from does it when it is done with its
+	 * faults; else the home, a reader whatever happens meanwhile (not
+	 * here, inside a fill). */
+	if (how == INTO_GATED && gate_copy_exit(&att->gate) &&
+	    fl->draining != att)
 		daemon_kick(atomic_load(&att->kick_fd));
 }
 
@@ -208,7 +213,7 @@ static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
 			return;
 		}
 		ret = uffd_poison(att->uffd, addr, len, true, NULL);
-		into_exit(att, how);
+		into_exit(fl, att, how);
 		switch (ret) {
 		case 0:
 		case -EEXIST: /* poisoned or filled already */
@@ -311,7 +316,7 @@ static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err, bool *woke)
 	if (how != BY_OFFSET &&
 	    (attach_lookup(att, dst, &pgoff, &run) < 0 ||
 	     pgoff != f->rd.pgoff + from || run < len / ps)) {
-		into_exit(att, how);
+		into_exit(f->fl, att, how);
 		how = BY_OFFSET;
 	}
 	if (how == BY_OFFSET) {
@@ -323,9 +328,9 @@ static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err, bool *woke)
 		*err = uffd_zeropage(uffd, dst, len, how == INTO_ALONE, &done);
 	else
 		*err = uffd_copy(uffd, dst, src, len, how == INTO_ALONE, &done);
-	into_exit(att, how);
+	into_exit(f->fl, att, how);
 	*woke = how == INTO_ALONE;
-	f->by_offset = how == BY_OFFSET;
+	f->by_offset |= how == BY_OFFSET;
 	f->gated = how == INTO_GATED;
 	return done;
 }
@@ -625,6 +630,56 @@ bool fill_run_ahead(struct filler *fl)
 	return true;
 }
 
+/*
+ * The daemon's map keeps no page tables for what was filled through it:
+ * they would grow with every page filled by offset (a sparse segment's
+ * memory would be mostly page tables).  Unmapped in batches when the
+ * worker is idle (fill_idle), off the faulting thread's path: one
+ * MADV_DONTNEED (and its TLB shootdown) per batch.
+ */
+static void zap_flush(struct filler *fl)
+{
+	struct segment *seg = NULL;
+	uint64_t lo = 0, hi = 0;
+
+	for (unsigned int i = 0; i <= fl->nr_zap; i++) {
+		struct fill_zap *z = i < fl->nr_zap ? &fl->zap[i] : NULL;
+
+		if (seg && (!z || z->seg != seg)) {
+			madvise((char *)seg->map + lo * seg->page_size,
+				(hi - lo) * seg->page_size, MADV_DONTNEED);
+			segment_put(seg);
+			seg = NULL;
+		}
+		if (!z)
+			break;
+		if (!seg) {
+			seg = z->seg;
+			lo = z->pgoff;
+			hi = z->pgoff + z->n;
+		} else {
+			segment_put(z->seg); /* the same: one is kept */
+			lo = z->pgoff < lo ? z->pgoff : lo;
+			hi = z->pgoff + z->n > hi ? z->pgoff + z->n : hi;
+		}
+	}
+	fl->nr_zap = 0;
+}
+
+static void zap_later(struct filler *fl, struct segment *seg, uint64_t pgoff,
+		      uint64_t n)
+{
+	if (fl->nr_zap == FILL_ZAPS)
+		zap_flush(fl);
+	segment_get(seg);
+	fl->zap[fl->nr_zap++] = (struct fill_zap){ seg, pgoff, n };
+}
+
+void fill_idle(struct filler *fl)
+{
+	zap_flush(fl);
+}
+
 static void fill_deliver(struct filler *fl, struct fill *f);
 
 /* The run is in the buffer (or failed with @res < 0): map it. */
@@ -708,16 +763,14 @@ static void fill_deliver(struct filler *fl, struct fill *f)
 	fill_unpark(seg, f->rd.pgoff + first, f->rd.npages - first);
 	if (f->ahead && done > first)
 		counter_add(seg->c.readahead_pages, done - first);
-	if (f->ahead && done > first && f->by_offset) {
+	if (done > first && f->by_offset) {
+		zap_later(fl, seg, f->rd.pgoff + first, done - first);
 		/* Not mapped into the process: whether it touches the
-		 * pages can be checked.  The daemon's map keeps no page
-		 * tables for them. */
-		madvise((char *)seg->map +
-				(f->rd.pgoff + first) * seg->page_size,
-			(uint64_t)(done - first) * seg->page_size,
-			MADV_DONTNEED);
-		ahead_note(f->att, f->addr + (uint64_t)first * seg->page_size,
-			   done - first);
+		 * pages can be checked. */
+		if (f->ahead)
+			ahead_note(f->att,
+				   f->addr + (uint64_t)first * seg->page_size,
+				   done - first);
 	}
 	fill_free(f);
 }

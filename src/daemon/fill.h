@@ -44,20 +44,34 @@
 
 struct attachment;
 struct daemon;
+struct segment;
 
 /* A read-ahead run is at most this long; read buffers are this size. */
 #define FILL_MAX_PAGES 1024
 #define FILL_BUF_CACHE 8
 
+#define FILL_ZAPS 32
+
+/* Pages of a segment's direct map whose page tables are to go. */
+struct fill_zap {
+	struct segment *seg; /* holds a reference */
+	uint64_t pgoff;
+	uint64_t n;
+};
+
 /* A worker's fill state.  Its thread alone uses it. */
 struct filler {
 	struct daemon *d;
-	struct io_uring *ring;	    /* the worker's: source reads */
-	uint64_t bit;		    /* the worker's bit in att->readers */
-	struct list_head stalled;   /* fills waiting for an event to be
-				     * read before they copy again */
-	unsigned int nr_fills;	    /* in flight on the ring */
-	unsigned int nr_ahead;	    /* of those, read-ahead */
+	struct io_uring *ring;	     /* the worker's: source reads */
+	uint64_t bit;		     /* the worker's bit in att->readers */
+	struct attachment *draining; /* whose faults it serves from a
+				      * drain now (worker.c) */
+	struct list_head stalled;    /* fills waiting for an event to be
+				      * read before they copy again */
+	unsigned int nr_fills;	     /* in flight on the ring */
+	unsigned int nr_ahead;	     /* of those, read-ahead */
+	struct fill_zap zap[FILL_ZAPS];
+	unsigned int nr_zap;
 	void *bufs[FILL_BUF_CACHE]; /* FILL_MAX_PAGES pages each */
 	unsigned int nr_bufs;
 	size_t buf_size;
@@ -67,6 +81,8 @@ void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
 		 unsigned int id);
 /* Frees the cached buffers; no fill may be in flight. */
 void filler_fini(struct filler *fl);
+/* The worker is about to sleep: what waits for that is done. */
+void fill_idle(struct filler *fl);
 
 /*
  * fill_fault - serve a missing (or minor) fault at @addr (page-aligned) of

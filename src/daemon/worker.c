@@ -15,7 +15,7 @@
  * home: the worker on the CPU its threads fault on.  The home follows them:
  * every SAMPLE_NS a reader looks up the CPU of a faulting thread (the
  * message's UFFD_FEATURE_THREAD_ID, /proc/TID/stat), and the home places
- * the readers where the threads of the last two PERIOD_NS were seen: a
+ * the readers where the threads were seen in the last SEEN_NS: a
  * uffd whose threads fault on one CPU moves its home there; one whose
  * threads fault on several gets a reader on each, so that they are served
  * in parallel.
@@ -75,9 +75,11 @@
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
-#define SAMPLE_NS 2000000ull  /* a faulting thread's CPU, this often */
-#define PERIOD_NS 20000000ull /* threads not seen for 2 of these left */
-#define STALL_NS 100000	      /* stalled fills are tried again after */
+#define SAMPLE_NS 2000000ull /* a faulting thread's CPU, this often */
+#define SEEN_NS                                                     \
+	60000000ull	/* a CPU no thread faulted on for this long \
+			 * loses its reader */
+#define STALL_NS 100000 /* stalled fills are tried again after */
 
 /* One worker's share of one attachment, in the attachment's array. */
 struct poller {
@@ -88,11 +90,13 @@ struct poller {
 	bool reading;	 /* the uffd poll is wanted */
 	bool uffd_armed; /* each armed poll holds a reference */
 	bool pidfd_armed;
-	bool pid_watched;      /* the pidfd poll was armed once */
-	bool listed;	       /* on w->pollers */
-	bool queued;	       /* in the inbox (inbox_lock), with a reference */
-	struct list_head link; /* w->pollers: reading or watching */
-	struct poller *next;   /* in the inbox */
+	bool pid_watched; /* the pidfd poll was armed once */
+	bool listed;	  /* on w->pollers */
+	bool queued;	  /* in the inbox (inbox_lock), with a reference */
+	_Atomic uint64_t seen_ns; /* a thread last faulted on this worker's
+				   * CPU then (any reader writes it) */
+	struct list_head link;	  /* w->pollers: reading or watching */
+	struct poller *next;	  /* in the inbox */
 };
 
 /*
@@ -361,13 +365,7 @@ static void sample(struct worker *w, struct attachment *att, pid_t tid,
 
 	if (cpu < 0 || (unsigned int)cpu >= w->d->nr_workers)
 		return;
-	if (now - atomic_load(&att->period_ns) >= PERIOD_NS) {
-		/* Readers racing here lose a sample at worst. */
-		atomic_store(&att->cpus_last, atomic_load(&att->cpus_now));
-		atomic_store(&att->cpus_now, 0);
-		atomic_store(&att->period_ns, now);
-	}
-	atomic_fetch_or(&att->cpus_now, 1ull << cpu);
+	atomic_store(&poller_of(att, w->d->workers[cpu])->seen_ns, now);
 }
 
 /*
@@ -380,11 +378,17 @@ static void place(struct worker *w, struct poller *p)
 {
 	struct attachment *att = p->att;
 	struct daemon *d = w->d;
-	uint64_t want = atomic_load(&att->cpus_now) |
-			atomic_load(&att->cpus_last);
 	uint64_t readers = atomic_load(&att->readers), add, go;
+	uint64_t now = now_ns(), want = 0;
 	struct worker *home = w;
 
+	for (unsigned int i = 0; i < d->nr_workers; i++) {
+		struct poller *q = poller_of(att, d->workers[i]);
+		uint64_t seen = atomic_load(&q->seen_ns);
+
+		if (seen && now - seen < SEEN_NS)
+			want |= d->workers[i]->bit;
+	}
 	if (!want || (want == atomic_load(&att->want) && (want & w->bit) &&
 		      (readers & want) == want))
 		return;
@@ -638,8 +642,13 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 					place(w, p);
 			}
 		}
+		w->fl.draining = att;
 		for (size_t i = 0; i < nr; i++)
 			handle_pagefault(w, att, &msgs[i]);
+		w->fl.draining = NULL;
+		/* A drain refused while this worker copied: now. */
+		if (!alone && (atomic_load(&att->gate) & GATE_AGAIN))
+			again = true;
 	} while (n == UFFD_MSG_BATCH || again); /* more? */
 	drive_retries(w, att);
 	w->served += total;
@@ -787,6 +796,7 @@ static void run_ahead(struct worker *w)
 {
 	while (!w->stop) {
 		if (!fill_run_ahead(&w->fl)) {
+			fill_idle(&w->fl);
 			atomic_fetch_or(&w->d->idle, w->bit);
 			if (!fill_ahead_waiting(w->d) || !fill_run_ahead(&w->fl))
 				return;
