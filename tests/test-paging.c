@@ -519,6 +519,69 @@ START_TEST(test_counters)
 }
 END_TEST
 
+/*
+ * Read-ahead past the window, and whether it was used.  A read-only
+ * attachment reads 8 MiB in order: the daemon reads ahead of it, by page
+ * offset (nothing is mapped into the process ahead of its touch), as far
+ * as its read-ahead goes past the latest fault.  A touch far beyond has
+ * the daemon check what it read ahead below it against the process's
+ * pagemap: the pages the stream read were touched, the ones past where it
+ * stopped were not.
+ */
+START_TEST(test_readahead_hits)
+{
+	const size_t size = 64 * H_MIB, streamed = 8 * H_MIB;
+	const size_t far = 60 * H_MIB;
+	struct upager_segment_info i0, i1, i2;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char *data, *map;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	data = h_file_segment(&d, u, "img", size, 17);
+	map = h_attach(u, "img", UPAGER_ATTACH_RDONLY, &a);
+	for (size_t off = 0; off < streamed; off += H_PAGE)
+		ck_assert_int_eq(map[off], data[off]);
+	/* The read-ahead settles: it stops so far past the latest fault. */
+	i0 = h_stat(u, "img");
+	for (int k = 0; k < 100; k++) {
+		h_nap_ms(20);
+		i1 = h_stat(u, "img");
+		if (i1.readahead_pages == i0.readahead_pages)
+			break;
+		i0 = i1;
+	}
+	ck_assert_msg(i1.readahead_pages > 0, "nothing was read ahead");
+	ck_assert_uint_le(i1.readahead_pages, size / H_PAGE);
+	/* A fault far past it: what was read ahead below is checked. */
+	ck_assert_int_eq(memcmp(map + far, data + far, H_PAGE), 0);
+	H_WAIT_STAT(u, "img", i2,
+		    i2.readahead_touched + i2.readahead_untouched > 0);
+	ck_assert_msg(i2.readahead_touched > 0,
+		      "no page read ahead was touched (%llu pages ahead, "
+		      "%llu untouched)",
+		      (unsigned long long)i2.readahead_pages,
+		      (unsigned long long)i2.readahead_untouched);
+	ck_assert_msg(i2.readahead_untouched > 0,
+		      "every page read ahead was touched (%llu ahead, %llu "
+		      "touched): the pages past the stream's end were not",
+		      (unsigned long long)i2.readahead_pages,
+		      (unsigned long long)i2.readahead_touched);
+	ck_assert_uint_le(i2.readahead_touched + i2.readahead_untouched,
+			  i2.readahead_pages);
+	/* Touched: what the stream read, and what the daemon mapped with its
+	 * last window (UFFDIO_CONTINUE of a run of present pages). */
+	ck_assert_uint_le(i2.readahead_touched, streamed / H_PAGE + 1024);
+	ck_assert_int_eq(h_first_diff(map, data, size), -1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	free(data);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *paging_suite(void)
 {
 	Suite *s = h_suite("paging");
@@ -535,6 +598,7 @@ static Suite *paging_suite(void)
 
 	tc = h_tcase(s, "rdonly", H_NEED_BASE);
 	tcase_add_test(tc, test_rdonly_attach);
+	tcase_add_test(tc, test_readahead_hits);
 	tcase_add_test(tc, test_rdonly_zero);
 	return s;
 }
