@@ -81,8 +81,9 @@ void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
 		 unsigned int id);
 /* Frees the cached buffers; no fill may be in flight. */
 void filler_fini(struct filler *fl);
-/* The worker is about to sleep: what waits for that is done. */
-void fill_idle(struct filler *fl);
+/* The worker is idle: one step of what waits for that.  Returns whether
+ * more is left. */
+bool fill_idle(struct filler *fl);
 
 /*
  * fill_fault - serve a missing (or minor) fault at @addr (page-aligned) of

@@ -795,8 +795,7 @@ static void spin(struct worker *w)
 static void run_ahead(struct worker *w)
 {
 	while (!w->stop) {
-		if (!fill_run_ahead(&w->fl)) {
-			fill_idle(&w->fl);
+		if (!fill_run_ahead(&w->fl) && !fill_idle(&w->fl)) {
 			atomic_fetch_or(&w->d->idle, w->bit);
 			if (!fill_ahead_waiting(w->d) || !fill_run_ahead(&w->fl))
 				return;
