@@ -387,6 +387,12 @@ int attach_requeue(struct attachment *att, uint64_t addr)
 	return 0;
 }
 
+void attach_owe_drain(struct attachment *att)
+{
+	atomic_fetch_or(&att->gate, GATE_AGAIN);
+	daemon_kick(atomic_load(&att->kick_fd));
+}
+
 /*
  * No daemon lock here: the caller may hold an attachment's lock, which
  * comes after it (daemon.h).  The main thread does the rest.

@@ -252,6 +252,13 @@ bool attach_has_ranges(struct attachment *att);
 int attach_requeue(struct attachment *att, uint64_t addr);
 
 /*
+ * attach_owe_drain - a drain of @att's uffd was refused and nobody holds
+ * the gate to do it: mark it owed (AGAIN) and kick the home, which drains
+ * what it finds owed.
+ */
+void attach_owe_drain(struct attachment *att);
+
+/*
  * attach_kill - take @att (published) out of service: idempotent, from any
  * thread, under any lock but the daemon lock.  @why: for the log.  True
  * for the call that did it.

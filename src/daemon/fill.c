@@ -204,19 +204,32 @@ static void att_continue(struct attachment *att, uint64_t addr, uint64_t len)
 }
 
 /*
- * The source could not give the page: the access fails with SIGBUS, like
- * an I/O error under a kernel file mapping.  A poison marker goes in at an
- * address, as a copy does: only a reader of the uffd puts it there.
+ * The source could not give the page @pgoff: the access at @addr fails
+ * with SIGBUS, like an I/O error under a kernel file mapping.  A poison
+ * marker goes in at an address, as a copy does: only a reader of the uffd
+ * puts it there, and only while @addr still maps @pgoff (ATT_NOT_OURS:
+ * @addr maps no page of the segment, but memory the client registered
+ * with our uffd).
  */
+#define ATT_NOT_OURS UINT64_MAX
+
 static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
-		       uint64_t len)
+		       uint64_t pgoff, uint64_t len)
 {
 	if (att->uffd_features & UFFD_FEATURE_POISON) {
 		enum into how = into_enter(fl, att);
+		uint64_t at, run;
 		int ret;
 
 		if (how == BY_OFFSET) {
 			fill_retry(att, addr); /* for a reader */
+			return;
+		}
+		if (pgoff != ATT_NOT_OURS &&
+		    (attach_lookup(att, addr, &at, &run) < 0 || at != pgoff)) {
+			/* It moved: the thread faults again where it is. */
+			into_exit(fl, att, how);
+			att_wake(att, addr, len);
 			return;
 		}
 		ret = uffd_poison(att->uffd, addr, len, true, NULL);
@@ -724,7 +737,8 @@ static void fill_finish(struct filler *fl, struct fill *f, int res)
 		fill_release(f, f->ahead ? 0 : 1);
 		if (!f->ahead) {
 			pte_end_busy(&seg->pt, f->rd.pgoff, PTE_POISON);
-			att_poison(fl, f->att, f->addr, seg->page_size);
+			att_poison(fl, f->att, f->addr, f->rd.pgoff,
+				   seg->page_size);
 		}
 		goto out;
 	}
@@ -908,13 +922,18 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		 */
 		bool drain = false;
 
+		if (!(atomic_load(&att->readers) & fl->bit)) {
+			/* Only a reader may apply what /proc says. */
+			fill_retry(att, addr);
+			return;
+		}
 		ret = attach_discover(att, addr, tid,
 				      atomic_load(&att->readers) == fl->bit,
 				      &drain);
 		if (drain)
-			daemon_kick(atomic_load(&att->kick_fd));
+			attach_owe_drain(att);
 		if (ret == -EINVAL)
-			att_poison(fl, att, addr, seg->page_size);
+			att_poison(fl, att, addr, ATT_NOT_OURS, seg->page_size);
 		if (ret || attach_lookup(att, addr, &pgoff, &run) < 0) {
 			if (ret != -EINVAL)
 				att_wake(att, addr, seg->page_size);
@@ -924,7 +943,7 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 	for (;;) {
 		st = pte_get(&seg->pt, pgoff);
 		if (st & PTE_POISON) {
-			att_poison(fl, att, addr, seg->page_size);
+			att_poison(fl, att, addr, pgoff, seg->page_size);
 			return;
 		}
 		if (st & PTE_PRESENT) {

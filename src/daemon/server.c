@@ -777,13 +777,14 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		ret = attach_new(seg, fd, c->pid, m->addr, m->len, 0, &att);
 	if (!ret) {
 		fd = -1;
-		worker_assign(d, att);
 		att->flags = m->flags;
 		att->uid = c->uid;
 		att->uffd_features = features;
 		att->uffd_ioctls = m->uffd_ioctls;
-		ret = attach_set_pid(att, c->pid);
+		ret = worker_assign(d, att);
 	}
+	if (!ret)
+		ret = attach_set_pid(att, c->pid);
 	if (!ret) {
 		attach_publish(att);
 		pr_info("attach",
@@ -800,16 +801,7 @@ out:
 			close(fd);
 		return ret;
 	}
-	ret = worker_add(att);
-	if (ret) {
-		/* Published, but nobody would serve it: take it back. */
-		pr_err("attach",
-		       "%s: pid %d: out of memory to serve attachment %llu",
-		       seg->name, (int)c->pid, (unsigned long long)att->id);
-		attach_kill(att, "dropped");
-		attach_put(att);
-		return ret;
-	}
+	worker_add(att);
 	memset(&r, 0, sizeof(r));
 	r.attach_id = att->id;
 	attach_put(att);

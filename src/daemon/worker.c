@@ -124,22 +124,40 @@ struct worker {
 	struct filler fl;	  /* the fills running on this ring */
 };
 
+static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
+static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
+
 static struct poller *poller_of(struct attachment *att, struct worker *w)
 {
 	return &((struct poller *)att->pollers)[w->id];
 }
 
-/* Places @att's home: round robin (the threads' CPUs move it later). */
-void worker_assign(struct daemon *d, struct attachment *att)
+/*
+ * Places @att's home, round robin (the threads' CPUs move it later), and
+ * makes its pollers, before it is published.  0, or -ENOMEM.
+ */
+int worker_assign(struct daemon *d, struct attachment *att)
 {
 	unsigned int i = atomic_fetch_add(&d->next_worker, 1);
 	struct worker *w = d->workers[i % d->nr_workers];
+	struct poller *p = calloc(d->nr_workers, sizeof(*p));
 
+	if (!p)
+		return -ENOMEM;
+	for (i = 0; i < d->nr_workers; i++) {
+		p[i].uffd_req.complete = uffd_polled;
+		p[i].pidfd_req.complete = pidfd_polled;
+		p[i].w = d->workers[i];
+		p[i].att = att;
+		list_init(&p[i].link);
+	}
+	att->pollers = p;
 	att->owner = w;
 	atomic_store(&att->home, w);
 	atomic_store(&att->kick_fd, w->efd);
 	atomic_store(&att->readers, w->bit);
 	atomic_store(&att->want, w->bit);
+	return 0;
 }
 
 void worker_kick(struct worker *w)
@@ -167,26 +185,9 @@ static void poller_post(struct poller *p)
 		worker_kick(w);
 }
 
-static void uffd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
-static void pidfd_polled(struct io_req *req, const struct io_uring_cqe *cqe);
-
-int worker_add(struct attachment *att)
+void worker_add(struct attachment *att)
 {
-	struct daemon *d = att->owner->d;
-	struct poller *p = calloc(d->nr_workers, sizeof(*p));
-
-	if (!p)
-		return -ENOMEM;
-	for (unsigned int i = 0; i < d->nr_workers; i++) {
-		p[i].uffd_req.complete = uffd_polled;
-		p[i].pidfd_req.complete = pidfd_polled;
-		p[i].w = d->workers[i];
-		p[i].att = att;
-		list_init(&p[i].link);
-	}
-	att->pollers = p;
 	poller_post(poller_of(att, atomic_load(&att->home)));
-	return 0;
 }
 
 void worker_remove(struct attachment *att)
@@ -291,9 +292,19 @@ static void poller_list(struct poller *p)
 /* @p's worker stops reading the uffd: between two things it does. */
 static void stop_reading(struct poller *p)
 {
+	struct attachment *att = p->att;
+	unsigned int retries;
+
 	p->reading = false;
 	cancel(p, &p->uffd_req, p->uffd_armed);
-	atomic_fetch_and(&p->att->readers, ~p->w->bit);
+	atomic_fetch_and(&att->readers, ~p->w->bit);
+	/* A kick meant for it as the home (a drain owed, faults to drive
+	 * again) goes to the home now: its kick_fd was stored first. */
+	pthread_mutex_lock(&att->lock);
+	retries = att->nr_retry;
+	pthread_mutex_unlock(&att->lock);
+	if (retries || (atomic_load(&att->gate) & GATE_AGAIN))
+		daemon_kick(atomic_load(&att->kick_fd));
 }
 
 /* Brings @p in line with its attachment: read or not, watch the pid. */
@@ -304,6 +315,15 @@ static void poller_sync(struct poller *p)
 	bool dead = w->stop || atomic_load(&att->dead);
 	bool read = !dead && (atomic_load(&att->want) & w->bit);
 
+	if (read && !p->reading && !(atomic_load(&att->readers) & w->bit)) {
+		/* Chosen as the home while it was leaving: it sets its own
+		 * bit back only where nobody reads (nobody copies alone). */
+		uint64_t none = 0;
+
+		read = atomic_load(&att->home) == w &&
+		       atomic_compare_exchange_strong(&att->readers, &none,
+						      w->bit);
+	}
 	if (read && !p->reading) {
 		p->reading = true;
 		if (!p->uffd_armed)
@@ -397,8 +417,6 @@ static void place(struct worker *w, struct poller *p)
 			want & readers ? want & readers : want)];
 	add = want & ~readers;
 	go = readers & ~want & ~w->bit;
-	if (add && readers == w->bit)
-		atomic_store(&att->gate, 0); /* unused while alone */
 	atomic_fetch_or(&att->readers, add);
 	atomic_store(&att->want, want);
 	if (home != w) {
@@ -408,7 +426,7 @@ static void place(struct worker *w, struct poller *p)
 	}
 	if (__builtin_popcountll(want) > 1)
 		counter_add(d->pollers_added, __builtin_popcountll(add));
-	for (uint64_t m = add | go; m; m &= m - 1)
+	for (uint64_t m = add | go | (home != w ? home->bit : 0); m; m &= m - 1)
 		poller_post(poller_of(att, d->workers[__builtin_ctzll(m)]));
 	if (!(want & w->bit)) {
 		stop_reading(p);
@@ -438,19 +456,21 @@ static void fork_publish(struct worker *w, struct attachment *parent,
 	struct segment *seg = parent->seg;
 	struct daemon *d = w->d;
 
-	/* Owned before anyone can find it. */
-	worker_assign(d, child);
+	/* Served before anyone can find it. */
+	if (worker_assign(d, child)) {
+		/* Dropped: its uffd closes, which unregisters its ranges
+		 * (see events_finish). */
+		pr_err("fault", "%s: out of memory for a forked child of pid %d",
+		       seg->name, (int)atomic_load(&parent->pid));
+		attach_put(child);
+		return;
+	}
 	pthread_mutex_lock(&d->lock);
 	attach_publish(child);
 	pthread_mutex_unlock(&d->lock);
 	pr_info("fault", "%s: pid %d forked: attachment %llu", seg->name,
 		(int)atomic_load(&parent->pid), (unsigned long long)child->id);
-	if (worker_add(child)) {
-		/* Nobody would serve it: drop it, loudly (see below). */
-		pr_err("fault", "%s: out of memory for a forked child of pid %d",
-		       seg->name, (int)atomic_load(&parent->pid));
-		attach_kill(child, "dropped");
-	}
+	worker_add(child);
 	attach_put(child);
 	/* The main thread finds the child's pid. */
 	daemon_wake_main(d);
@@ -606,6 +626,8 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 
 		if (!p->reading || (!alone && !gate_drain_enter(&att->gate)))
 			break; /* refused: the holder drains again */
+		if (alone && (atomic_load(&att->gate) & GATE_AGAIN))
+			atomic_fetch_and(&att->gate, ~GATE_AGAIN); /* stale */
 		a.nr_children = a.nr_lost = 0;
 		a.unmapped = a.oom = false;
 		n = uffd_read(att->uffd, msgs, UFFD_MSG_BATCH);
@@ -621,7 +643,7 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 			counter_add(w->d->uffd_reads_empty, 1);
 		if (n < 0) {
 			if (again)
-				daemon_kick(atomic_load(&att->kick_fd));
+				attach_owe_drain(att);
 			pr_warn("fault", "%s: read uffd: %s", att->seg->name,
 				strerror(-n));
 			break;
@@ -650,7 +672,10 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 		if (!alone && (atomic_load(&att->gate) & GATE_AGAIN))
 			again = true;
 	} while (n == UFFD_MSG_BATCH || again); /* more? */
-	drive_retries(w, att);
+	if (again && !p->reading)
+		attach_owe_drain(att); /* it left meanwhile (place) */
+	if (p->reading)
+		drive_retries(w, att);
 	w->served += total;
 	return total;
 }

@@ -21,16 +21,19 @@ int worker_start(struct daemon *d, unsigned int id, struct worker **out);
 void worker_stop(struct worker *w);
 void worker_free(struct worker *w);
 
-/* Sets @att's owner (its pidfd) and home (its uffd): round robin. */
-void worker_assign(struct daemon *d, struct attachment *att);
+/*
+ * worker_assign - set @att's owner (its pidfd) and home (its uffd), round
+ * robin, and make what the workers need to serve it; before @att is
+ * published.  0, or -ENOMEM.
+ */
+int worker_assign(struct daemon *d, struct attachment *att);
 
 /*
- * worker_add - serve @att: its home (set before @att was published) reads
- * the uffd, the owner polls its pidfd; the home moves, or others join it,
- * as the threads fault on other CPUs (worker.c).  Returns 0, or -ENOMEM
- * with nothing done.
+ * worker_add - serve @att (published): its home reads the uffd, the owner
+ * polls its pidfd; the home moves, or others join it, as the threads fault
+ * on other CPUs (worker.c).
  */
-int worker_add(struct attachment *att);
+void worker_add(struct attachment *att);
 /* Tells the workers serving @att, which is dead, to drop it. */
 void worker_remove(struct attachment *att);
 /* Tells @att's owner that its pid (and pidfd) is known now: poll it. */
