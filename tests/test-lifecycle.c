@@ -4,8 +4,10 @@
  * a stale socket replaced, a path that is not a socket left alone; and the
  * client library's own life (connect, attach, detach, disconnect).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +147,96 @@ START_TEST(test_stale_socket_replaced)
 	upager_disconnect(u);
 	free(data);
 	h_daemon_stop(&d);
+}
+END_TEST
+
+/*
+ * The pid of the upagerd serving @sock, from /proc/PID/cmdline (the
+ * socket's peer credentials name the process that listened: the parent
+ * that detached), or -1.
+ */
+static pid_t daemon_on(const char *sock)
+{
+	DIR *dir = opendir("/proc");
+	struct dirent *e;
+	pid_t pid = -1;
+
+	while (dir && pid < 0 && (e = readdir(dir))) {
+		char path[300], buf[4096];
+		ssize_t n;
+		int fd;
+
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		for (ssize_t k = 0; k < n; k++)
+			if (!buf[k])
+				buf[k] = ' ';
+		buf[n > 0 ? n : 0] = '\0';
+		if (strstr(buf, "upagerd") && strstr(buf, sock))
+			pid = atoi(e->d_name);
+	}
+	if (dir)
+		closedir(dir);
+	return pid;
+}
+
+/*
+ * Started as most people start it, without --foreground: it detaches (a
+ * fork) and serves.  What it made before the fork belonged to the parent
+ * that exited; a segment is created, filled from its file and written
+ * through an attachment, and the bytes are right.
+ */
+START_TEST(test_detached_daemon_serves)
+{
+	const size_t size = 4 * H_MIB;
+	const char *argv[] = { "/bin/sh", "-c", NULL, NULL };
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct h_run r;
+	struct upager *u;
+	char path[512], cmd[1400], *data, *map;
+	pid_t pid;
+	int fd;
+
+	h_daemon_init_(&d, __func__);
+	/* Its stderr (which it keeps) to the log: the run ends with the
+	 * parent. */
+	snprintf(cmd, sizeof(cmd), "exec '%s' --socket '%s' 2>'%s' >/dev/null",
+		 h_upagerd(), d.sock, d.log);
+	argv[2] = cmd;
+	h_run(argv, NULL, 0, &r);
+	ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
+		      "upagerd: %s", r.err);
+	h_run_free(&r);
+	pid = daemon_on(d.sock);
+	ck_assert_int_gt(pid, 0);
+	u = h_connect(&d);
+	data = h_make_file(path, sizeof(path), d.dir, "img", size, 12);
+	fd = h_open_ro(path);
+	h_create(u, "img", size, fd, 0);
+	close(fd);
+	map = h_attach(u, "img", 0, &a);
+	ck_assert_int_eq(h_first_diff(map, data, size), -1);
+	memset(map + H_MIB, 0x3c, H_PAGE);
+	ck_assert_int_eq(upager_detach(a), 0);
+	map = h_attach(u, "img", UPAGER_ATTACH_RDONLY, &a);
+	ck_assert_int_eq((unsigned char)map[H_MIB + H_PAGE - 1], 0x3c);
+	ck_assert_int_eq(h_first_diff(map, data, H_MIB), -1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	upager_disconnect(u);
+	free(data);
+	ck_assert_int_eq(kill(pid, SIGTERM), 0);
+	for (uint64_t end = h_now_ms() + H_TIMEOUT_MS; kill(pid, 0) == 0;) {
+		ck_assert_msg(h_now_ms() < end, "upagerd did not stop");
+		h_nap_ms(10);
+	}
+	h_dir_remove(d.dir);
 }
 END_TEST
 
@@ -288,6 +380,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, test_second_daemon_refused);
 	tcase_add_test(tc, test_stale_socket_replaced);
 	tcase_add_test(tc, test_not_a_socket_left_alone);
+	tcase_add_test(tc, test_detached_daemon_serves);
 
 	tc = h_tcase(s, "client", H_NEED_DAEMON);
 	tcase_add_test(tc, test_detach_disconnect_loop);

@@ -512,6 +512,19 @@ int main(int argc, char **argv)
 		pr_err("main", "daemon: %s", strerror(errno));
 		goto fail;
 	}
+	if (!foreground) {
+		/* A uffd serves the mm it was made in: the parent's, which
+		 * just exited.  The daemon's own, made again (it worked a
+		 * moment ago, in the same process image). */
+		close(d->fill_uffd);
+		d->fill_uffd = uffd_open(UFFD_FEATURE_MISSING_SHMEM,
+					 UFFD_FEATURE_MISSING_SHMEM,
+					 UFFD_OPEN_USER_ONLY, NULL);
+		if (d->fill_uffd < 0) {
+			uffd_error("userfaultfd for direct maps", d->fill_uffd);
+			goto fail;
+		}
+	}
 
 	/* Signals arrive through the main ring's signalfd; workers and the
 	 * library's threads never see them. */
