@@ -561,11 +561,12 @@ static void ahead_count(struct attachment *att, const struct att_ahead *a,
 
 /*
  * Notes pages [addr, addr + n pages) read ahead for @att's stream: a
- * stream's chunks join the record they follow.
+ * stream's chunks join the records next to them.
  */
 static void ahead_note(struct attachment *att, uint64_t addr, uint32_t n)
 {
-	uint64_t ps = att->seg->page_size;
+	uint64_t ps = att->seg->page_size, end = addr + (uint64_t)n * ps;
+	struct att_ahead *pred = NULL, *succ = NULL;
 	unsigned int nr;
 
 	pthread_mutex_lock(&att->lock);
@@ -573,21 +574,32 @@ static void ahead_note(struct attachment *att, uint64_t addr, uint32_t n)
 	for (unsigned int i = 0; i < nr; i++) {
 		struct att_ahead *a = &att->ahead[i];
 
-		if (a->addr + (uint64_t)a->n * ps == addr) {
-			a->n += n;
-			pthread_mutex_unlock(&att->lock);
-			return;
+		if (a->addr + (uint64_t)a->n * ps == addr)
+			pred = a;
+		else if (a->addr == end)
+			succ = a;
+	}
+	/* Chunks land in any order (two workers): each joins its
+	 * neighbours, so a stream stays one record. */
+	if (pred && succ) {
+		pred->n += n + succ->n;
+		*succ = att->ahead[--nr];
+	} else if (pred) {
+		pred->n += n;
+	} else if (succ) {
+		succ->addr = addr;
+		succ->n += n;
+	} else {
+		if (nr == ATT_AHEAD) {
+			/* The oldest goes unchecked: its stream did not
+			 * come back (or it is another's, far away). */
+			memmove(att->ahead, att->ahead + 1,
+				(ATT_AHEAD - 1) * sizeof(att->ahead[0]));
+			nr--;
 		}
+		att->ahead[nr++] = (struct att_ahead){ addr, n };
 	}
-	if (nr == ATT_AHEAD) {
-		/* The oldest goes unchecked: its stream did not come back
-		 * (or it is another's, far away). */
-		memmove(att->ahead, att->ahead + 1,
-			(ATT_AHEAD - 1) * sizeof(att->ahead[0]));
-		nr--;
-	}
-	att->ahead[nr] = (struct att_ahead){ addr, n };
-	atomic_store_explicit(&att->nr_ahead, nr + 1, memory_order_relaxed);
+	atomic_store_explicit(&att->nr_ahead, nr, memory_order_relaxed);
 	pthread_mutex_unlock(&att->lock);
 }
 
