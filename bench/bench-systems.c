@@ -1088,10 +1088,15 @@ static int proc_cpu_ns(pid_t pid, uint64_t *ns)
 
 static int upagerd_pager_cpu(struct bench_run *run, uint64_t *ns)
 {
-	/* an existing daemon (--socket): the library does not say its pid */
-	if (run->env->daemon_pid <= 0)
+	/* an existing daemon (--socket): the pid its socket says, when it
+	 * did not detach after listening */
+	pid_t pid = run->env->daemon_pid > 0 ?
+			    run->env->daemon_pid :
+			    upager_daemon_pid(run->env->conn);
+
+	if (pid <= 0)
 		return -ESRCH;
-	return proc_cpu_ns(run->env->daemon_pid, ns);
+	return proc_cpu_ns(pid, ns);
 }
 
 static void upagerd_teardown(struct bench_run *run)

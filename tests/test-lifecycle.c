@@ -135,6 +135,9 @@ START_TEST(test_stale_socket_replaced)
 
 	h_daemon_restart(&d);
 	u = h_connect(&d);
+	/* the one that answers now is the new daemon */
+	ck_assert_int_eq(upager_daemon_pid(u), d.pid);
+	ck_assert_int_eq(upager_daemon_pid(NULL), -EINVAL);
 	/* a new daemon: the old one's segments are gone */
 	ck_assert_int_eq(upager_list(u, NULL, 0), 0);
 	data = h_make_file(path, sizeof(path), d.dir, "img", size, 82);

@@ -36,6 +36,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -224,6 +225,14 @@ int upager_stats(struct upager *u, struct upager_daemon_stats *st);
  * (-EOPNOTSUPP from a daemon without per-user limits).
  */
 int upager_usage(struct upager *u, struct upager_usage *out, size_t max);
+
+/*
+ * upager_daemon_pid - the pid of the daemon @u is connected to (from the
+ * socket's credentials at connect: the process that listens, which for a
+ * daemon started without --foreground is the one that detached), or
+ * -errno: -EINVAL for no handle, -ECHILD for one a forked child inherited.
+ */
+pid_t upager_daemon_pid(struct upager *u);
 
 /* Map PROT_READ; needs read permission only. */
 #define UPAGER_ATTACH_RDONLY 0x1u

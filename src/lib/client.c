@@ -434,6 +434,15 @@ UPAGER_API int upager_usage(struct upager *u, struct upager_usage *out,
 					 sizeof(*out), max));
 }
 
+UPAGER_API pid_t upager_daemon_pid(struct upager *u)
+{
+	if (!u)
+		return set_errno(-EINVAL);
+	if (inherited(u))
+		return set_errno(-ECHILD);
+	return u->daemon_pid;
+}
+
 UPAGER_API void upager_disconnect(struct upager *u)
 {
 	if (!u)
