@@ -25,12 +25,14 @@
  * Read-ahead comes in two kinds.  The faulting window: a fault reads the
  * run of pages from it on, as long as the run of present pages before it
  * (context read-ahead), and maps them all into the faulting process with
- * its answer.  And ahead of the stream: once a window is long, the pages
- * after it are read in bounded chunks by whichever worker is idle, after
- * the fault was answered, into the memfd only; the process maps them with
- * a minor fault of the kernel's own when it gets there, which is what
- * makes them observable: /proc/PID/pagemap later says whether each was
- * touched (the read-ahead hit counters).
+ * its answer (at most 256 pages).  And ahead of the stream (file sources):
+ * once a window is long, the pages after it are read in bounded chunks by
+ * whichever worker is idle, after the fault was answered.  A worker that
+ * is the uffd's only reader maps them into the process; any other puts
+ * them into the memfd only, and the process maps them with a minor fault
+ * of the kernel's own when it gets there, which is what makes them
+ * observable: /proc/PID/pagemap later says whether each was touched (the
+ * read-ahead hit counters).
  */
 #ifndef UPAGER_FILL_H
 #define UPAGER_FILL_H
