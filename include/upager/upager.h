@@ -52,7 +52,17 @@ enum upager_source_kind {
 	UPAGER_SOURCE_ZERO = 0,	    /* pages never written read as zero */
 	UPAGER_SOURCE_FILE = 1,	    /* a raw image file; holes and the part
 				     * past its end read as zero */
-	UPAGER_SOURCE_SNAPSHOT = 2, /* reserved: a parent snapshot */
+	UPAGER_SOURCE_SNAPSHOT = 2, /* a snapshot: a clone's pages come
+				     * from the snapshot it was made of */
+	UPAGER_SOURCE_IMAGE = 3,    /* an image saved by upager_save() with
+				     * --since: its pages over a base image */
+};
+
+/* What a segment is (upager_segment_info.kind). */
+enum upager_segment_kind {
+	UPAGER_KIND_SEGMENT = 0,  /* created: zero, a file, an image */
+	UPAGER_KIND_SNAPSHOT = 1, /* read-only, cut from `parent` */
+	UPAGER_KIND_CLONE = 2,	  /* writable, made of snapshot `parent` */
 };
 
 struct upager;		  /* a connection to the daemon */
@@ -97,6 +107,26 @@ struct upager_segment_info {
 	uint32_t pids[UPAGER_STAT_PIDS]; /* attached processes; 0 = a
 					  * forked child not yet
 					  * identified */
+	/* Snapshots and clones */
+	char parent[UPAGER_NAME_MAX + 1]; /* snapshot: the segment it was
+					   * cut from; clone: the snapshot
+					   * it was made of; "" otherwise
+					   * (or when that one is deleted) */
+	uint32_t kind;			  /* enum upager_segment_kind */
+	uint32_t nr_snapshots;		  /* live snapshots cut from it */
+	uint32_t nr_clones;		  /* clones made of it (snapshot) */
+	uint32_t reserved;
+	uint64_t cut_ns;	/* snapshot: when it was cut (CLOCK_REALTIME) */
+	uint64_t pages_shared;	/* snapshot: pages still the parent's
+				 * frame; segment: pages a snapshot still
+				 * shares (write-protected) */
+	uint64_t pages_private; /* snapshot: pages with a frame of its own
+				 * (copied before write, or on read) */
+	uint64_t pages_cbw;	/* copies before write: a snapshot, the
+				 * pages copied into it; a segment, the
+				 * writes that copied a page out first */
+	uint64_t allocated_bytes; /* memory its memfd really holds (its
+				   * allocated blocks) */
 };
 
 struct upager_daemon_stats {
@@ -236,6 +266,15 @@ pid_t upager_daemon_pid(struct upager *u);
 
 /* Map PROT_READ; needs read permission only. */
 #define UPAGER_ATTACH_RDONLY 0x1u
+/*
+ * A snapshot, mapped MAP_PRIVATE read-write: the process reads the
+ * snapshot's frames, shared with every other process that maps it, and
+ * gets a page of its own the first time it writes one (the kernel's copy
+ * on write).  Its writes are seen by nobody else and go with the mapping.
+ * Needs read permission only; refused (-EINVAL) for anything but a
+ * snapshot.
+ */
+#define UPAGER_ATTACH_PRIVATE 0x2u
 
 /*
  * upager_attach - map segment @name into this process
@@ -275,6 +314,87 @@ int upager_detach(struct upager_attachment *a);
 
 /* Human-readable name of a source kind ("zero", "file", "snapshot"). */
 const char *upager_source_name(uint32_t kind);
+
+/* What a snapshot's cut took. */
+struct upager_snapshot_result {
+	uint64_t cut_ns;       /* from the request to the release of the
+				* writers held */
+	uint64_t protect_ns;   /* of that, write-protecting every
+				* attachment */
+	uint64_t max_hold_ns;  /* the longest a writer waited (0: none) */
+	uint64_t writers_held; /* writes held during the cut */
+	uint64_t pages_shared; /* pages present at the cut: the
+				* snapshot shares their frames */
+	uint64_t attachments;  /* attachments write-protected */
+};
+
+/*
+ * upager_snapshot - cut snapshot @snap of segment @name, now
+ * @res: what the cut took (may be NULL)
+ * A consistent cut across every process attached to @name, taken without
+ * stopping them: every write that completed before the cut is in the
+ * snapshot, none after it.  Only a thread that writes a page during the
+ * cut waits, until the cut is recorded; readers never do.  The snapshot
+ * is a read-only segment named @snap (the caller owns it; @name's mode),
+ * attachable UPAGER_ATTACH_RDONLY or UPAGER_ATTACH_PRIVATE.  After the
+ * cut, the first write to a page it shares copies the page into it first.
+ * Returns 0 or -errno: -ENOENT (@name), -EEXIST (@snap), -EACCES (the
+ * caller may not read @name), -EINVAL (@name is a snapshot),
+ * -EOPNOTSUPP (an attachment of @name cannot be write-protected).
+ */
+int upager_snapshot(struct upager *u, const char *name, const char *snap,
+		    struct upager_snapshot_result *res);
+
+/*
+ * upager_clone - make @name, a writable segment whose pages come from
+ * snapshot @snap until they are written
+ * @mode: permission bits; 0 means 0600
+ * Returns 0 or -errno: -ENOENT, -EEXIST, -EINVAL (@snap is not a
+ * snapshot), -EACCES, -EDQUOT.  A snapshot with clones can be deleted
+ * only with UPAGER_DELETE_FORCE (-EBUSY otherwise): its frames then stay
+ * until its last clone goes.
+ */
+int upager_clone(struct upager *u, const char *snap, const char *name,
+		 uint32_t mode);
+
+/* What a save wrote. */
+struct upager_save_result {
+	uint64_t pages;	     /* pages in the image (written or holes) */
+	uint64_t pages_data; /* pages written as data */
+	uint64_t bytes_written;
+	uint64_t ns;
+	uint64_t image_id; /* this image's identity */
+	uint64_t base_id;  /* --since: the image it goes on top of */
+};
+
+/*
+ * upager_save - write segment or snapshot @name to @fd, an image file
+ * @since: NULL for a full image; else an older snapshot of the same
+ *         segment as @name (a snapshot), and only the pages that differ
+ *         between the two are written: an image to restore on top of
+ *         the image saved of @since (upager_create_image())
+ * @res: what was written (may be NULL)
+ * A full image is the segment's bytes, zero pages as holes, followed by a
+ * trailer; restored with a segment of source @fd.  A live segment is saved
+ * through a snapshot of it, so its writers go on.  @fd must be open for
+ * writing; it is truncated.  Returns 0 or -errno: -ENOENT, -EACCES,
+ * -EINVAL (@since not an older snapshot of the same segment), -EBADF,
+ * -EIO/-ENOSPC (writing the image).
+ */
+int upager_save(struct upager *u, const char *name, int fd, const char *since,
+		struct upager_save_result *res);
+
+/*
+ * upager_create_image - create @name from an incremental image
+ * (@opts->source_fd, saved with @since) laid over @base_fd, the image it
+ * was saved on top of.  Pages come in as they are touched: from the
+ * incremental image where it has them, from the base otherwise.
+ * @opts->size 0 takes the image's size.  Returns 0 or -errno: -EINVAL
+ * (not an upager image), -EXDEV (@base_fd is not the image it was saved
+ * on top of), and those of upager_create().
+ */
+int upager_create_image(struct upager *u, const char *name,
+			const struct upager_create_opts *opts, int base_fd);
 
 #ifdef __cplusplus
 }

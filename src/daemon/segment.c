@@ -177,6 +177,33 @@ bool segment_memfd_has(struct segment *seg, uint64_t pgoff)
 	return lseek(seg->memfd, off, SEEK_DATA) == off;
 }
 
+int segment_read(struct segment *seg, uint64_t pgoff, uint32_t n, void *buf)
+{
+	uint32_t ps = seg->page_size;
+
+	if (pgoff > seg->npages || n > seg->npages - pgoff)
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		char *p = (char *)buf + (size_t)i * ps;
+		off_t off = (off_t)((pgoff + i) * ps);
+		int ret;
+
+		if ((pte_get(&seg->pt, pgoff + i) & PTE_PRESENT) &&
+		    segment_memfd_has(seg, pgoff + i)) {
+			ssize_t got = pread(seg->memfd, p, ps, off);
+
+			if (got == (ssize_t)ps)
+				continue;
+			if (got < 0)
+				return -errno;
+		}
+		ret = source_read_sync(seg->src, pgoff + i, 1, p);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 int segment_park(struct segment *seg, struct attachment *att, uint64_t pgoff,
 		 uint64_t addr)
 {

@@ -99,6 +99,14 @@ uint64_t segment_resident_bytes(struct segment *seg);
 bool segment_memfd_has(struct segment *seg, uint64_t pgoff);
 
 /*
+ * segment_read - the content of pages [@pgoff, @pgoff + @n) of @seg, as
+ * a process attached to it would read them now, into @buf, blocking: the
+ * frames in the memfd, the source for the rest.  Fills nothing.  For
+ * saves.  Returns 0 or -errno.
+ */
+int segment_read(struct segment *seg, uint64_t pgoff, uint32_t n, void *buf);
+
+/*
  * segment_park - park the fault at @addr of @att on page @pgoff while the
  * page is BUSY.  Returns 1 when parked (the caller's reference to @att goes
  * with it), 0 when the page is not BUSY any more, -ENOMEM.

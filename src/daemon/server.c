@@ -955,6 +955,10 @@ static const char *type_name(uint16_t type)
 		[UPG_CLAIM] = "claim",
 		[UPG_USAGE] = "usage",
 		[UPG_USAGE_ENTRY] = "usage entry",
+		[UPG_SNAPSHOT] = "snapshot",
+		[UPG_CLONE] = "clone",
+		[UPG_SAVE] = "save",
+		[UPG_BASE] = "base",
 	};
 
 	return type < UPG_TYPE_MAX && names[type] ? names[type] : "unknown";
@@ -1072,6 +1076,34 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
  * error (reason in @c->why), or another -errno when a reply could not be
  * sent (the client is dropped too, but did nothing wrong).
  */
+/* Snapshots, clones, images */
+
+static int do_snapshot(struct conn *c, const struct upg_name2 *m)
+{
+	return -EOPNOTSUPP;
+}
+
+static int do_clone(struct conn *c, const struct upg_name2 *m)
+{
+	return -EOPNOTSUPP;
+}
+
+/* Takes @fd. */
+static int do_save(struct conn *c, const struct upg_name2 *m, int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	return -EOPNOTSUPP;
+}
+
+/* Takes @fd. */
+static int do_base(struct conn *c, int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	return -EOPNOTSUPP;
+}
+
 static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 			  int lost)
 {
@@ -1090,7 +1122,8 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 	else if (h->status != 0)
 		ret = protocol_error(c, "status %d in a %s request", h->status,
 				     type_name(h->type));
-	else if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER)
+	else if (fd >= 0 && h->type != UPG_CREATE && h->type != UPG_REGISTER &&
+		 h->type != UPG_SAVE && h->type != UPG_BASE)
 		ret = protocol_error(c, "a descriptor with %s",
 				     type_name(h->type));
 	else
@@ -1168,6 +1201,25 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 		break;
 	case UPG_CLAIM:
 		ret = do_claim(c, buf);
+		break;
+	case UPG_SNAPSHOT:
+	case UPG_CLONE:
+	case UPG_SAVE:
+	case UPG_BASE:
+		if (!(c->features & UPG_FEATURE_SNAPSHOT)) {
+			if (fd >= 0)
+				close(fd);
+			return protocol_error(c, "%s without its feature",
+					      type_name(h->type));
+		}
+		if (h->type == UPG_SNAPSHOT)
+			ret = do_snapshot(c, buf);
+		else if (h->type == UPG_CLONE)
+			ret = do_clone(c, buf);
+		else if (h->type == UPG_SAVE)
+			ret = do_save(c, buf, fd);
+		else
+			ret = do_base(c, fd);
 		break;
 	default:
 		/* proto_request_size() knows a type this switch does not */

@@ -98,11 +98,19 @@ static void plain_destroy(struct source *src)
 	free(src);
 }
 
+static int zero_read_sync(struct source *src, uint64_t pgoff, uint32_t npages,
+			  void *buf)
+{
+	memset(buf, 0, (size_t)npages * src->page_size);
+	return 0;
+}
+
 static const struct source_ops zero_ops = {
 	.name = "zero",
 	.kind = UPAGER_SOURCE_ZERO,
 	.read = zero_read,
 	.complete = zero_complete,
+	.read_sync = zero_read_sync,
 	.destroy = plain_destroy,
 };
 
@@ -166,11 +174,39 @@ static int file_complete(struct source *src, struct source_read *rd, int res,
 	return file_queue(src, rd, ring);
 }
 
+static int file_read_sync(struct source *src, uint64_t pgoff, uint32_t npages,
+			  void *buf)
+{
+	size_t len = (size_t)npages * src->page_size, done = 0;
+	uint64_t off = pgoff * src->page_size;
+
+	while (done < len) {
+		int64_t want = fail_pages_clip(src, off + done, len - done);
+		ssize_t n;
+
+		if (want < 0)
+			return want;
+		if (off + done >= src->file_size)
+			break;
+		n = pread(src->fd, (char *)buf + done, want, off + done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break; /* shrank: the rest reads as zero */
+		done += n;
+	}
+	memset((char *)buf + done, 0, len - done);
+	return 0;
+}
+
 static const struct source_ops file_ops = {
 	.name = "file",
 	.kind = UPAGER_SOURCE_FILE,
 	.read = file_read,
 	.complete = file_complete,
+	.read_sync = file_read_sync,
 	.destroy = plain_destroy,
 };
 

@@ -41,6 +41,10 @@ struct source_ops {
 		    struct io_uring *ring);
 	int (*complete)(struct source *src, struct source_read *rd, int res,
 			struct io_uring *ring);
+	/* Reads pages [@pgoff, @pgoff + @npages) into @buf, blocking:
+	 * for snapshots, clones and saves.  0 or -errno. */
+	int (*read_sync)(struct source *src, uint64_t pgoff, uint32_t npages,
+			 void *buf);
 	void (*destroy)(struct source *src);
 };
 
@@ -73,6 +77,12 @@ static inline int source_read(struct source *src, struct source_read *rd,
 			      struct io_uring *ring)
 {
 	return src->ops->read(src, rd, ring);
+}
+
+static inline int source_read_sync(struct source *src, uint64_t pgoff,
+				   uint32_t npages, void *buf)
+{
+	return src->ops->read_sync(src, pgoff, npages, buf);
 }
 
 static inline int source_complete(struct source *src, struct source_read *rd,

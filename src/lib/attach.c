@@ -71,8 +71,12 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	struct stat st;
 	uint64_t features = 0;
 	int prot = PROT_READ, ret;
+	/* Mapped MAP_PRIVATE: its frames are mapped with UFFDIO_CONTINUE. */
+	bool priv = flags & (UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE);
 
-	if (!u || !out || (flags & ~UPAGER_ATTACH_RDONLY))
+	if (!u || !out ||
+	    (flags & ~(UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE)) ||
+	    (flags & UPAGER_ATTACH_RDONLY && flags & UPAGER_ATTACH_PRIVATE))
 		return set_errno(-EINVAL);
 	a = calloc(1, sizeof(*a));
 	if (!a)
@@ -100,12 +104,13 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	 * shared mapping that could never be written.  A private one is
 	 * accepted: the daemon fills its frames in the memfd and maps them
 	 * with UFFDIO_CONTINUE (minor faults), so they are still the shared
-	 * frames, and this process cannot change them.
+	 * frames, and this process cannot change them.  A private attachment
+	 * of a snapshot is that mapping made writable: the kernel copies a
+	 * frame for this process the first time it writes it.
 	 */
 	if (!(flags & UPAGER_ATTACH_RDONLY))
 		prot |= PROT_WRITE;
-	a->addr = mmap(NULL, a->size, prot,
-		       flags & UPAGER_ATTACH_RDONLY ? MAP_PRIVATE : MAP_SHARED,
+	a->addr = mmap(NULL, a->size, prot, priv ? MAP_PRIVATE : MAP_SHARED,
 		       a->memfd, 0);
 	if (a->addr == MAP_FAILED) {
 		ret = -errno;
@@ -122,10 +127,9 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 		madvise(a->addr, a->size, MADV_DONTFORK);
 	a->reg_mode = UFFDIO_REGISTER_MODE_MISSING;
 	/* Write-protect mode now, so snapshots need no re-registration. */
-	if (!(flags & UPAGER_ATTACH_RDONLY) &&
-	    (features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
+	if (!priv && (features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
 		a->reg_mode |= UFFDIO_REGISTER_MODE_WP;
-	if (flags & UPAGER_ATTACH_RDONLY) {
+	if (priv) {
 		if (!(features & UFFD_FEATURE_MINOR_SHMEM)) {
 			ret = -EOPNOTSUPP;
 			goto err;
@@ -147,7 +151,7 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	reg.len = a->size;
 	reg.uffd_features = features;
 	reg.uffd_ioctls = ioctls;
-	reg.flags = flags & UPAGER_ATTACH_RDONLY ? UPG_REGISTER_RDONLY : 0;
+	reg.flags = priv ? UPG_REGISTER_RDONLY : 0;
 	ret = request(u, &reg, sizeof(reg), UPG_REGISTER, a->uffd, &rr,
 		      sizeof(rr), NULL);
 	if (ret < 0) {

@@ -286,7 +286,7 @@ err:
 	return set_errno(ret);
 }
 
-static int copy_name(char *dst, size_t room, const char *name)
+int copy_name(char *dst, size_t room, const char *name)
 {
 	if (!name || !proto_name_valid(name, UPAGER_NAME_MAX + 2))
 		return -EINVAL;

@@ -142,6 +142,9 @@ bool inherited(const struct upager *u);
 int request(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
 	    void *reply, size_t rlen, int *rfd);
 
+/* Copies a valid segment name into @dst: 0, or -EINVAL. */
+int copy_name(char *dst, size_t room, const char *name);
+
 /* A request about the segment @name (struct upg_name), as request(). */
 int name_request(struct upager *u, uint16_t type, const char *name,
 		 uint32_t flags, uint32_t owner, void *reply, size_t rlen,

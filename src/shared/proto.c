@@ -27,6 +27,12 @@ size_t proto_request_size(uint16_t type)
 		return sizeof(struct upg_detach);
 	case UPG_CLAIM:
 		return sizeof(struct upg_claim);
+	case UPG_SNAPSHOT:
+	case UPG_CLONE:
+	case UPG_SAVE:
+		return sizeof(struct upg_name2);
+	case UPG_BASE:
+		return sizeof(struct upg_hdr);
 	}
 	return 0;
 }

@@ -30,7 +30,10 @@
 /* UPG_USAGE: per-user usage and limits */
 #define UPG_FEATURE_USAGE (1ull << 0)
 #define UPG_FEATURE_OWNER (1ull << 1) /* UPG_ATTACH with UPG_ATTACH_OWNER */
-#define UPG_FEATURES_KNOWN (UPG_FEATURE_USAGE | UPG_FEATURE_OWNER)
+/* UPG_SNAPSHOT, UPG_CLONE, UPG_SAVE, UPG_BASE */
+#define UPG_FEATURE_SNAPSHOT (1ull << 2)
+#define UPG_FEATURES_KNOWN \
+	(UPG_FEATURE_USAGE | UPG_FEATURE_OWNER | UPG_FEATURE_SNAPSHOT)
 
 enum upg_type {
 	UPG_HELLO = 1,
@@ -46,6 +49,12 @@ enum upg_type {
 	UPG_CLAIM, /* reply + the child's userfaultfd */
 	UPG_USAGE, /* replies: UPG_USAGE_ENTRY..., then UPG_USAGE */
 	UPG_USAGE_ENTRY,
+	UPG_SNAPSHOT, /* upg_name2: name, snapshot; reply upg_snapshot_reply */
+	UPG_CLONE,    /* upg_name2: snapshot, new segment, mode */
+	UPG_SAVE,     /* upg_name2: name, since or ""; + the image fd;
+		       * reply upg_save_reply */
+	UPG_BASE,     /* bare header + a base image fd, for the next
+		       * UPG_CREATE of source UPAGER_SOURCE_IMAGE */
 	UPG_TYPE_MAX,
 };
 
@@ -84,6 +93,25 @@ struct upg_name {
 	char name[UPAGER_NAME_MAX + 1];
 	uint32_t flags;
 	uint32_t owner; /* attach with UPG_ATTACH_OWNER; else 0 */
+};
+
+/* snapshot, clone, save: two names */
+struct upg_name2 {
+	struct upg_hdr h;
+	char name[UPAGER_NAME_MAX + 1];
+	char name2[UPAGER_NAME_MAX + 1];
+	uint32_t flags;
+	uint32_t mode;
+};
+
+struct upg_snapshot_reply {
+	struct upg_hdr h;
+	struct upager_snapshot_result res;
+};
+
+struct upg_save_reply {
+	struct upg_hdr h;
+	struct upager_save_result res;
 };
 
 struct upg_attach_reply {
@@ -159,8 +187,13 @@ _Static_assert(sizeof(struct upg_register) == 72, "upg_register");
 _Static_assert(sizeof(struct upg_register_reply) == 32, "upg_register_reply");
 _Static_assert(sizeof(struct upg_detach) == 32, "upg_detach");
 _Static_assert(sizeof(struct upg_claim) == 40, "upg_claim");
-_Static_assert(sizeof(struct upager_segment_info) == 576, "segment_info");
-_Static_assert(sizeof(struct upg_info) == 600, "upg_info");
+_Static_assert(sizeof(struct upager_segment_info) == 696, "segment_info");
+_Static_assert(sizeof(struct upg_info) == 720, "upg_info");
+_Static_assert(sizeof(struct upg_name2) == 160, "upg_name2");
+_Static_assert(sizeof(struct upager_snapshot_result) == 48, "snap_result");
+_Static_assert(sizeof(struct upg_snapshot_reply) == 72, "upg_snapshot_reply");
+_Static_assert(sizeof(struct upager_save_result) == 48, "save_result");
+_Static_assert(sizeof(struct upg_save_reply) == 72, "upg_save_reply");
 _Static_assert(sizeof(struct upager_daemon_stats) == 200, "daemon_stats");
 _Static_assert(sizeof(struct upg_stats) == 224, "upg_stats");
 _Static_assert(sizeof(struct upager_usage) == 88, "usage");
