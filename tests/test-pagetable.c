@@ -51,7 +51,7 @@ static void pte_set_in(struct pagetable *t, uint64_t i, uint64_t v)
 	atomic_store(e, v);
 }
 
-static void pte_set(uint64_t i, uint64_t v)
+static void entry_set(uint64_t i, uint64_t v)
 {
 	pte_set_in(&pt, i, v);
 }
@@ -208,7 +208,7 @@ START_TEST(test_present_to_absent)
 	ck_assert(pte_try_busy(&pt, 1));
 
 	/* present and busy at once (not reachable through try_busy) */
-	pte_set(2, PTE_PRESENT | PTE_BUSY);
+	entry_set(2, PTE_PRESENT | PTE_BUSY);
 	ck_assert(!pte_present_to_absent(&pt, 2));
 	ck_assert_uint_eq(pte_get(&pt, 2), PTE_PRESENT | PTE_BUSY);
 }
@@ -217,7 +217,7 @@ END_TEST
 START_TEST(test_other_bits_kept)
 {
 	/* PRESERVE and the share count survive every transition. */
-	pte_set(9, SHARE(3) | PTE_PRESERVE);
+	entry_set(9, SHARE(3) | PTE_PRESERVE);
 	ck_assert(pte_try_busy(&pt, 9));
 	ck_assert_uint_eq(pte_get(&pt, 9), SHARE(3) | PTE_PRESERVE | PTE_BUSY);
 	pte_end_busy(&pt, 9, PTE_PRESENT);
@@ -226,13 +226,13 @@ START_TEST(test_other_bits_kept)
 	ck_assert(pte_present_to_absent(&pt, 9));
 	ck_assert_uint_eq(pte_get(&pt, 9), SHARE(3) | PTE_PRESERVE);
 
-	pte_set(10, SHARE(1));
+	entry_set(10, SHARE(1));
 	ck_assert(pte_try_busy(&pt, 10));
 	pte_end_busy(&pt, 10, 0);
 	ck_assert_uint_eq(pte_get(&pt, 10), SHARE(1));
 
 	/* all 64 bits are the entry's */
-	pte_set(11, ~(uint64_t)(PTE_PRESENT | PTE_BUSY | PTE_POISON));
+	entry_set(11, ~(uint64_t)(PTE_PRESENT | PTE_BUSY | PTE_POISON));
 	ck_assert(pte_try_busy(&pt, 11));
 	ck_assert_uint_eq(pte_get(&pt, 11),
 			  ~(uint64_t)(PTE_PRESENT | PTE_POISON));

@@ -155,12 +155,15 @@ struct attachment {
 	struct worker *_Atomic home; /* a reader; decides who reads */
 	_Atomic int kick_fd;	     /* the home's eventfd */
 	_Atomic uint64_t readers;
-	_Atomic uint64_t want;	    /* the readers the home chose */
-	_Atomic uint32_t gate;	    /* see gate_drain_enter() */
-	_Atomic uint64_t sample_ns; /* the next thread CPU sample is due */
-	void *pollers;		    /* one per worker (worker.c) */
-	_Atomic uint64_t ev_gen;    /* bumped by every event that changes
-				     * the ranges */
+	_Atomic uint64_t want;	       /* the readers the home chose */
+	_Atomic uint32_t gate;	       /* see gate_drain_enter() */
+	_Atomic uint64_t sample_ns;    /* the next thread CPU sample is due */
+	void *pollers;		       /* one per worker (worker.c) */
+	_Atomic uint64_t ev_gen;       /* bumped by every event that changes
+					* the ranges */
+	_Atomic uint64_t protect_want; /* a cut asks its reader to write-
+					* protect the ranges (snapshot.h) */
+	_Atomic uint64_t protect_done; /* the last cut it did that for */
 
 	pthread_mutex_t lock; /* guards the seven below */
 	struct att_range *ranges;

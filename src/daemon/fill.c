@@ -47,6 +47,7 @@
 #include "proto.h"
 #include "ring.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "uffd.h"
 #include "worker.h"
 
@@ -106,6 +107,11 @@ void filler_init(struct filler *fl, struct daemon *d, struct io_uring *ring,
 	fl->bit = 1ull << id;
 	fl->buf_size = (size_t)FILL_MAX_PAGES * sysconf(_SC_PAGESIZE);
 	list_init(&fl->stalled);
+	/* Address space only: reading it maps the kernel's zero page. */
+	fl->zeros = mmap(NULL, fl->buf_size, PROT_READ,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (fl->zeros == MAP_FAILED)
+		fl->zeros = NULL;
 }
 
 static bool zap_step(struct filler *fl);
@@ -116,6 +122,8 @@ void filler_fini(struct filler *fl)
 		;
 	while (fl->nr_bufs)
 		munmap(fl->bufs[--fl->nr_bufs], fl->buf_size);
+	if (fl->zeros)
+		munmap(fl->zeros, fl->buf_size);
 }
 
 /* A read buffer, recycled: NULL when out of memory. */
@@ -159,7 +167,7 @@ static void att_wake(struct attachment *att, uint64_t addr, uint64_t len)
 void fill_retry(struct attachment *att, uint64_t addr)
 {
 	if (attach_requeue(att, addr) == -ENOMEM)
-		att_wake(att, addr, att->seg->page_size);
+		att_wake(att, addr & ~FILL_RETRY_WP, att->seg->page_size);
 }
 
 /* How this worker may reach into @att's process now (see the top). */
@@ -256,6 +264,42 @@ static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
 		kill(pid, SIGBUS);
 }
 
+void fill_wp(struct filler *fl, struct attachment *att, uint64_t addr)
+{
+	struct segment *seg = att->seg;
+	enum into how = into_enter(fl, att);
+	uint64_t pgoff, run;
+	int ret;
+
+	if (how == BY_OFFSET) {
+		fill_retry(att, addr | FILL_RETRY_WP); /* for a reader */
+		return;
+	}
+	/* Looked up inside: the page copied is the page un-protected. */
+	if (attach_lookup(att, addr, &pgoff, &run) == 0 &&
+	    snapshot_wp(seg, att, addr, pgoff)) {
+		into_exit(fl, att, how); /* held by a cut */
+		return;
+	}
+	ret = uffd_writeprotect(att->uffd, addr, seg->page_size, false,
+				how == INTO_ALONE);
+	into_exit(fl, att, how);
+	switch (ret) {
+	case 0:
+		if (how != INTO_ALONE)
+			att_wake(att, addr, seg->page_size);
+		break;
+	case -EAGAIN: /* an event first */
+		fill_retry(att, addr | FILL_RETRY_WP);
+		break;
+	case -ESRCH:
+		break;
+	default: /* moved: it faults again where it is */
+		att_wake(att, addr, seg->page_size);
+		break;
+	}
+}
+
 /* Wakes or drives again the faults parked on pages [first, first + n). */
 static void fill_unpark(struct segment *seg, uint64_t first, uint64_t n)
 {
@@ -328,6 +372,7 @@ static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err, bool *woke)
 	void *src = (char *)f->rd.buf + from * ps;
 	enum into how = BY_OFFSET;
 	int uffd = att->uffd;
+	bool wp;
 
 	if (!(att->flags & UPG_REGISTER_RDONLY) && !f->offset_only)
 		how = into_enter(f->fl, att);
@@ -344,10 +389,24 @@ static uint64_t fill_ioctl(struct fill *f, uint32_t from, int *err, bool *woke)
 		dst = (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps;
 		uffd = f->seg->d->fill_uffd;
 	}
-	if (f->rd.zero)
+	/* During a cut, what lands in a process lands write-protected
+	 * (snapshot.h): its reader may have protected the range already.
+	 * UFFDIO_ZEROPAGE cannot protect; a copy of zeros can. */
+	wp = how != BY_OFFSET && atomic_load(&f->seg->cutting);
+	if (f->rd.zero && wp && !f->fl->zeros) {
+		into_exit(f->fl, att, how); /* (no memory at start) */
+		how = BY_OFFSET;
+		wp = false;
+		dst = (uintptr_t)f->seg->map + (f->rd.pgoff + from) * ps;
+		uffd = f->seg->d->fill_uffd;
+	}
+	if (f->rd.zero && wp)
+		src = f->fl->zeros;
+	if (f->rd.zero && !wp)
 		*err = uffd_zeropage(uffd, dst, len, how == INTO_ALONE, &done);
 	else
-		*err = uffd_copy(uffd, dst, src, len, how == INTO_ALONE, &done);
+		*err = uffd_copy_wp(uffd, dst, src, len, how == INTO_ALONE, wp,
+				    &done);
 	into_exit(f->fl, att, how);
 	*woke = how == INTO_ALONE;
 	f->by_offset |= how == BY_OFFSET;
@@ -966,7 +1025,10 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 					att_wake(att, addr, seg->page_size);
 				return;
 			}
-			/* Punched out (MADV_REMOVE): fill it again. */
+			/* Punched out (MADV_REMOVE): fill it again.  A
+			 * snapshot that shared the frame lost it. */
+			if (st & PTE_PRESERVE)
+				snapshot_lost(seg, pgoff);
 			pte_present_to_absent(&seg->pt, pgoff);
 			continue;
 		}

@@ -74,6 +74,8 @@ struct filler {
 	unsigned int nr_ahead;	     /* of those, read-ahead */
 	struct fill_zap zap[FILL_ZAPS];
 	unsigned int nr_zap;
+	void *zeros;		    /* FILL_MAX_PAGES pages of zeros, read
+				     * only: copied write-protected */
 	void *bufs[FILL_BUF_CACHE]; /* FILL_MAX_PAGES pages each */
 	unsigned int nr_bufs;
 	size_t buf_size;
@@ -101,6 +103,15 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
  * or, without memory for that, by waking the thread to fault again.
  */
 void fill_retry(struct attachment *att, uint64_t addr);
+/* In a retry address: the fault is a write to a protected page. */
+#define FILL_RETRY_WP 0x1ull
+
+/*
+ * fill_wp - serve the write-protect fault at @addr of @att: held while a
+ * cut is in progress (snapshot.h), else the page is copied into the
+ * snapshots that share it, then un-protected (which lets the write go).
+ */
+void fill_wp(struct filler *fl, struct attachment *att, uint64_t addr);
 
 /*
  * Fills whose copy met a pending event wait on @fl until that event is

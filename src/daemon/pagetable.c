@@ -25,6 +25,35 @@ int pagetable_init(struct pagetable *pt, uint64_t npages)
 	return 0;
 }
 
+static void pt_walk(void *n, unsigned int h, uint64_t first,
+		    void (*fn)(void *arg, uint64_t first, struct pt_leaf *l),
+		    void *arg)
+{
+	struct pt_node *node = n;
+
+	if (!n)
+		return;
+	if (!h) {
+		fn(arg, first, n);
+		return;
+	}
+	for (unsigned int k = 0; k < PT_NODE_SLOTS; k++)
+		pt_walk(atomic_load_explicit(&node->slot[k],
+					     memory_order_acquire),
+			h - 1,
+			first + ((uint64_t)k
+				 << (PT_LEAF_SHIFT + (h - 1) * PT_NODE_SHIFT)),
+			fn, arg);
+}
+
+void pagetable_walk(struct pagetable *pt,
+		    void (*fn)(void *arg, uint64_t first, struct pt_leaf *l),
+		    void *arg)
+{
+	pt_walk(atomic_load_explicit(&pt->root, memory_order_acquire),
+		pt->height, 0, fn, arg);
+}
+
 static void pt_free(void *n, unsigned int h)
 {
 	struct pt_node *node = n;

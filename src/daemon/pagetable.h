@@ -63,6 +63,16 @@
 #define PTE_BUSY 0x2ull
 #define PTE_PRESERVE 0x4ull
 #define PTE_POISON 0x8ull
+/*
+ * A snapshot's own table (snapshot.c): SHARING, the page is its parent's
+ * frame as it was at the cut (while not PRESENT here); CBW, its frame here
+ * was copied before a write of the parent; CHANGED, the page differs from
+ * the snapshot of the same parent cut before it.  A snapshot's page with
+ * none of PRESENT, SHARING is its parent's source.
+ */
+#define PTE_SHARING 0x10ull
+#define PTE_CBW 0x20ull
+#define PTE_CHANGED 0x40ull
 
 #define PT_LEAF_SHIFT 4
 #define PT_LEAF_SLOTS (1u << PT_LEAF_SHIFT)
@@ -114,6 +124,22 @@ static inline uint64_t pagetable_mem(struct pagetable *pt)
 }
 
 /*
+ * pagetable_walk - @fn on every leaf that exists, in page order; @first is
+ * the leaf's first entry (some may be past the table's end).  Leaves made
+ * meanwhile may be missed.
+ */
+void pagetable_walk(struct pagetable *pt,
+		    void (*fn)(void *arg, uint64_t first, struct pt_leaf *l),
+		    void *arg);
+
+/* Sets @bits in entry @i (its leaf made if need be): false without memory. */
+static inline bool pte_set(struct pagetable *pt, uint64_t i, uint64_t bits);
+
+/* Clears @bits in entry @i; returns the entry as it was. */
+static inline uint64_t pte_clear(struct pagetable *pt, uint64_t i,
+				 uint64_t bits);
+
+/*
  * pte_ref - the word of entry @i, its leaf (and the nodes above it) made
  * if need be.  The address stays valid until pagetable_fini.  Returns NULL
  * when a node cannot be allocated.  For code that changes bits other than
@@ -145,6 +171,26 @@ static inline uint64_t pte_get(struct pagetable *pt, uint64_t i)
 		return 0;
 	return atomic_load_explicit(&l->e[i & PT_LEAF_MASK],
 				    memory_order_acquire);
+}
+
+static inline bool pte_set(struct pagetable *pt, uint64_t i, uint64_t bits)
+{
+	_Atomic uint64_t *e = pte_ref(pt, i);
+
+	if (!e)
+		return false;
+	atomic_fetch_or_explicit(e, bits, memory_order_acq_rel);
+	return true;
+}
+
+static inline uint64_t pte_clear(struct pagetable *pt, uint64_t i, uint64_t bits)
+{
+	struct pt_leaf *l = pt_leaf_lookup(pt, i);
+
+	if (!l)
+		return 0;
+	return atomic_fetch_and_explicit(&l->e[i & PT_LEAF_MASK], ~bits,
+					 memory_order_acq_rel);
 }
 
 /*

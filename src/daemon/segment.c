@@ -17,6 +17,7 @@
 #include "log.h"
 #include "proto.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "uffd.h"
 
 int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
@@ -42,7 +43,10 @@ int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
 	snprintf(seg->name, sizeof(seg->name), "%s", name);
 	list_init(&seg->attachments);
 	list_init(&seg->link);
+	list_init(&seg->snapshots);
+	list_init(&seg->snap_link);
 	pthread_mutex_init(&seg->wait_lock, NULL);
+	pthread_mutex_init(&seg->cow_lock, NULL);
 
 	snprintf(mname, sizeof(mname), "upager:%s", name);
 	seg->memfd = memfd_create(mname, MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -90,6 +94,7 @@ err:
 	if (seg->memfd >= 0)
 		close(seg->memfd);
 	pthread_mutex_destroy(&seg->wait_lock);
+	pthread_mutex_destroy(&seg->cow_lock);
 	free(seg);
 	return ret;
 }
@@ -125,6 +130,7 @@ void segment_put(struct segment *seg)
 	if (!seg || atomic_fetch_sub(&seg->refs, 1) != 1)
 		return;
 	pr_info("segment", "%s: freed", seg->name);
+	snapshot_release(seg);
 	counters_retire(&seg->d->retired, &seg->c);
 	pagetable_fini(&seg->pt);
 	munmap(seg->map, seg->size);
@@ -132,6 +138,7 @@ void segment_put(struct segment *seg)
 	close(seg->memfd);
 	free(seg->waiters);
 	pthread_mutex_destroy(&seg->wait_lock);
+	pthread_mutex_destroy(&seg->cow_lock);
 	free(seg);
 }
 
@@ -166,6 +173,7 @@ void segment_info(struct segment *seg, struct upager_segment_info *info)
 	info->readahead_pages = counter_get(seg->c.readahead_pages);
 	info->readahead_touched = counter_get(seg->c.readahead_touched);
 	info->readahead_untouched = counter_get(seg->c.readahead_untouched);
+	snapshot_info(seg, info);
 	info->resident_bytes = segment_resident_bytes(seg);
 	info->nr_attachments = seg->nr_attachments;
 }

@@ -28,6 +28,7 @@
 #include "source.h"
 
 struct attachment;
+struct snap_held;
 
 /* A fault parked on a BUSY page, to be answered when its fill lands. */
 struct seg_waiter {
@@ -67,6 +68,24 @@ struct segment {
 
 	struct seg_counters c;
 	_Atomic uint64_t last_fault; /* page; bounds read-ahead */
+
+	/* Snapshots and clones (snapshot.h) */
+	struct segment *parent; /* snapshot: cut from it (a reference) */
+	struct segment *origin; /* clone: made of this snapshot (its
+				 * source holds the reference) */
+	bool is_snapshot;
+	uint64_t cut_ns;	    /* snapshot: CLOCK_REALTIME of the cut */
+	pthread_mutex_t cow_lock;   /* a parent's: its snapshots, cuts,
+				     * copies before write */
+	struct list_head snapshots; /* a parent's live snapshots, oldest
+				     * first (cow_lock) */
+	struct list_head snap_link; /* a snapshot: in parent->snapshots */
+	_Atomic unsigned int nr_snapshots;
+	_Atomic unsigned int nr_clones;
+	_Atomic uint64_t cutting;   /* a cut in progress: its number */
+	_Atomic uint64_t pages_cbw; /* copies before write (snapshot.h) */
+	struct snap_held *held;	    /* writes held by the cut (cow_lock) */
+	unsigned int nr_held, held_cap;
 };
 
 /*

@@ -54,6 +54,7 @@
 #include "quota.h"
 #include "ring.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "server.h"
 #include "source.h"
 #include "uffd.h"
@@ -463,9 +464,9 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 	ret = seg_lookup(c, seg, 0);
 	if (!ret && c->uid != 0 && c->uid != seg->uid)
 		ret = -EACCES;
-	else if (!ret && seg->nr_attachments &&
+	else if (!ret && (seg->nr_attachments || atomic_load(&seg->nr_clones)) &&
 		 !(m->flags & UPAGER_DELETE_FORCE))
-		ret = -EBUSY;
+		ret = -EBUSY; /* a forced one lives on for its clones */
 	if (!ret) {
 		seg->deleted = true;
 		list_del_init(&seg->link);
@@ -613,7 +614,9 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	struct upg_attach_reply r;
 	struct segment *seg;
 	unsigned int want = 4;
-	uint32_t known = UPAGER_ATTACH_RDONLY;
+	uint32_t known = UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE;
+	/* private: written by the process alone, read from the memfd */
+	bool ro = m->flags & (UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE);
 	int ret, fd = -1;
 
 	if (c->features & UPG_FEATURE_OWNER)
@@ -621,12 +624,17 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	if (!proto_name_valid(m->name, sizeof(m->name)) ||
 	    (m->flags & ~known) || (m->owner && !(m->flags & UPG_ATTACH_OWNER)))
 		return -EINVAL;
-	if (!(m->flags & UPAGER_ATTACH_RDONLY))
+	if (!ro)
 		want |= 2;
 	memset(&r, 0, sizeof(r));
 	pthread_mutex_lock(&d->lock);
 	seg = seg_find(d, m->name);
 	ret = seg_lookup(c, seg, want);
+	/* A snapshot is read-only; only a snapshot is mapped private. */
+	if (!ret && seg->is_snapshot && !ro)
+		ret = -EROFS;
+	if (!ret && !seg->is_snapshot && (m->flags & UPAGER_ATTACH_PRIVATE))
+		ret = -EINVAL;
 	/* After the lookup: a segment one may not see is not told of. */
 	if (!ret && (m->flags & UPG_ATTACH_OWNER) && seg->uid != m->owner)
 		ret = -EPERM;
@@ -639,7 +647,7 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 		r.page_size = seg->page_size;
 		r.source = seg->src->ops->kind;
 		fd = seg->memfd;
-		if (m->flags & UPAGER_ATTACH_RDONLY) {
+		if (ro) {
 			/* A read-only open file: it cannot be mapped for
 			 * writing, nor written. */
 			char path[64];
@@ -654,7 +662,7 @@ static int do_attach(struct conn *c, const struct upg_name *m)
 	if (ret)
 		return ret;
 	ret = reply(c, &r, sizeof(r), UPG_ATTACH, &m->h, 0, fd);
-	if (m->flags & UPAGER_ATTACH_RDONLY)
+	if (ro)
 		close(fd);
 	return ret ?: 1;
 }
@@ -751,6 +759,8 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 	pthread_mutex_lock(&d->lock);
 	seg = seg_find_id(d, m->seg_id);
 	ret = seg_lookup(c, seg, want);
+	if (!ret && seg->is_snapshot && !(m->flags & UPG_REGISTER_RDONLY))
+		ret = -EROFS;
 	if (!ret && (m->addr % seg->page_size || m->len != seg->size))
 		ret = -EINVAL;
 	if (!ret) {
@@ -781,7 +791,13 @@ static int do_register(struct conn *c, const struct upg_register *m, int fd)
 		att->uid = c->uid;
 		att->uffd_features = features;
 		att->uffd_ioctls = m->uffd_ioctls;
-		ret = worker_assign(d, att);
+		/* Snapshots would miss what it writes. */
+		if ((atomic_load(&seg->nr_snapshots) ||
+		     atomic_load(&seg->cutting)) &&
+		    !snapshot_can_protect(att))
+			ret = -EOPNOTSUPP;
+		else
+			ret = worker_assign(d, att);
 	}
 	if (!ret)
 		ret = attach_set_pid(att, c->pid);
@@ -802,6 +818,13 @@ out:
 		return ret;
 	}
 	worker_add(att);
+	/* Protected before it is told it may write. */
+	ret = snapshot_attach(att);
+	if (ret) {
+		attach_kill(att, "unprotected");
+		attach_put(att);
+		return ret;
+	}
 	memset(&r, 0, sizeof(r));
 	r.attach_id = att->id;
 	attach_put(att);
@@ -1078,14 +1101,104 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
  */
 /* Snapshots, clones, images */
 
+/* Publishes @seg, new, under the daemon lock. */
+static void seg_publish(struct daemon *d, struct segment *seg)
+{
+	seg->id = ++d->next_seg_id;
+	list_add_tail(&seg->link, &d->segments);
+	d->nr_segments++;
+}
+
+/*
+ * Looks up @name for a new segment made of it (read permission), takes
+ * its reference and @new's quota: 0 or -errno.  Under the daemon lock.
+ */
+static int made_of(struct conn *c, const char *name, const char *new,
+		   struct segment **out)
+{
+	struct daemon *d = c->s->d;
+	struct segment *seg = seg_find(d, name);
+	int ret = seg_lookup(c, seg, 4);
+
+	if (!ret && seg_find(d, new))
+		ret = -EEXIST;
+	if (!ret)
+		ret = quota_take(c, QUOTA_SEGMENTS, 1, seg->size);
+	if (!ret) {
+		segment_get(seg);
+		*out = seg;
+	}
+	return ret;
+}
+
 static int do_snapshot(struct conn *c, const struct upg_name2 *m)
 {
-	return -EOPNOTSUPP;
+	struct daemon *d = c->s->d;
+	struct upg_snapshot_reply r;
+	struct segment *seg = NULL, *snap;
+	int ret;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) ||
+	    !proto_name_valid(m->name2, sizeof(m->name2)) || m->flags || m->mode)
+		return -EINVAL;
+	memset(&r, 0, sizeof(r));
+	pthread_mutex_lock(&d->lock);
+	ret = made_of(c, m->name, m->name2, &seg);
+	pthread_mutex_unlock(&d->lock);
+	if (ret)
+		return ret;
+	/* Cut without the daemon lock: the readers publish forks under it.
+	 * The snapshot has its parent's mode, and the caller owns it. */
+	ret = snapshot_new(seg, m->name2, c->uid, c->gid, seg->mode, &snap,
+			   &r.res);
+	if (!ret) {
+		pthread_mutex_lock(&d->lock);
+		if (seg_find(d, m->name2)) {
+			ret = -EEXIST; /* taken meanwhile */
+		} else {
+			seg_publish(d, snap);
+			snap = NULL;
+		}
+		pthread_mutex_unlock(&d->lock);
+		segment_put(snap);
+	}
+	segment_put(seg);
+	if (ret)
+		return ret;
+	pr_notice("segment",
+		  "%s: snapshot %s by pid %d: %llu pages shared, cut %llu us, "
+		  "writers held %llu (longest %llu us)",
+		  m->name, m->name2, (int)c->pid,
+		  (unsigned long long)r.res.pages_shared,
+		  (unsigned long long)r.res.cut_ns / 1000,
+		  (unsigned long long)r.res.writers_held,
+		  (unsigned long long)r.res.max_hold_ns / 1000);
+	return reply(c, &r, sizeof(r), UPG_SNAPSHOT, &m->h, 0, -1) ?: 1;
 }
 
 static int do_clone(struct conn *c, const struct upg_name2 *m)
 {
-	return -EOPNOTSUPP;
+	struct daemon *d = c->s->d;
+	struct segment *snap = NULL, *seg;
+	int ret;
+
+	if (!proto_name_valid(m->name, sizeof(m->name)) ||
+	    !proto_name_valid(m->name2, sizeof(m->name2)) || m->flags ||
+	    m->mode > 0777)
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	ret = made_of(c, m->name, m->name2, &snap);
+	if (!ret)
+		ret = snapshot_clone(snap, m->name2, c->uid, c->gid,
+				     m->mode ? m->mode : 0600, &seg);
+	if (!ret)
+		seg_publish(d, seg);
+	pthread_mutex_unlock(&d->lock);
+	segment_put(snap);
+	if (!ret)
+		pr_notice("segment", "%s: clone %s by pid %d", m->name,
+			  m->name2, (int)c->pid);
+	return ret;
 }
 
 /* Takes @fd. */

@@ -70,16 +70,18 @@
 #include "log.h"
 #include "ring.h"
 #include "segment.h"
+#include "snapshot.h"
 #include "uffd.h"
 #include "worker.h"
 
 #define RING_ENTRIES 256
 #define UFFD_MSG_BATCH 32
 #define SAMPLE_NS 2000000ull /* a faulting thread's CPU, this often */
-#define SEEN_NS                                                     \
-	60000000ull	/* a CPU no thread faulted on for this long \
-			 * loses its reader */
-#define STALL_NS 100000 /* stalled fills are tried again after */
+#define SEEN_NS                                                      \
+	60000000ull	 /* a CPU no thread faulted on for this long \
+			  * loses its reader */
+#define STALL_NS 100000	 /* stalled fills are tried again after */
+#define PROTECT_TRIES 64 /* a cut's protection in one drain, at most */
 
 /* One worker's share of one attachment, in the attachment's array. */
 struct poller {
@@ -512,11 +514,8 @@ static void handle_pagefault(struct worker *w, struct attachment *att,
 			    0;
 
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-		/* No snapshot protects anything yet: let the write go. */
 		counter_add(seg->c.faults_wp, 1);
-		if (uffd_writeprotect(att->uffd, addr, seg->page_size, false,
-				      true) == -EAGAIN)
-			fill_retry(att, addr); /* an event first */
+		fill_wp(&w->fl, att, addr);
 		return;
 	}
 	if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
@@ -553,8 +552,12 @@ static void drive_retries(struct worker *w, struct attachment *att)
 	pthread_mutex_unlock(&att->lock);
 	if (!n)
 		return;
-	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++)
-		fill_fault(&w->fl, att, addrs[i], 0);
+	for (unsigned int i = 0; i < n && !atomic_load(&att->dead); i++) {
+		if (addrs[i] & FILL_RETRY_WP)
+			fill_wp(&w->fl, att, addrs[i] & ~FILL_RETRY_WP);
+		else
+			fill_fault(&w->fl, att, addrs[i], 0);
+	}
 	free(addrs);
 }
 
@@ -615,8 +618,8 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 {
 	struct attachment *att = p->att;
 	struct uffd_msg msgs[UFFD_MSG_BATCH];
-	unsigned int total = 0;
-	bool again = false;
+	unsigned int total = 0, protect_tries = 0;
+	bool again = false, protect;
 	ssize_t n;
 
 	do {
@@ -630,6 +633,13 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 			atomic_fetch_and(&att->gate, ~GATE_AGAIN); /* stale */
 		a.nr_children = a.nr_lost = 0;
 		a.unmapped = a.oom = false;
+		/* A cut's write-protection: here, where no copy into the
+		 * process runs and the events read so far are applied.  An
+		 * event pending fails it: read it, then again. */
+		protect = atomic_load(&att->protect_want) !=
+				  atomic_load(&att->protect_done) &&
+			  snapshot_protect(att) == -EAGAIN &&
+			  ++protect_tries < PROTECT_TRIES;
 		n = uffd_read(att->uffd, msgs, UFFD_MSG_BATCH);
 		for (ssize_t i = 0; i < n; i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
@@ -671,7 +681,9 @@ static unsigned int drain_uffd(struct worker *w, struct poller *p)
 		/* A drain refused while this worker copied: now. */
 		if (!alone && (atomic_load(&att->gate) & GATE_AGAIN))
 			again = true;
-	} while (n == UFFD_MSG_BATCH || again); /* more? */
+	} while (n == UFFD_MSG_BATCH || again || protect); /* more? */
+	if (protect_tries == PROTECT_TRIES)
+		attach_owe_drain(att); /* later: others' turn first */
 	if (again && !p->reading)
 		attach_owe_drain(att); /* it left meanwhile (place) */
 	if (p->reading)

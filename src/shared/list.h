@@ -20,6 +20,11 @@ struct list_head {
 	for (pos = list_entry((head)->next, __typeof__(*pos), member); \
 	     &pos->member != (head);                                   \
 	     pos = list_entry(pos->member.next, __typeof__(*pos), member))
+/* From the entry after @pos on. */
+#define list_for_each_entry_continue(pos, head, member)                    \
+	for (pos = list_entry(pos->member.next, __typeof__(*pos), member); \
+	     &pos->member != (head);                                       \
+	     pos = list_entry(pos->member.next, __typeof__(*pos), member))
 #define list_for_each_entry_safe(pos, n, head, member)                  \
 	for (pos = list_entry((head)->next, __typeof__(*pos), member),  \
 	    n = list_entry(pos->member.next, __typeof__(*pos), member); \

@@ -145,11 +145,18 @@ static int ranged(int ret, int64_t did, uint64_t len, uint64_t *done)
 int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, bool wake,
 	      uint64_t *done)
 {
+	return uffd_copy_wp(uffd, dst, src, len, wake, false, done);
+}
+
+int uffd_copy_wp(int uffd, uint64_t dst, const void *src, uint64_t len,
+		 bool wake, bool wp, uint64_t *done)
+{
 	struct uffdio_copy c = {
 		.dst = dst,
 		.src = (uintptr_t)src,
 		.len = len,
-		.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
+		.mode = (wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE) |
+			(wp ? UFFDIO_COPY_MODE_WP : 0),
 	};
 	int ret = ioctl(uffd, UFFDIO_COPY, &c);
 
@@ -202,10 +209,12 @@ int uffd_wake(int uffd, uint64_t start, uint64_t len)
 int uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect,
 		      bool wake)
 {
+	/* The kernel refuses DONTWAKE with WP: protecting wakes nobody. */
 	struct uffdio_writeprotect wp = {
 		.range = { .start = start, .len = len },
-		.mode = (protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0) |
-			(wake ? 0 : UFFDIO_WRITEPROTECT_MODE_DONTWAKE),
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP :
+			wake	? 0 :
+				  UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
 	};
 
 	return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;

@@ -58,6 +58,9 @@ int uffd_unregister(int uffd, uint64_t start, uint64_t len);
 
 int uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, bool wake,
 	      uint64_t *done);
+/* uffd_copy(), the pages mapped write-protected with @wp. */
+int uffd_copy_wp(int uffd, uint64_t dst, const void *src, uint64_t len,
+		 bool wake, bool wp, uint64_t *done);
 int uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake,
 		  uint64_t *done);
 int uffd_continue(int uffd, uint64_t start, uint64_t len, bool wake,

@@ -112,6 +112,7 @@ struct args {
 	const struct command *cmd;
 	const char *socket; /* NULL: the library's default */
 	const char *name;   /* the segment, for commands that take one */
+	const char *name2;  /* the second (snapshot, clone) */
 	const char *source;
 	uint64_t size;
 	uint64_t offset;
@@ -139,6 +140,7 @@ struct command {
 #define NEEDS_SIZE 0x2u	  /* --size */
 #define NEEDS_STDIN 0x4u  /* reads stdin */
 #define NEEDS_STDOUT 0x8u /* writes stdout */
+#define NEEDS_NAME2 0x10u /* a second segment name after NAME */
 
 /*
  * text_escape - @s made safe to show on a terminal or in a table
@@ -278,7 +280,7 @@ static const char *error_text(int err)
 	case EPERM:
 		return "permission denied";
 	case EBUSY:
-		return "segment is attached; use --force";
+		return "segment is attached (or a snapshot with clones); use --force";
 	case EINVAL:
 		return "invalid argument";
 	case EDQUOT:
@@ -344,8 +346,22 @@ static void info_sanitize(struct upager_segment_info *info)
 {
 	info->name[sizeof(info->name) - 1] = '\0';
 	info->source_path[sizeof(info->source_path) - 1] = '\0';
+	info->parent[sizeof(info->parent) - 1] = '\0';
 	if (info->nr_pids > UPAGER_STAT_PIDS)
 		info->nr_pids = UPAGER_STAT_PIDS;
+}
+
+static const char *kind_name(uint32_t kind)
+{
+	switch (kind) {
+	case UPAGER_KIND_SEGMENT:
+		return "segment";
+	case UPAGER_KIND_SNAPSHOT:
+		return "snapshot";
+	case UPAGER_KIND_CLONE:
+		return "clone";
+	}
+	return "unknown";
 }
 
 static const char *source_kind_name(uint32_t kind)
@@ -402,6 +418,15 @@ static void info_json(struct json *j, const struct upager_segment_info *info,
 	json_u64(j, "readahead_pages", info->readahead_pages);
 	json_u64(j, "readahead_touched", info->readahead_touched);
 	json_u64(j, "readahead_untouched", info->readahead_untouched);
+	json_string(j, "kind", kind_name(info->kind));
+	json_string(j, "parent", info->parent);
+	json_u64(j, "nr_snapshots", info->nr_snapshots);
+	json_u64(j, "nr_clones", info->nr_clones);
+	json_u64(j, "cut_ns", info->cut_ns);
+	json_u64(j, "pages_shared", info->pages_shared);
+	json_u64(j, "pages_private", info->pages_private);
+	json_u64(j, "pages_cbw", info->pages_cbw);
+	json_u64(j, "allocated_bytes", info->allocated_bytes);
 	json_u64(j, "nr_attachments", info->nr_attachments);
 	json_u64(j, "nr_pids", info->nr_pids);
 	json_open(j, "pids", '[', false);
@@ -488,6 +513,22 @@ static void info_text(const struct upager_segment_info *info)
 	print_u64("faults wp", info->faults_wp);
 	print_u64("faults minor", info->faults_minor);
 	print_u64("faults waited", info->faults_waited);
+	print_str("kind", kind_name(info->kind));
+	if (info->kind != UPAGER_KIND_SEGMENT)
+		print_str(info->kind == UPAGER_KIND_SNAPSHOT ? "snapshot of" :
+							       "clone of",
+			  info->parent[0] ? info->parent : "(deleted)");
+	if (info->kind == UPAGER_KIND_SNAPSHOT) {
+		print_u64("pages shared", info->pages_shared);
+		print_u64("pages own", info->pages_private);
+		print_u64("copied before write", info->pages_cbw);
+		print_u64("clones", info->nr_clones);
+	} else {
+		print_u64("snapshots", info->nr_snapshots);
+		print_u64("pages protected", info->pages_shared);
+		print_u64("copied before write", info->pages_cbw);
+	}
+	print_bytes("memory used", info->allocated_bytes);
 }
 
 /* "a directory": what a file that is not what we wanted is instead. */
@@ -704,6 +745,64 @@ static int cmd_delete(struct upager *u, const struct args *a)
 	int ret;
 
 	ret = upager_delete(u, a->name, a->force ? UPAGER_DELETE_FORCE : 0);
+	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
+}
+
+static double ms(uint64_t ns)
+{
+	return ns / 1e6;
+}
+
+static int cmd_snapshot(struct upager *u, const struct args *a)
+{
+	struct upager_snapshot_result r;
+	struct json j = JSON_INIT(stdout);
+	int ret;
+
+	ret = upager_snapshot(u, a->name, a->name2, &r);
+	if (ret == -EINVAL)
+		return fail(a, "%s is a snapshot: clone it to snapshot that",
+			    a->name);
+	if (ret == -EOPNOTSUPP)
+		return fail(a,
+			    "an attachment of %s cannot be write-protected "
+			    "(kernel without UFFD_FEATURE_WP_UNPOPULATED?)",
+			    a->name);
+	if (ret == -EDQUOT)
+		return fail_quota(u, a, false, 0);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	if (a->json) {
+		json_open(&j, NULL, '{', true);
+		json_string(&j, "snapshot", a->name2);
+		json_string(&j, "segment", a->name);
+		json_u64(&j, "cut_ns", r.cut_ns);
+		json_u64(&j, "protect_ns", r.protect_ns);
+		json_u64(&j, "max_hold_ns", r.max_hold_ns);
+		json_u64(&j, "writers_held", r.writers_held);
+		json_u64(&j, "pages_shared", r.pages_shared);
+		json_u64(&j, "attachments", r.attachments);
+		json_close(&j, '}');
+		putchar('\n');
+		return EXIT_SUCCESS;
+	}
+	printf("snapshot %s of %s: %" PRIu64 " pages shared, %" PRIu64
+	       " attachments protected\n"
+	       "cut took %.3f ms (protect %.3f ms); %" PRIu64
+	       " writes held, the longest %.3f ms\n",
+	       a->name2, a->name, r.pages_shared, r.attachments, ms(r.cut_ns),
+	       ms(r.protect_ns), r.writers_held, ms(r.max_hold_ns));
+	return EXIT_SUCCESS;
+}
+
+static int cmd_clone(struct upager *u, const struct args *a)
+{
+	int ret = upager_clone(u, a->name, a->name2, a->mode);
+
+	if (ret == -EINVAL)
+		return fail(a, "%s is not a snapshot", a->name);
+	if (ret == -EDQUOT)
+		return fail_quota(u, a, false, 0);
 	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
 }
 
@@ -1398,6 +1497,11 @@ static const struct option cat_options[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+static const struct option clone_options[] = {
+	{ "mode", required_argument, NULL, OPT_MODE },
+	{ NULL, 0, NULL, 0 },
+};
+
 static const struct option write_options[] = {
 	{ "offset", required_argument, NULL, OPT_OFFSET },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
@@ -1431,6 +1535,29 @@ static const struct command commands[] = {
 			"                  when the last attachment does\n",
 		.options = delete_options,
 		.needs = NEEDS_NAME,
+	},
+	{
+		.name = "snapshot",
+		.handler = cmd_snapshot,
+		.usage = "NAME SNAP [--json]",
+		.help = "Cut snapshot SNAP of segment NAME, now, while the "
+			"processes attached to\nit go on: a read-only segment "
+			"that keeps NAME's bytes as they are at the\ncut.  "
+			"Says how long the cut took and the longest time a "
+			"writer waited.\n\n"
+			"  --json          a JSON object\n",
+		.options = json_options,
+		.needs = NEEDS_NAME | NEEDS_NAME2 | NEEDS_STDOUT,
+	},
+	{
+		.name = "clone",
+		.handler = cmd_clone,
+		.usage = "SNAP NAME [--mode OCTAL]",
+		.help = "Make NAME, a writable segment whose pages come from "
+			"snapshot SNAP until\nthey are written.\n\n"
+			"  --mode OCTAL    permission bits (default 0600)\n",
+		.options = clone_options,
+		.needs = NEEDS_NAME | NEEDS_NAME2,
 	},
 	{
 		.name = "list",
@@ -1692,11 +1819,14 @@ static int apply_positional(struct args *a, const char *arg)
 {
 	size_t len;
 
-	if (!(a->cmd->needs & NEEDS_NAME) || a->name)
+	bool second = (a->cmd->needs & NEEDS_NAME2) && a->name;
+
+	if (!(a->cmd->needs & NEEDS_NAME) || (a->name && !second) ||
+	    (second && a->name2))
 		return usage_error(a->cmd, "unexpected argument '%s'",
 				   show(arg));
 	if (proto_name_valid(arg, UPAGER_NAME_MAX + 2)) {
-		a->name = arg;
+		*(second ? &a->name2 : &a->name) = arg;
 		return PARSE_OK;
 	}
 	len = strlen(arg);
@@ -1732,6 +1862,8 @@ static int check_required(const struct args *a)
 {
 	if ((a->cmd->needs & NEEDS_NAME) && !a->name)
 		return usage_error(a->cmd, "missing segment NAME");
+	if ((a->cmd->needs & NEEDS_NAME2) && !a->name2)
+		return usage_error(a->cmd, "missing the second name");
 	if ((a->cmd->needs & NEEDS_SIZE) && !a->has_size)
 		return usage_error(a->cmd, "missing --size");
 	return PARSE_OK;
