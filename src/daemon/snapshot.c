@@ -137,8 +137,8 @@ static const struct source_ops cut_ops = {
 	.destroy = cut_destroy,
 };
 
-static int clone_read_sync(struct source *src, uint64_t pgoff,
-			   uint32_t npages, void *buf)
+static int clone_read_sync(struct source *src, uint64_t pgoff, uint32_t npages,
+			   void *buf)
 {
 	return segment_read(((struct clone_source *)src)->snap, pgoff, npages,
 			    buf);
@@ -186,7 +186,7 @@ static void cbw_locked(struct segment *seg, uint64_t p)
 		if (!(e & PTE_PRESENT)) {
 			if (have < 0)
 				have = pread(seg->memfd, buf, ps, off) ==
-						       (ssize_t)ps &&
+					       (ssize_t)ps &&
 				       segment_memfd_has(seg, p);
 			if (!have ||
 			    pwrite(s->memfd, buf, ps, off) != (ssize_t)ps) {
@@ -221,9 +221,10 @@ void snapshot_lost(struct segment *seg, uint64_t pgoff)
 		uint64_t e = pte_get(&s->pt, pgoff);
 
 		if ((e & PTE_SHARING) && !(e & PTE_PRESENT)) {
-			pr_err("snapshot", "%s: page %llu lost: punched out of "
-			       "%s", s->name, (unsigned long long)pgoff,
-			       seg->name);
+			pr_err("snapshot",
+			       "%s: page %llu lost: punched out of "
+			       "%s",
+			       s->name, (unsigned long long)pgoff, seg->name);
 			pte_set(&s->pt, pgoff, PTE_POISON);
 			pte_clear(&s->pt, pgoff, PTE_SHARING);
 		}
@@ -316,8 +317,8 @@ static void protect_ask(struct attachment *att, uint64_t seq)
 {
 	uint64_t w = atomic_load(&att->protect_want);
 
-	while (w < seq && !atomic_compare_exchange_weak(&att->protect_want,
-							  &w, seq))
+	while (w < seq &&
+	       !atomic_compare_exchange_weak(&att->protect_want, &w, seq))
 		;
 	attach_owe_drain(att);
 }
@@ -395,8 +396,10 @@ static int protect_all(struct segment *seg, uint64_t seq, uint64_t *natt)
 			attach_put(v[i]);
 		free(v);
 		if (left) {
-			pr_err("snapshot", "%s: %u attachments not protected "
-			       "in 30 s", seg->name, left);
+			pr_err("snapshot",
+			       "%s: %u attachments not protected "
+			       "in 30 s",
+			       seg->name, left);
 			return -ETIMEDOUT;
 		}
 	}
@@ -445,7 +448,7 @@ static void rec_parent_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 		/* A BUSY page's frame is there once its copy landed; one
 		 * still to land brings the source's bytes. */
 		if (!(e & (PTE_PRESENT | PTE_BUSY)) || (e & PTE_POISON) ||
-		    !rec_has(rc, p))
+		    (pte_get(&rc->snap->pt, p) & PTE_SHARING) || !rec_has(rc, p))
 			continue;
 		if (rc->prev && !(pte_get(&rc->prev->pt, p) & PTE_SHARING))
 			bits |= PTE_CHANGED;
@@ -508,20 +511,38 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 	atomic_store(&seg->cutting, seq);
 	pthread_mutex_unlock(&seg->cow_lock);
 
+	/*
+	 * The record, in two walks.  The first, while the readers protect
+	 * (the other CPU): the pages present now.  Nothing it records
+	 * changes meanwhile: a write to a preserved page is held, and a page
+	 * filled from now on lands protected with its source's bytes.  The
+	 * second, once every attachment is protected, is the cut: the pages
+	 * that came in meanwhile.  The previous snapshot stays (a
+	 * reference); its shared pages do not change while cutting.
+	 */
+	pthread_mutex_lock(&seg->cow_lock);
+	if (!list_empty(&seg->snapshots)) {
+		rc.prev = list_entry(seg->snapshots.prev, struct segment,
+				     snap_link);
+		segment_get(rc.prev);
+	}
+	pthread_mutex_unlock(&seg->cow_lock);
+	rc.hole = -1;
+	pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
+
 	ret = protect_all(seg, seq, &res->attachments);
 	t1 = clock_ns(CLOCK_MONOTONIC);
 
 	pthread_mutex_lock(&seg->cow_lock);
-	if (!ret) {
-		if (!list_empty(&seg->snapshots))
-			rc.prev = list_entry(seg->snapshots.prev,
-					     struct segment, snap_link);
-		rc.hole = -1;
+	if (!ret && !rc.err) {
+		rc.data = rc.hole = -1;
+		rc.eof = false;
 		pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
 		if (rc.prev && !rc.err)
 			pagetable_walk(&rc.prev->pt, rec_prev_leaf, &rc);
-		ret = rc.err;
 	}
+	if (!ret)
+		ret = rc.err;
 	if (!ret) {
 		snap->cut_ns = clock_ns(CLOCK_REALTIME);
 		list_add_tail(&snap->snap_link, &seg->snapshots);
@@ -547,6 +568,7 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 		attach_put(a);
 	}
 	free(held);
+	segment_put(rc.prev);
 	res->writers_held = nheld;
 	res->pages_shared = rc.pages;
 	res->protect_ns = t1 - t0;
@@ -568,8 +590,8 @@ int snapshot_attach(struct attachment *att)
 	uint64_t seq;
 	long sleep_ns = 2000;
 
-	if (!att_writes(att) || (!atomic_load(&seg->cutting) &&
-				 !atomic_load(&seg->nr_snapshots)))
+	if (!att_writes(att) ||
+	    (!atomic_load(&seg->cutting) && !atomic_load(&seg->nr_snapshots)))
 		return 0;
 	if (!snapshot_can_protect(att))
 		return -EOPNOTSUPP;
@@ -589,8 +611,8 @@ int snapshot_attach(struct attachment *att)
 
 /* ---- snapshots and clones ---- */
 
-int snapshot_new(struct segment *parent, const char *name, uid_t uid,
-		 gid_t gid, uint32_t mode, struct segment **out,
+int snapshot_new(struct segment *parent, const char *name, uid_t uid, gid_t gid,
+		 uint32_t mode, struct segment **out,
 		 struct upager_snapshot_result *res)
 {
 	struct upager_snapshot_result r;
@@ -636,12 +658,11 @@ int snapshot_take(struct segment *seg, struct segment **out)
 		return 0;
 	}
 	snprintf(name, sizeof(name), "%.50s.save", seg->name);
-	return snapshot_new(seg, name, seg->uid, seg->gid, seg->mode, out,
-			    NULL);
+	return snapshot_new(seg, name, seg->uid, seg->gid, seg->mode, out, NULL);
 }
 
-int snapshot_clone(struct segment *snap, const char *name, uid_t uid,
-		   gid_t gid, uint32_t mode, struct segment **out)
+int snapshot_clone(struct segment *snap, const char *name, uid_t uid, gid_t gid,
+		   uint32_t mode, struct segment **out)
 {
 	struct clone_source *cs;
 	int ret;
@@ -722,8 +743,7 @@ static void count_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 
 	(void)first;
 	for (unsigned int k = 0; k < PT_LEAF_SLOTS; k++)
-		if ((atomic_load(&l->e[k]) & (c->bits | PTE_PRESENT)) ==
-		    c->bits)
+		if ((atomic_load(&l->e[k]) & (c->bits | PTE_PRESENT)) == c->bits)
 			c->n++;
 }
 
@@ -756,8 +776,8 @@ void snapshot_info(struct segment *seg, struct upager_segment_info *info)
 	if (fstat(seg->memfd, &st) == 0) {
 		info->allocated_bytes = (uint64_t)st.st_blocks * 512;
 		if (seg->is_snapshot)
-			info->pages_private =
-				info->allocated_bytes / seg->page_size;
+			info->pages_private = info->allocated_bytes /
+					      seg->page_size;
 	}
 }
 
@@ -808,8 +828,8 @@ void snapshot_release(struct segment *seg)
 	pthread_mutex_lock(&parent->cow_lock);
 	if (!list_empty(&seg->snap_link)) {
 		if (seg->snap_link.next != &parent->snapshots)
-			g.next = list_entry(seg->snap_link.next,
-					    struct segment, snap_link);
+			g.next = list_entry(seg->snap_link.next, struct segment,
+					    snap_link);
 		list_del_init(&seg->snap_link);
 		atomic_fetch_sub(&parent->nr_snapshots, 1);
 		pagetable_walk(&seg->pt, giveback_leaf, &g);
