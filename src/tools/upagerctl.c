@@ -897,8 +897,8 @@ static void list_text(const struct upager_segment_info *infos, size_t nr)
 		wname = max_int(wname, n);
 		wsource = max_int(wsource, m);
 	}
-	printf("%-*s %10s  %-*s %10s %7s %12s\n", wname, "NAME", "SIZE",
-	       wsource, "SOURCE", "RESIDENT", "ATTACH", "FAULTS");
+	printf("%-*s %-8s %10s  %-*s %10s %7s %12s\n", wname, "NAME", "KIND",
+	       "SIZE", wsource, "SOURCE", "RESIDENT", "ATTACH", "FAULTS");
 	for (i = 0; i < nr; i++) {
 		const struct upager_segment_info *info = &infos[i];
 
@@ -907,9 +907,11 @@ static void list_text(const struct upager_segment_info *infos, size_t nr)
 				SIZE_MAX);
 		size_format(info->size, size, sizeof(size));
 		size_format(info->resident_bytes, resident, sizeof(resident));
-		printf("%s%*s %10s  %s%*s %10s %7" PRIu32 " %12" PRIu64 "\n",
-		       name, wname - n, "", size, source, wsource - m, "",
-		       resident, info->nr_attachments, info_faults(info));
+		printf("%s%*s %-8s %10s  %s%*s %10s %7" PRIu32 " %12" PRIu64
+		       "\n",
+		       name, wname - n, "", kind_name(info->kind), size, source,
+		       wsource - m, "", resident, info->nr_attachments,
+		       info_faults(info));
 	}
 }
 
