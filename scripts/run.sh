@@ -61,6 +61,20 @@ echo "== write through one attachment, read through another"
 printf 'hello from upager\n' | ctl write demo --offset 1M
 ctl cat demo --offset 1M --length 18
 
+echo "== a snapshot, then a write: the snapshot keeps the old bytes"
+ctl snapshot demo demo.snap
+printf 'written after the snapshot\n' | ctl write demo --offset 1M
+printf '   demo:      '
+ctl cat demo --offset 1M --length 27
+printf '   demo.snap: '
+ctl cat demo.snap --offset 1M --length 18
+echo "== a clone of the snapshot, written on its own"
+ctl clone demo.snap demo.clone
+printf 'the clone writes\n' | ctl write demo.clone --offset 1M
+printf '   demo.clone: '
+ctl cat demo.clone --offset 1M --length 17
+ctl list
+
 echo "== upagerctl stat demo"
 ctl stat demo
 echo "== upagerctl stats"

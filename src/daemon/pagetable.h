@@ -73,6 +73,9 @@
 #define PTE_SHARING 0x10ull
 #define PTE_CBW 0x20ull
 #define PTE_CHANGED 0x40ull
+/* A segment's (never a snapshot's) table: a remove event covered the page
+ * since it was filled; its frame may be gone. */
+#define PTE_MAYBE_GONE 0x80ull
 
 #define PT_LEAF_SHIFT 4
 #define PT_LEAF_SLOTS (1u << PT_LEAF_SHIFT)

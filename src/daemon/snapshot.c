@@ -233,6 +233,28 @@ void snapshot_lost(struct segment *seg, uint64_t pgoff)
 	pthread_mutex_unlock(&seg->cow_lock);
 }
 
+void snapshot_removed(struct attachment *att, uint64_t start, uint64_t end)
+{
+	struct segment *seg = att->seg;
+	uint64_t ps = seg->page_size, a = start & ~(ps - 1);
+
+	while (a < end) {
+		uint64_t pgoff, run, n;
+
+		if (attach_lookup(att, a, &pgoff, &run) < 0) {
+			a += ps;
+			continue;
+		}
+		n = (end - a + ps - 1) / ps;
+		if (n > run)
+			n = run;
+		for (uint64_t i = 0; i < n; i++)
+			if (pte_get(&seg->pt, pgoff + i) & PTE_PRESENT)
+				pte_set(&seg->pt, pgoff + i, PTE_MAYBE_GONE);
+		a += n * ps;
+	}
+}
+
 bool snapshot_wp(struct segment *seg, struct attachment *att, uint64_t addr,
 		 uint64_t pgoff)
 {
@@ -409,35 +431,41 @@ static int protect_all(struct segment *seg, uint64_t seq, uint64_t *natt)
  * snapshot's. */
 struct record {
 	struct segment *parent, *snap, *prev;
-	off_t data, hole; /* the memfd's data extent at the cursor */
-	bool eof;
 	uint64_t pages;
 	int err;
 };
 
-/* Whether the parent's memfd holds page @p's frame; @p only grows. */
-static bool rec_has(struct record *rc, uint64_t p)
+/*
+ * Whether the parent's memfd still holds page @p's frame.  Only a page a
+ * remove event covered may have lost it (MADV_REMOVE punches it out, and
+ * the event comes first): looked at then, once (a seek of the memfd
+ * costs what a walk of its page cache does).
+ */
+static bool rec_has(struct record *rc, _Atomic uint64_t *e, uint64_t p)
 {
-	off_t off = (off_t)(p * rc->parent->page_size);
-
-	while (off >= rc->hole) {
-		if (rc->eof)
-			return false;
-		rc->data = lseek(rc->parent->memfd, off, SEEK_DATA);
-		if (rc->data < 0) {
-			rc->eof = true;
-			return false;
-		}
-		rc->hole = lseek(rc->parent->memfd, rc->data, SEEK_HOLE);
-		if (rc->hole < 0)
-			rc->hole = (off_t)rc->parent->size;
-	}
-	return off >= rc->data;
+	if (!(atomic_load(e) & PTE_MAYBE_GONE))
+		return true;
+	if (!segment_memfd_has(rc->parent, p))
+		return false;
+	atomic_fetch_and(e, ~PTE_MAYBE_GONE);
+	return true;
 }
 
+/* The leaf of @pt holding entry @i, made if need be: NULL without memory. */
+static struct pt_leaf *leaf_of(struct pagetable *pt, uint64_t i)
+{
+	_Atomic uint64_t *w = pte_ref(pt, i);
+
+	return w ? (struct pt_leaf *)(w - (i & PT_LEAF_MASK)) : NULL;
+}
+
+/* One leaf of the parent: a descent of each table a leaf, not a page. */
 static void rec_parent_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 {
 	struct record *rc = arg;
+	struct pt_leaf *sl = pt_leaf_lookup(&rc->snap->pt, first);
+	struct pt_leaf *pl = rc->prev ? pt_leaf_lookup(&rc->prev->pt, first) :
+					NULL;
 
 	for (unsigned int k = 0; k < PT_LEAF_SLOTS; k++) {
 		uint64_t p = first + k, e, bits = PTE_SHARING;
@@ -448,14 +476,16 @@ static void rec_parent_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 		/* A BUSY page's frame is there once its copy landed; one
 		 * still to land brings the source's bytes. */
 		if (!(e & (PTE_PRESENT | PTE_BUSY)) || (e & PTE_POISON) ||
-		    (pte_get(&rc->snap->pt, p) & PTE_SHARING) || !rec_has(rc, p))
+		    (sl && (atomic_load(&sl->e[k]) & PTE_SHARING)) ||
+		    !rec_has(rc, &l->e[k], p))
 			continue;
-		if (rc->prev && !(pte_get(&rc->prev->pt, p) & PTE_SHARING))
-			bits |= PTE_CHANGED;
-		if (!pte_set(&rc->snap->pt, p, bits)) {
+		if (!sl && !(sl = leaf_of(&rc->snap->pt, p))) {
 			rc->err = -ENOMEM;
 			return;
 		}
+		if (rc->prev && !(pl && (atomic_load(&pl->e[k]) & PTE_SHARING)))
+			bits |= PTE_CHANGED;
+		atomic_fetch_or(&sl->e[k], bits);
 		atomic_fetch_or(&l->e[k], PTE_PRESERVE);
 		rc->pages++;
 	}
@@ -527,7 +557,6 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 		segment_get(rc.prev);
 	}
 	pthread_mutex_unlock(&seg->cow_lock);
-	rc.hole = -1;
 	pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
 
 	ret = protect_all(seg, seq, &res->attachments);
@@ -535,8 +564,6 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 
 	pthread_mutex_lock(&seg->cow_lock);
 	if (!ret && !rc.err) {
-		rc.data = rc.hole = -1;
-		rc.eof = false;
 		pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
 		if (rc.prev && !rc.err)
 			pagetable_walk(&rc.prev->pt, rec_prev_leaf, &rc);

@@ -57,16 +57,16 @@ struct snap_held {
  * (-EINVAL: @parent is a snapshot; -EOPNOTSUPP: an attachment of @parent
  * cannot be write-protected).  @res: what the cut took.
  */
-int snapshot_new(struct segment *parent, const char *name, uid_t uid,
-		 gid_t gid, uint32_t mode, struct segment **out,
+int snapshot_new(struct segment *parent, const char *name, uid_t uid, gid_t gid,
+		 uint32_t mode, struct segment **out,
 		 struct upager_snapshot_result *res);
 
 /*
  * snapshot_clone - a new, unpublished writable segment whose pages come
  * from snapshot @snap until written.
  */
-int snapshot_clone(struct segment *snap, const char *name, uid_t uid,
-		   gid_t gid, uint32_t mode, struct segment **out);
+int snapshot_clone(struct segment *snap, const char *name, uid_t uid, gid_t gid,
+		   uint32_t mode, struct segment **out);
 
 /*
  * snapshot_take - an unnamed snapshot of @seg for a save (a snapshot is
@@ -89,6 +89,13 @@ bool snapshot_wp(struct segment *seg, struct attachment *att, uint64_t addr,
  * when an event must be read first (drain, then call again).
  */
 int snapshot_protect(struct attachment *att);
+
+/*
+ * snapshot_removed - @att's uffd told of a remove (MADV_DONTNEED or
+ * MADV_REMOVE) of [@start, @end): the frames there may be punched out
+ * next; a cut looks before it shares them.
+ */
+void snapshot_removed(struct attachment *att, uint64_t start, uint64_t end);
 
 /*
  * snapshot_lost - page @pgoff of @seg, which snapshots shared, was punched

@@ -586,8 +586,9 @@ static void handle_event(struct worker *w, struct attachment *att,
 		break;
 	case UFFD_EVENT_REMOVE:
 		/* The frames stay PRESENT in the table; a fault on a
-		 * punched one re-checks. */
+		 * punched one re-checks, and so does a cut. */
 		counter_add(w->d->events_remove, 1);
+		snapshot_removed(att, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
 		counter_add(w->d->events_unmap, 1);
