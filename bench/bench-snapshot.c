@@ -586,15 +586,18 @@ struct snap_row {
 static void snap_median(struct snap_fig *runs, unsigned int n,
 			struct snap_fig *out)
 {
-	double v[64];
+	double *v = calloc(n ? n : 1, sizeof(*v));
 	size_t f;
 	unsigned int i;
 
+	if (!v)
+		abort();
 	for (f = 0; f < SNAP_FIG_N; f++) {
-		for (i = 0; i < n && i < 64; i++)
+		for (i = 0; i < n; i++)
 			v[i] = ((double *)&runs[i])[f];
-		((double *)out)[f] = n ? median(v, i) : -1;
+		((double *)out)[f] = n ? median(v, n) : -1;
 	}
+	free(v);
 }
 
 static void ms_cell(FILE *f, double ns, int width)
