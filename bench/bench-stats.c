@@ -307,9 +307,9 @@ void bench_report_table(const struct bench_report *r, FILE *f)
 		if (strcmp(last, vname) && i)
 			fputc('\n', f);
 		if (res->error[0]) {
-			fprintf(f, "%-18s %-22s error: %s\n",
+			fprintf(f, "%-18s %-22s %s%s\n",
 				strcmp(last, vname) ? vname : "", res->system,
-				res->error);
+				res->skipped ? "" : "error: ", res->error);
 		} else {
 			table_row(f, strcmp(last, vname) ? vname : "",
 				  res->system, &res->fig);
@@ -433,7 +433,8 @@ static void json_result(const struct bench_report *r,
 	if (res->error[0]) {
 		fprintf(f, ", \"error\": ");
 		json_write_string(f, res->error);
-		fprintf(f, "}");
+		fprintf(f, ", \"skipped\": %s}",
+			res->skipped ? "true" : "false");
 		return;
 	}
 	fprintf(f, ", \"runs\": %u,\n     ", res->nr_runs);
@@ -514,6 +515,32 @@ static void json_result(const struct bench_report *r,
 	fprintf(f, "}");
 }
 
+void bench_report_json_targets(const struct bench_report *r, FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "\"targets\": [");
+	for (i = 0; i < r->nr_targets; i++) {
+		const struct bench_target *t = &r->targets[i];
+
+		fprintf(f, "%s\n    {\"name\": ", i ? "," : "");
+		json_write_string(f, t->name);
+		if (t->value < 0)
+			fprintf(f, ", \"value\": null");
+		else
+			fprintf(f, ", \"value\": %.4f", t->value);
+		fprintf(f, ", \"op\": \"%s\", \"goal\": %g, \"unit\": ", t->op,
+			t->goal);
+		if (t->unit)
+			json_write_string(f, t->unit);
+		else
+			fprintf(f, "null");
+		fprintf(f, ", \"informational\": %s, \"met\": %s}",
+			t->info ? "true" : "false", t->met ? "true" : "false");
+	}
+	fprintf(f, "%s]", r->nr_targets ? "\n  " : "");
+}
+
 int bench_report_json(const struct bench_report *r, FILE *f)
 {
 	size_t i;
@@ -543,25 +570,8 @@ int bench_report_json(const struct bench_report *r, FILE *f)
 		json_result(r, &r->results[i], f);
 		fprintf(f, "%s\n", i + 1 < r->nr_results ? "," : "");
 	}
-	fprintf(f, "  ],\n  \"targets\": [");
-	for (i = 0; i < r->nr_targets; i++) {
-		const struct bench_target *t = &r->targets[i];
-
-		fprintf(f, "%s\n    {\"name\": ", i ? "," : "");
-		json_write_string(f, t->name);
-		if (t->value < 0)
-			fprintf(f, ", \"value\": null");
-		else
-			fprintf(f, ", \"value\": %.4f", t->value);
-		fprintf(f, ", \"op\": \"%s\", \"goal\": %g, \"unit\": ", t->op,
-			t->goal);
-		if (t->unit)
-			json_write_string(f, t->unit);
-		else
-			fprintf(f, "null");
-		fprintf(f, ", \"informational\": %s, \"met\": %s}",
-			t->info ? "true" : "false", t->met ? "true" : "false");
-	}
-	fprintf(f, "%s]\n}\n", r->nr_targets ? "\n  " : "");
+	fprintf(f, "  ],\n  ");
+	bench_report_json_targets(r, f);
+	fprintf(f, "\n}\n");
 	return ferror(f) ? -EIO : 0;
 }

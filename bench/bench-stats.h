@@ -103,6 +103,8 @@ struct bench_result {
 	double cache_resident; /* file: fraction cached before the last
 				* run, or < 0 when not measured */
 	char error[160];       /* "" unless the system failed */
+	bool skipped;	       /* error says why it could not run here
+				* (n/a): no failure */
 };
 
 struct bench_target {
@@ -167,5 +169,8 @@ struct bench_target *bench_report_target(struct bench_report *r,
 void bench_report_table(const struct bench_report *r, FILE *f);
 void bench_report_targets(const struct bench_report *r, FILE *f);
 int bench_report_json(const struct bench_report *r, FILE *f);
+/* The "targets": [...] member of the JSON, for the workloads that write
+ * their own results. */
+void bench_report_json_targets(const struct bench_report *r, FILE *f);
 
 #endif

@@ -113,7 +113,7 @@ double bench_timer_overhead_ns(void)
  * Transparent huge pages would turn 512 first touches into one fault and
  * 511 plain accesses; every system is measured at 4 KiB.
  */
-static void no_huge(void *addr, size_t len)
+void bench_no_huge(void *addr, size_t len)
 {
 	madvise(addr, len, MADV_NOHUGEPAGE);
 }
@@ -144,7 +144,7 @@ static int memfd_attach(struct bench_run *run, struct bench_map *map)
 
 	if (p == MAP_FAILED)
 		return -errno;
-	no_huge(p, run->len);
+	bench_no_huge(p, run->len);
 	map->addr = p;
 	return 0;
 }
@@ -198,7 +198,7 @@ static int anon_attach(struct bench_run *run, struct bench_map *map)
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return -errno;
-	no_huge(p, run->len);
+	bench_no_huge(p, run->len);
 	map->addr = p;
 	return 0;
 }
@@ -409,7 +409,7 @@ static int minimal_attach(struct bench_run *run, struct bench_map *map)
 		goto fail;
 	}
 	m->base = p;
-	no_huge(p, m->len);
+	bench_no_huge(p, m->len);
 	m->page = aligned_alloc(m->page_size, m->page_size);
 	if (!m->page) {
 		r = -ENOMEM;
@@ -736,7 +736,7 @@ static int floor_attach(struct bench_run *run, struct bench_map *map)
 		goto fail;
 	}
 	f->base = p;
-	no_huge(p, f->len);
+	bench_no_huge(p, f->len);
 	f->stopfd = eventfd(0, EFD_CLOEXEC);
 	if (f->stopfd < 0) {
 		r = -errno;
@@ -916,7 +916,7 @@ static int daemon_start(struct bench_env *env)
 	}
 }
 
-static int upagerd_init(struct bench_env *env)
+int bench_upagerd_init(struct bench_env *env)
 {
 	int r;
 
@@ -981,7 +981,7 @@ void bench_env_kill_daemon(struct bench_env *env)
 	}
 }
 
-static void upagerd_fini(struct bench_env *env)
+void bench_upagerd_fini(struct bench_env *env)
 {
 	upager_disconnect(env->conn);
 	env->conn = NULL;
@@ -1086,16 +1086,24 @@ static int proc_cpu_ns(pid_t pid, uint64_t *ns)
 	return 0;
 }
 
-static int upagerd_pager_cpu(struct bench_run *run, uint64_t *ns)
+pid_t bench_upagerd_pid(const struct bench_env *env)
 {
+	pid_t pid;
+
+	if (env->daemon_pid > 0)
+		return env->daemon_pid;
 	/* an existing daemon (--socket): the pid its socket says, when it
 	 * did not detach after listening */
-	pid_t pid = run->env->daemon_pid > 0 ?
-			    run->env->daemon_pid :
-			    upager_daemon_pid(run->env->conn);
+	pid = env->conn ? upager_daemon_pid(env->conn) : -ESRCH;
+	return pid > 0 ? pid : -ESRCH;
+}
 
-	if (pid <= 0)
-		return -ESRCH;
+static int upagerd_pager_cpu(struct bench_run *run, uint64_t *ns)
+{
+	pid_t pid = bench_upagerd_pid(run->env);
+
+	if (pid < 0)
+		return pid;
 	return proc_cpu_ns(pid, ns);
 }
 
@@ -1131,8 +1139,8 @@ const struct bench_system bench_upagerd = {
 	.name = "upagerd",
 	.summary = "a daemon segment, upager_attach in every process",
 	.flags = BENCH_SYS_DAEMON,
-	.init = upagerd_init,
-	.fini = upagerd_fini,
+	.init = bench_upagerd_init,
+	.fini = bench_upagerd_fini,
 	.setup = upagerd_setup,
 	.attach = upagerd_attach,
 	.touch = bench_touch_timed,
@@ -1141,12 +1149,422 @@ const struct bench_system bench_upagerd = {
 	.pager_cpu = upagerd_pager_cpu,
 };
 
+/* ---- the wp workload: populated memory, armed to copy before write ---- */
+
+void bench_populate(char *base, size_t len, size_t page_size)
+{
+	size_t off;
+
+	for (off = 0; off < len; off += page_size)
+		((volatile char *)base)[off + 1] = BENCH_POPULATE_MARK;
+}
+
+/* ---- kernel-cow: the kernel's copy on write after fork() ---- */
+
+static int cow_attach(struct bench_run *run, struct bench_map *map)
+{
+	pid_t parent = getpid(), pid;
+	void *p;
+	int r;
+
+	if (run->source_fd >= 0)
+		return -EINVAL;
+	p = mmap(NULL, run->len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	bench_no_huge(p, run->len);
+	bench_populate(p, run->len, run->env->page_size);
+	/*
+	 * The child shares every page until it goes: the parent's first
+	 * write to each is the COW fault that copies it (the child never
+	 * writes, so the parent's timing is the fault alone).
+	 */
+	pid = fork();
+	if (pid < 0) {
+		r = -errno;
+		munmap(p, run->len);
+		return r;
+	}
+	if (!pid) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(0);
+		for (;;)
+			pause();
+	}
+	map->addr = p;
+	map->priv = (void *)(intptr_t)pid;
+	return 0;
+}
+
+static int cow_detach(struct bench_run *run, struct bench_map *map)
+{
+	pid_t pid = (pid_t)(intptr_t)map->priv;
+
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	map->priv = NULL;
+	return unmap_detach(run, map);
+}
+
+const struct bench_system bench_kernel_cow = {
+	.name = "kernel-cow",
+	.summary = "anon memory populated, fork() a sleeping child: "
+		   "COW faults",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = nothing_setup,
+	.attach = cow_attach,
+	.touch = bench_touch_timed,
+	.detach = cow_detach,
+	.teardown = nothing_teardown,
+};
+
+/* ---- minimal-wp: a copy-before-write handler, one thread ---- */
+
+struct minimal_wp {
+	int uffd;
+	int stopfd;
+	int copyfd; /* the copies: a memfd as large as the mapping */
+	pthread_t thread;
+	bool started;
+	char *base;
+	size_t len;
+	size_t page_size;
+	struct bench_handlers *handlers;
+	uint64_t faults;
+	int error; /* -errno of the handler, read after join */
+};
+
+static int minimal_wp_copy(struct minimal_wp *m, unsigned long addr)
+{
+	size_t off = addr - (unsigned long)m->base;
+	ssize_t n;
+
+	/* the page is write-protected, not read-protected: read it */
+	n = pwrite(m->copyfd, m->base + off, m->page_size, (off_t)off);
+	if (n != (ssize_t)m->page_size)
+		return n < 0 ? -errno : -EIO;
+	return uffd_writeprotect(m->uffd, addr, m->page_size, false, true);
+}
+
+static void *minimal_wp_handler(void *arg)
+{
+	struct minimal_wp *m = arg;
+	struct uffd_msg msg;
+	ssize_t n;
+	int r;
+
+	for (;;) {
+		struct pollfd pfd[2] = {
+			{ .fd = m->uffd, .events = POLLIN },
+			{ .fd = m->stopfd, .events = POLLIN },
+		};
+
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			m->error = -errno;
+			break;
+		}
+		if (pfd[1].revents)
+			break;
+		n = uffd_read(m->uffd, &msg, 1);
+		if (n < 0) {
+			m->error = (int)n;
+			break;
+		}
+		if (!n)
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT ||
+		    !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+			m->error = -EPROTO;
+			break;
+		}
+		r = minimal_wp_copy(m,
+				    (unsigned long)msg.arg.pagefault.address &
+					    ~(unsigned long)(m->page_size - 1));
+		if (r < 0) {
+			m->error = r;
+			break;
+		}
+		m->faults++;
+	}
+	/* unregistering wakes the faulting threads: never a hang */
+	if (m->error)
+		uffd_unregister(m->uffd, (uintptr_t)m->base, m->len);
+	handlers_add(m->handlers, m->faults);
+	return NULL;
+}
+
+static void minimal_wp_free(struct minimal_wp *m)
+{
+	if (!m)
+		return;
+	if (m->uffd >= 0)
+		close(m->uffd);
+	if (m->stopfd >= 0)
+		close(m->stopfd);
+	if (m->copyfd >= 0)
+		close(m->copyfd);
+	if (m->base)
+		munmap(m->base, m->len);
+	free(m);
+}
+
+static int minimal_wp_attach(struct bench_run *run, struct bench_map *map)
+{
+	uint64_t ioctls, need = (uint64_t)1 << _UFFDIO_WRITEPROTECT;
+	struct minimal_wp *m;
+	void *p;
+	int r;
+
+	if (run->source_fd >= 0)
+		return -EINVAL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->uffd = m->stopfd = m->copyfd = -1;
+	m->len = run->len;
+	m->page_size = run->env->page_size;
+	m->handlers = run->handlers;
+	p = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
+	if (p == MAP_FAILED) {
+		r = -errno;
+		goto fail;
+	}
+	m->base = p;
+	bench_no_huge(p, m->len);
+	bench_populate(m->base, m->len, m->page_size);
+	m->copyfd = memfd_create("upager-bench-copies", MFD_CLOEXEC);
+	if (m->copyfd < 0 || ftruncate(m->copyfd, (off_t)m->len) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	/* write-protecting shmem needs its feature; every page is mapped */
+	r = uffd_open(UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+		      UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0, NULL);
+	if (r < 0)
+		goto fail;
+	m->uffd = r;
+	r = uffd_register(m->uffd, (uintptr_t)m->base, m->len,
+			  UFFDIO_REGISTER_MODE_WP, &ioctls);
+	if (r < 0)
+		goto fail;
+	if ((ioctls & need) != need) {
+		r = -EOPNOTSUPP;
+		goto fail;
+	}
+	/* (the kernel refuses DONTWAKE with MODE_WP: EINVAL) */
+	r = uffd_writeprotect(m->uffd, (uintptr_t)m->base, m->len, true, true);
+	if (r < 0)
+		goto fail;
+	m->stopfd = eventfd(0, EFD_CLOEXEC);
+	if (m->stopfd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	r = -pthread_create(&m->thread, NULL, minimal_wp_handler, m);
+	if (r < 0)
+		goto fail;
+	m->started = true;
+	map->addr = m->base;
+	map->priv = m;
+	return 0;
+fail:
+	minimal_wp_free(m);
+	return r;
+}
+
+static int minimal_wp_detach(struct bench_run *run, struct bench_map *map)
+{
+	struct minimal_wp *m = map->priv;
+	uint64_t one = 1;
+	int r = 0;
+
+	(void)run;
+	if (!m)
+		return 0;
+	if (m->started) {
+		if (write(m->stopfd, &one, sizeof(one)) != sizeof(one))
+			abort(); /* an eventfd write cannot fail here */
+		pthread_join(m->thread, NULL);
+		r = m->error;
+	}
+	minimal_wp_free(m);
+	map->priv = NULL;
+	map->addr = NULL;
+	return r;
+}
+
+static void memfd_handlers_teardown(struct bench_run *run)
+{
+	handlers_teardown(run);
+	memfd_teardown(run);
+}
+
+static int memfd_handlers_setup(struct bench_run *run)
+{
+	int r = memfd_setup(run);
+
+	if (r < 0)
+		return r;
+	r = handlers_setup(run);
+	if (r < 0)
+		memfd_teardown(run);
+	return r;
+}
+
+const struct bench_system bench_minimal_wp = {
+	.name = "minimal-wp",
+	.summary = "uffd WP on a memfd, 1 handler thread: pwrite the page "
+		   "to a 2nd memfd, un-protect",
+	.flags = BENCH_SYS_REFERENCE,
+	.setup = memfd_handlers_setup,
+	.attach = minimal_wp_attach,
+	.touch = bench_touch_timed,
+	.detach = minimal_wp_detach,
+	.teardown = memfd_handlers_teardown,
+};
+
+/* ---- upagerd (wp): the first writes after upager_snapshot() ---- */
+
+int bench_upagerd_probe_snapshots(struct bench_env *env)
+{
+	int r;
+
+	if (!env->conn)
+		return -ENOTCONN;
+	/*
+	 * A name that cannot exist: a daemon that cuts snapshots says
+	 * -ENOENT, and creates nothing; one that does not, -EOPNOTSUPP.
+	 */
+	r = upager_snapshot(env->conn, "upager-bench-no-such-segment",
+			    "upager-bench-no-such-snapshot", NULL);
+	if (r == -EOPNOTSUPP) {
+		bench_fmt(env->error, sizeof(env->error), "%s",
+			  BENCH_NO_SNAPSHOTS);
+		return r;
+	}
+	if (r == -ENOENT)
+		return 0;
+	bench_fmt(env->error, sizeof(env->error),
+		  "upager_snapshot of a segment that does not exist: %s",
+		  r ? strerror(-r) : "succeeded");
+	return r ? r : -EPROTO;
+}
+
+static int upagerd_wp_init(struct bench_env *env)
+{
+	int r = bench_upagerd_init(env);
+
+	return r < 0 ? r : bench_upagerd_probe_snapshots(env);
+}
+
+static int upagerd_wp_attach(struct bench_run *run, struct bench_map *map)
+{
+	struct upagerd_map *um;
+	struct upager_snapshot_result res;
+	int r;
+
+	r = upagerd_attach(run, map);
+	if (r < 0)
+		return r;
+	um = map->priv;
+	bench_populate(map->addr, run->len, run->env->page_size);
+	bench_fmt(run->snap, sizeof(run->snap), "%s-snap", run->name);
+	r = upager_snapshot(um->conn ? um->conn : run->env->conn, run->name,
+			    run->snap, &res);
+	if (r < 0) {
+		bench_fmt(run->error, sizeof(run->error), "upager_snapshot: %s",
+			  strerror(-r));
+		run->snap[0] = '\0';
+		upagerd_detach(run, map);
+		return r;
+	}
+	return 0;
+}
+
+/*
+ * The snapshot must still show every page as it was at the cut: the
+ * populate mark, and none of the timed writes.
+ */
+static int upagerd_wp_check(struct bench_run *run)
+{
+	size_t ps = run->env->page_size, i;
+	size_t stride = run->pages / 65536 + 1;
+	struct upager_attachment *att;
+	const unsigned char *p;
+	int r;
+
+	r = upager_attach(run->env->conn, run->snap, UPAGER_ATTACH_RDONLY, &att);
+	if (r < 0) {
+		bench_fmt(run->error, sizeof(run->error),
+			  "attach of the snapshot: %s", strerror(-r));
+		return r;
+	}
+	p = upager_attachment_addr(att);
+	for (i = 0; i < run->pages; i += stride) {
+		if (p[i * ps] == 0 && p[i * ps + 1] == BENCH_POPULATE_MARK)
+			continue;
+		bench_fmt(run->error, sizeof(run->error),
+			  "snapshot page %zu is not as it was at the cut "
+			  "(%#x %#x)",
+			  i, p[i * ps], p[i * ps + 1]);
+		r = -EBADMSG;
+		break;
+	}
+	upager_detach(att);
+	return r;
+}
+
+static int upagerd_wp_detach(struct bench_run *run, struct bench_map *map)
+{
+	int r, r2;
+
+	r = upagerd_detach(run, map);
+	if (!run->snap[0])
+		return r;
+	r2 = upagerd_wp_check(run);
+	if (upager_delete(run->env->conn, run->snap, 0) == -EBUSY)
+		upager_delete(run->env->conn, run->snap, UPAGER_DELETE_FORCE);
+	run->snap[0] = '\0';
+	return r < 0 ? r : r2;
+}
+
+const struct bench_system bench_upagerd_wp = {
+	.name = "upagerd",
+	.summary = "a daemon segment, populated, upager_snapshot(): the "
+		   "first writes copy before write",
+	.flags = BENCH_SYS_DAEMON,
+	.init = upagerd_wp_init,
+	.fini = bench_upagerd_fini,
+	.setup = upagerd_setup,
+	.attach = upagerd_wp_attach,
+	.touch = bench_touch_timed,
+	.detach = upagerd_wp_detach,
+	.teardown = upagerd_teardown,
+	.pager_cpu = upagerd_pager_cpu,
+};
+
+/*
+ * The snapshot workload's reference: fork() of a process with the memory
+ * populated.  It runs itself (bench-snapshot.c): a name to select, no
+ * operations.
+ */
+const struct bench_system bench_kernel_fork = {
+	.name = "kernel-fork",
+	.summary = "fork() of a process with the memory populated "
+		   "(snapshot)",
+	.flags = BENCH_SYS_REFERENCE,
+};
+
 const struct bench_system *const bench_all_systems[] = {
-	&bench_kernel_memfd,
-	&bench_kernel_anon,
-	&bench_kernel_file,
-	&bench_minimal,
-	&bench_floor,
-	&bench_upagerd,
-	NULL,
+	&bench_kernel_memfd, &bench_kernel_anon,
+	&bench_kernel_file,  &bench_minimal,
+	&bench_floor,	     &bench_upagerd,
+	&bench_kernel_cow,   &bench_minimal_wp,
+	&bench_kernel_fork,  NULL,
 };

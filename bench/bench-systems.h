@@ -39,6 +39,22 @@
  *   upagerd       a daemon segment: upager_create, then upager_attach in
  *                 every touching process (children upager_connect first).
  *
+ * The wp workload's systems populate their memory in attach (every page
+ * written once, BENCH_POPULATE_MARK at byte 1) and arm it so that the timed
+ * first write to each page takes a write fault that copies the page:
+ *   kernel-cow    a private anonymous mapping, then fork() a child that
+ *                 sleeps: the parent's first write to a page is the kernel's
+ *                 copy-on-write fault (the child is killed in detach);
+ *   minimal-wp    a memfd MAP_SHARED registered MODE_WP and write-protected
+ *                 (UFFDIO_WRITEPROTECT), one handler thread: on a WP fault it
+ *                 pwrite()s the page into a second memfd (a copy before
+ *                 write) and un-protects it (UFFDIO_WRITEPROTECT mode 0,
+ *                 which wakes the writer);
+ *   upagerd (wp)  a daemon segment, attached, populated, then
+ *                 upager_snapshot(): the daemon copies each page into the
+ *                 snapshot before the first write.  detach checks that the
+ *                 snapshot still shows every page as it was at the cut.
+ *
  * Workloads choose the memory's content through bench_run.source_fd: -1 is
  * zero-filled, otherwise the file whose pages the mapping must show.
  *
@@ -87,11 +103,14 @@ struct bench_run {
 	int source_fd;			 /* -1: zero-filled; else the file */
 	int fd;				 /* kernel-memfd: the memfd */
 	char name[64];			 /* upagerd: the segment */
+	char snap[64];			 /* upagerd (wp): its snapshot */
 	struct bench_handlers *handlers; /* minimal, floor: their counters,
 					  * shared with the children */
 	uint64_t cpu_start;		 /* pager_cpu at the barrier */
 	bool cpu_started;
 	struct bench_sys_stats stats; /* filled by teardown, if it can */
+	char error[160];	      /* why a step failed, when -errno is
+				       * not enough; "" otherwise */
 };
 
 /* One process's view of a run. */
@@ -144,8 +163,47 @@ extern const struct bench_system bench_kernel_file;
 extern const struct bench_system bench_minimal;
 extern const struct bench_system bench_floor;
 extern const struct bench_system bench_upagerd;
+extern const struct bench_system bench_kernel_cow;
+extern const struct bench_system bench_minimal_wp;
+extern const struct bench_system bench_upagerd_wp;
+extern const struct bench_system bench_kernel_fork; /* snapshot: a name */
 
-/* Every system, for --systems and --help. */
+/* Written at byte 1 of every page by the wp systems' populate. */
+#define BENCH_POPULATE_MARK 0x5a
+
+/*
+ * What a system's init sets in env->error when the daemon has no snapshots
+ * (its init then returns -EOPNOTSUPP): the results say it, and it is no
+ * failure of the bench.
+ */
+#define BENCH_NO_SNAPSHOTS "n/a (daemon without snapshots)"
+
+/*
+ * Start or reach upagerd (as the upagerd system's init), and stop it (fini,
+ * which accepts an env whose init failed).
+ */
+int bench_upagerd_init(struct bench_env *env);
+void bench_upagerd_fini(struct bench_env *env);
+
+/*
+ * Does the daemon of env->conn cut snapshots?  0 if it does, -EOPNOTSUPP
+ * (env->error says BENCH_NO_SNAPSHOTS) if not, or another -errno.
+ */
+int bench_upagerd_probe_snapshots(struct bench_env *env);
+
+/* The daemon's pid: started by the bench, or the socket's peer; or -errno. */
+pid_t bench_upagerd_pid(const struct bench_env *env);
+
+/* Every page of [base, base + len) written once: the populate mark. */
+void bench_populate(char *base, size_t len, size_t page_size);
+
+/* Turn transparent huge pages off for a range (every system is at 4 KiB). */
+void bench_no_huge(void *addr, size_t len);
+
+/*
+ * Every system, for --systems and --help (upagerd once: the wp workload's
+ * is the same daemon, set up otherwise).
+ */
 extern const struct bench_system *const bench_all_systems[];
 
 /* First of the @nw slices of @n accesses (pages) of worker @w. */
