@@ -321,7 +321,10 @@ struct upager_snapshot_result {
 				* writers held */
 	uint64_t protect_ns;   /* of that, write-protecting every
 				* attachment */
-	uint64_t max_hold_ns;  /* the longest a writer waited (0: none) */
+	uint64_t max_hold_ns;  /* the longest a writer waited (0: none),
+				* at most: from when its attachment's
+				* protection began (or the write was
+				* read, if later) to the release */
 	uint64_t writers_held; /* writes held during the cut */
 	uint64_t pages_shared; /* pages present at the cut: the
 				* snapshot shares their frames */

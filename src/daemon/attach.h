@@ -164,6 +164,7 @@ struct attachment {
 	_Atomic uint64_t protect_want; /* a cut asks its reader to write-
 					* protect the ranges (snapshot.h) */
 	_Atomic uint64_t protect_done; /* the last cut it did that for */
+	_Atomic uint64_t protect_ns;   /* when its last protection began */
 
 	pthread_mutex_t lock; /* guards the seven below */
 	struct att_range *ranges;

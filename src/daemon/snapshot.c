@@ -300,6 +300,7 @@ int snapshot_protect(struct attachment *att)
 	unsigned int n = 0;
 	int ret = 0;
 
+	atomic_store(&att->protect_ns, clock_ns(CLOCK_MONOTONIC));
 	pthread_mutex_lock(&att->lock);
 	if (att->nr_ranges) {
 		r = malloc(att->nr_ranges * sizeof(*r));
@@ -354,6 +355,18 @@ static bool protected_for(struct attachment *att, uint64_t seq)
 static bool att_writes(struct attachment *att)
 {
 	return !atomic_load(&att->dead) && !(att->flags & UPG_REGISTER_RDONLY);
+}
+
+/* Asks the readers of @seg's writing attachments to protect them. */
+static void protect_post(struct segment *seg, uint64_t seq)
+{
+	struct attachment *att;
+
+	pthread_mutex_lock(&seg->d->lock);
+	list_for_each_entry(att, &seg->attachments, seg_link)
+		if (att_writes(att))
+			protect_ask(att, seq);
+	pthread_mutex_unlock(&seg->d->lock);
 }
 
 /*
@@ -557,6 +570,7 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 		segment_get(rc.prev);
 	}
 	pthread_mutex_unlock(&seg->cow_lock);
+	protect_post(seg, seq); /* the readers start */
 	pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
 
 	ret = protect_all(seg, seq, &res->attachments);
@@ -586,9 +600,15 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 	t2 = clock_ns(CLOCK_MONOTONIC);
 	for (unsigned int i = 0; i < nheld; i++) {
 		struct attachment *a = held[i].att;
+		/* The write came after its page was protected, and its
+		 * reader read it once done protecting: the hold is at most
+		 * from the start of that. */
+		uint64_t from = atomic_load(&a->protect_ns);
 
-		if (t2 - held[i].ns > res->max_hold_ns)
-			res->max_hold_ns = t2 - held[i].ns;
+		if (!from || from > held[i].ns)
+			from = held[i].ns;
+		if (t2 - from > res->max_hold_ns)
+			res->max_hold_ns = t2 - from;
 		/* Its reader copies before it lets it write. */
 		if (attach_requeue(a, held[i].addr | 0x1ull) == -ENOMEM)
 			uffd_wake(a->uffd, held[i].addr, seg->page_size);
