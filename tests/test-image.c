@@ -122,8 +122,8 @@ static bool fs_has_holes(const char *dir)
  * The image at @path holds @expect (@size bytes): its data, holes where
  * the pages are zero (when the filesystem tells), a full image's trailer.
  */
-static void check_full_image(const char *path, const char *expect,
-			     size_t size, uint64_t image_id, bool holes)
+static void check_full_image(const char *path, const char *expect, size_t size,
+			     uint64_t image_id, bool holes)
 {
 	struct image_info info;
 	uint64_t data_pages = 0;
@@ -316,8 +316,8 @@ static void copy_file(const char *from, const char *to)
  * written, then saved --since "a".  Fills @full and @inc (paths).
  * Returns false when --since insists on snapshots (the snapshot core).
  */
-static bool make_incremental(struct h_daemon *d, struct upager *u,
-			     size_t size, char *full, char *inc, size_t len,
+static bool make_incremental(struct h_daemon *d, struct upager *u, size_t size,
+			     char *full, char *inc, size_t len,
 			     struct upager_save_result *rf,
 			     struct upager_save_result *ri)
 {
@@ -334,9 +334,9 @@ static bool make_incremental(struct h_daemon *d, struct upager *u,
 	*rf = save(u, "a", NULL, full);
 	ck_assert_int_eq(create_from(u, "b", full, NULL, 0), 0);
 	map = h_attach(u, "b", 0, &at);
-	h_fill(map + 3 * H_PAGE, H_PAGE, 99);	    /* data changed */
-	memset(map + 6 * H_PAGE, 0, H_PAGE);	    /* data to zero */
-	map[size - 1] = 'z';			    /* the last page */
+	h_fill(map + 3 * H_PAGE, H_PAGE, 99);	   /* data changed */
+	memset(map + 6 * H_PAGE, 0, H_PAGE);	   /* data to zero */
+	map[size - 1] = 'z';			   /* the last page */
 	h_fill(map + 10 * H_PAGE, 2 * H_PAGE, 98); /* zero to data */
 	upager_detach(at);
 	fd = open(inc, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -373,8 +373,8 @@ START_TEST(test_bad_inputs)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	have_inc = make_incremental(&d, u, 64 * H_PAGE, full, inc,
-				    sizeof(full), &rf, &ri);
+	have_inc = make_incremental(&d, u, 64 * H_PAGE, full, inc, sizeof(full),
+				    &rf, &ri);
 	data = h_make_file(raw, sizeof(raw), d.dir, "raw", 64 * H_PAGE, 3);
 	free(data);
 	path_in(path, sizeof(path), &d, "out");
@@ -443,8 +443,7 @@ START_TEST(test_incremental_segments)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	if (!make_incremental(&d, u, size, full, inc, sizeof(full), &rf,
-			      &ri)) {
+	if (!make_incremental(&d, u, size, full, inc, sizeof(full), &rf, &ri)) {
 		printf("SKIP image/incremental_segments: --since takes "
 		       "snapshots only now\n");
 		goto out;
@@ -458,9 +457,9 @@ START_TEST(test_incremental_segments)
 	ck_assert_uint_eq(info.base_id, rf.image_id);
 	ck_assert_uint_eq(info.nr_carried, 5);
 	for (uint64_t pg = 0; pg < size / H_PAGE; pg++)
-		ck_assert_msg(image_bit(bm, pg) ==
-				      (pg == 3 || pg == 6 || pg == 10 ||
-				       pg == 11 || pg == size / H_PAGE - 1),
+		ck_assert_msg(image_bit(bm, pg) == (pg == 3 || pg == 6 ||
+						    pg == 10 || pg == 11 ||
+						    pg == size / H_PAGE - 1),
 			      "page %llu", (unsigned long long)pg);
 	free(bm);
 	ck_assert_int_eq(create_from(u, "r", inc, full, 0), 0);
@@ -567,11 +566,10 @@ static void assert_one_line_error(const struct h_run *r, int code,
 				  const char *needle)
 {
 	h_assert_exit(r->status, code);
-	ck_assert_msg(r->err_len > 0 && strchr(r->err, '\n') ==
-						 r->err + r->err_len - 1,
+	ck_assert_msg(r->err_len > 0 &&
+			      strchr(r->err, '\n') == r->err + r->err_len - 1,
 		      "not one line: %s", r->err);
-	ck_assert_msg(strstr(r->err, needle), "'%s' not in: %s", needle,
-		      r->err);
+	ck_assert_msg(strstr(r->err, needle), "'%s' not in: %s", needle, r->err);
 }
 
 START_TEST(test_ctl)

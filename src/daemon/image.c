@@ -101,8 +101,7 @@ static int save_check_since(struct segment *older, struct segment *newer)
  * snapshot_changed(sv->since, sv->seg, pgoff), which knows without
  * reading.  Until then the two pages' bytes are compared.
  */
-static int save_changed(struct image_save *sv, uint64_t pgoff,
-			const char *page)
+static int save_changed(struct image_save *sv, uint64_t pgoff, const char *page)
 {
 	int ret = segment_read(sv->since, pgoff, 1, sv->older);
 
@@ -235,8 +234,8 @@ static int save_reap(struct image_save *sv, bool wait)
 	return 0;
 }
 
-static int save_queue(struct image_save *sv, struct save_buf *b,
-		      const char *p, uint64_t off, uint32_t len)
+static int save_queue(struct image_save *sv, struct save_buf *b, const char *p,
+		      uint64_t off, uint32_t len)
 {
 	struct io_uring_sqe *sqe;
 	struct save_write *w;
@@ -289,9 +288,9 @@ static int save_buf_get(struct image_save *sv, struct save_buf **out)
  * that are carried (all of a full image; the changed ones of an
  * incremental one, marked in @bitmap) and not zero are data.
  */
-static int save_chunk(struct image_save *sv, struct save_buf *b,
-		      uint64_t pgoff, uint32_t n, uint8_t *bitmap,
-		      uint64_t *carried, uint64_t *data)
+static int save_chunk(struct image_save *sv, struct save_buf *b, uint64_t pgoff,
+		      uint32_t n, uint8_t *bitmap, uint64_t *carried,
+		      uint64_t *data)
 {
 	uint32_t ps = sv->seg->page_size, run = 0;
 	int ret = segment_read(sv->seg, pgoff, n, b->mem);
@@ -355,8 +354,7 @@ static int save_trailer(struct image_save *sv, const uint8_t *bitmap,
 
 	if (bitmap) {
 		info.bitmap_len = (seg->npages + 7) / 8;
-		info.bitmap_sum = image_sum(IMAGE_SUM0, bitmap,
-					    info.bitmap_len);
+		info.bitmap_sum = image_sum(IMAGE_SUM0, bitmap, info.bitmap_len);
 	}
 	image_trailer_make(&info, &hdr, &foot);
 	ret = pwrite_full(sv->fd, &hdr, sizeof(hdr), off);
@@ -412,7 +410,8 @@ int image_save_run(struct image_save *sv, struct upager_save_result *res)
 		}
 		ret = save_buf_get(sv, &b);
 		if (!ret)
-			ret = save_chunk(sv, b, pg, n < SAVE_CHUNK ? n : SAVE_CHUNK,
+			ret = save_chunk(sv, b, pg,
+					 n < SAVE_CHUNK ? n : SAVE_CHUNK,
 					 bitmap, &carried, &data);
 	}
 	while (sv->inflight) {
@@ -476,8 +475,8 @@ static struct image_source *to_image(struct source *src)
  * The piece that starts at byte @off of the image: its file and the
  * bytes up to where the origin changes (at most @max).
  */
-static uint32_t image_piece(struct image_source *is, uint64_t off,
-			    uint32_t max, int *fd)
+static uint32_t image_piece(struct image_source *is, uint64_t off, uint32_t max,
+			    int *fd)
 {
 	uint32_t ps = is->src.page_size;
 	uint64_t pg = off / ps;
@@ -552,8 +551,8 @@ static int image_complete(struct source *src, struct source_read *rd, int res,
 	return image_queue(src, rd, ring);
 }
 
-static int image_read_sync(struct source *src, uint64_t pgoff,
-			   uint32_t npages, void *buf)
+static int image_read_sync(struct source *src, uint64_t pgoff, uint32_t npages,
+			   void *buf)
 {
 	struct image_source *is = to_image(src);
 	size_t len = (size_t)npages * src->page_size, done = 0;
@@ -647,7 +646,8 @@ int source_image_new(int fd, int base_fd, uint32_t page_size,
 	}
 	if (inc.base_id != base.image_id) {
 		pr_info("image",
-			"image %016" PRIx64 " was not saved on top of %016" PRIx64,
+			"image %016" PRIx64
+			" was not saved on top of %016" PRIx64,
 			inc.image_id, base.image_id);
 		return -EXDEV;
 	}

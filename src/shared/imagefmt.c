@@ -66,8 +66,8 @@ int image_probe(int fd, struct image_info *info, const char **why)
 		return ret == -EINVAL ? -ENODATA : ret;
 	if (memcmp(f.magic, IMAGE_MAGIC, 8))
 		return -ENODATA;
-	if (image_sum(IMAGE_SUM0, &f, offsetof(struct image_footer,
-					       footer_sum)) !=
+	if (image_sum(IMAGE_SUM0, &f,
+		      offsetof(struct image_footer, footer_sum)) !=
 	    le64toh(f.footer_sum))
 		return bad(why, "its footer is damaged (checksum)");
 	if (le32toh(f.version) != IMAGE_VERSION)
@@ -133,8 +133,8 @@ int image_bitmap_read(int fd, const struct image_info *info, uint8_t **out)
 	if (!bm)
 		return -ENOMEM;
 	ret = pread_full(fd, bm, info->bitmap_len, info->bitmap_off);
-	if (!ret && image_sum(IMAGE_SUM0, bm, info->bitmap_len) !=
-			    info->bitmap_sum)
+	if (!ret &&
+	    image_sum(IMAGE_SUM0, bm, info->bitmap_len) != info->bitmap_sum)
 		ret = -EINVAL;
 	/* No bit past the last page, and as many set as the header says. */
 	if (!ret && info->nr_pages % 8 &&
@@ -152,8 +152,8 @@ int image_bitmap_read(int fd, const struct image_info *info, uint8_t **out)
 	return 0;
 }
 
-void image_trailer_make(const struct image_info *info,
-			struct image_header *hdr, struct image_footer *foot)
+void image_trailer_make(const struct image_info *info, struct image_header *hdr,
+			struct image_footer *foot)
 {
 	uint64_t bitmap_off = info->base_id ? info->size + IMAGE_HEADER_SIZE :
 					      0;
@@ -171,8 +171,9 @@ void image_trailer_make(const struct image_info *info,
 	hdr->bitmap_len = htole64(info->base_id ? info->bitmap_len : 0);
 	hdr->bitmap_sum = htole64(info->base_id ? info->bitmap_sum : 0);
 	hdr->created_ns = htole64(info->created_ns);
-	hdr->header_sum = htole64(image_sum(
-		IMAGE_SUM0, hdr, offsetof(struct image_header, header_sum)));
+	hdr->header_sum = htole64(
+		image_sum(IMAGE_SUM0, hdr,
+			  offsetof(struct image_header, header_sum)));
 
 	memset(foot, 0, sizeof(*foot));
 	memcpy(foot->magic, IMAGE_MAGIC, 8);
@@ -180,6 +181,7 @@ void image_trailer_make(const struct image_info *info,
 	foot->trailer_len = htole64(IMAGE_HEADER_SIZE +
 				    (info->base_id ? info->bitmap_len : 0));
 	foot->version = htole32(IMAGE_VERSION);
-	foot->footer_sum = htole64(image_sum(
-		IMAGE_SUM0, foot, offsetof(struct image_footer, footer_sum)));
+	foot->footer_sum = htole64(
+		image_sum(IMAGE_SUM0, foot,
+			  offsetof(struct image_footer, footer_sum)));
 }

@@ -20,25 +20,25 @@
 
 /* At the trailer's start, at offset `size` of the file. */
 struct image_header {
-	char magic[8];	    /* IMAGE_MAGIC */
-	uint32_t version;   /* IMAGE_VERSION */
-	uint32_t page_size; /* bytes */
-	uint64_t size;	    /* the data: bytes 0..size of the file, whole
-			     * pages; the trailer starts here */
-	uint64_t image_id;  /* random, this image's identity */
-	uint64_t base_id;   /* incremental: the image_id of the full image
-			     * it goes on top of; 0 for a full image */
-	uint64_t nr_pages;  /* size / page_size */
-	uint64_t nr_carried;	 /* pages the image carries: all of them
-				  * (full), the bitmap's set bits
-				  * (incremental) */
-	uint64_t bitmap_off;	 /* incremental: file offset of the bitmap
-				  * (right after this header); 0 if full */
-	uint64_t bitmap_len;	 /* bytes: (nr_pages + 7) / 8, or 0 */
-	uint64_t bitmap_sum;	 /* checksum of the bitmap, or 0 */
-	uint64_t created_ns;	 /* CLOCK_REALTIME at the save */
-	uint64_t reserved[4];	 /* 0 */
-	uint64_t header_sum;	 /* checksum of the bytes before it */
+	char magic[8];	      /* IMAGE_MAGIC */
+	uint32_t version;     /* IMAGE_VERSION */
+	uint32_t page_size;   /* bytes */
+	uint64_t size;	      /* the data: bytes 0..size of the file, whole
+			       * pages; the trailer starts here */
+	uint64_t image_id;    /* random, this image's identity */
+	uint64_t base_id;     /* incremental: the image_id of the full image
+			       * it goes on top of; 0 for a full image */
+	uint64_t nr_pages;    /* size / page_size */
+	uint64_t nr_carried;  /* pages the image carries: all of them
+			       * (full), the bitmap's set bits
+			       * (incremental) */
+	uint64_t bitmap_off;  /* incremental: file offset of the bitmap
+			       * (right after this header); 0 if full */
+	uint64_t bitmap_len;  /* bytes: (nr_pages + 7) / 8, or 0 */
+	uint64_t bitmap_sum;  /* checksum of the bitmap, or 0 */
+	uint64_t created_ns;  /* CLOCK_REALTIME at the save */
+	uint64_t reserved[4]; /* 0 */
+	uint64_t header_sum;  /* checksum of the bytes before it */
 };
 
 /* The file's last IMAGE_FOOTER_SIZE bytes. */
@@ -104,7 +104,7 @@ static inline int image_bit(const uint8_t *bitmap, uint64_t i)
  * @info (its page_size, size, ids, nr_carried, bitmap_len, bitmap_sum,
  * created_ns); fills in the offsets.
  */
-void image_trailer_make(const struct image_info *info,
-			struct image_header *hdr, struct image_footer *foot);
+void image_trailer_make(const struct image_info *info, struct image_header *hdr,
+			struct image_footer *foot);
 
 #endif
