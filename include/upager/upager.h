@@ -70,7 +70,9 @@ struct upager_attachment; /* one mapping of one segment */
 
 struct upager_create_opts {
 	uint64_t size; /* bytes, > 0, <= UPAGER_MAX_SIZE; rounded up
-			* to the page size */
+			* to the page size.  Over an image
+			* (upager_save()): 0 takes its size, and
+			* more than its size is -EINVAL */
 	int source_fd; /* -1: zero source; else an open, readable fd
 			* of a regular file (the library sends the
 			* fd, not a path: the daemon reads what the
@@ -380,9 +382,13 @@ struct upager_save_result {
  * A full image is the segment's bytes, zero pages as holes, followed by a
  * trailer; restored with a segment of source @fd.  A live segment is saved
  * through a snapshot of it, so its writers go on.  @fd must be open for
- * writing; it is truncated.  Returns 0 or -errno: -ENOENT, -EACCES,
- * -EINVAL (@since not an older snapshot of the same segment), -EBADF,
- * -EIO/-ENOSPC (writing the image).
+ * writing; it is truncated (and truncated to nothing again if the save
+ * fails).  The call waits for the whole save, without the connection's
+ * timeout ($UPAGER_TIMEOUT_MS); the daemon serves other requests
+ * meanwhile.  Returns 0 or -errno: -ENOENT, -EACCES,
+ * -EINVAL (@since not an older snapshot of the same segment, or @fd not
+ * a regular file), -EBADF (@fd not open for writing), -EIO/-ENOSPC
+ * (writing the image).
  */
 int upager_save(struct upager *u, const char *name, int fd, const char *since,
 		struct upager_save_result *res);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "daemon.h"
@@ -41,6 +42,14 @@ int segment_new(struct daemon *d, const char *name, uint64_t size, uid_t uid,
 	seg->mode = mode;
 	seg->refs = 1;
 	snprintf(seg->name, sizeof(seg->name), "%s", name);
+	/* Never 0, which is no image's (a full image's base_id). */
+	while (!seg->image_id)
+		if (getrandom(&seg->image_id, sizeof(seg->image_id), 0) < 0 &&
+		    errno != EINTR) {
+			ret = -errno;
+			free(seg);
+			return ret;
+		}
 	list_init(&seg->attachments);
 	list_init(&seg->link);
 	list_init(&seg->snapshots);

@@ -40,6 +40,8 @@ struct seg_waiter {
 struct segment {
 	struct daemon *d;
 	uint64_t id;
+	uint64_t image_id; /* random: the identity of its images
+			    * (image.h) */
 	char name[UPAGER_NAME_MAX + 1];
 	uint64_t size;
 	uint64_t npages;

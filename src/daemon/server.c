@@ -49,6 +49,7 @@
 
 #include "attach.h"
 #include "daemon.h"
+#include "image.h"
 #include "log.h"
 #include "proto.h"
 #include "quota.h"
@@ -93,6 +94,10 @@ struct conn {
 			    * so, closed once its hello is read */
 	uint64_t refuse_deadline_ns;
 	int send_err;	       /* a reply could not be sent: drop it */
+	int base_fd;	       /* UPG_BASE: the base image for its next
+				* create of an image source, or -1 */
+	bool busy;	       /* a save runs for it: its next requests
+				* wait in the socket until it is done */
 	char why[128];	       /* the protocol error, for the log */
 	struct list_head link; /* the server's conns, then closing */
 };
@@ -113,6 +118,7 @@ struct server {
 	struct io_req listen_req, signal_req, efd_req, timer_req;
 	struct list_head conns;
 	struct list_head closing; /* closed, their polls not done yet */
+	struct list_head saves;	  /* struct save_job, running */
 	uint64_t ticks;
 	bool stop;
 
@@ -395,15 +401,18 @@ static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
 	return conn_send(c, msg, len, fd);
 }
 
-static int do_create(struct conn *c, const struct upg_create *m, int fd)
+/* @fd (a source) and @base_fd (UPG_BASE's) stay the caller's. */
+static int do_create(struct conn *c, const struct upg_create *m, int fd,
+		     int base_fd)
 {
 	struct daemon *d = c->s->d;
 	struct source *src = NULL;
 	struct segment *seg;
 	uint32_t ps = sysconf(_SC_PAGESIZE);
+	uint64_t size = m->size;
 	int ret;
 
-	if (!proto_name_valid(m->name, sizeof(m->name)) || m->size == 0 ||
+	if (!proto_name_valid(m->name, sizeof(m->name)) ||
 	    m->size > UPAGER_MAX_SIZE || m->mode > 0777)
 		return -EINVAL;
 	switch (m->source) {
@@ -417,11 +426,26 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 			return -EINVAL;
 		ret = source_file_new(fd, ps, &src);
 		break;
+	case UPAGER_SOURCE_IMAGE:
+		if (fd < 0 || base_fd < 0)
+			return -EINVAL;
+		ret = source_image_new(fd, base_fd, ps, &src);
+		break;
 	default:
 		return -EINVAL;
 	}
 	if (ret)
 		return ret;
+	/*
+	 * An image: its size unless one is given, and never more than its
+	 * data (what lies past it is its trailer, or nothing of its).
+	 */
+	if (src->image_size && !size)
+		size = src->image_size;
+	if (!size || (src->image_size && size > src->image_size)) {
+		source_destroy(src);
+		return -EINVAL;
+	}
 	pthread_mutex_lock(&d->lock);
 	if (seg_find(d, m->name)) {
 		ret = -EEXIST;
@@ -429,10 +453,10 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd)
 	}
 	/* the size as segment_new rounds it */
 	ret = quota_take(c, QUOTA_SEGMENTS, 1,
-			 (m->size + ps - 1) & ~(uint64_t)(ps - 1));
+			 (size + ps - 1) & ~(uint64_t)(ps - 1));
 	if (ret)
 		goto out;
-	ret = segment_new(d, m->name, m->size, c->uid, c->gid,
+	ret = segment_new(d, m->name, size, c->uid, c->gid,
 			  m->mode ? m->mode : 0600, src, &seg);
 	if (ret)
 		goto out;
@@ -1201,20 +1225,176 @@ static int do_clone(struct conn *c, const struct upg_name2 *m)
 	return ret;
 }
 
-/* Takes @fd. */
-static int do_save(struct conn *c, const struct upg_name2 *m, int fd)
+/*
+ * A save runs on a thread of its own: writing a large segment takes
+ * seconds, which the control plane must not stop for.  Its connection is
+ * busy meanwhile: its next requests wait unread in the socket (the
+ * library sends one at a time anyway), and the idle sweep leaves it
+ * alone.  The thread's end wakes the main thread, which answers and
+ * reads on (saves_reap).  The job holds a reference to the connection,
+ * which may be closed meanwhile (the answer then goes nowhere).
+ */
+static void conn_put(struct conn *c);
+static void conn_close(struct server *s, struct conn *c, const char *why);
+static void conn_readable(struct server *s, struct conn *c);
+
+struct save_job {
+	struct list_head link; /* the server's saves */
+	struct conn *c;	       /* a reference */
+	struct upg_hdr req;    /* answered with its seq */
+	struct image_save *sv;
+	pthread_t thread;
+	_Atomic bool done;
+	int status;
+	struct upager_save_result res;
+	char name[UPAGER_NAME_MAX + 1];
+};
+
+static void *save_thread(void *arg)
 {
-	if (fd >= 0)
-		close(fd);
-	return -EOPNOTSUPP;
+	struct save_job *job = arg;
+	struct daemon *d = job->c->s->d;
+
+	job->status = image_save_run(job->sv, &job->res);
+	atomic_store(&job->done, true);
+	daemon_wake_main(d);
+	return NULL;
 }
 
-/* Takes @fd. */
-static int do_base(struct conn *c, int fd)
+static void save_job_free(struct save_job *job)
 {
+	pthread_join(job->thread, NULL);
+	image_save_free(job->sv);
+	list_del_init(&job->link);
+	conn_put(job->c);
+	free(job);
+}
+
+/* The saves that ended: answer their clients, who may go on. */
+static void saves_reap(struct server *s)
+{
+	struct save_job *job, *tmp;
+
+	list_for_each_entry_safe(job, tmp, &s->saves, link) {
+		struct conn *c = job->c;
+		struct upg_save_reply r;
+
+		if (!atomic_load(&job->done))
+			continue;
+		if (job->status)
+			pr_notice("image", "%s: save for pid %d failed: %s",
+				  job->name, (int)c->pid,
+				  strerror(-job->status));
+		else
+			pr_info("image",
+				"%s: saved for pid %d: %llu pages, %llu of "
+				"data, %llu bytes in %llu ms",
+				job->name, (int)c->pid,
+				(unsigned long long)job->res.pages,
+				(unsigned long long)job->res.pages_data,
+				(unsigned long long)job->res.bytes_written,
+				(unsigned long long)(job->res.ns / 1000000));
+		c->busy = false;
+		c->last_ns = now_ns();
+		if (!c->closed) {
+			memset(&r, 0, sizeof(r));
+			r.res = job->res;
+			if (job->status)
+				reply(c, &r, sizeof(struct upg_hdr), UPG_SAVE,
+				      &job->req, job->status, -1);
+			else
+				reply(c, &r, sizeof(r), UPG_SAVE, &job->req, 0,
+				      -1);
+			if (c->send_err)
+				conn_close(s, c, strerror(-c->send_err));
+			else
+				conn_readable(s, c); /* what waited */
+		}
+		save_job_free(job);
+	}
+}
+
+/* The daemon stops: the saves running are cut short. */
+static void saves_stop(struct server *s)
+{
+	struct save_job *job;
+
+	list_for_each_entry(job, &s->saves, link)
+		image_save_cancel(job->sv);
+	while (!list_empty(&s->saves))
+		save_job_free(list_entry(s->saves.next, struct save_job, link));
+}
+
+/* Takes @fd.  Answered when the save ends (saves_reap), or refused now. */
+static int do_save(struct conn *c, const struct upg_name2 *m, int fd)
+{
+	struct daemon *d = c->s->d;
+	struct segment *seg, *since = NULL;
+	struct save_job *job = NULL;
+	int ret = 0;
+
+	if (fd < 0 || !proto_name_valid(m->name, sizeof(m->name)) ||
+	    (m->name2[0] && !proto_name_valid(m->name2, sizeof(m->name2))) ||
+	    m->flags || m->mode) {
+		ret = -EINVAL;
+		goto out;
+	}
+	job = calloc(1, sizeof(*job));
+	if (!job) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_lock(&d->lock);
+	seg = seg_find(d, m->name);
+	ret = seg_lookup(c, seg, 4);
+	if (!ret && m->name2[0]) {
+		since = seg_find(d, m->name2);
+		ret = seg_lookup(c, since, 4);
+	}
+	if (!ret) {
+		segment_get(seg);
+		if (since)
+			segment_get(since);
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (ret)
+		goto out;
+	ret = image_save_new(seg, since, fd, &job->sv);
+	segment_put(seg);
+	segment_put(since);
+	if (ret)
+		goto out;
+	fd = -1;
+	job->c = c;
+	job->req = m->h;
+	snprintf(job->name, sizeof(job->name), "%s", m->name);
+	c->refs++;
+	ret = pthread_create(&job->thread, NULL, save_thread, job);
+	if (ret) {
+		c->refs--;
+		image_save_free(job->sv);
+		ret = -ret;
+		goto out;
+	}
+	list_add_tail(&job->link, &c->s->saves);
+	c->busy = true;
+	return 1; /* answered at the end */
+out:
 	if (fd >= 0)
 		close(fd);
-	return -EOPNOTSUPP;
+	free(job);
+	return ret;
+}
+
+/* Takes @fd: kept for the connection's next create (do_create). */
+static int do_base(struct conn *c, int fd)
+{
+	if (fd < 0)
+		return -EINVAL;
+	if (c->base_fd >= 0)
+		close(c->base_fd);
+	c->base_fd = fd;
+	return 0;
 }
 
 static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
@@ -1269,11 +1449,18 @@ static int handle_request(struct conn *c, const void *buf, size_t n, int fd,
 		reply(c, &rh, sizeof(rh), UPG_HELLO, h, 0, -1);
 		return c->send_err;
 	}
-	case UPG_CREATE:
-		ret = do_create(c, buf, fd);
+	case UPG_CREATE: {
+		/* A base (UPG_BASE) is for the one create that follows. */
+		int base_fd = c->base_fd;
+
+		c->base_fd = -1;
+		ret = do_create(c, buf, fd, base_fd);
 		if (fd >= 0)
 			close(fd);
+		if (base_fd >= 0)
+			close(base_fd);
 		break;
+	}
 	case UPG_DELETE:
 		ret = do_delete(c, buf);
 		break;
@@ -1357,6 +1544,8 @@ static void conn_put(struct conn *c)
 	if (--c->refs)
 		return;
 	list_del_init(&c->link);
+	if (c->base_fd >= 0)
+		close(c->base_fd);
 	free(c->groups);
 	free(c);
 }
@@ -1413,6 +1602,9 @@ static void conn_readable(struct server *s, struct conn *c)
 	}
 	for (;;) {
 		int fd, lost, ret;
+
+		if (c->busy)
+			return; /* read when its save is done */
 		ssize_t n = conn_recv(c, buf, sizeof(buf), &fd, &lost);
 		unsigned int missed;
 
@@ -1648,6 +1840,7 @@ static void do_accept(struct server *s)
 			continue;
 		}
 		c->fd = fd;
+		c->base_fd = -1;
 		if (conn_get_groups(c)) {
 			free(c->groups);
 			free(c);
@@ -1717,7 +1910,7 @@ static void conns_sweep(struct server *s)
 				conn_close(s, c, "refused, no hello");
 			continue;
 		}
-		if (!idle || now - c->last_ns < idle ||
+		if (!idle || c->busy || now - c->last_ns < idle ||
 		    pid_attached(s->d, c->pid))
 			continue;
 		pr_info("server", "pid %d uid %d: idle for %llu s", (int)c->pid,
@@ -1972,6 +2165,7 @@ static void efd_read(struct io_req *req, const struct io_uring_cqe *cqe)
 	worker_reap_killed(d);
 	if (atomic_load(&d->unresolved))
 		resolve_forks(d);
+	saves_reap(s);
 	arm_read(s, d->main_efd, &s->efd_val, sizeof(s->efd_val), &s->efd_req);
 }
 
@@ -2043,6 +2237,7 @@ static int setup(struct server *s, struct daemon *d, int listen_fd)
 	s->d = d;
 	list_init(&s->conns);
 	list_init(&s->closing);
+	list_init(&s->saves);
 	s->listen_req.complete = listen_polled;
 	s->signal_req.complete = signal_read;
 	s->efd_req.complete = efd_read;
@@ -2093,6 +2288,7 @@ int server_run(struct daemon *d, int listen_fd)
 	while (!list_empty(&s.conns))
 		conn_close(&s, list_entry(s.conns.next, struct conn, link),
 			   "daemon stopping");
+	saves_stop(&s);
 	refuse_done(&s, false);
 	io_uring_queue_exit(&s.ring);
 	/* No completion can come any more: the closed connections go. */

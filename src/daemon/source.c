@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <linux/fs.h>
 
+#include "imagefmt.h"
 #include "log.h"
 #include "ring.h"
 #include "source.h"
@@ -233,7 +234,7 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	struct source *src;
-	uint64_t size;
+	uint64_t size, image_size = 0;
 	char link[64];
 	struct stat st;
 	int flags, ret;
@@ -259,6 +260,25 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 	 * would read as past the end, that is as zeros. */
 	if (S_ISBLK(st.st_mode) && ioctl(fd, BLKGETSIZE64, &size) < 0)
 		return -errno;
+	if (S_ISREG(st.st_mode)) {
+		struct image_info info;
+		const char *why = NULL;
+
+		ret = image_probe(fd, &info, &why);
+		if (!ret && (info.base_id || info.page_size != page_size)) {
+			why = info.base_id ? "an incremental image (it needs "
+					     "its base)" :
+					     "another page size";
+			ret = -EINVAL;
+		}
+		if (ret && ret != -ENODATA) {
+			pr_info("source", "not an image to read: %s",
+				why ? why : strerror(-ret));
+			return ret;
+		}
+		if (!ret)
+			image_size = info.size;
+	}
 	ret = source_alloc(&file_ops, page_size, &src);
 	if (ret)
 		return ret;
@@ -268,7 +288,8 @@ int source_file_new(int fd, uint32_t page_size, struct source **out)
 		free(src);
 		return ret;
 	}
-	src->file_size = size;
+	src->file_size = image_size ? image_size : size;
+	src->image_size = image_size;
 	pthread_once(&once, fail_pages_init);
 	src->fail_pages = fail_pages.on;
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", src->fd);

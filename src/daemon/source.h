@@ -52,7 +52,10 @@ struct source {
 	const struct source_ops *ops;
 	uint32_t page_size;
 	int fd;			    /* file: the image, read-only */
-	uint64_t file_size;	    /* file: at create */
+	uint64_t file_size;	    /* file: at create; an image's: its
+				     * data, the trailer left out */
+	uint64_t image_size;	    /* file, image: an image's size; 0
+				     * for a raw file */
 	char path[UPAGER_PATH_MAX]; /* file: for stat */
 	bool fail_pages;	    /* file: the test hook applies */
 };
@@ -65,6 +68,11 @@ int source_zero_new(uint32_t page_size, struct source **out);
  * @fd must be readable and a regular file or block device; the source
  * takes its own duplicate.  Returns 0 or -errno (-EINVAL: neither a
  * regular file nor a block device, -EBADF: not readable).
+ *
+ * A regular file that is a full upager image (image.h) is read only up to
+ * its data's end, and src->image_size says how much that is; an
+ * incremental image, or one whose trailer is damaged, is -EINVAL (an
+ * incremental one needs its base: source_image_new()).
  *
  * A read that fails (->complete returns -errno) leaves in rd->done the
  * bytes at the start of the buffer that were read before the error.

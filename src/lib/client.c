@@ -89,6 +89,8 @@ UPAGER_API const char *upager_source_name(uint32_t kind)
 		return "file";
 	case UPAGER_SOURCE_SNAPSHOT:
 		return "snapshot";
+	case UPAGER_SOURCE_IMAGE:
+		return "image";
 	}
 	return "unknown";
 }
@@ -144,11 +146,16 @@ static int send_request(struct upager *u, void *msg, size_t len, uint16_t type,
 	return ret;
 }
 
-int request(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
-	    void *reply, size_t rlen, int *rfd)
+/* request(); with @forever, the reply is waited for without timeout. */
+static int request_wait(struct upager *u, void *msg, size_t len, uint16_t type,
+			int fd, void *reply, size_t rlen, int *rfd, bool forever)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
 	struct upg_hdr *r = (struct upg_hdr *)buf;
+	struct timeval none = { 0 }, tv = {
+		.tv_sec = u->timeout_ms / 1000,
+		.tv_usec = u->timeout_ms % 1000 * 1000,
+	};
 	int ret, got_fd = -1;
 	ssize_t n;
 
@@ -158,7 +165,15 @@ int request(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
 	ret = send_request(u, msg, len, type, fd);
 	if (ret)
 		goto out;
+	if (forever && setsockopt(u->sock, SOL_SOCKET, SO_RCVTIMEO, &none,
+				  sizeof(none)) < 0) {
+		ret = -errno;
+		goto out;
+	}
 	n = recv_reply(u, buf, sizeof(buf), &got_fd);
+	if (forever &&
+	    setsockopt(u->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+		u->broken = true; /* it would wait for ever from now on */
 	if (n < 0) {
 		ret = n;
 		goto out;
@@ -184,6 +199,18 @@ out:
 		close(got_fd);
 	pthread_mutex_unlock(&u->req_lock);
 	return ret;
+}
+
+int request(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
+	    void *reply, size_t rlen, int *rfd)
+{
+	return request_wait(u, msg, len, type, fd, reply, rlen, rfd, false);
+}
+
+int request_long(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
+		 void *reply, size_t rlen)
+{
+	return request_wait(u, msg, len, type, fd, reply, rlen, NULL, true);
 }
 
 int sock_connect(const char *path, int timeout_ms, struct ucred *cred)

@@ -142,6 +142,14 @@ bool inherited(const struct upager *u);
 int request(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
 	    void *reply, size_t rlen, int *rfd);
 
+/*
+ * request_long - request() for a request whose answer takes as long as
+ * its work (a save): the reply is waited for without the connection's
+ * timeout; a daemon that dies is still -EPIPE.
+ */
+int request_long(struct upager *u, void *msg, size_t len, uint16_t type, int fd,
+		 void *reply, size_t rlen);
+
 /* Copies a valid segment name into @dst: 0, or -EINVAL. */
 int copy_name(char *dst, size_t room, const char *name);
 

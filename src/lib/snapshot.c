@@ -22,6 +22,9 @@ static int name2_request(struct upager *u, uint16_t type, const char *name,
 	if (!(u->features & UPG_FEATURE_SNAPSHOT))
 		return -EOPNOTSUPP;
 	m.mode = mode;
+	/* A save is answered when the image is written: no timeout. */
+	if (type == UPG_SAVE)
+		return request_long(u, &m, sizeof(m), type, fd, reply, rlen);
 	return request(u, &m, sizeof(m), type, fd, reply, rlen, NULL);
 }
 

@@ -62,6 +62,7 @@
 #include <upager/upager.h>
 
 #include "fd.h"
+#include "imagefmt.h"
 #include "json.h"
 #include "proto.h"
 #include "size.h"
@@ -103,6 +104,8 @@ enum {
 	OPT_LENGTH,
 	OPT_VERBOSE,
 	OPT_OWNER,
+	OPT_SINCE,
+	OPT_BASE,
 };
 
 struct command;
@@ -113,7 +116,10 @@ struct args {
 	const char *socket; /* NULL: the library's default */
 	const char *name;   /* the segment, for commands that take one */
 	const char *name2;  /* the second (snapshot, clone) */
+	const char *file;   /* save: the image */
 	const char *source;
+	const char *base;  /* create: --base, the full image under --source */
+	const char *since; /* save: --since, the older snapshot */
 	uint64_t size;
 	uint64_t offset;
 	uint64_t length;
@@ -137,10 +143,11 @@ struct command {
 };
 
 #define NEEDS_NAME 0x1u	  /* a segment NAME */
-#define NEEDS_SIZE 0x2u	  /* --size */
+#define NEEDS_SIZE 0x2u	  /* --size, unless --source (an image's own) */
 #define NEEDS_STDIN 0x4u  /* reads stdin */
 #define NEEDS_STDOUT 0x8u /* writes stdout */
-#define NEEDS_NAME2 0x10u /* a second segment name after NAME */
+#define NEEDS_FILE 0x10u  /* a FILE after NAME */
+#define NEEDS_NAME2 0x20u /* a second segment name after NAME */
 
 /*
  * text_escape - @s made safe to show on a terminal or in a table
@@ -557,38 +564,38 @@ static const char *file_type_text(mode_t mode)
  * refused); it is cleared again, as the daemon's io_uring reads of a file
  * marked O_NONBLOCK could fail with EAGAIN instead of waiting.
  */
-static int open_source(const struct args *a)
+static int open_source(const struct args *a, const char *file, const char *what)
 {
 	char path[4 * PATH_CHARS + 8];
 	struct stat st;
 	int fd, flags;
 
-	text_escape(path, sizeof(path), a->source, PATH_CHARS);
+	text_escape(path, sizeof(path), file, PATH_CHARS);
 	/* The type first, without opening: opening a FIFO blocks, and
 	 * some devices act on open.  Again after the open, for the race. */
-	if (stat(a->source, &st) == 0 && !S_ISREG(st.st_mode) &&
+	if (stat(file, &st) == 0 && !S_ISREG(st.st_mode) &&
 	    !S_ISBLK(st.st_mode)) {
-		fail(a, "source %s: not a regular file but %s", path,
+		fail(a, "%s %s: not a regular file but %s", what, path,
 		     file_type_text(st.st_mode));
 		return -1;
 	}
-	fd = open(a->source, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0) {
-		fail(a, "cannot open source %s: %s", path, strerror(errno));
+		fail(a, "cannot open %s %s: %s", what, path, strerror(errno));
 		return -1;
 	}
 	if (fstat(fd, &st) < 0) {
-		fail(a, "source %s: %s", path, strerror(errno));
+		fail(a, "%s %s: %s", what, path, strerror(errno));
 		goto err;
 	}
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		fail(a, "source %s: not a regular file but %s", path,
+		fail(a, "%s %s: not a regular file but %s", what, path,
 		     file_type_text(st.st_mode));
 		goto err;
 	}
 	flags = fcntl(fd, F_GETFL);
 	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
-		fail(a, "source %s: %s", path, strerror(errno));
+		fail(a, "%s %s: %s", what, path, strerror(errno));
 		goto err;
 	}
 	return fd;
@@ -715,6 +722,79 @@ static const char *user_name(uint32_t uid)
 	return pw ? pw->pw_name : NULL;
 }
 
+/* "0123456789abcdef": an image's id as upagerctl shows it. */
+static const char *id_text(uint64_t id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%016" PRIx64, id);
+	return buf;
+}
+
+/*
+ * What --source (@fd) and --base say of each other, checked before the
+ * daemon is asked, so that a mistake gets its own words.  @img gets the
+ * source's trailer; @is_image whether it has one.  Returns EXIT_SUCCESS
+ * or the exit status (reported).
+ */
+static int check_images(const struct args *a, int fd, int base_fd,
+			struct image_info *img, bool *is_image)
+{
+	char path[4 * PATH_CHARS + 8], bpath[4 * PATH_CHARS + 8];
+	char id1[20], id2[20];
+	struct image_info base;
+	const char *why = "";
+	int ret;
+
+	text_escape(path, sizeof(path), a->source, PATH_CHARS);
+	ret = image_probe(fd, img, &why);
+	*is_image = ret == 0;
+	if (ret == -EINVAL)
+		return fail(a, "source %s: a damaged upager image: %s", path,
+			    why);
+	if (ret && ret != -ENODATA)
+		return fail(a, "source %s: %s", path, strerror(-ret));
+	if (!a->base) {
+		if (*is_image && img->base_id)
+			return fail(a,
+				    "source %s is an incremental image (saved "
+				    "with --since): give the full image it "
+				    "was saved on top of with --base IMAGE",
+				    path);
+		return EXIT_SUCCESS;
+	}
+	if (!*is_image)
+		return fail(a,
+			    "source %s is not an upager image: --base goes "
+			    "with an incremental image",
+			    path);
+	if (!img->base_id)
+		return fail(a, "source %s is a full image: it takes no --base",
+			    path);
+	text_escape(bpath, sizeof(bpath), a->base, PATH_CHARS);
+	ret = image_probe(base_fd, &base, &why);
+	if (ret == -EINVAL)
+		return fail(a, "base %s: a damaged upager image: %s", bpath,
+			    why);
+	if (ret == -ENODATA)
+		return fail(a, "base %s is not an upager image", bpath);
+	if (ret)
+		return fail(a, "base %s: %s", bpath, strerror(-ret));
+	if (base.base_id)
+		return fail(a,
+			    "base %s is an incremental image: the base must "
+			    "be a full image",
+			    bpath);
+	if (img->base_id != base.image_id)
+		return fail(a,
+			    "image %s was not saved on top of %s (it needs "
+			    "image %s; %s is image %s)",
+			    path, bpath, id_text(img->base_id, id1, sizeof(id1)),
+			    bpath, id_text(base.image_id, id2, sizeof(id2)));
+	if (img->size != base.size || img->page_size != base.page_size)
+		return fail(a, "image %s and base %s differ in size", path,
+			    bpath);
+	return EXIT_SUCCESS;
+}
+
 static int cmd_create(struct upager *u, const struct args *a)
 {
 	struct upager_create_opts opts = {
@@ -722,21 +802,184 @@ static int cmd_create(struct upager *u, const struct args *a)
 		.source_fd = -1,
 		.mode = a->mode,
 	};
-	int ret;
+	char limit[SIZE_FORMAT_MAX], path[4 * PATH_CHARS + 8];
+	struct image_info img;
+	bool is_image = false;
+	int base_fd = -1, status = EXIT_SUCCESS, ret;
 
 	if (a->source) {
-		opts.source_fd = open_source(a);
+		opts.source_fd = open_source(a, a->source, "source");
 		if (opts.source_fd < 0)
 			return EXIT_FAILURE;
 	}
-	ret = upager_create(u, a->name, &opts);
+	if (a->base) {
+		base_fd = open_source(a, a->base, "base");
+		if (base_fd < 0)
+			status = EXIT_FAILURE;
+	}
+	if (status == EXIT_SUCCESS && a->source)
+		status = check_images(a, opts.source_fd, base_fd, &img,
+				      &is_image);
+	if (status == EXIT_SUCCESS && !a->has_size && !is_image) {
+		text_escape(path, sizeof(path), a->source, PATH_CHARS);
+		status = usage_error(a->cmd,
+				     "missing --size (source %s is not an "
+				     "upager image, whose size it would be)",
+				     path);
+	}
+	if (status == EXIT_SUCCESS && is_image && a->size > img.size)
+		status = fail(a,
+			      "--size is larger than the image's %s "
+			      "(%" PRIu64 " bytes)",
+			      bytes_text(img.size, limit, sizeof(limit)),
+			      img.size);
+	if (status != EXIT_SUCCESS)
+		goto out;
+	if (a->base)
+		ret = upager_create_image(u, a->name, &opts, base_fd);
+	else
+		ret = upager_create(u, a->name, &opts);
+	if (ret == -EDQUOT)
+		status = fail_quota(u, a, false,
+				    a->has_size ? a->size : img.size);
+	else if (ret == -EXDEV)
+		status = fail(a, "image %s was not saved on top of %s",
+			      show(a->source), show(a->base));
+	else if (ret < 0)
+		status = fail_errno(a, -ret);
+	else if (a->has_size)
+		note_rounding(u, a);
+out:
 	if (opts.source_fd >= 0)
 		close(opts.source_fd);
-	if (ret == -EDQUOT)
-		return fail_quota(u, a, false, a->size);
+	if (base_fd >= 0)
+		close(base_fd);
+	return status;
+}
+
+/*
+ * Opens FILE to save into, as the user: a new file (0666 less the umask),
+ * or an existing regular one, not truncated here (the daemon truncates it
+ * when the save starts, so a refused save leaves it as it was).  @created
+ * says whether it is new (removed again if the save fails).  Returns the
+ * fd or -1 (reported).
+ */
+static int open_image_out(const struct args *a, bool *created)
+{
+	char path[4 * PATH_CHARS + 8];
+	struct stat st;
+	int fd;
+
+	text_escape(path, sizeof(path), a->file, PATH_CHARS);
+	*created = true;
+	fd = open(a->file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY,
+		  0666);
+	if (fd < 0 && errno == EEXIST) {
+		*created = false;
+		if (stat(a->file, &st) == 0 && !S_ISREG(st.st_mode)) {
+			fail(a, "cannot save to %s: not a regular file but %s",
+			     path, file_type_text(st.st_mode));
+			return -1;
+		}
+		fd = open(a->file, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	}
+	if (fd < 0) {
+		fail(a, "cannot open %s for writing: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		fail(a, "cannot save to %s: not a regular file", path);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void save_text(const struct args *a, const struct upager_save_result *r)
+{
+	char b[SIZE_FORMAT_MAX], id[20], path[4 * PATH_CHARS + 8];
+	double ms = r->ns / 1e6;
+
+	text_escape(path, sizeof(path), a->file, PATH_CHARS);
+	print_str("image", path);
+	print_u64("pages", r->pages);
+	print_key("data pages");
+	printf("%" PRIu64 " (%" PRIu64 " %s)\n", r->pages_data,
+	       r->pages - r->pages_data,
+	       a->since ? "holes or unchanged" : "holes");
+	print_key("bytes written");
+	printf("%s (%" PRIu64 ")\n", bytes_text(r->bytes_written, b, sizeof(b)),
+	       r->bytes_written);
+	print_key("time");
+	printf("%.1f ms", ms);
+	if (r->ns)
+		printf(" (%.0f MiB/s written)",
+		       r->bytes_written / (r->ns / 1e9) / (1024.0 * 1024.0));
+	putchar('\n');
+	print_str("image id", id_text(r->image_id, id, sizeof(id)));
+	if (r->base_id)
+		print_str("on top of image",
+			  id_text(r->base_id, id, sizeof(id)));
+}
+
+static void save_json(const struct args *a, const struct upager_save_result *r)
+{
+	struct json j = JSON_INIT(stdout);
+	char id[20];
+
+	json_open(&j, NULL, '{', true);
+	json_string(&j, "name", a->name);
+	json_string(&j, "file", a->file);
+	if (a->since)
+		json_string(&j, "since", a->since);
+	json_u64(&j, "pages", r->pages);
+	json_u64(&j, "pages_data", r->pages_data);
+	json_u64(&j, "bytes_written", r->bytes_written);
+	json_u64(&j, "ns", r->ns);
+	/* strings: a 64-bit id is no JSON number for every reader */
+	json_string(&j, "image_id", id_text(r->image_id, id, sizeof(id)));
+	if (r->base_id)
+		json_string(&j, "base_id", id_text(r->base_id, id, sizeof(id)));
+	else
+		json_null(&j, "base_id");
+	json_close(&j, '}');
+}
+
+static int cmd_save(struct upager *u, const struct args *a)
+{
+	struct upager_segment_info info;
+	struct upager_save_result r;
+	bool created;
+	int fd, ret;
+
+	/* Before FILE is touched: a missing segment leaves it alone. */
+	ret = upager_stat(u, a->name, &info);
 	if (ret < 0)
 		return fail_errno(a, -ret);
-	note_rounding(u, a);
+	if (a->since) {
+		ret = upager_stat(u, a->since, &info);
+		if (ret < 0)
+			return fail(a, "--since %s: %s", a->since,
+				    error_text(-ret));
+	}
+	fd = open_image_out(a, &created);
+	if (fd < 0)
+		return EXIT_FAILURE;
+	ret = upager_save(u, a->name, fd, a->since, &r);
+	close(fd);
+	if (ret < 0 && created)
+		unlink(a->file);
+	if (ret == -EINVAL && a->since)
+		return fail(a,
+			    "--since %s: not an older snapshot of the same "
+			    "segment",
+			    a->since);
+	if (ret < 0)
+		return fail_errno(a, -ret);
+	if (a->json)
+		save_json(a, &r);
+	else
+		save_text(a, &r);
 	return EXIT_SUCCESS;
 }
 
@@ -1478,7 +1721,14 @@ static int cmd_write(struct upager *u, const struct args *a)
 static const struct option create_options[] = {
 	{ "size", required_argument, NULL, OPT_SIZE },
 	{ "source", required_argument, NULL, OPT_SOURCE },
+	{ "base", required_argument, NULL, OPT_BASE },
 	{ "mode", required_argument, NULL, OPT_MODE },
+	{ NULL, 0, NULL, 0 },
+};
+
+static const struct option save_options[] = {
+	{ "since", required_argument, NULL, OPT_SINCE },
+	{ "json", no_argument, NULL, OPT_JSON },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1515,17 +1765,49 @@ static const struct command commands[] = {
 	{
 		.name = "create",
 		.handler = cmd_create,
-		.usage = "NAME --size SIZE [--source FILE] [--mode OCTAL]",
+		.usage = "NAME --size SIZE [--source FILE [--base IMAGE]] "
+			 "[--mode OCTAL]",
 		.help = "Create segment NAME.\n\n"
 			"  --size SIZE     bytes, or with a suffix K, M, G, T "
 			"(powers of 1024);\n"
 			"                  rounded up to whole pages (said on "
-			"stderr), at most 1T\n"
+			"stderr), at most 1T;\n"
+			"                  optional with an image as --source "
+			"(its size, the most\n"
+			"                  it may be)\n"
 			"  --source FILE   fill never-written pages from FILE "
-			"(default: zeros)\n"
+			"(default: zeros):\n"
+			"                  a raw file, or an image written by "
+			"'" PROG " save'\n"
+			"  --base IMAGE    --source is an incremental image "
+			"(saved with --since):\n"
+			"                  IMAGE is the full image it was "
+			"saved on top of; pages\n"
+			"                  come from --source where it has "
+			"them, else from IMAGE\n"
 			"  --mode OCTAL    permission bits (default 0600)\n",
 		.options = create_options,
 		.needs = NEEDS_NAME | NEEDS_SIZE,
+	},
+	{
+		.name = "save",
+		.handler = cmd_save,
+		.usage = "NAME FILE [--since OLDER] [--json]",
+		.help = "Save segment or snapshot NAME to FILE, an image: its "
+			"bytes, zero pages\nleft as holes, then a trailer. "
+			"FILE is created (mode 0666 less your\numask) or "
+			"overwritten; a save that fails leaves no new file "
+			"behind.\nRestore it with '" PROG " create NEW "
+			"--source FILE'.\n\n"
+			"  --since OLDER   an incremental image: only the "
+			"pages that differ from\n"
+			"                  OLDER, an older snapshot of the "
+			"same segment; restore\n"
+			"                  it with --source FILE --base "
+			"(the full image of OLDER)\n"
+			"  --json          a JSON object\n",
+		.options = save_options,
+		.needs = NEEDS_NAME | NEEDS_FILE | NEEDS_STDOUT,
 	},
 	{
 		.name = "delete",
@@ -1788,7 +2070,22 @@ static int apply_option(struct args *a, int opt, const char *arg)
 						"byte");
 		return ret;
 	case OPT_SOURCE:
+		if (!*arg)
+			return usage_error(cmd, "--source needs a file");
 		a->source = arg;
+		return PARSE_OK;
+	case OPT_BASE:
+		if (!*arg)
+			return usage_error(cmd, "--base needs a file");
+		a->base = arg;
+		return PARSE_OK;
+	case OPT_SINCE:
+		if (!proto_name_valid(arg, UPAGER_NAME_MAX + 2))
+			return usage_error(cmd,
+					   "invalid --since '%s' (a snapshot's "
+					   "name)",
+					   show(arg));
+		a->since = arg;
 		return PARSE_OK;
 	case OPT_MODE:
 		return parse_mode_arg(cmd, arg, &a->mode);
@@ -1823,6 +2120,12 @@ static int apply_positional(struct args *a, const char *arg)
 
 	bool second = (a->cmd->needs & NEEDS_NAME2) && a->name;
 
+	if ((a->cmd->needs & NEEDS_FILE) && a->name && !a->file) {
+		if (!*arg)
+			return usage_error(a->cmd, "FILE must not be empty");
+		a->file = arg;
+		return PARSE_OK;
+	}
 	if (!(a->cmd->needs & NEEDS_NAME) || (a->name && !second) ||
 	    (second && a->name2))
 		return usage_error(a->cmd, "unexpected argument '%s'",
@@ -1866,8 +2169,12 @@ static int check_required(const struct args *a)
 		return usage_error(a->cmd, "missing segment NAME");
 	if ((a->cmd->needs & NEEDS_NAME2) && !a->name2)
 		return usage_error(a->cmd, "missing the second name");
-	if ((a->cmd->needs & NEEDS_SIZE) && !a->has_size)
+	if ((a->cmd->needs & NEEDS_FILE) && !a->file)
+		return usage_error(a->cmd, "missing FILE");
+	if ((a->cmd->needs & NEEDS_SIZE) && !a->has_size && !a->source)
 		return usage_error(a->cmd, "missing --size");
+	if (a->base && !a->source)
+		return usage_error(a->cmd, "--base goes with --source");
 	return PARSE_OK;
 }
 
