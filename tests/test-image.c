@@ -75,7 +75,7 @@ static int create_from(struct upager *u, const char *name, const char *path,
 static char *seg_bytes(struct upager *u, const char *name, size_t size)
 {
 	struct upager_attachment *a;
-	char *map = h_attach(u, name, 0, &a);
+	char *map = h_attach(u, name, UPAGER_ATTACH_RDONLY, &a);
 	char *buf = malloc(size);
 
 	ck_assert_ptr_nonnull(buf);

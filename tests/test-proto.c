@@ -75,9 +75,15 @@ START_TEST(test_sizes_fixed)
 	ck_assert_uint_eq(sizeof(struct upg_usage), 112);
 	/* the owner of an owner-checked attach is where "reserved" was */
 	ck_assert_uint_eq(offsetof(struct upg_name, owner), 92);
-	ck_assert_uint_eq(UPG_ATTACH_OWNER & (UPAGER_ATTACH_RDONLY), 0);
-	ck_assert_uint_eq(UPG_FEATURES_KNOWN,
-			  UPG_FEATURE_USAGE | UPG_FEATURE_OWNER);
+	ck_assert_uint_eq(UPG_ATTACH_OWNER & (UPAGER_ATTACH_RDONLY |
+					      UPAGER_ATTACH_PRIVATE),
+			  0);
+	ck_assert_uint_eq(UPG_FEATURES_KNOWN, UPG_FEATURE_USAGE |
+						      UPG_FEATURE_OWNER |
+						      UPG_FEATURE_SNAPSHOT);
+	ck_assert_uint_eq(sizeof(struct upg_name2), 160);
+	ck_assert_uint_eq(sizeof(struct upg_snapshot_reply), 72);
+	ck_assert_uint_eq(sizeof(struct upg_save_reply), 72);
 
 	/* Every message, request or reply, fits the receive buffer. */
 	for (uint16_t t = 0; t < UPG_TYPE_MAX; t++)
