@@ -65,7 +65,9 @@ static int cut_page(struct segment *snap, uint64_t p, void *buf)
 
 		if (e & PTE_POISON)
 			return -EIO;
-		if ((e & PTE_PRESENT) && !(e & PTE_BUSY)) {
+		/* its own frame: filled, or copied before write (a fill
+		 * of it may still be in flight: it finds the frame there) */
+		if (((e & PTE_PRESENT) && !(e & PTE_BUSY)) || (e & PTE_CBW)) {
 			if (pread(snap->memfd, buf, ps, off) != (ssize_t)ps)
 				return -EIO;
 			return 0;
@@ -74,7 +76,7 @@ static int cut_page(struct segment *snap, uint64_t p, void *buf)
 			return source_read_sync(parent->src, p, 1, buf);
 		if (pread(parent->memfd, buf, ps, off) != (ssize_t)ps)
 			return -EIO;
-		if (pte_get(&snap->pt, p) & (PTE_PRESENT | PTE_POISON)) {
+		if (pte_get(&snap->pt, p) & (PTE_CBW | PTE_POISON)) {
 			/* copied before write meanwhile: its copy, if whole */
 			if (segment_memfd_has(snap, p))
 				continue;
@@ -106,14 +108,21 @@ static int cut_read_sync(struct source *src, uint64_t pgoff, uint32_t npages,
 static int sync_read(struct source *src, struct source_read *rd,
 		     struct io_uring *ring)
 {
-	int ret = src->ops->read_sync(src, rd->pgoff, rd->npages, rd->buf);
-
 	(void)ring;
 	rd->zero = false;
 	rd->bytes_read = 0;
-	if (ret)
-		return ret;
-	rd->done = rd->npages * src->page_size;
+	/* Page by page: a page that cannot be read (lost) fails its own
+	 * fault, not the run's (fill.c maps the pages before it). */
+	for (rd->done = 0; rd->done < rd->npages * src->page_size;
+	     rd->done += src->page_size) {
+		int ret = src->ops->read_sync(src,
+					      rd->pgoff +
+						      rd->done / src->page_size,
+					      1, (char *)rd->buf + rd->done);
+
+		if (ret)
+			return ret;
+	}
 	return 1;
 }
 
@@ -269,8 +278,9 @@ bool snapshot_wp(struct segment *seg, struct attachment *att, uint64_t addr,
 			void *p = realloc(seg->held, cap * sizeof(*seg->held));
 
 			if (!p) {
-				/* Not answered: it faults again, later. */
+				/* Not held: woken, it faults again. */
 				pthread_mutex_unlock(&seg->cow_lock);
+				uffd_wake(att->uffd, addr, seg->page_size);
 				return true;
 			}
 			seg->held = p;
@@ -375,7 +385,7 @@ static void protect_post(struct segment *seg, uint64_t seq)
  * one of them is published before its parent's protection is done (a fork
  * not read yet fails it), and protected in the next round.
  */
-static int protect_all(struct segment *seg, uint64_t seq, uint64_t *natt)
+static int protect_all(struct segment *seg, uint64_t seq)
 {
 	struct daemon *d = seg->d;
 	uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + CUT_TIMEOUT_NS;
@@ -411,7 +421,6 @@ static int protect_all(struct segment *seg, uint64_t seq, uint64_t *natt)
 			return 0;
 		for (unsigned int i = 0; i < n; i++)
 			protect_ask(v[i], seq);
-		*natt += n;
 		do {
 			struct timespec ts = { 0, sleep_ns };
 
@@ -449,18 +458,23 @@ struct record {
 };
 
 /*
- * Whether the parent's memfd still holds page @p's frame.  Only a page a
- * remove event covered may have lost it (MADV_REMOVE punches it out, and
- * the event comes first): looked at then, once (a seek of the memfd
- * costs what a walk of its page cache does).
+ * Whether the parent's memfd holds page @p's frame.  A page being filled
+ * has it once its copy landed (and the process may have written it since);
+ * until then it is the source's, whatever comes.  A present page a remove
+ * event covered may have lost it (MADV_REMOVE punches it out, and the
+ * event comes first).  Only those are looked at: a seek of the memfd can
+ * cost what a walk of its page cache does.
  */
 static bool rec_has(struct record *rc, _Atomic uint64_t *e, uint64_t p)
 {
-	if (!(atomic_load(e) & PTE_MAYBE_GONE))
+	uint64_t v = atomic_load(e);
+
+	if (!(v & (PTE_MAYBE_GONE | PTE_BUSY)))
 		return true;
 	if (!segment_memfd_has(rc->parent, p))
 		return false;
-	atomic_fetch_and(e, ~PTE_MAYBE_GONE);
+	if (v & PTE_MAYBE_GONE)
+		atomic_fetch_and(e, ~PTE_MAYBE_GONE);
 	return true;
 }
 
@@ -486,10 +500,15 @@ static void rec_parent_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 		if (p >= rc->parent->npages)
 			return;
 		e = atomic_load(&l->e[k]);
-		/* A BUSY page's frame is there once its copy landed; one
-		 * still to land brings the source's bytes. */
+		if (sl && (atomic_load(&sl->e[k]) & PTE_SHARING)) {
+			/* shared since the first walk: a snapshot that went
+			 * meanwhile may have let the parent's page go */
+			if (!(e & PTE_PRESERVE))
+				atomic_fetch_or(&l->e[k], PTE_PRESERVE);
+			continue;
+		}
 		if (!(e & (PTE_PRESENT | PTE_BUSY)) || (e & PTE_POISON) ||
-		    (sl && (atomic_load(&sl->e[k]) & PTE_SHARING)) ||
+		    (sl && (atomic_load(&sl->e[k]) & PTE_POISON)) ||
 		    !rec_has(rc, &l->e[k], p))
 			continue;
 		if (!sl && !(sl = leaf_of(&rc->snap->pt, p))) {
@@ -521,6 +540,26 @@ static void rec_prev_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 		    !pte_set(&rc->snap->pt, p, PTE_CHANGED))
 			rc->err = -ENOMEM;
 	}
+}
+
+/*
+ * The newest snapshot of @seg still alive, with a reference; NULL if none.
+ * One whose last reference went is on the list until snapshot_release()
+ * takes it off: it is not taken back.  cow_lock held.
+ */
+static struct segment *last_live(struct segment *seg)
+{
+	struct list_head *at;
+
+	for (at = seg->snapshots.prev; at != &seg->snapshots; at = at->prev) {
+		struct segment *s = list_entry(at, struct segment, snap_link);
+		int r = atomic_load(&s->refs);
+
+		while (r > 0)
+			if (atomic_compare_exchange_weak(&s->refs, &r, r + 1))
+				return s;
+	}
+	return NULL;
 }
 
 static int snapshot_cut(struct segment *seg, struct segment *snap,
@@ -563,18 +602,22 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 	 * that came in meanwhile.  The previous snapshot stays (a
 	 * reference); its shared pages do not change while cutting.
 	 */
+	/* Listed from the start: what gives back or loses a page the parent
+	 * shares sees that this one shares it too. */
 	pthread_mutex_lock(&seg->cow_lock);
-	if (!list_empty(&seg->snapshots)) {
-		rc.prev = list_entry(seg->snapshots.prev, struct segment,
-				     snap_link);
-		segment_get(rc.prev);
-	}
+	rc.prev = last_live(seg);
+	list_add_tail(&snap->snap_link, &seg->snapshots);
+	atomic_fetch_add(&seg->nr_snapshots, 1);
 	pthread_mutex_unlock(&seg->cow_lock);
 	protect_post(seg, seq); /* the readers start */
 	pagetable_walk(&seg->pt, rec_parent_leaf, &rc);
 
-	ret = protect_all(seg, seq, &res->attachments);
+	ret = protect_all(seg, seq);
 	t1 = clock_ns(CLOCK_MONOTONIC);
+	pthread_mutex_lock(&seg->d->lock);
+	list_for_each_entry(att, &seg->attachments, seg_link)
+		res->attachments += att_writes(att) && protected_for(att, seq);
+	pthread_mutex_unlock(&seg->d->lock);
 
 	pthread_mutex_lock(&seg->cow_lock);
 	if (!ret && !rc.err) {
@@ -584,11 +627,8 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 	}
 	if (!ret)
 		ret = rc.err;
-	if (!ret) {
+	if (!ret)
 		snap->cut_ns = clock_ns(CLOCK_REALTIME);
-		list_add_tail(&snap->snap_link, &seg->snapshots);
-		atomic_fetch_add(&seg->nr_snapshots, 1);
-	}
 	/* Whatever happened, the writers go on. */
 	atomic_store(&seg->cutting, 0);
 	held = seg->held;
@@ -688,7 +728,7 @@ int snapshot_new(struct segment *parent, const char *name, uid_t uid, gid_t gid,
 	snap->parent = parent;
 	ret = snapshot_cut(parent, snap, res ? res : &r);
 	if (ret) {
-		segment_put(snap); /* never listed: nothing to give back */
+		segment_put(snap); /* unlisted, what it shared given back */
 		return ret;
 	}
 	*out = snap;
@@ -847,7 +887,7 @@ static void giveback_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 			return;
 		if ((e & PTE_CHANGED) && g->next)
 			pte_set(&g->next->pt, p, PTE_CHANGED);
-		if (!(e & PTE_SHARING) || (e & PTE_PRESENT))
+		if (!(e & PTE_SHARING))
 			continue;
 		list_for_each_entry(s, &g->parent->snapshots, snap_link) {
 			uint64_t o = pte_get(&s->pt, p);
@@ -862,6 +902,16 @@ static void giveback_leaf(void *arg, uint64_t first, struct pt_leaf *l)
 		if (!needed)
 			pte_clear(&g->parent->pt, p, PTE_PRESERVE);
 	}
+}
+
+/* The last snapshot went: nothing is preserved any more. */
+static void unpreserve_leaf(void *arg, uint64_t first, struct pt_leaf *l)
+{
+	(void)arg;
+	(void)first;
+	for (unsigned int k = 0; k < PT_LEAF_SLOTS; k++)
+		if (atomic_load(&l->e[k]) & PTE_PRESERVE)
+			atomic_fetch_and(&l->e[k], ~PTE_PRESERVE);
 }
 
 void snapshot_release(struct segment *seg)
@@ -879,7 +929,10 @@ void snapshot_release(struct segment *seg)
 					    snap_link);
 		list_del_init(&seg->snap_link);
 		atomic_fetch_sub(&parent->nr_snapshots, 1);
-		pagetable_walk(&seg->pt, giveback_leaf, &g);
+		if (list_empty(&parent->snapshots))
+			pagetable_walk(&parent->pt, unpreserve_leaf, NULL);
+		else
+			pagetable_walk(&seg->pt, giveback_leaf, &g);
 	}
 	pthread_mutex_unlock(&parent->cow_lock);
 	seg->parent = NULL;
