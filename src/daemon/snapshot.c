@@ -15,6 +15,7 @@
 
 #include "attach.h"
 #include "daemon.h"
+#include "fill.h"
 #include "log.h"
 #include "proto.h"
 #include "segment.h"
@@ -600,10 +601,10 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 	 * filled from now on lands protected with its source's bytes.  The
 	 * second, once every attachment is protected, is the cut: the pages
 	 * that came in meanwhile.  The previous snapshot stays (a
-	 * reference); its shared pages do not change while cutting.
+	 * reference); its shared pages do not change while cutting.  The new
+	 * one is listed from the start: what gives back or loses a page the
+	 * parent shares sees that this one shares it too.
 	 */
-	/* Listed from the start: what gives back or loses a page the parent
-	 * shares sees that this one shares it too. */
 	pthread_mutex_lock(&seg->cow_lock);
 	rc.prev = last_live(seg);
 	list_add_tail(&snap->snap_link, &seg->snapshots);
@@ -650,7 +651,7 @@ static int snapshot_cut(struct segment *seg, struct segment *snap,
 		if (t2 - from > res->max_hold_ns)
 			res->max_hold_ns = t2 - from;
 		/* Its reader copies before it lets it write. */
-		if (attach_requeue(a, held[i].addr | 0x1ull) == -ENOMEM)
+		if (attach_requeue(a, held[i].addr | FILL_RETRY_WP) == -ENOMEM)
 			uffd_wake(a->uffd, held[i].addr, seg->page_size);
 		attach_put(a);
 	}
