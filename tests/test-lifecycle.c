@@ -373,6 +373,143 @@ START_TEST(test_detach_disconnect_loop)
 }
 END_TEST
 
+/* The descriptors process @pid has open, or -1. */
+static int fd_count(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *dir;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	dir = opendir(path);
+	if (!dir)
+		return -1;
+	while ((e = readdir(dir)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n;
+}
+
+/*
+ * @rounds of: create a fresh segment, attach it with @flags, touch every
+ * page (read, or write with @write), with @child a forked child touching
+ * it too (through its own attachment, from UFFD_EVENT_FORK), detach,
+ * delete.
+ */
+static void churn(struct upager *u, int rounds, unsigned int flags, bool write,
+		  bool child)
+{
+	const size_t size = 256 * 1024;
+
+	for (int i = 0; i < rounds; i++) {
+		struct upager_attachment *a;
+		volatile char *map;
+
+		h_create(u, "churn", size, -1, 0);
+		map = h_attach(u, "churn", flags, &a);
+		for (size_t off = 0; off < size / 2; off += H_PAGE)
+			if (write)
+				map[off] = (char)(i + 1);
+			else
+				ck_assert_int_eq(map[off], 0);
+		if (child) {
+			pid_t pid = h_fork();
+
+			if (pid == 0) {
+				for (size_t off = size / 2; off < size;
+				     off += H_PAGE) {
+					CHILD_CHECK(map[off] == 0,
+						    "child: byte %zu not zero",
+						    off);
+					if (write)
+						map[off] = (char)(i + 2);
+				}
+				_exit(0);
+			}
+			ck_assert_int_eq(h_child_exit_code(pid), 0);
+		} else {
+			for (size_t off = size / 2; off < size; off += H_PAGE)
+				if (write)
+					map[off] = (char)(i + 2);
+				else
+					ck_assert_int_eq(map[off], 0);
+		}
+		if (write)
+			ck_assert_int_eq(map[size - H_PAGE], (char)(i + 2));
+		ck_assert_int_eq(upager_detach(a), 0);
+		/* (a child's attachment goes when the daemon sees it exit) */
+		ck_assert_uint_eq(h_wait_attachments(u, "churn", 0).nr_attachments,
+				  0);
+		ck_assert_int_eq(upager_delete(u, "churn", 0), 0);
+	}
+}
+
+/* Waits (bounded) for @pid to hold @n descriptors; the last count. */
+static int wait_fd_count(pid_t pid, int n)
+{
+	uint64_t end = h_now_ms() + H_TIMEOUT_MS;
+	int now;
+
+	while ((now = fd_count(pid)) != n && h_now_ms() < end)
+		h_nap_ms(10);
+	return now;
+}
+
+/*
+ * Attach, touch, detach, delete, many times over, with the daemon's
+ * workers (one per CPU) moving each userfaultfd's reader to the CPU its
+ * thread faults on: every attachment must be freed after its detach, and
+ * its segment with it (its memfd, its memory).  The daemon's descriptors
+ * say so: each attachment holds its uffd and a pidfd, each segment its
+ * memfd.  A worker that stops reading a uffd cancels its multishot poll,
+ * often while a fault or an unmap event is waking that poll; a cancel
+ * lost then left the poll armed for good, holding the attachment.
+ */
+START_TEST(test_attach_churn_frees_everything)
+{
+	struct upager_daemon_stats st;
+	struct h_daemon d;
+	struct upager *u;
+	int base, now;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	base = fd_count(d.pid);
+	ck_assert_int_gt(base, 0);
+
+	churn(u, 300, UPAGER_ATTACH_RDONLY, false, false);
+	now = wait_fd_count(d.pid, base);
+	ck_assert_msg(now == base,
+		      "read-only: the daemon holds %d descriptors, %d before: "
+		      "attachments or segments not freed",
+		      now, base);
+
+	churn(u, 300, 0, true, false);
+	now = wait_fd_count(d.pid, base);
+	ck_assert_msg(now == base,
+		      "read-write: the daemon holds %d descriptors, %d before: "
+		      "attachments or segments not freed",
+		      now, base);
+
+	churn(u, 100, 0, true, true);
+	now = wait_fd_count(d.pid, base);
+	ck_assert_msg(now == base,
+		      "forked children: the daemon holds %d descriptors, %d "
+		      "before: attachments or segments not freed",
+		      now, base);
+
+	st = h_stats(u);
+	ck_assert_uint_eq(st.segments, 0);
+	ck_assert_uint_eq(st.attachments, 0);
+	ck_assert_uint_eq(st.resident_bytes, 0);
+	ck_assert_uint_eq(st.events_fork, 100);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *lifecycle_suite(void)
 {
 	Suite *s = h_suite("lifecycle");
@@ -387,6 +524,8 @@ static Suite *lifecycle_suite(void)
 
 	tc = h_tcase(s, "client", H_NEED_DAEMON);
 	tcase_add_test(tc, test_detach_disconnect_loop);
+	h_add_test(tc, test_attach_churn_frees_everything,
+		   H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
 	return s;
 }
 

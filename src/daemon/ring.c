@@ -3,9 +3,11 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
+#include "log.h"
 #include "ring.h"
 
 static int sys_io_uring_enter(int fd, unsigned int to_submit,
@@ -54,14 +56,44 @@ int ring_read(struct io_uring *ring, int fd, void *buf, unsigned int len,
 	return 0;
 }
 
+/*
+ * A cancel's own completion: 0, the poll was found and will complete with
+ * -ECANCELED; -ENOENT, it had completed already (its last completion is on
+ * its way or was seen).  Anything else means a poll may be left armed, with
+ * the reference it holds: say so.
+ */
+static void cancel_done(struct io_req *req, const struct io_uring_cqe *cqe)
+{
+	(void)req;
+	if (cqe->res < 0 && cqe->res != -ENOENT)
+		pr_warn("ring", "a poll cancel failed: %s", strerror(-cqe->res));
+}
+
+static struct io_req cancel_req = { .complete = cancel_done };
+
+/*
+ * IORING_OP_ASYNC_CANCEL, never IORING_OP_POLL_REMOVE.  A poll removal
+ * must take the poll's ownership to disarm it, and a wakeup holds that
+ * from the moment the file signals until the poll's task work runs (on
+ * the thread that armed it, the next time it runs task work): the
+ * removal then fails with -EALREADY and leaves the poll armed.  A
+ * multishot poll survives that for good: it completes with
+ * IORING_CQE_F_MORE and re-arms, its last completion never comes, and
+ * what it holds is never dropped (a uffd poll: its attachment, with the
+ * uffd, the pidfd and the segment's memfd and memory; a connection's
+ * poll: the connection).  It is the common case for a uffd poll being
+ * cancelled: its process is faulting, or unmapping the range, right
+ * then.  An async cancel marks the poll cancelled whoever owns it, and
+ * its task work then ends it with -ECANCELED.
+ */
 int ring_cancel(struct io_uring *ring, struct io_req *req)
 {
 	struct io_uring_sqe *sqe = ring_sqe(ring);
 
 	if (!sqe)
 		return -EBUSY;
-	io_uring_prep_poll_remove(sqe, (uintptr_t)req);
-	io_uring_sqe_set_data(sqe, NULL);
+	io_uring_prep_cancel64(sqe, (uintptr_t)req, 0);
+	io_uring_sqe_set_data(sqe, &cancel_req);
 	return 0;
 }
 

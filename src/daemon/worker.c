@@ -264,6 +264,13 @@ static void arm_pidfd(struct poller *p)
 	attach_get(att);
 }
 
+/*
+ * Ends a poll of @p: its last completion comes, and drops the poll's
+ * reference.  Only because the cancel cannot miss the poll (ring_cancel:
+ * an async cancel, which a wakeup in flight does not defeat, where a poll
+ * removal would leave a multishot poll armed for good, holding the
+ * attachment).
+ */
 static void cancel(struct poller *p, struct io_req *req, bool armed)
 {
 	if (armed && ring_cancel(&p->w->ring, req))
