@@ -8,8 +8,9 @@
  * poll, a fill's read): the object embeds a struct io_req whose address is
  * the SQE's user_data, and ring_dispatch() hands each completion to that
  * io_req's handler, which finds its object with container_of().  A
- * completion whose user_data is 0 (a poll removal's own, say) has no
- * handler and is dropped.  The object must outlive its requests: a
+ * completion whose user_data is 0 has no handler and is dropped (a
+ * cancel's own has one: it says when a cancel failed).  The object must
+ * outlive its requests: a
  * multishot poll's last completion, the one without IORING_CQE_F_MORE,
  * comes even after the poll was cancelled, so an object with a poll armed
  * holds a reference for it, dropped by that last completion.
