@@ -76,17 +76,6 @@
 /* and go on this long after it, so a store held to its end completes */
 #define SNAP_TAIL_NS 10000000ULL
 
-static uint64_t xorshift(uint64_t *s)
-{
-	uint64_t x = *s;
-
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*s = x;
-	return x * 0x2545F4914F6CDD1DULL;
-}
-
 static void sleep_ns(uint64_t ns)
 {
 	struct timespec ts = { (time_t)(ns / 1000000000ULL),
@@ -157,26 +146,6 @@ static void progress_end(const struct bench_snap_opts *o)
 {
 	if (o->progress && isatty(STDERR_FILENO))
 		fputs("\r\033[K", stderr);
-}
-
-static double median(double *v, size_t n)
-{
-	size_t i, j, k = 0;
-	double t;
-
-	/* over the runs that measured it (>= 0); a few values: insertion */
-	for (i = 0; i < n; i++)
-		if (v[i] >= 0)
-			v[k++] = v[i];
-	if (!k)
-		return -1;
-	for (i = 1; i < k; i++)
-		for (j = i; j > 0 && v[j - 1] > v[j]; j--) {
-			t = v[j];
-			v[j] = v[j - 1];
-			v[j - 1] = t;
-		}
-	return k & 1 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
 }
 
 static void report_header(const struct bench_snap_opts *o, const char *wl,
@@ -311,7 +280,7 @@ static void *snap_writer_main(void *arg)
 
 	atomic_fetch_add(&w->ready, 1);
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		size_t page = xorshift(&wr->seed) % wr->pages;
+		size_t page = bench_xorshift(&wr->seed) % wr->pages;
 		volatile uint64_t *p =
 			(volatile uint64_t *)(wr->base + page * wr->page_size +
 					      8);
@@ -490,14 +459,8 @@ static int fork_run(const struct bench_snap_opts *o, uint64_t len,
 	t0 = bench_now_ns();
 	pid = fork();
 	t1 = bench_now_ns();
-	if (!pid) {
-		/* the copy, kept until the run ends: as a snapshot is */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(0);
-		for (;;)
-			pause();
-	}
+	if (!pid) /* the copy, kept until the run ends: as a snapshot is */
+		bench_child_sleep(parent);
 	cut_end(&ws);
 	if (pid < 0) {
 		r = -errno;
@@ -514,37 +477,70 @@ out:
 	return r;
 }
 
+/* A daemon segment, attached and populated, and the name of its snapshot. */
+struct snap_seg {
+	char name[64], snap[80];
+	struct upager_attachment *att;
+	bool snapped; /* snap was cut */
+};
+
+/* Detach and delete the segment, and its snapshot if it was cut. */
+static void seg_drop(struct bench_env *env, struct snap_seg *s)
+{
+	if (s->snapped && upager_delete(env->conn, s->snap, 0) == -EBUSY)
+		upager_delete(env->conn, s->snap, UPAGER_DELETE_FORCE);
+	upager_detach(s->att);
+	if (upager_delete(env->conn, s->name, 0) == -EBUSY)
+		upager_delete(env->conn, s->name, UPAGER_DELETE_FORCE);
+}
+
+/*
+ * Create a segment of @size, attach it and populate it.  Returns 0, or
+ * -errno with @err saying why (then nothing is left of it).
+ */
+static int seg_make(struct bench_env *env, struct snap_seg *s, uint64_t size,
+		    char *err, size_t errlen)
+{
+	struct upager_create_opts copts = { .size = size,
+					    .source_fd = -1,
+					    .mode = 0600 };
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	bench_fmt(s->name, sizeof(s->name), "bench-%d-%u", (int)getpid(),
+		  ++env->seq);
+	bench_fmt(s->snap, sizeof(s->snap), "%s-snap", s->name);
+	r = upager_create(env->conn, s->name, &copts);
+	if (r < 0) {
+		bench_fmt(err, errlen, "upager_create: %s", strerror(-r));
+		return r;
+	}
+	r = upager_attach(env->conn, s->name, 0, &s->att);
+	if (r < 0) {
+		bench_fmt(err, errlen, "upager_attach: %s", strerror(-r));
+		seg_drop(env, s);
+		return r;
+	}
+	bench_populate(upager_attachment_addr(s->att), size, env->page_size);
+	return 0;
+}
+
 /* upagerd: upager_snapshot() of a segment of @len, the writers running. */
 static int upagerd_run(const struct bench_snap_opts *o, uint64_t len,
 		       struct snap_fig *g, char *err, size_t errlen)
 {
 	struct bench_env *env = o->env;
-	struct upager_create_opts copts = { .size = len,
-					    .source_fd = -1,
-					    .mode = 0600 };
 	size_t ps = env->page_size;
 	struct upager_snapshot_result res;
-	struct upager_attachment *att = NULL;
 	struct snap_writers ws = { 0 };
-	char name[64], snap[80];
-	bool snapped = false;
+	struct snap_seg s;
 	uint64_t t0, t1;
 	int r;
 
-	bench_fmt(name, sizeof(name), "bench-%d-%u", (int)getpid(), ++env->seq);
-	bench_fmt(snap, sizeof(snap), "%s-snap", name);
-	r = upager_create(env->conn, name, &copts);
-	if (r < 0) {
-		bench_fmt(err, errlen, "upager_create: %s", strerror(-r));
+	r = seg_make(env, &s, len, err, errlen);
+	if (r < 0)
 		return r;
-	}
-	r = upager_attach(env->conn, name, 0, &att);
-	if (r < 0) {
-		bench_fmt(err, errlen, "upager_attach: %s", strerror(-r));
-		goto out;
-	}
-	bench_populate(upager_attachment_addr(att), len, ps);
-	r = writers_start(&ws, o->writers, upager_attachment_addr(att),
+	r = writers_start(&ws, o->writers, upager_attachment_addr(s.att),
 			  len / ps, ps, o->seed);
 	if (r < 0) {
 		bench_fmt(err, errlen, "writers: %s", strerror(-r));
@@ -552,7 +548,7 @@ static int upagerd_run(const struct bench_snap_opts *o, uint64_t len,
 	}
 	cut_begin(&ws);
 	t0 = bench_now_ns();
-	r = upager_snapshot(env->conn, name, snap, &res);
+	r = upager_snapshot(env->conn, s.name, s.snap, &res);
 	t1 = bench_now_ns();
 	cut_end(&ws);
 	if (r < 0) {
@@ -560,7 +556,7 @@ static int upagerd_run(const struct bench_snap_opts *o, uint64_t len,
 			  r == -EOPNOTSUPP ? BENCH_NO_SNAPSHOTS : strerror(-r));
 		goto out;
 	}
-	snapped = true;
+	s.snapped = true;
 	g->call_ns = (double)(t1 - t0);
 	g->cut_ns = (double)res.cut_ns;
 	g->protect_ns = (double)res.protect_ns;
@@ -568,11 +564,7 @@ static int upagerd_run(const struct bench_snap_opts *o, uint64_t len,
 	g->held = (double)res.writers_held;
 out:
 	writers_stop(&ws, r < 0 ? NULL : g);
-	if (snapped && upager_delete(env->conn, snap, 0) == -EBUSY)
-		upager_delete(env->conn, snap, UPAGER_DELETE_FORCE);
-	upager_detach(att);
-	if (upager_delete(env->conn, name, 0) == -EBUSY)
-		upager_delete(env->conn, name, UPAGER_DELETE_FORCE);
+	seg_drop(env, &s);
 	return r;
 }
 
@@ -586,18 +578,7 @@ struct snap_row {
 static void snap_median(struct snap_fig *runs, unsigned int n,
 			struct snap_fig *out)
 {
-	double *v = calloc(n ? n : 1, sizeof(*v));
-	size_t f;
-	unsigned int i;
-
-	if (!v)
-		abort();
-	for (f = 0; f < SNAP_FIG_N; f++) {
-		for (i = 0; i < n; i++)
-			v[i] = ((double *)&runs[i])[f];
-		((double *)out)[f] = n ? median(v, n) : -1;
-	}
-	free(v);
+	bench_median_fields((const double *)runs, n, SNAP_FIG_N, (double *)out);
 }
 
 static void ms_cell(FILE *f, double ns, int width)
@@ -708,6 +689,19 @@ static void snapshot_json(FILE *f, const struct json_out *j)
 	json_tail(j->rep, f);
 }
 
+/* The progress line of run @it (warm-ups first) of @who at @size. */
+static void run_progress(const struct bench_snap_opts *o, uint64_t size,
+			 const char *who, unsigned int it)
+{
+	bool measured = it >= o->warmup;
+	char sz[SIZE_FORMAT_MAX];
+
+	progress(o, "snapshot %s %s %s %u/%u", size_str(size, sz), who,
+		 measured ? "run" : "warm-up",
+		 measured ? it - o->warmup + 1 : it + 1,
+		 measured ? o->runs : o->warmup);
+}
+
 int bench_snapshot_run(const struct bench_snap_opts *o)
 {
 	unsigned int n = o->nr_sizes, i, it, total = o->warmup + o->runs;
@@ -750,11 +744,7 @@ int bench_snapshot_run(const struct bench_snap_opts *o)
 			struct snap_fig g;
 
 			if (!row->fork_err[0]) {
-				progress(o, "snapshot %s fork %s %u/%u",
-					 size_str(row->size, sz),
-					 measured ? "run" : "warm-up",
-					 measured ? it - o->warmup + 1 : it + 1,
-					 measured ? o->runs : o->warmup);
+				run_progress(o, row->size, "fork", it);
 				snap_fig_none(&g);
 				if (fork_run(o, row->size, &g, row->fork_err,
 					     sizeof(row->fork_err)) == 0 &&
@@ -762,11 +752,7 @@ int bench_snapshot_run(const struct bench_snap_opts *o)
 					kf[nk++] = g;
 			}
 			if (!row->upagerd_err[0]) {
-				progress(o, "snapshot %s upagerd %s %u/%u",
-					 size_str(row->size, sz),
-					 measured ? "run" : "warm-up",
-					 measured ? it - o->warmup + 1 : it + 1,
-					 measured ? o->runs : o->warmup);
+				run_progress(o, row->size, "upagerd", it);
 				snap_fig_none(&g);
 				if (upagerd_run(o, row->size, &g,
 						row->upagerd_err,
@@ -851,41 +837,32 @@ struct meta_row {
 	bool na; /* no snapshots: the populated figures only */
 };
 
+/* The daemon's metadata (RssAnon + VmPTE) grown from before to @after. */
+static double meta_per_page(const struct meta_row *m,
+			    const struct proc_mem *after, uint64_t pages)
+{
+	return per_page(m->before.anon_kb + m->before.pte_kb,
+			after->anon_kb + after->pte_kb, pages);
+}
+
 static int meta_measure(const struct bench_snap_opts *o, pid_t dpid,
 			struct meta_row *m)
 {
 	struct bench_env *env = o->env;
-	struct upager_create_opts copts = { .size = m->size,
-					    .source_fd = -1,
-					    .mode = 0600 };
-	struct upager_attachment *att = NULL;
-	char name[64], snap[80];
-	bool snapped = false;
+	struct snap_seg s;
 	int r;
 
-	bench_fmt(name, sizeof(name), "bench-%d-%u", (int)getpid(), ++env->seq);
-	bench_fmt(snap, sizeof(snap), "%s-snap", name);
 	r = proc_mem_read(dpid, &m->before);
 	if (r < 0) {
 		bench_fmt(m->err, sizeof(m->err), "cannot read /proc/%d/status",
 			  (int)dpid);
 		return r;
 	}
-	r = upager_create(env->conn, name, &copts);
-	if (r < 0) {
-		bench_fmt(m->err, sizeof(m->err), "upager_create: %s",
-			  strerror(-r));
+	r = seg_make(env, &s, m->size, m->err, sizeof(m->err));
+	if (r < 0)
 		return r;
-	}
-	r = upager_attach(env->conn, name, 0, &att);
-	if (r < 0) {
-		bench_fmt(m->err, sizeof(m->err), "upager_attach: %s",
-			  strerror(-r));
-		goto out;
-	}
-	bench_populate(upager_attachment_addr(att), m->size, env->page_size);
 	m->has_populated = !proc_mem_read(dpid, &m->populated);
-	r = upager_snapshot(env->conn, name, snap, NULL);
+	r = upager_snapshot(env->conn, s.name, s.snap, NULL);
 	if (r == -EOPNOTSUPP) {
 		m->na = true;
 		r = 0;
@@ -893,15 +870,10 @@ static int meta_measure(const struct bench_snap_opts *o, pid_t dpid,
 		bench_fmt(m->err, sizeof(m->err), "upager_snapshot: %s",
 			  strerror(-r));
 	} else {
-		snapped = true;
+		s.snapped = true;
 		m->has_snapped = !proc_mem_read(dpid, &m->snapped);
 	}
-out:
-	if (snapped && upager_delete(env->conn, snap, 0) == -EBUSY)
-		upager_delete(env->conn, snap, UPAGER_DELETE_FORCE);
-	upager_detach(att);
-	if (upager_delete(env->conn, name, 0) == -EBUSY)
-		upager_delete(env->conn, name, UPAGER_DELETE_FORCE);
+	seg_drop(env, &s);
 	return r;
 }
 
@@ -1136,49 +1108,27 @@ static int readers_upagerd(const struct bench_snap_opts *o,
 			   struct readers_row *row)
 {
 	struct bench_env *env = o->env;
-	struct upager_create_opts copts = { .size = o->reader_size,
-					    .source_fd = -1,
-					    .mode = 0600 };
-	struct upager_attachment *att = NULL;
 	struct upager_segment_info info;
-	char name[64], snap[80];
-	bool snapped = false;
+	struct snap_seg s;
 	int r;
 
 	row->system = "upagerd";
-	bench_fmt(name, sizeof(name), "bench-%d-%u", (int)getpid(), ++env->seq);
-	bench_fmt(snap, sizeof(snap), "%s-snap", name);
-	r = upager_create(env->conn, name, &copts);
-	if (r < 0) {
-		bench_fmt(row->err, sizeof(row->err), "upager_create: %s",
-			  strerror(-r));
+	r = seg_make(env, &s, o->reader_size, row->err, sizeof(row->err));
+	if (r < 0)
 		return r;
-	}
-	r = upager_attach(env->conn, name, 0, &att);
-	if (r < 0) {
-		bench_fmt(row->err, sizeof(row->err), "upager_attach: %s",
-			  strerror(-r));
-		goto out;
-	}
-	bench_populate(upager_attachment_addr(att), o->reader_size,
-		       env->page_size);
-	r = upager_snapshot(env->conn, name, snap, NULL);
+	r = upager_snapshot(env->conn, s.name, s.snap, NULL);
 	if (r < 0) {
 		row->na = r == -EOPNOTSUPP;
 		bench_fmt(row->err, sizeof(row->err), "%s",
 			  row->na ? BENCH_NO_SNAPSHOTS : strerror(-r));
 		goto out;
 	}
-	snapped = true;
-	r = readers_run(o, -1, snap, row);
-	if (!r && !upager_stat(env->conn, name, &info))
+	s.snapped = true;
+	r = readers_run(o, -1, s.snap, row);
+	if (!r && !upager_stat(env->conn, s.name, &info))
 		row->parent_bytes = (double)info.allocated_bytes;
 out:
-	if (snapped && upager_delete(env->conn, snap, 0) == -EBUSY)
-		upager_delete(env->conn, snap, UPAGER_DELETE_FORCE);
-	upager_detach(att);
-	if (upager_delete(env->conn, name, 0) == -EBUSY)
-		upager_delete(env->conn, name, UPAGER_DELETE_FORCE);
+	seg_drop(env, &s);
 	return r;
 }
 
@@ -1188,6 +1138,37 @@ static double readers_ratio(const struct bench_snap_opts *o,
 	if (row->err[0] || row->frames < 0)
 		return -1;
 	return (row->frames + row->readers_anon) / (double)o->reader_size;
+}
+
+/* The target on the daemon's metadata after @what (n/a unless @has). */
+static void meta_target(struct bench_report *rep, const struct meta_row *m,
+			const char *what, const struct proc_mem *after,
+			bool has, uint64_t pages, bool info)
+{
+	char sz[SIZE_FORMAT_MAX], name[96];
+	struct bench_target *t;
+
+	bench_fmt(name, sizeof(name), "snapmem/%s daemon metadata, %s",
+		  size_str(m->size, sz), what);
+	t = bench_report_target(rep, name,
+				has ? meta_per_page(m, after, pages) : -1,
+				"<=", 16);
+	if (t) {
+		t->unit = "B/page";
+		t->info = info;
+	}
+}
+
+/* A row of the metadata table: the growth from before to @after. */
+static void meta_line(FILE *f, const char *size, const char *after_name,
+		      const struct meta_row *m, const struct proc_mem *after,
+		      uint64_t pages)
+{
+	fprintf(f, "%-10s %-16s %9.2f %9.2f %9.2f %11.2f\n", size, after_name,
+		per_page(m->before.anon_kb, after->anon_kb, pages),
+		per_page(m->before.pte_kb, after->pte_kb, pages),
+		meta_per_page(m, after, pages),
+		per_page(m->before.shmem_kb, after->shmem_kb, pages));
 }
 
 static void snapmem_table(const struct bench_snap_opts *o,
@@ -1210,27 +1191,10 @@ static void snapmem_table(const struct bench_snap_opts *o,
 			fprintf(f, "%-10s %s\n", size_str(m->size, sz), m->err);
 			continue;
 		}
-		fprintf(f, "%-10s %-16s %9.2f %9.2f %9.2f %11.2f\n",
-			size_str(m->size, sz), "populate",
-			per_page(m->before.anon_kb, m->populated.anon_kb, pages),
-			per_page(m->before.pte_kb, m->populated.pte_kb, pages),
-			per_page(m->before.anon_kb + m->before.pte_kb,
-				 m->populated.anon_kb + m->populated.pte_kb,
-				 pages),
-			per_page(m->before.shmem_kb, m->populated.shmem_kb,
-				 pages));
+		meta_line(f, size_str(m->size, sz), "populate", m,
+			  &m->populated, pages);
 		if (m->has_snapped)
-			fprintf(f, "%-10s %-16s %9.2f %9.2f %9.2f %11.2f\n", "",
-				"+ snapshot",
-				per_page(m->before.anon_kb, m->snapped.anon_kb,
-					 pages),
-				per_page(m->before.pte_kb, m->snapped.pte_kb,
-					 pages),
-				per_page(m->before.anon_kb + m->before.pte_kb,
-					 m->snapped.anon_kb + m->snapped.pte_kb,
-					 pages),
-				per_page(m->before.shmem_kb,
-					 m->snapped.shmem_kb, pages));
+			meta_line(f, "", "+ snapshot", m, &m->snapped, pages);
 		else
 			fprintf(f, "%-10s %-16s %s\n", "", "+ snapshot",
 				m->na ? BENCH_NO_SNAPSHOTS :
@@ -1403,37 +1367,10 @@ int bench_snapmem_run(const struct bench_snap_opts *o)
 		const struct meta_row *m = &meta[i];
 		uint64_t pages = m->size / o->env->page_size;
 
-		bench_fmt(name, sizeof(name),
-			  "snapmem/%s daemon metadata, populated + snapshot",
-			  size_str(m->size, sz));
-		t = bench_report_target(&rep, name,
-					m->has_snapped ?
-						per_page(m->before.anon_kb +
-								 m->before.pte_kb,
-							 m->snapped.anon_kb +
-								 m->snapped.pte_kb,
-							 pages) :
-						-1,
-					"<=", 16);
-		if (t)
-			t->unit = "B/page";
-		bench_fmt(name, sizeof(name),
-			  "snapmem/%s daemon metadata, populated",
-			  size_str(m->size, sz));
-		t = bench_report_target(&rep, name,
-					m->has_populated ?
-						per_page(m->before.anon_kb +
-								 m->before.pte_kb,
-							 m->populated.anon_kb +
-								 m->populated
-									 .pte_kb,
-							 pages) :
-						-1,
-					"<=", 16);
-		if (t) {
-			t->unit = "B/page";
-			t->info = true;
-		}
+		meta_target(&rep, m, "populated + snapshot", &m->snapped,
+			    m->has_snapped, pages, false);
+		meta_target(&rep, m, "populated", &m->populated,
+			    m->has_populated, pages, true);
 	}
 	for (i = 0; i < nr; i++) {
 		bench_fmt(name, sizeof(name),

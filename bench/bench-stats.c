@@ -84,34 +84,36 @@ static double median_of(double *v, size_t n)
 	return (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+void bench_median_fields(const double *runs, size_t n, size_t nr_fields,
+			 double *out)
+{
+	double *v = calloc(n ? n : 1, sizeof(*v)), x;
+	size_t f, i, k;
+
+	if (!v)
+		abort();
+	for (f = 0; f < nr_fields; f++) {
+		for (i = k = 0; i < n; i++) {
+			x = runs[i * nr_fields + f];
+			if (x >= 0)
+				v[k++] = x;
+		}
+		out[f] = k ? median_of(v, k) : -1;
+	}
+	free(v);
+}
+
 void bench_figures_median(const struct bench_figures *runs, size_t n,
 			  struct bench_figures *out)
 {
-	/*
-	 * The struct is all doubles: take the median field by field, over
-	 * the runs that measured it (>= 0).
-	 */
-	const size_t nr_fields = sizeof(*out) / sizeof(double);
-	double *v, x;
-	size_t f, i, k;
-
+	/* the struct is all doubles: take the median field by field */
 	_Static_assert(sizeof(struct bench_figures) % sizeof(double) == 0,
 		       "bench_figures must hold doubles only");
 	memset(out, 0, sizeof(*out));
 	if (!n)
 		return;
-	v = calloc(n, sizeof(*v));
-	if (!v)
-		abort();
-	for (f = 0; f < nr_fields; f++) {
-		for (i = k = 0; i < n; i++) {
-			x = ((const double *)&runs[i])[f];
-			if (x >= 0)
-				v[k++] = x;
-		}
-		((double *)out)[f] = k ? median_of(v, k) : -1;
-	}
-	free(v);
+	bench_median_fields((const double *)runs, n,
+			    sizeof(*out) / sizeof(double), (double *)out);
 }
 
 static unsigned int hist_bucket(uint64_t ns)

@@ -143,6 +143,13 @@ int bench_fmt(char *buf, size_t len, const char *fmt, ...)
 int bench_figures_compute(uint64_t *ns, size_t n, uint64_t wall_ns,
 			  size_t page_size, struct bench_figures *out);
 
+/*
+ * The median of each of @nr_fields doubles over @n runs (@runs: n rows of
+ * nr_fields), over the runs that measured it (>= 0); -1 where none did.
+ */
+void bench_median_fields(const double *runs, size_t n, size_t nr_fields,
+			 double *out);
+
 /* Per-figure median of @n runs. */
 void bench_figures_median(const struct bench_figures *runs, size_t n,
 			  struct bench_figures *out);

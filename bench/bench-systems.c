@@ -43,6 +43,7 @@
 #include <upager/upager.h>
 
 #include "bench-systems.h"
+#include "list.h" /* container_of */
 #include "uffd.h"
 
 uint64_t bench_now_ns(void)
@@ -292,99 +293,237 @@ static void handlers_teardown(struct bench_run *run)
 	run->handlers = NULL;
 }
 
-/* ---- minimal: the userfaultfd(2) example, one handler thread ---- */
+/* ---- the in-process handler threads (minimal, minimal-wp, floor) ---- */
 
-struct minimal {
+/*
+ * One handler thread over one userfaultfd: it blocks in poll() on the uffd
+ * and on a stop eventfd (the floor's one stops every handler of a process),
+ * and serves each page fault with serve().  It ends when stopfd is written,
+ * or on its first error, which handler_join() returns.
+ */
+struct uffd_handler {
 	int uffd;
 	int stopfd;
-	pthread_t thread;
-	bool started;
-	char *base;
+	char *lo; /* the range registered: [lo, lo + len) */
 	size_t len;
 	size_t page_size;
-	int source_fd;
-	char *page;
+	bool plain_read; /* read(2), as the manual page's example does */
+	/* serve the fault @msg at @addr, its page; 0 or -errno */
+	int (*serve)(struct uffd_handler *h, const struct uffd_msg *msg,
+		     unsigned long addr);
 	struct bench_handlers *handlers;
+	pthread_t thread;
+	bool started;
 	uint64_t faults;
 	int error; /* -errno of the handler, read after join */
 };
 
-static int minimal_fill(struct minimal *m, unsigned long addr)
+/* One message of the uffd: 1, 0 to poll again, or -errno. */
+static ssize_t handler_read(struct uffd_handler *h, struct uffd_msg *msg)
 {
-	int r;
+	ssize_t n;
 
-	if (m->source_fd >= 0) {
-		off_t off = (off_t)(addr - (unsigned long)m->base);
-		ssize_t n = pread(m->source_fd, m->page, m->page_size, off);
-
-		if (n < 0)
-			return -errno;
-		/* past the end of the file reads as zero */
-		memset(m->page + n, 0, m->page_size - (size_t)n);
-	}
-	r = uffd_copy(m->uffd, addr, m->page, m->page_size, true, NULL);
-	return r == -EEXIST ? 0 : r;
+	if (!h->plain_read)
+		return uffd_read(h->uffd, msg, 1);
+	n = read(h->uffd, msg, sizeof(*msg));
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+	return n == sizeof(*msg) ? 1 : -EPROTO;
 }
 
-static void *minimal_handler(void *arg)
+static void *handler_thread(void *arg)
 {
-	struct minimal *m = arg;
+	struct uffd_handler *h = arg;
 	struct uffd_msg msg;
+	ssize_t n;
+	int r;
 
 	for (;;) {
 		struct pollfd pfd[2] = {
-			{ .fd = m->uffd, .events = POLLIN },
-			{ .fd = m->stopfd, .events = POLLIN },
+			{ .fd = h->uffd, .events = POLLIN },
+			{ .fd = h->stopfd, .events = POLLIN },
 		};
-		ssize_t n;
-		int r;
 
+		/* blocks: a pinned handler's faulting thread needs its CPU */
 		if (poll(pfd, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			m->error = -errno;
+			h->error = -errno;
 			break;
 		}
 		if (pfd[1].revents)
 			break;
-		n = read(m->uffd, &msg, sizeof(msg));
+		n = handler_read(h, &msg);
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			m->error = -errno;
+			h->error = (int)n;
 			break;
 		}
-		if (n != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT) {
-			m->error = -EPROTO;
+		if (!n)
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT) {
+			h->error = -EPROTO;
 			break;
 		}
-		r = minimal_fill(m, (unsigned long)msg.arg.pagefault.address &
-					    ~(unsigned long)(m->page_size - 1));
+		r = h->serve(h, &msg,
+			     (unsigned long)msg.arg.pagefault.address &
+				     ~(unsigned long)(h->page_size - 1));
 		if (r < 0) {
-			m->error = r;
+			h->error = r;
 			break;
 		}
-		m->faults++;
+		h->faults++;
 	}
 	/* unregistering wakes the faulting threads: never a hang */
-	if (m->error)
-		uffd_unregister(m->uffd, (uintptr_t)m->base, m->len);
-	handlers_add(m->handlers, m->faults);
+	if (h->error)
+		uffd_unregister(h->uffd, (uintptr_t)h->lo, h->len);
+	handlers_add(h->handlers, h->faults);
 	return NULL;
+}
+
+/* Start @h's thread, pinned to @cpu unless it is -1. */
+static int handler_start(struct uffd_handler *h, int cpu)
+{
+	pthread_attr_t attr;
+	cpu_set_t cpus;
+	int r;
+
+	if (cpu < 0) {
+		r = -pthread_create(&h->thread, NULL, handler_thread, h);
+	} else {
+		CPU_ZERO(&cpus);
+		CPU_SET(cpu, &cpus);
+		r = -pthread_attr_init(&attr);
+		if (r < 0)
+			return r;
+		r = -pthread_attr_setaffinity_np(&attr, sizeof(cpus), &cpus);
+		if (!r)
+			r = -pthread_create(&h->thread, &attr, handler_thread,
+					    h);
+		pthread_attr_destroy(&attr);
+	}
+	if (r < 0)
+		return r;
+	h->started = true;
+	return 0;
+}
+
+/* Tell every handler on @stopfd to end (-1: none was started). */
+static void signal_stop(int stopfd)
+{
+	uint64_t one = 1;
+
+	if (stopfd >= 0 && write(stopfd, &one, sizeof(one)) != sizeof(one))
+		abort(); /* an eventfd write cannot fail here */
+}
+
+/* Join @h once it was told to stop; its error. */
+static int handler_join(struct uffd_handler *h)
+{
+	if (!h->started)
+		return 0;
+	pthread_join(h->thread, NULL);
+	h->started = false;
+	return h->error;
+}
+
+/* ---- minimal, minimal-wp: one handler thread over the whole mapping ---- */
+
+struct minimal {
+	struct uffd_handler h; /* its stopfd is the minimal's own */
+	char *base;
+	size_t len;
+	int source_fd; /* minimal */
+	char *page;    /* minimal: the page it copies in */
+	int copyfd;    /* minimal-wp: the copies, a memfd as large */
+};
+
+static struct minimal *minimal_new(struct bench_run *run)
+{
+	struct minimal *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->h.uffd = m->h.stopfd = m->copyfd = -1;
+	m->len = run->len;
+	m->h.page_size = run->env->page_size;
+	m->h.handlers = run->handlers;
+	m->source_fd = run->source_fd;
+	return m;
 }
 
 static void minimal_free(struct minimal *m)
 {
 	if (!m)
 		return;
-	if (m->uffd >= 0)
-		close(m->uffd);
-	if (m->stopfd >= 0)
-		close(m->stopfd);
+	if (m->h.uffd >= 0)
+		close(m->h.uffd);
+	if (m->h.stopfd >= 0)
+		close(m->h.stopfd);
+	if (m->copyfd >= 0)
+		close(m->copyfd);
 	if (m->base)
 		munmap(m->base, m->len);
 	free(m->page);
 	free(m);
+}
+
+/* The mapping registered: start the handler, serving with @serve. */
+static int minimal_start(struct minimal *m, struct bench_map *map,
+			 int (*serve)(struct uffd_handler *,
+				      const struct uffd_msg *, unsigned long))
+{
+	int r;
+
+	m->h.stopfd = eventfd(0, EFD_CLOEXEC);
+	if (m->h.stopfd < 0)
+		return -errno;
+	m->h.lo = m->base;
+	m->h.len = m->len;
+	m->h.serve = serve;
+	r = handler_start(&m->h, -1);
+	if (r < 0)
+		return r;
+	map->addr = m->base;
+	map->priv = m;
+	return 0;
+}
+
+static int minimal_detach(struct bench_run *run, struct bench_map *map)
+{
+	struct minimal *m = map->priv;
+	int r;
+
+	(void)run;
+	if (!m)
+		return 0;
+	signal_stop(m->h.stopfd);
+	r = handler_join(&m->h);
+	minimal_free(m);
+	map->priv = NULL;
+	map->addr = NULL;
+	return r;
+}
+
+/* ---- minimal: the userfaultfd(2) example, one handler thread ---- */
+
+static int minimal_fill(struct uffd_handler *h, const struct uffd_msg *msg,
+			unsigned long addr)
+{
+	struct minimal *m = container_of(h, struct minimal, h);
+	int r;
+
+	(void)msg;
+	if (m->source_fd >= 0) {
+		off_t off = (off_t)(addr - (unsigned long)m->base);
+		ssize_t n = pread(m->source_fd, m->page, h->page_size, off);
+
+		if (n < 0)
+			return -errno;
+		/* past the end of the file reads as zero */
+		memset(m->page + n, 0, h->page_size - (size_t)n);
+	}
+	r = uffd_copy(h->uffd, addr, m->page, h->page_size, true, NULL);
+	return r == -EEXIST ? 0 : r;
 }
 
 static int minimal_attach(struct bench_run *run, struct bench_map *map)
@@ -393,15 +532,10 @@ static int minimal_attach(struct bench_run *run, struct bench_map *map)
 	void *p;
 	int r;
 
-	m = calloc(1, sizeof(*m));
+	m = minimal_new(run);
 	if (!m)
 		return -ENOMEM;
-	m->uffd = -1;
-	m->stopfd = -1;
-	m->len = run->len;
-	m->page_size = run->env->page_size;
-	m->source_fd = run->source_fd;
-	m->handlers = run->handlers;
+	m->h.plain_read = true;
 	p = mmap(NULL, m->len, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED) {
@@ -410,56 +544,27 @@ static int minimal_attach(struct bench_run *run, struct bench_map *map)
 	}
 	m->base = p;
 	bench_no_huge(p, m->len);
-	m->page = aligned_alloc(m->page_size, m->page_size);
+	m->page = aligned_alloc(m->h.page_size, m->h.page_size);
 	if (!m->page) {
 		r = -ENOMEM;
 		goto fail;
 	}
-	memset(m->page, 0, m->page_size);
+	memset(m->page, 0, m->h.page_size);
 	/* no feature: anonymous memory, missing faults */
 	r = uffd_open(0, 0, 0, NULL);
 	if (r < 0)
 		goto fail;
-	m->uffd = r;
-	r = uffd_register(m->uffd, (uintptr_t)m->base, m->len,
+	m->h.uffd = r;
+	r = uffd_register(m->h.uffd, (uintptr_t)m->base, m->len,
 			  UFFDIO_REGISTER_MODE_MISSING, NULL);
 	if (r < 0)
 		goto fail;
-	m->stopfd = eventfd(0, EFD_CLOEXEC);
-	if (m->stopfd < 0) {
-		r = -errno;
-		goto fail;
-	}
-	r = -pthread_create(&m->thread, NULL, minimal_handler, m);
+	r = minimal_start(m, map, minimal_fill);
 	if (r < 0)
 		goto fail;
-	m->started = true;
-	map->addr = m->base;
-	map->priv = m;
 	return 0;
 fail:
 	minimal_free(m);
-	return r;
-}
-
-static int minimal_detach(struct bench_run *run, struct bench_map *map)
-{
-	struct minimal *m = map->priv;
-	uint64_t one = 1;
-	int r = 0;
-
-	(void)run;
-	if (!m)
-		return 0;
-	if (m->started) {
-		if (write(m->stopfd, &one, sizeof(one)) != sizeof(one))
-			abort(); /* an eventfd write cannot fail here */
-		pthread_join(m->thread, NULL);
-		r = m->error;
-	}
-	minimal_free(m);
-	map->priv = NULL;
-	map->addr = NULL;
 	return r;
 }
 
@@ -508,15 +613,9 @@ int bench_worker_cpu(unsigned int w)
 }
 
 struct floor_handler {
+	struct uffd_handler h; /* over its worker's slice */
 	struct floor *f;
-	int uffd;
-	pthread_t thread;
-	bool started;
-	char *lo; /* its worker's slice: [lo, lo + len) */
-	size_t len;
 	char *page; /* the file source's bounce buffer */
-	uint64_t faults;
-	int error; /* -errno, read after join */
 };
 
 struct floor {
@@ -530,14 +629,17 @@ struct floor {
 	struct floor_handler h[];
 };
 
-static int floor_fill(struct floor_handler *h, unsigned long addr)
+static int floor_fill(struct uffd_handler *uh, const struct uffd_msg *msg,
+		      unsigned long addr)
 {
+	struct floor_handler *h = container_of(uh, struct floor_handler, h);
 	struct floor *f = h->f;
 	ssize_t n;
 	int r;
 
+	(void)msg;
 	if (f->source_fd < 0) {
-		r = uffd_zeropage(h->uffd, addr, f->page_size, true, NULL);
+		r = uffd_zeropage(uh->uffd, addr, f->page_size, true, NULL);
 	} else {
 		n = pread(f->source_fd, h->page, f->page_size,
 			  (off_t)(addr - (unsigned long)f->base));
@@ -545,78 +647,22 @@ static int floor_fill(struct floor_handler *h, unsigned long addr)
 			return -errno;
 		/* past the end of the file reads as zero */
 		memset(h->page + n, 0, f->page_size - (size_t)n);
-		r = uffd_copy(h->uffd, addr, h->page, f->page_size, true, NULL);
+		r = uffd_copy(uh->uffd, addr, h->page, f->page_size, true, NULL);
 	}
 	return r == -EEXIST ? 0 : r;
-}
-
-static void *floor_handler(void *arg)
-{
-	struct floor_handler *h = arg;
-	struct floor *f = h->f;
-	struct uffd_msg msg;
-	ssize_t n;
-	int r;
-
-	for (;;) {
-		struct pollfd pfd[2] = {
-			{ .fd = h->uffd, .events = POLLIN },
-			{ .fd = f->stopfd, .events = POLLIN },
-		};
-
-		/* blocks: the faulting thread needs this CPU to run */
-		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			h->error = -errno;
-			break;
-		}
-		if (pfd[1].revents)
-			break;
-		n = uffd_read(h->uffd, &msg, 1);
-		if (n < 0) {
-			h->error = (int)n;
-			break;
-		}
-		if (!n)
-			continue;
-		if (msg.event != UFFD_EVENT_PAGEFAULT) {
-			h->error = -EPROTO;
-			break;
-		}
-		r = floor_fill(h, (unsigned long)msg.arg.pagefault.address &
-					  ~(unsigned long)(f->page_size - 1));
-		if (r < 0) {
-			h->error = r;
-			break;
-		}
-		h->faults++;
-	}
-	/* unregistering wakes the faulting thread: never a hang */
-	if (h->error)
-		uffd_unregister(h->uffd, (uintptr_t)h->lo, h->len);
-	handlers_add(f->handlers, h->faults);
-	return NULL;
 }
 
 /* Stop and join the handlers; returns the first handler's error. */
 static int floor_stop(struct floor *f)
 {
-	uint64_t one = 1;
 	unsigned int i;
-	int r = 0;
+	int r = 0, e;
 
-	if (f->stopfd >= 0 && write(f->stopfd, &one, sizeof(one)) != sizeof(one))
-		abort(); /* an eventfd write cannot fail here */
+	signal_stop(f->stopfd);
 	for (i = 0; i < f->nr; i++) {
-		struct floor_handler *h = &f->h[i];
-
-		if (!h->started)
-			continue;
-		pthread_join(h->thread, NULL);
-		h->started = false;
-		if (h->error && !r)
-			r = h->error;
+		e = handler_join(&f->h[i].h);
+		if (e && !r)
+			r = e;
 	}
 	return r;
 }
@@ -629,8 +675,8 @@ static void floor_free(struct floor *f)
 		return;
 	floor_stop(f);
 	for (i = 0; i < f->nr; i++) {
-		if (f->h[i].uffd >= 0)
-			close(f->h[i].uffd);
+		if (f->h[i].h.uffd >= 0)
+			close(f->h[i].h.uffd);
 		free(f->h[i].page);
 	}
 	if (f->stopfd >= 0)
@@ -640,7 +686,8 @@ static void floor_free(struct floor *f)
 	free(f);
 }
 
-static void floor_teardown(struct bench_run *run)
+/* floor, minimal-wp: the handlers' counters and the memfd */
+static void memfd_handlers_teardown(struct bench_run *run)
 {
 	handlers_teardown(run);
 	memfd_teardown(run);
@@ -658,7 +705,7 @@ static int floor_setup(struct bench_run *run)
 	else
 		r = handlers_setup(run);
 	if (r < 0)
-		floor_teardown(run);
+		memfd_handlers_teardown(run);
 	return r;
 }
 
@@ -672,13 +719,15 @@ static int floor_handler_start(struct bench_run *run, struct floor *f,
 	uint64_t need = f->source_fd < 0 ? (uint64_t)1 << _UFFDIO_ZEROPAGE :
 					   (uint64_t)1 << _UFFDIO_COPY;
 	uint64_t ioctls;
-	pthread_attr_t attr;
-	cpu_set_t cpus;
 	int r;
 
 	h->f = f;
-	h->lo = f->base + lo * f->page_size;
-	h->len = (hi - lo) * f->page_size;
+	h->h.stopfd = f->stopfd;
+	h->h.lo = f->base + lo * f->page_size;
+	h->h.len = (hi - lo) * f->page_size;
+	h->h.page_size = f->page_size;
+	h->h.serve = floor_fill;
+	h->h.handlers = f->handlers;
 	if (f->source_fd >= 0) {
 		h->page = aligned_alloc(f->page_size, f->page_size);
 		if (!h->page)
@@ -688,28 +737,16 @@ static int floor_handler_start(struct bench_run *run, struct floor *f,
 	r = uffd_open(0, 0, 0, NULL);
 	if (r < 0)
 		return r;
-	h->uffd = r;
-	if (!h->len)
+	h->h.uffd = r;
+	if (!h->h.len)
 		return 0;
-	r = uffd_register(h->uffd, (uintptr_t)h->lo, h->len,
+	r = uffd_register(h->h.uffd, (uintptr_t)h->h.lo, h->h.len,
 			  UFFDIO_REGISTER_MODE_MISSING, &ioctls);
 	if (r < 0)
 		return r;
 	if ((ioctls & need) != need)
 		return -EOPNOTSUPP;
-	CPU_ZERO(&cpus);
-	CPU_SET(bench_worker_cpu(w), &cpus);
-	r = -pthread_attr_init(&attr);
-	if (r < 0)
-		return r;
-	r = -pthread_attr_setaffinity_np(&attr, sizeof(cpus), &cpus);
-	if (!r)
-		r = -pthread_create(&h->thread, &attr, floor_handler, h);
-	pthread_attr_destroy(&attr);
-	if (r < 0)
-		return r;
-	h->started = true;
-	return 0;
+	return handler_start(&h->h, bench_worker_cpu(w));
 }
 
 static int floor_attach(struct bench_run *run, struct bench_map *map)
@@ -729,7 +766,7 @@ static int floor_attach(struct bench_run *run, struct bench_map *map)
 	f->handlers = run->handlers;
 	f->nr = run->threads;
 	for (t = 0; t < f->nr; t++)
-		f->h[t].uffd = -1;
+		f->h[t].h.uffd = -1;
 	p = mmap(NULL, f->len, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
 	if (p == MAP_FAILED) {
 		r = -errno;
@@ -780,7 +817,7 @@ const struct bench_system bench_floor = {
 	.attach = floor_attach,
 	.touch = bench_touch_timed,
 	.detach = floor_detach,
-	.teardown = floor_teardown,
+	.teardown = memfd_handlers_teardown,
 };
 
 /* ---- upagerd ---- */
@@ -1159,6 +1196,15 @@ void bench_populate(char *base, size_t len, size_t page_size)
 		((volatile char *)base)[off + 1] = BENCH_POPULATE_MARK;
 }
 
+_Noreturn void bench_child_sleep(pid_t parent)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(0);
+	for (;;)
+		pause();
+}
+
 /* ---- kernel-cow: the kernel's copy on write after fork() ---- */
 
 static int cow_attach(struct bench_run *run, struct bench_map *map)
@@ -1186,13 +1232,8 @@ static int cow_attach(struct bench_run *run, struct bench_map *map)
 		munmap(p, run->len);
 		return r;
 	}
-	if (!pid) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (getppid() != parent)
-			_exit(0);
-		for (;;)
-			pause();
-	}
+	if (!pid)
+		bench_child_sleep(parent);
 	map->addr = p;
 	map->priv = (void *)(intptr_t)pid;
 	return 0;
@@ -1224,112 +1265,34 @@ const struct bench_system bench_kernel_cow = {
 
 /* ---- minimal-wp: a copy-before-write handler, one thread ---- */
 
-struct minimal_wp {
-	int uffd;
-	int stopfd;
-	int copyfd; /* the copies: a memfd as large as the mapping */
-	pthread_t thread;
-	bool started;
-	char *base;
-	size_t len;
-	size_t page_size;
-	struct bench_handlers *handlers;
-	uint64_t faults;
-	int error; /* -errno of the handler, read after join */
-};
-
-static int minimal_wp_copy(struct minimal_wp *m, unsigned long addr)
+static int minimal_wp_copy(struct uffd_handler *h, const struct uffd_msg *msg,
+			   unsigned long addr)
 {
+	struct minimal *m = container_of(h, struct minimal, h);
 	size_t off = addr - (unsigned long)m->base;
 	ssize_t n;
 
+	if (!(msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP))
+		return -EPROTO;
 	/* the page is write-protected, not read-protected: read it */
-	n = pwrite(m->copyfd, m->base + off, m->page_size, (off_t)off);
-	if (n != (ssize_t)m->page_size)
+	n = pwrite(m->copyfd, m->base + off, h->page_size, (off_t)off);
+	if (n != (ssize_t)h->page_size)
 		return n < 0 ? -errno : -EIO;
-	return uffd_writeprotect(m->uffd, addr, m->page_size, false, true);
-}
-
-static void *minimal_wp_handler(void *arg)
-{
-	struct minimal_wp *m = arg;
-	struct uffd_msg msg;
-	ssize_t n;
-	int r;
-
-	for (;;) {
-		struct pollfd pfd[2] = {
-			{ .fd = m->uffd, .events = POLLIN },
-			{ .fd = m->stopfd, .events = POLLIN },
-		};
-
-		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			m->error = -errno;
-			break;
-		}
-		if (pfd[1].revents)
-			break;
-		n = uffd_read(m->uffd, &msg, 1);
-		if (n < 0) {
-			m->error = (int)n;
-			break;
-		}
-		if (!n)
-			continue;
-		if (msg.event != UFFD_EVENT_PAGEFAULT ||
-		    !(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
-			m->error = -EPROTO;
-			break;
-		}
-		r = minimal_wp_copy(m,
-				    (unsigned long)msg.arg.pagefault.address &
-					    ~(unsigned long)(m->page_size - 1));
-		if (r < 0) {
-			m->error = r;
-			break;
-		}
-		m->faults++;
-	}
-	/* unregistering wakes the faulting threads: never a hang */
-	if (m->error)
-		uffd_unregister(m->uffd, (uintptr_t)m->base, m->len);
-	handlers_add(m->handlers, m->faults);
-	return NULL;
-}
-
-static void minimal_wp_free(struct minimal_wp *m)
-{
-	if (!m)
-		return;
-	if (m->uffd >= 0)
-		close(m->uffd);
-	if (m->stopfd >= 0)
-		close(m->stopfd);
-	if (m->copyfd >= 0)
-		close(m->copyfd);
-	if (m->base)
-		munmap(m->base, m->len);
-	free(m);
+	return uffd_writeprotect(h->uffd, addr, h->page_size, false, true);
 }
 
 static int minimal_wp_attach(struct bench_run *run, struct bench_map *map)
 {
 	uint64_t ioctls, need = (uint64_t)1 << _UFFDIO_WRITEPROTECT;
-	struct minimal_wp *m;
+	struct minimal *m;
 	void *p;
 	int r;
 
 	if (run->source_fd >= 0)
 		return -EINVAL;
-	m = calloc(1, sizeof(*m));
+	m = minimal_new(run);
 	if (!m)
 		return -ENOMEM;
-	m->uffd = m->stopfd = m->copyfd = -1;
-	m->len = run->len;
-	m->page_size = run->env->page_size;
-	m->handlers = run->handlers;
 	p = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_SHARED, run->fd, 0);
 	if (p == MAP_FAILED) {
 		r = -errno;
@@ -1337,7 +1300,7 @@ static int minimal_wp_attach(struct bench_run *run, struct bench_map *map)
 	}
 	m->base = p;
 	bench_no_huge(p, m->len);
-	bench_populate(m->base, m->len, m->page_size);
+	bench_populate(m->base, m->len, m->h.page_size);
 	m->copyfd = memfd_create("upager-bench-copies", MFD_CLOEXEC);
 	if (m->copyfd < 0 || ftruncate(m->copyfd, (off_t)m->len) < 0) {
 		r = -errno;
@@ -1348,8 +1311,8 @@ static int minimal_wp_attach(struct bench_run *run, struct bench_map *map)
 		      UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0, NULL);
 	if (r < 0)
 		goto fail;
-	m->uffd = r;
-	r = uffd_register(m->uffd, (uintptr_t)m->base, m->len,
+	m->h.uffd = r;
+	r = uffd_register(m->h.uffd, (uintptr_t)m->base, m->len,
 			  UFFDIO_REGISTER_MODE_WP, &ioctls);
 	if (r < 0)
 		goto fail;
@@ -1358,51 +1321,16 @@ static int minimal_wp_attach(struct bench_run *run, struct bench_map *map)
 		goto fail;
 	}
 	/* (the kernel refuses DONTWAKE with MODE_WP: EINVAL) */
-	r = uffd_writeprotect(m->uffd, (uintptr_t)m->base, m->len, true, true);
+	r = uffd_writeprotect(m->h.uffd, (uintptr_t)m->base, m->len, true, true);
 	if (r < 0)
 		goto fail;
-	m->stopfd = eventfd(0, EFD_CLOEXEC);
-	if (m->stopfd < 0) {
-		r = -errno;
-		goto fail;
-	}
-	r = -pthread_create(&m->thread, NULL, minimal_wp_handler, m);
+	r = minimal_start(m, map, minimal_wp_copy);
 	if (r < 0)
 		goto fail;
-	m->started = true;
-	map->addr = m->base;
-	map->priv = m;
 	return 0;
 fail:
-	minimal_wp_free(m);
+	minimal_free(m);
 	return r;
-}
-
-static int minimal_wp_detach(struct bench_run *run, struct bench_map *map)
-{
-	struct minimal_wp *m = map->priv;
-	uint64_t one = 1;
-	int r = 0;
-
-	(void)run;
-	if (!m)
-		return 0;
-	if (m->started) {
-		if (write(m->stopfd, &one, sizeof(one)) != sizeof(one))
-			abort(); /* an eventfd write cannot fail here */
-		pthread_join(m->thread, NULL);
-		r = m->error;
-	}
-	minimal_wp_free(m);
-	map->priv = NULL;
-	map->addr = NULL;
-	return r;
-}
-
-static void memfd_handlers_teardown(struct bench_run *run)
-{
-	handlers_teardown(run);
-	memfd_teardown(run);
 }
 
 static int memfd_handlers_setup(struct bench_run *run)
@@ -1425,7 +1353,7 @@ const struct bench_system bench_minimal_wp = {
 	.setup = memfd_handlers_setup,
 	.attach = minimal_wp_attach,
 	.touch = bench_touch_timed,
-	.detach = minimal_wp_detach,
+	.detach = minimal_detach,
 	.teardown = memfd_handlers_teardown,
 };
 

@@ -201,6 +201,13 @@ void bench_populate(char *base, size_t len, size_t page_size);
 void bench_no_huge(void *addr, size_t len);
 
 /*
+ * In the child of a fork() by @parent (its pid, read before): sleep until
+ * killed, dying with @parent, or at once if @parent is already gone.  The
+ * child keeps the parent's memory shared, copy on write.
+ */
+_Noreturn void bench_child_sleep(pid_t parent);
+
+/*
  * Every system, for --systems and --help (upagerd once: the wp workload's
  * is the same daemon, set up otherwise).
  */
@@ -220,6 +227,18 @@ int bench_worker_cpu(unsigned int w);
 
 /* The timed first touch every system uses. */
 void bench_touch_timed(const struct bench_touch *t);
+
+/* xorshift64*: the pseudo-random page orders and file contents. */
+static inline uint64_t bench_xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
 
 /* CLOCK_MONOTONIC in ns. */
 uint64_t bench_now_ns(void);

@@ -227,17 +227,6 @@ static void futex_wait_ne(_Atomic uint32_t *addr, uint32_t val, int ms)
 	futex(addr, FUTEX_WAIT, val, ms < 0 ? NULL : &ts);
 }
 
-static uint64_t xorshift(uint64_t *s)
-{
-	uint64_t x = *s;
-
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	*s = x;
-	return x * 0x2545F4914F6CDD1DULL;
-}
-
 /* ---- the file workload's source ---- */
 
 static int file_make_temp(struct bench_ctx *c)
@@ -270,7 +259,7 @@ static int file_make_temp(struct bench_ctx *c)
 		size_t n = bytes - off < (1 << 20) ? bytes - off : (1 << 20);
 
 		for (i = 0; i < n / 8; i++)
-			buf[i] = xorshift(&seed);
+			buf[i] = bench_xorshift(&seed);
 		if (pwrite(fd, buf, n, (off_t)off) != (ssize_t)n)
 			r = errno ? -errno : -EIO;
 	}
@@ -845,7 +834,7 @@ static void make_order(struct bench_ctx *c, const struct bench_variant *v)
 		size_t hi = bench_slice_lo(c->pages, w + 1, nw);
 
 		for (k = hi - 1; k > lo; k--) {
-			size_t j = lo + xorshift(&seed) % (k - lo + 1);
+			size_t j = lo + bench_xorshift(&seed) % (k - lo + 1);
 			uint32_t tmp = c->order[k];
 
 			c->order[k] = c->order[j];
