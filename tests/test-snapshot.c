@@ -1473,6 +1473,43 @@ START_TEST(test_unmap_during_cut)
 }
 END_TEST
 
+/*
+ * Memory the events never described is cut too: a range grown back in
+ * place with mremap (no event says so) maps the segment's frames again.
+ * A write there after the cut must copy before it writes, whether or not
+ * the daemon ever saw a fault there.
+ */
+START_TEST(test_undescribed_range_protected)
+{
+	const size_t size = 64 * H_PAGE, part = 16 * H_PAGE;
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	char *map, *grown, *before;
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	h_create(u, "seg", size, -1, 0600);
+	map = h_attach(u, "seg", 0, &a);
+	pat_fill(map, 0, size / H_PAGE, 7);
+	before = pat_buf(size, 7);
+	/* the tail goes (an unmap event), then comes back in place (none) */
+	ck_assert_int_eq(munmap(map + size - part, part), 0);
+	grown = mremap(map, size - part, size, 0);
+	ck_assert_msg(grown == map, "mremap in place: %s", strerror(errno));
+	snap(u, "seg", "s", NULL);
+	memset(map + size - part, 0x5a, part); /* the undescribed tail */
+	memset(map, 0x6b, H_PAGE);	       /* a described page */
+	check_rdonly(u, "s", before, size);
+	ck_assert_int_eq((unsigned char)map[size - 1], 0x5a);
+	ck_assert_int_eq(upager_detach(a), 0);
+	free(before);
+	still_serves(u, "undescribed");
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *snapshot_suite(void)
 {
 	Suite *s = h_suite("snapshot");
@@ -1502,6 +1539,7 @@ static Suite *snapshot_suite(void)
 		     SNAP_FEATURES | UFFD_FEATURE_EVENT_UNMAP |
 			     UFFD_FEATURE_EVENT_REMAP);
 	tcase_add_test(tc, test_unmap_during_cut);
+	tcase_add_test(tc, test_undescribed_range_protected);
 	return s;
 }
 

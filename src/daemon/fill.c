@@ -267,18 +267,46 @@ static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
 void fill_wp(struct filler *fl, struct attachment *att, uint64_t addr)
 {
 	struct segment *seg = att->seg;
-	enum into how = into_enter(fl, att);
 	uint64_t pgoff, run;
+	bool foreign = false;
+	enum into how;
 	int ret;
 
+	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
+		/* A range the events did not describe: what /proc says, as
+		 * for a missing fault.  A page of the segment is never let
+		 * go unseen: a snapshot may share it. */
+		bool drain = false;
+
+		if (!(atomic_load(&att->readers) & fl->bit)) {
+			fill_retry(att, addr | FILL_RETRY_WP);
+			return;
+		}
+		ret = attach_discover(att, addr, 0,
+				      atomic_load(&att->readers) == fl->bit,
+				      &drain);
+		if (drain)
+			attach_owe_drain(att);
+		if (ret && ret != -EINVAL) {
+			att_wake(att, addr, seg->page_size); /* it refaults */
+			return;
+		}
+		foreign = ret == -EINVAL; /* registered, not ours */
+	}
+	how = into_enter(fl, att);
 	if (how == BY_OFFSET) {
 		fill_retry(att, addr | FILL_RETRY_WP); /* for a reader */
 		return;
 	}
 	/* Looked up inside: the page copied is the page un-protected. */
-	if (attach_lookup(att, addr, &pgoff, &run) == 0 &&
-	    snapshot_wp(seg, att, addr, pgoff)) {
-		into_exit(fl, att, how); /* held by a cut */
+	if (attach_lookup(att, addr, &pgoff, &run) == 0) {
+		if (snapshot_wp(seg, att, addr, pgoff)) {
+			into_exit(fl, att, how); /* held by a cut */
+			return;
+		}
+	} else if (!foreign) {
+		into_exit(fl, att, how); /* it moved meanwhile: refault */
+		att_wake(att, addr, seg->page_size);
 		return;
 	}
 	ret = uffd_writeprotect(att->uffd, addr, seg->page_size, false,

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include "attach.h"
 #include "daemon.h"
@@ -304,6 +305,47 @@ bool snapshot_wp(struct segment *seg, struct attachment *att, uint64_t addr,
 
 /* ---- the cut ---- */
 
+/*
+ * What the events never described (mremap growing a range in place, the
+ * old range MREMAP_DONTUNMAP leaves mapped) is protected too: every
+ * mapping of the memfd in the process that this uffd has registered (the
+ * others fail with ENOENT, and so are left alone).  -EAGAIN: an event
+ * first.
+ */
+static int protect_unseen(struct attachment *att)
+{
+	pid_t pid = atomic_load(&att->pid);
+	char path[64], line[512];
+	struct stat st;
+	int ret = 0;
+	FILE *f;
+
+	if (pid <= 0 || fstat(att->seg->memfd, &st) < 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (!ret && fgets(line, sizeof(line), f)) {
+		unsigned long long lo, hi, ino;
+		unsigned int maj, min;
+		uint64_t pgoff, run;
+
+		if (sscanf(line, "%llx-%llx %*s %*x %x:%x %llu", &lo, &hi, &maj,
+			   &min, &ino) != 5 ||
+		    ino != st.st_ino || makedev(maj, min) != st.st_dev)
+			continue;
+		if (attach_lookup(att, lo, &pgoff, &run) == 0 &&
+		    lo + run * att->seg->page_size >= hi)
+			continue; /* a range it knows: protected already */
+		ret = uffd_writeprotect(att->uffd, lo, hi - lo, true, true);
+		if (ret != -EAGAIN)
+			ret = 0;
+	}
+	fclose(f);
+	return ret;
+}
+
 int snapshot_protect(struct attachment *att)
 {
 	uint64_t want = atomic_load(&att->protect_want);
@@ -337,6 +379,8 @@ int snapshot_protect(struct attachment *att)
 			ret = 0;
 	}
 	free(r);
+	if (!ret)
+		ret = protect_unseen(att);
 	if (ret == -EAGAIN)
 		return ret;
 	atomic_store(&att->protect_done, want);
