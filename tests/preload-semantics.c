@@ -1,0 +1,1455 @@
+// SPDX-License-Identifier: MIT
+/*
+ * preload-semantics: the memory semantics a program relies on, exercised
+ * one section at a time, with a deterministic transcript on stdout
+ * (checksums, values, errno names: never an address or a time).
+ *
+ * It tests Linux, not upager: it passes on its own, and test-preload.sh
+ * runs it again under LD_PRELOAD=libupager-preload.so and requires the same
+ * transcript, byte for byte, and the same exit status (issue 9).
+ *
+ * Usage: preload-semantics [SECTION...]   (default: every section)
+ *        preload-semantics --list
+ * Exit 0 when every section matched its expectations, 1 otherwise; a
+ * failing section prints "FAIL" with what differed on its line.
+ *
+ * Internal entries (the program execs itself):
+ *        --exec-child LABEL        allocate, fill, print a checksum line
+ *        --shm-child NAME SIZE     open a POSIX shm name, check the
+ *                                  parent's half, write the other half
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+#ifndef MADV_FREE
+#define MADV_FREE 8
+#endif
+
+#define KiB (1024ul)
+#define MiB (1024ul * 1024ul)
+#define PAGE 4096ul
+
+extern char **environ;
+
+static const char *self_exe;
+static bool section_ok;
+static char fail_msg[512];
+
+/* ---- helpers ---- */
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!section_ok)
+		return; /* the first failure of a section is the one shown */
+	section_ok = false;
+	va_start(ap, fmt);
+	vsnprintf(fail_msg, sizeof(fail_msg), fmt, ap);
+	va_end(ap);
+}
+
+#define EXPECT(cond, ...)                  \
+	do {                               \
+		if (!(cond))               \
+			fail(__VA_ARGS__); \
+	} while (0)
+
+static const char *errname(int e)
+{
+	switch (e) {
+	case 0:
+		return "0";
+	case EINVAL:
+		return "EINVAL";
+	case ENOMEM:
+		return "ENOMEM";
+	case EFAULT:
+		return "EFAULT";
+	case EEXIST:
+		return "EEXIST";
+	case EBADF:
+		return "EBADF";
+	case EACCES:
+		return "EACCES";
+	case EPERM:
+		return "EPERM";
+	case ENOENT:
+		return "ENOENT";
+	case EAGAIN:
+		return "EAGAIN";
+	case ENODEV:
+		return "ENODEV";
+	case EOVERFLOW:
+		return "EOVERFLOW";
+	default:
+		return "E?";
+	}
+}
+
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
+
+/* Word i of the pattern @seed: never zero. */
+static uint64_t pat(uint64_t seed, size_t i)
+{
+	return mix(seed * 0x9e3779b97f4a7c15ull + i) | 1;
+}
+
+static void fill(void *p, size_t n, uint64_t seed)
+{
+	uint64_t *w = p;
+
+	for (size_t i = 0; i < n / 8; i++)
+		w[i] = pat(seed, i);
+}
+
+/*
+ * true when [p, p + n) holds the pattern @seed from byte @off of it: the
+ * bytes that fill(p - off, ..., seed) wrote there
+ */
+static bool check_at(const void *p, size_t n, uint64_t seed, size_t off)
+{
+	const uint64_t *w = p;
+
+	for (size_t i = 0; i < n / 8; i++)
+		if (w[i] != pat(seed, off / 8 + i))
+			return false;
+	return true;
+}
+
+static bool check(const void *p, size_t n, uint64_t seed)
+{
+	return check_at(p, n, seed, 0);
+}
+
+static bool is_zero(const void *p, size_t n)
+{
+	const uint64_t *w = p;
+
+	for (size_t i = 0; i < n / 8; i++)
+		if (w[i])
+			return false;
+	return true;
+}
+
+/* A checksum of @n bytes (n a multiple of 8), printed in transcripts. */
+static uint64_t sum(const void *p, size_t n)
+{
+	const uint64_t *w = p;
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (size_t i = 0; i < n / 8; i++)
+		h = (h ^ w[i]) * 0x100000001b3ull;
+	return h;
+}
+
+/* Probing an address: 0 it worked, else the signal it raised. */
+static __thread sigjmp_buf probe_jb;
+static __thread volatile int probe_armed;
+
+static void probe_handler(int sig)
+{
+	if (!probe_armed) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	siglongjmp(probe_jb, sig);
+}
+
+static void probe_init(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = probe_handler;
+	sa.sa_flags = SA_NODEFER;
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+static int probe(void *addr, bool write)
+{
+	volatile char *p = addr;
+	int sig;
+
+	sig = sigsetjmp(probe_jb, 1);
+	if (sig) {
+		probe_armed = 0;
+		return sig;
+	}
+	probe_armed = 1;
+	if (write)
+		*p = *p;
+	else
+		(void)*p;
+	probe_armed = 0;
+	return 0;
+}
+
+static const char *signame(int s)
+{
+	return s == 0	    ? "ok" :
+	       s == SIGSEGV ? "SIGSEGV" :
+	       s == SIGBUS  ? "SIGBUS" :
+			      "SIG?";
+}
+
+static void *map_anon(size_t len, int flags)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | flags,
+		       -1, 0);
+
+	if (p == MAP_FAILED) {
+		fail("mmap(%zu) failed: %s", len, errname(errno));
+		return NULL;
+	}
+	return p;
+}
+
+/* fork with stdout flushed, so that nothing buffered is printed twice */
+static pid_t xfork(void)
+{
+	fflush(stdout);
+	fflush(stderr);
+	return fork();
+}
+
+/* The exit code of @pid; 128 + signal when it was killed. */
+static int wait_code(pid_t pid)
+{
+	int st;
+
+	if (pid < 0)
+		return -1;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	if (WIFSIGNALED(st))
+		return 128 + WTERMSIG(st);
+	return -1;
+}
+
+static void xwrite_byte(int fd, char c)
+{
+	while (write(fd, &c, 1) < 0 && errno == EINTR)
+		;
+}
+
+static char xread_byte(int fd)
+{
+	char c = 0;
+
+	while (read(fd, &c, 1) < 0 && errno == EINTR)
+		;
+	return c;
+}
+
+/* ---- sections ---- */
+
+static void s_anon(void)
+{
+	static const size_t sizes[] = { 1 * MiB, 3 * MiB + 4 * KiB, 16 * MiB,
+					64 * MiB };
+
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		size_t n = sizes[k];
+		char *p = map_anon(n, MAP_PRIVATE);
+
+		if (!p)
+			return;
+		bool zero = is_zero(p, n);
+
+		fill(p, n, 100 + k);
+		printf("anon %zu KiB: zero=%s sum=%016llx pattern=%s\n", n / KiB,
+		       zero ? "yes" : "no", (unsigned long long)sum(p, n),
+		       check(p, n, 100 + k) ? "ok" : "bad");
+		EXPECT(zero, "anon %zu: not zero", n);
+		munmap(p, n);
+	}
+}
+
+static void s_shared_anon(void)
+{
+	size_t n = 8 * MiB;
+	char *p = map_anon(n, MAP_SHARED);
+	int to_child[2], to_parent[2];
+
+	if (!p)
+		return;
+	EXPECT(is_zero(p, n), "not zero");
+	fill(p, n / 2, 1); /* before the fork: the child sees it */
+	if (pipe(to_child) || pipe(to_parent)) {
+		fail("pipe");
+		return;
+	}
+	pid_t pid = xfork();
+	if (pid == 0) {
+		if (!check(p, n / 2, 1))
+			_exit(2);
+		fill(p + n / 2, n / 2, 2);
+		xwrite_byte(to_parent[1], 'w');
+		xread_byte(to_child[0]); /* the parent wrote the first half */
+		_exit(check(p, n / 2, 3) ? 0 : 3);
+	}
+	xread_byte(to_parent[0]);
+	bool seen = check(p + n / 2, n / 2, 2);
+	fill(p, n / 2, 3);
+	xwrite_byte(to_child[1], 'g');
+	int code = wait_code(pid);
+	printf("shared-anon: parent sees child's write=%s child sees parent's "
+	       "write=%s (child exit %d) sum=%016llx\n",
+	       seen ? "yes" : "no", code == 0 ? "yes" : "no", code,
+	       (unsigned long long)sum(p, n));
+	EXPECT(seen && code == 0, "sharing broken");
+	close(to_child[0]), close(to_child[1]);
+	close(to_parent[0]), close(to_parent[1]);
+	munmap(p, n);
+}
+
+/*
+ * The cut at fork: a thread writes word i := ++seq in address order, over
+ * and over, while the main thread forks.  Whatever instant the fork took,
+ * the child must see the memory of one instant: every word the largest
+ * seq <= P (P the largest in memory) that is i + 1 modulo the word count.
+ */
+struct writer {
+	volatile uint64_t *w;
+	size_t n;
+	atomic_uint_fast64_t sweeps;
+	atomic_bool stop;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *wr = arg;
+	uint64_t seq = 0;
+
+	while (!atomic_load_explicit(&wr->stop, memory_order_relaxed)) {
+		for (size_t i = 0; i < wr->n; i++)
+			wr->w[i] = ++seq;
+		atomic_fetch_add(&wr->sweeps, 1);
+	}
+	return NULL;
+}
+
+static long cut_check(const volatile uint64_t *w, size_t n)
+{
+	uint64_t P = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (w[i] > P)
+			P = w[i];
+	for (size_t i = 0; i < n; i++) {
+		uint64_t want = P - ((P - (i + 1)) % n);
+
+		if (w[i] != want)
+			return (long)i;
+	}
+	return -1;
+}
+
+static void s_fork_cut(void)
+{
+	size_t bytes = 32 * MiB;
+	struct writer wr = { .n = bytes / 8 };
+	int ok = 0, rounds = 5;
+
+	wr.w = map_anon(bytes, MAP_PRIVATE);
+	if (!wr.w)
+		return;
+	pthread_t t;
+	pthread_create(&t, NULL, writer_main, &wr);
+	for (int r = 0; r < rounds; r++) {
+		uint64_t s0 = atomic_load(&wr.sweeps);
+
+		while (atomic_load(&wr.sweeps) < s0 + 2)
+			sched_yield();
+		pid_t pid = xfork();
+		if (pid == 0) {
+			long bad = cut_check(wr.w, wr.n);
+
+			if (bad >= 0)
+				fprintf(stderr, "fork-cut: word %ld\n", bad);
+			_exit(bad < 0 ? 0 : 1);
+		}
+		if (wait_code(pid) == 0)
+			ok++;
+	}
+	atomic_store(&wr.stop, true);
+	pthread_join(t, NULL);
+	printf("fork-cut: %d of %d children saw one instant of a 32 MiB range "
+	       "being written\n",
+	       ok, rounds);
+	EXPECT(ok == rounds, "a child saw a torn range");
+	munmap((void *)wr.w, bytes);
+}
+
+static void s_fork_private(void)
+{
+	size_t n = 16 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+	int to_child[2], to_parent[2];
+
+	if (!p)
+		return;
+	fill(p, n, 11);
+	if (pipe(to_child) || pipe(to_parent)) {
+		fail("pipe");
+		return;
+	}
+	pid_t pid = xfork();
+	if (pid == 0) {
+		if (!check(p, n, 11))
+			_exit(2);
+		fill(p, n / 2, 12);
+		xwrite_byte(to_parent[1], 'w');
+		xread_byte(to_child[0]);
+		/* the parent has written since: not here */
+		_exit(check(p, n / 2, 12) &&
+				      check_at(p + n / 2, n / 2, 11, n / 2) ?
+			      0 :
+			      3);
+	}
+	xread_byte(to_parent[0]);
+	bool parent_kept = check(p, n, 11);
+	fill(p + n / 4, n / 2, 13);
+	xwrite_byte(to_child[1], 'g');
+	int code = wait_code(pid);
+	printf("fork-private: child saw the fork's memory and kept its writes="
+	       "%s, parent unaffected by the child=%s sum=%016llx\n",
+	       code == 0 ? "yes" : "no", parent_kept ? "yes" : "no",
+	       (unsigned long long)sum(p, n));
+	EXPECT(code == 0 && parent_kept, "child exit %d, parent_kept %d", code,
+	       parent_kept);
+	close(to_child[0]), close(to_child[1]);
+	close(to_parent[0]), close(to_parent[1]);
+	munmap(p, n);
+}
+
+static void s_munmap(void)
+{
+	size_t n = 4 * MiB, pages = n / PAGE;
+	char *p = map_anon(n, MAP_PRIVATE);
+
+	if (!p)
+		return;
+	fill(p, n, 21);
+	/* holes: the first page, pages 100-199, the last 10 */
+	int r1 = munmap(p, PAGE);
+	int r2 = munmap(p + 100 * PAGE, 100 * PAGE);
+	int r3 = munmap(p + (pages - 10) * PAGE, 10 * PAGE);
+	EXPECT(!r1 && !r2 && !r3, "munmap failed");
+	int holes = 0, readable = 0, intact = 0;
+	for (size_t i = 0; i < pages; i++) {
+		bool hole = i == 0 || (i >= 100 && i < 200) || i >= pages - 10;
+		int s = probe(p + i * PAGE, false);
+
+		if (hole) {
+			if (s == SIGSEGV)
+				holes++;
+		} else if (s == 0) {
+			readable++;
+			const uint64_t *w = (const uint64_t *)(p + i * PAGE);
+
+			if (w[0] == pat(21, i * PAGE / 8) &&
+			    w[PAGE / 8 - 1] == pat(21, (i + 1) * PAGE / 8 - 1))
+				intact++;
+		}
+	}
+	printf("munmap: holes SIGSEGV %d/111, rest readable %d/%zu, "
+	       "intact %d\n",
+	       holes, readable, pages - 111, intact);
+	EXPECT(holes == 111 && readable == (int)(pages - 111) &&
+		       intact == readable,
+	       "munmap of parts");
+	/* the pieces left go one by one */
+	EXPECT(!munmap(p + PAGE, 99 * PAGE), "munmap piece");
+	EXPECT(!munmap(p + 200 * PAGE, (pages - 210) * PAGE), "munmap piece");
+	EXPECT(probe(p + 150 * PAGE + PAGE, false) == SIGSEGV, "still there");
+}
+
+static void s_mremap(void)
+{
+	size_t n = 4 * MiB;
+	char *a = map_anon(n, MAP_PRIVATE);
+
+	if (!a)
+		return;
+	fill(a, n, 31);
+
+	/* grow, may move */
+	char *b = mremap(a, n, 2 * n, MREMAP_MAYMOVE);
+	EXPECT(b != MAP_FAILED, "grow: %s", errname(errno));
+	if (b == MAP_FAILED)
+		return;
+	bool g_old = check(b, n, 31), g_new = is_zero(b + n, n);
+	fill(b + n, n, 32);
+	printf("mremap grow 4->8 MiB: old kept=%s new zero=%s\n",
+	       g_old ? "yes" : "no", g_new ? "yes" : "no");
+	EXPECT(g_old && g_new, "grow");
+
+	/* grow in place, into a hole we made */
+	char *c = map_anon(4 * n, MAP_PRIVATE);
+	if (!c)
+		return;
+	fill(c, n, 33);
+	munmap(c + n, 3 * n);
+	char *c2 = mremap(c, n, 3 * n, 0);
+	bool in_place = c2 == c;
+	printf("mremap grow in place: %s kept=%s tail zero=%s\n",
+	       in_place ? "same address" : errname(errno),
+	       in_place && check(c, n, 33) ? "yes" : "no",
+	       in_place && is_zero(c + n, 2 * n) ? "yes" : "no");
+	EXPECT(in_place && check(c, n, 33) && is_zero(c + n, 2 * n),
+	       "grow in place");
+	/* growing without MAYMOVE where something is in the way: ENOMEM */
+	char *blk = mmap(c + 3 * n, PAGE, PROT_READ,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+			 0);
+	errno = 0;
+	void *r = mremap(c, 3 * n, 4 * n, 0);
+	printf("mremap grow blocked: %s\n",
+	       r == MAP_FAILED ? errname(errno) : "moved?");
+	EXPECT(r == MAP_FAILED && errno == ENOMEM, "blocked grow");
+	if (blk != MAP_FAILED)
+		munmap(blk, PAGE);
+	munmap(c, 3 * n);
+
+	/* shrink: in place, the tail gone */
+	char *s = mremap(b, 2 * n, n / 2, 0);
+	EXPECT(s == b, "shrink moved or failed");
+	if (s != b)
+		return;
+	bool s_kept = check(s, n / 2, 31);
+	int s_tail = probe(s + n / 2, false);
+	printf("mremap shrink 8->2 MiB: kept=%s past the end=%s\n",
+	       s_kept ? "yes" : "no", signame(s_tail));
+	EXPECT(s_kept && s_tail == SIGSEGV, "shrink");
+
+	/* move to a fixed place inside a reservation */
+	char *resv = mmap(NULL, 4 * n, PROT_NONE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (resv == MAP_FAILED) {
+		fail("reserve");
+		return;
+	}
+	char *m = mremap(s, n / 2, n / 2, MREMAP_MAYMOVE | MREMAP_FIXED,
+			 resv + n);
+	EXPECT(m == resv + n, "fixed move");
+	if (m != resv + n)
+		return;
+	bool m_kept = check(m, n / 2, 31);
+	int m_old = probe(s, false), m_around = probe(resv, false);
+	printf("mremap MREMAP_FIXED: kept=%s old=%s reservation=%s\n",
+	       m_kept ? "yes" : "no", signame(m_old), signame(m_around));
+	EXPECT(m_kept && m_old == SIGSEGV && m_around == SIGSEGV, "fixed move");
+
+	/* DONTUNMAP: the old range stays, reading zeros (private anon) */
+	char *d = mremap(m, n / 2, n / 2, MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+			 NULL);
+	if (d == MAP_FAILED) {
+		printf("mremap MREMAP_DONTUNMAP: %s\n", errname(errno));
+		fail("dontunmap: %s", errname(errno));
+	} else {
+		bool d_kept = check(d, n / 2, 31);
+		int d_old = probe(m, false);
+		bool d_zero = d_old == 0 && is_zero(m, n / 2);
+		printf("mremap MREMAP_DONTUNMAP: new kept=%s old %s zero=%s\n",
+		       d_kept ? "yes" : "no", signame(d_old),
+		       d_zero ? "yes" : "no");
+		EXPECT(d_kept && d_zero, "dontunmap");
+		fill(m, PAGE, 34); /* the old range is still private memory */
+		EXPECT(check(m, PAGE, 34) && check(d, PAGE, 31),
+		       "dontunmap old range write");
+		munmap(d, n / 2);
+	}
+	munmap(resv, 4 * n);
+
+	/* shared anonymous: a move keeps it shared with a child */
+	char *sh = map_anon(n, MAP_SHARED);
+	if (!sh)
+		return;
+	fill(sh, n, 35);
+	char *sh2 = mremap(sh, n, n, MREMAP_MAYMOVE | MREMAP_FIXED,
+			   mmap(NULL, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+				-1, 0));
+	EXPECT(sh2 != MAP_FAILED && check(sh2, n, 35), "shared move");
+	pid_t pid = xfork();
+	if (pid == 0) {
+		fill(sh2, PAGE, 36);
+		_exit(0);
+	}
+	wait_code(pid);
+	printf("mremap shared move: kept=%s still shared=%s\n",
+	       check_at(sh2 + PAGE, n - PAGE, 35, PAGE) ? "yes" : "no",
+	       check(sh2, PAGE, 36) ? "yes" : "no");
+	EXPECT(check(sh2, PAGE, 36), "shared move: not shared");
+	/* shared anonymous memory grown past its object: SIGBUS */
+	char *sh3 = mremap(sh2, n, 2 * n, MREMAP_MAYMOVE);
+	if (sh3 != MAP_FAILED) {
+		int sb = probe(sh3 + n + PAGE, false);
+		printf("mremap shared grow: old kept=%s new part=%s\n",
+		       check_at(sh3 + PAGE, n - PAGE, 35, PAGE) ? "yes" : "no",
+		       signame(sb));
+		EXPECT(sb == SIGBUS, "shared grow");
+		munmap(sh3, 2 * n);
+	} else {
+		printf("mremap shared grow: %s\n", errname(errno));
+		fail("shared grow");
+	}
+}
+
+static void s_madvise(void)
+{
+	size_t n = 8 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+
+	if (!p)
+		return;
+	fill(p, n, 41);
+	int r = madvise(p + n / 4, n / 2, MADV_DONTNEED);
+	bool z = is_zero(p + n / 4, n / 2);
+	bool rest = check(p, n / 4, 41) &&
+		    check_at(p + 3 * n / 4, n / 4, 41, 3 * n / 4);
+	printf("madvise DONTNEED private: ret=%d range zero=%s rest kept=%s\n",
+	       r, z ? "yes" : "no", rest ? "yes" : "no");
+	EXPECT(r == 0 && z && rest, "dontneed");
+	fill(p, n, 42);
+	EXPECT(check(p, n, 42), "write after dontneed");
+
+	/*
+	 * MADV_FREE: the kernel frees the pages lazily; until it does, they
+	 * read back as they were.  Each page is one or the other, and a
+	 * write after the advice sticks.
+	 */
+	r = madvise(p, n, MADV_FREE);
+	int bad = 0;
+	for (size_t i = 0; i < n / PAGE; i++) {
+		const char *pg = p + i * PAGE;
+		const uint64_t *w = (const uint64_t *)pg;
+
+		if (!is_zero(pg, PAGE) && w[0] != pat(42, i * PAGE / 8))
+			bad++;
+	}
+	fill(p, n / 2, 43);
+	printf("madvise FREE private: ret=%d pages neither old nor zero=%d "
+	       "write after it kept=%s\n",
+	       r, bad, check(p, n / 2, 43) ? "yes" : "no");
+	EXPECT(r == 0 && bad == 0 && check(p, n / 2, 43), "free");
+	munmap(p, n);
+
+	/* shared anonymous: DONTNEED drops the mapping, not the data */
+	char *s = map_anon(n, MAP_SHARED);
+	if (!s)
+		return;
+	fill(s, n, 44);
+	r = madvise(s, n, MADV_DONTNEED);
+	printf("madvise DONTNEED shared: ret=%d data kept=%s\n", r,
+	       check(s, n, 44) ? "yes" : "no");
+	EXPECT(r == 0 && check(s, n, 44), "shared dontneed");
+	munmap(s, n);
+
+	/* WILLNEED, SEQUENTIAL, HUGEPAGE: hints, nothing changes */
+	p = map_anon(n, MAP_PRIVATE);
+	if (!p)
+		return;
+	fill(p, n, 45);
+	int h1 = madvise(p, n, MADV_WILLNEED);
+	int h2 = madvise(p, n, MADV_SEQUENTIAL);
+	int h3 = madvise(p, n, MADV_NORMAL);
+	printf("madvise hints: ret=%d,%d,%d kept=%s\n", h1, h2, h3,
+	       check(p, n, 45) ? "yes" : "no");
+	EXPECT(!h1 && !h2 && !h3 && check(p, n, 45), "hints");
+	munmap(p, n);
+}
+
+static void s_fork_advice(void)
+{
+	size_t n = 4 * MiB;
+	char *keep = map_anon(n, MAP_PRIVATE);
+	char *gone = map_anon(n, MAP_PRIVATE);
+	char *wipe = map_anon(n, MAP_PRIVATE);
+
+	if (!keep || !gone || !wipe)
+		return;
+	fill(keep, n, 51);
+	fill(gone, n, 52);
+	fill(wipe, n, 53);
+	int r1 = madvise(gone, n, MADV_DONTFORK);
+	int r2 = madvise(wipe, n, MADV_WIPEONFORK);
+	pid_t pid = xfork();
+	if (pid == 0) {
+		int code = 0;
+
+		if (!check(keep, n, 51))
+			code |= 1;
+		if (probe(gone, false) != SIGSEGV ||
+		    probe(gone + n - PAGE, false) != SIGSEGV)
+			code |= 2;
+		if (!is_zero(wipe, n))
+			code |= 4;
+		fill(wipe, PAGE, 54); /* still usable memory */
+		if (!check(wipe, PAGE, 54))
+			code |= 8;
+		_exit(code);
+	}
+	int code = wait_code(pid);
+	bool parent = check(gone, n, 52) && check(wipe, n, 53);
+	printf("madvise DONTFORK/WIPEONFORK: ret=%d,%d child: kept=%s "
+	       "DONTFORK range gone=%s WIPEONFORK zero=%s; parent kept=%s\n",
+	       r1, r2, code & 1 ? "no" : "yes", code & 2 ? "no" : "yes",
+	       code & 4 ? "no" : "yes", parent ? "yes" : "no");
+	EXPECT(!r1 && !r2 && code == 0 && parent, "child code %d", code);
+	/* DOFORK undoes it */
+	madvise(gone, n, MADV_DOFORK);
+	pid = xfork();
+	if (pid == 0)
+		_exit(check(gone, n, 52) ? 0 : 1);
+	code = wait_code(pid);
+	printf("madvise DOFORK: child sees the range=%s\n",
+	       code == 0 ? "yes" : "no");
+	EXPECT(code == 0, "dofork");
+	munmap(keep, n);
+	munmap(gone, n);
+	munmap(wipe, n);
+}
+
+static void s_mprotect(void)
+{
+	size_t n = 4 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+
+	if (!p)
+		return;
+	fill(p, n, 61);
+	int r = mprotect(p + PAGE, n - 2 * PAGE, PROT_READ);
+	int w_ro = probe(p + 2 * PAGE, true);
+	int r_ro = probe(p + 2 * PAGE, false);
+	int w_edge = probe(p, true);
+	int r2 = mprotect(p + PAGE, PAGE, PROT_NONE);
+	int r_none = probe(p + PAGE, false);
+	int r3 = mprotect(p, n, PROT_READ | PROT_WRITE);
+	fill(p, n / 2, 62);
+	bool kept = check_at(p + n / 2, n / 2, 61, n / 2) && check(p, n / 2, 62);
+	printf("mprotect: ret=%d,%d,%d write to PROT_READ=%s read=%s "
+	       "write outside=%s read PROT_NONE=%s back to rw kept=%s\n",
+	       r, r2, r3, signame(w_ro), signame(r_ro), signame(w_edge),
+	       signame(r_none), kept ? "yes" : "no");
+	EXPECT(!r && !r2 && !r3 && w_ro == SIGSEGV && r_ro == 0 &&
+		       w_edge == 0 && r_none == SIGSEGV && kept,
+	       "mprotect");
+	munmap(p, n);
+
+	/* glibc's arenas: reserved PROT_NONE, opened piece by piece */
+	size_t res = 64 * MiB;
+	char *a = mmap(NULL, res, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (a == MAP_FAILED) {
+		fail("reserve");
+		return;
+	}
+	int before = probe(a, false);
+	int o1 = mprotect(a, 2 * MiB, PROT_READ | PROT_WRITE);
+	bool z1 = is_zero(a, 2 * MiB);
+	fill(a, 2 * MiB, 63);
+	int o2 = mprotect(a + 2 * MiB, 6 * MiB, PROT_READ | PROT_WRITE);
+	bool z2 = is_zero(a + 2 * MiB, 6 * MiB);
+	fill(a + 2 * MiB, 6 * MiB, 64);
+	int beyond = probe(a + 8 * MiB, false);
+	printf("mprotect reservation: before=%s opened ret=%d,%d zero=%s,%s "
+	       "beyond=%s sums=%016llx,%016llx\n",
+	       signame(before), o1, o2, z1 ? "yes" : "no", z2 ? "yes" : "no",
+	       signame(beyond), (unsigned long long)sum(a, 2 * MiB),
+	       (unsigned long long)sum(a + 2 * MiB, 6 * MiB));
+	EXPECT(before == SIGSEGV && !o1 && !o2 && z1 && z2 && beyond == SIGSEGV,
+	       "reservation");
+	munmap(a, res);
+}
+
+static void s_map_fixed(void)
+{
+	size_t n = 8 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+
+	if (!p)
+		return;
+	fill(p, n, 71);
+	char *q = mmap(p + 2 * MiB, 2 * MiB, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	bool at = q == p + 2 * MiB;
+	bool zero = at && is_zero(q, 2 * MiB);
+	bool around = check(p, 2 * MiB, 71) &&
+		      ((const uint64_t *)(p + 4 * MiB))[0] ==
+			      pat(71, 4 * MiB / 8);
+	printf("MAP_FIXED over a range: at the address=%s new part zero=%s "
+	       "around kept=%s\n",
+	       at ? "yes" : "no", zero ? "yes" : "no", around ? "yes" : "no");
+	EXPECT(at && zero && around, "map fixed");
+
+	/* a shared mapping fixed over private memory */
+	char *s = mmap(p + 6 * MiB, MiB, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	bool s_at = s == p + 6 * MiB;
+	if (s_at)
+		fill(s, MiB, 72);
+	pid_t pid = xfork();
+	if (pid == 0) {
+		if (s_at)
+			fill(s, PAGE, 73);
+		_exit(0);
+	}
+	wait_code(pid);
+	bool shared = s_at && check(s, PAGE, 73);
+	printf("MAP_FIXED shared over private: shared with a child=%s\n",
+	       shared ? "yes" : "no");
+	EXPECT(shared, "fixed shared");
+
+	errno = 0;
+	void *r = mmap(p + MiB, MiB, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	int e1 = r == MAP_FAILED ? errno : 0;
+	errno = 0;
+	r = mmap(p + n - MiB, 2 * MiB, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	int e2 = r == MAP_FAILED ? errno : 0;
+	if (r != MAP_FAILED)
+		munmap(r, 2 * MiB);
+	bool kept = check(p, 2 * MiB, 71);
+	/* into a hole: it works, at that address */
+	munmap(p + 4 * MiB, MiB);
+	r = mmap(p + 4 * MiB, MiB, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	bool hole = r == p + 4 * MiB && is_zero(r, MiB);
+	printf("MAP_FIXED_NOREPLACE: over a range %s, overlapping its end %s, "
+	       "range kept=%s, into a hole=%s\n",
+	       errname(e1), errname(e2), kept ? "yes" : "no",
+	       hole ? "yes" : "no");
+	EXPECT(e1 == EEXIST && e2 == EEXIST && kept && hole, "noreplace");
+	munmap(p, n);
+}
+
+static void s_map_flags(void)
+{
+	size_t n = 16 * MiB;
+	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	if (p == MAP_FAILED) {
+		fail("populate: %s", errname(errno));
+		return;
+	}
+	bool z = is_zero(p, n);
+	fill(p, n, 81);
+	printf("MAP_POPULATE: zero=%s sum=%016llx\n", z ? "yes" : "no",
+	       (unsigned long long)sum(p, n));
+	EXPECT(z, "populate");
+	munmap(p, n);
+
+	/* MAP_NORESERVE: a big range, touched sparsely */
+	size_t big = 1024 * MiB;
+	p = mmap(NULL, big, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		fail("noreserve: %s", errname(errno));
+		return;
+	}
+	uint64_t h = 0;
+	bool zero = true;
+	for (size_t off = 0; off < big; off += 4 * MiB + PAGE) {
+		uint64_t *w = (uint64_t *)(p + off);
+
+		if (*w)
+			zero = false;
+		*w = pat(82, off);
+		h = mix(h ^ *w);
+	}
+	uint64_t h2 = 0;
+	for (size_t off = 0; off < big; off += 4 * MiB + PAGE)
+		h2 = mix(h2 ^ *(uint64_t *)(p + off));
+	printf("MAP_NORESERVE 1 GiB sparse: zero=%s sum=%016llx read back=%s\n",
+	       zero ? "yes" : "no", (unsigned long long)h,
+	       h == h2 ? "yes" : "no");
+	EXPECT(zero && h == h2, "noreserve");
+	munmap(p, big);
+
+	/* below any threshold: small mappings too */
+	p = map_anon(64 * KiB, MAP_PRIVATE);
+	if (!p)
+		return;
+	z = is_zero(p, 64 * KiB);
+	fill(p, 64 * KiB, 83);
+	printf("small anon 64 KiB: zero=%s sum=%016llx\n", z ? "yes" : "no",
+	       (unsigned long long)sum(p, 64 * KiB));
+	munmap(p, 64 * KiB);
+
+	/* MAP_STACK, MAP_GROWSDOWN pass through: still plain memory */
+	p = mmap(NULL, 2 * MiB, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	EXPECT(p != MAP_FAILED, "stack");
+	if (p != MAP_FAILED) {
+		z = is_zero(p, 2 * MiB);
+		fill(p, 2 * MiB, 84);
+		printf("MAP_STACK: zero=%s pattern=%s\n", z ? "yes" : "no",
+		       check(p, 2 * MiB, 84) ? "ok" : "bad");
+		munmap(p, 2 * MiB);
+	}
+}
+
+struct errcase {
+	const char *name;
+	long ret;
+	int err;
+	int want_err; /* 0: must succeed */
+};
+
+static void s_errno(void)
+{
+	struct errcase c[32];
+	int nc = 0;
+	char *p = map_anon(4 * MiB, MAP_PRIVATE);
+	char *unmapped;
+
+	if (!p)
+		return;
+	/* an address range known to be free */
+	unmapped = map_anon(4 * MiB, MAP_PRIVATE);
+	munmap(unmapped, 4 * MiB);
+
+#define TRY(nm, want, expr)                                        \
+	do {                                                       \
+		errno = 0;                                         \
+		long r_ = (long)(expr);                            \
+		c[nc++] = (struct errcase){ nm, r_, errno, want }; \
+	} while (0)
+#define MMAP_RC(x) ((x) == MAP_FAILED ? -1L : 0L)
+	TRY("mmap len 0", EINVAL,
+	    MMAP_RC(mmap(NULL, 0, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			 0)));
+	TRY("mmap len 2^62", ENOMEM,
+	    MMAP_RC(mmap(NULL, 1ul << 62, PROT_READ,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)));
+	TRY("mmap no type", EINVAL,
+	    MMAP_RC(mmap(NULL, MiB, PROT_READ, MAP_ANONYMOUS, -1, 0)));
+	TRY("mmap fixed unaligned", EINVAL,
+	    MMAP_RC(mmap(p + 1, MiB, PROT_READ,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)));
+	TRY("mmap bad fd", EBADF,
+	    MMAP_RC(mmap(NULL, MiB, PROT_READ, MAP_PRIVATE, 12345, 0)));
+	TRY("mmap anon offset unaligned", EINVAL,
+	    MMAP_RC(mmap(NULL, MiB, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			 1)));
+	TRY("munmap unaligned", EINVAL, munmap(p + 1, PAGE));
+	TRY("munmap len 0", EINVAL, munmap(p, 0));
+	TRY("munmap unmapped", 0, munmap(unmapped, MiB));
+	TRY("mremap unaligned", EINVAL,
+	    MMAP_RC(mremap(p + 1, PAGE, 2 * PAGE, MREMAP_MAYMOVE)));
+	TRY("mremap new len 0", EINVAL, MMAP_RC(mremap(p, PAGE, 0, 0)));
+	TRY("mremap unmapped", EFAULT,
+	    MMAP_RC(mremap(unmapped, PAGE, 2 * PAGE, MREMAP_MAYMOVE)));
+	TRY("mremap fixed without maymove", EINVAL,
+	    MMAP_RC(mremap(p, PAGE, PAGE, MREMAP_FIXED, unmapped)));
+	TRY("mremap dontunmap size change", EINVAL,
+	    MMAP_RC(mremap(p, PAGE, 2 * PAGE, MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+			   NULL)));
+	TRY("mremap bad flags", EINVAL, MMAP_RC(mremap(p, PAGE, PAGE, 0x100)));
+	TRY("madvise unaligned", EINVAL, madvise(p + 1, PAGE, MADV_DONTNEED));
+	TRY("madvise bad advice", EINVAL, madvise(p, PAGE, 12345));
+	TRY("madvise unmapped", ENOMEM, madvise(unmapped, PAGE, MADV_DONTNEED));
+	TRY("madvise len 0", 0, madvise(p, 0, MADV_DONTNEED));
+	TRY("mprotect unaligned", EINVAL, mprotect(p + 1, PAGE, PROT_READ));
+	TRY("mprotect unmapped", ENOMEM, mprotect(unmapped, PAGE, PROT_READ));
+	TRY("mprotect bad prot", EINVAL, mprotect(p, PAGE, 0x1000));
+	TRY("mprotect part unmapped", ENOMEM,
+	    mprotect(p + 4 * MiB - PAGE, 2 * PAGE, PROT_READ));
+#undef TRY
+#undef MMAP_RC
+	int bad = 0;
+	for (int i = 0; i < nc; i++) {
+		bool okc = c[i].want_err ?
+				   c[i].ret == -1 && c[i].err == c[i].want_err :
+				   c[i].ret == 0;
+
+		printf("errno %s: ret=%ld errno=%s%s\n", c[i].name, c[i].ret,
+		       c[i].ret == -1 ? errname(c[i].err) : "-",
+		       okc ? "" : " (unexpected)");
+		if (!okc)
+			bad++;
+	}
+	EXPECT(bad == 0, "%d unexpected", bad);
+	/*
+	 * An mprotect that meets a hole fails, but has changed what it met
+	 * before it (Linux applies it in address order).
+	 */
+	int before = probe(p + 4 * MiB - PAGE, true);
+	int first = probe(p + 4 * MiB - 2 * PAGE, true);
+	printf("errno: after the failed mprotect: last page write=%s, the page "
+	       "before=%s\n",
+	       signame(before), signame(first));
+	EXPECT(before == SIGSEGV && first == 0, "partial mprotect");
+	mprotect(p, 4 * MiB, PROT_READ | PROT_WRITE);
+	/* the memory the bad calls were aimed at is untouched */
+	fill(p, 4 * MiB, 91);
+	EXPECT(check(p, 4 * MiB, 91), "after errors");
+	munmap(p, 4 * MiB);
+}
+
+struct thr {
+	int id;
+	int errors;
+	uint64_t h;
+};
+
+static void *map_thread(void *arg)
+{
+	struct thr *t = arg;
+	uint64_t rnd = mix(t->id + 1);
+
+	for (int it = 0; it < 40; it++) {
+		rnd = mix(rnd);
+		size_t pages = 256 + rnd % 512; /* 1 MiB to 3 MiB */
+		size_t n = pages * PAGE;
+		char *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED) {
+			t->errors++;
+			continue;
+		}
+		for (size_t i = 0; i < pages; i++) {
+			uint64_t *w = (uint64_t *)(p + i * PAGE);
+
+			if (w[0] || w[PAGE / 8 - 1])
+				t->errors++;
+			w[0] = pat(t->id * 1000 + it, i);
+		}
+		/* a hole in the middle, then the rest */
+		size_t lo = pages / 3, hi = 2 * pages / 3;
+		if (munmap(p + lo * PAGE, (hi - lo) * PAGE))
+			t->errors++;
+		for (size_t i = 0; i < pages; i++) {
+			if (i >= lo && i < hi)
+				continue;
+			uint64_t v = *(uint64_t *)(p + i * PAGE);
+
+			if (v != pat(t->id * 1000 + it, i))
+				t->errors++;
+			t->h = mix(t->h ^ v);
+		}
+		if (munmap(p, lo * PAGE) ||
+		    munmap(p + hi * PAGE, (pages - hi) * PAGE))
+			t->errors++;
+	}
+	return NULL;
+}
+
+static void s_threads(void)
+{
+	pthread_t tid[8];
+	struct thr t[8];
+	uint64_t h = 0;
+	int errors = 0;
+
+	for (int i = 0; i < 8; i++) {
+		t[i] = (struct thr){ .id = i };
+		pthread_create(&tid[i], NULL, map_thread, &t[i]);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(tid[i], NULL);
+		errors += t[i].errors;
+		h ^= mix(t[i].h + i);
+	}
+	printf("threads: 8 x 40 mmap/touch/munmap of parts: errors=%d "
+	       "sum=%016llx\n",
+	       errors, (unsigned long long)h);
+	EXPECT(errors == 0, "threads");
+}
+
+static void *malloc_thread(void *arg)
+{
+	struct thr *t = arg;
+	size_t n = 100 * MiB;
+	char *p = malloc(n);
+
+	if (!p) {
+		t->errors++;
+		return NULL;
+	}
+	fill(p, n, 200 + t->id);
+	t->h = sum(p, n);
+	if (!check(p, n, 200 + t->id))
+		t->errors++;
+	free(p);
+	/* arenas: many mid-sized blocks */
+	enum { NB = 512 };
+	static __thread char *blk[NB];
+	for (int i = 0; i < NB; i++) {
+		size_t sz = 1024 + (mix(t->id * NB + i) % (96 * KiB));
+
+		sz &= ~7ul;
+		blk[i] = malloc(sz);
+		if (!blk[i]) {
+			t->errors++;
+			continue;
+		}
+		fill(blk[i], sz, t->id * NB + i);
+	}
+	for (int i = 0; i < NB; i++) {
+		size_t sz = (1024 + (mix(t->id * NB + i) % (96 * KiB))) & ~7ul;
+
+		if (blk[i] && !check(blk[i], sz, t->id * NB + i))
+			t->errors++;
+		if (blk[i])
+			t->h = mix(t->h ^ sum(blk[i], sz));
+		free(blk[i]);
+	}
+	return NULL;
+}
+
+static void s_malloc(void)
+{
+	pthread_t tid[4];
+	struct thr t[4];
+	int errors = 0;
+
+	for (int i = 0; i < 4; i++) {
+		t[i] = (struct thr){ .id = i };
+		pthread_create(&tid[i], NULL, malloc_thread, &t[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(tid[i], NULL);
+	for (int i = 0; i < 4; i++) {
+		errors += t[i].errors;
+		printf("malloc thread %d: 100 MiB and 512 blocks: sum=%016llx\n",
+		       i, (unsigned long long)t[i].h);
+	}
+	EXPECT(errors == 0, "malloc: %d errors", errors);
+}
+
+/* The image that --exec-child runs: its own allocation, its own line. */
+static int exec_child(const char *label)
+{
+	size_t n = 24 * MiB;
+	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *m = malloc(8 * MiB);
+
+	if (p == MAP_FAILED || !m)
+		return 2;
+	bool z = is_zero(p, n);
+	fill(p, n, 300);
+	fill(m, 8 * MiB, 301);
+	printf("exec child (%s): zero=%s sum=%016llx,%016llx\n", label,
+	       z ? "yes" : "no", (unsigned long long)sum(p, n),
+	       (unsigned long long)sum(m, 8 * MiB));
+	fflush(stdout);
+	return z ? 0 : 1;
+}
+
+static void s_exec(void)
+{
+	size_t n = 8 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+
+	if (!p)
+		return;
+	fill(p, n, 310); /* memory the exec must leave behind */
+
+	/* fork + execv */
+	pid_t pid = xfork();
+	if (pid == 0) {
+		char *const argv[] = { (char *)self_exe, "--exec-child",
+				       "execv", NULL };
+		execv(self_exe, argv);
+		_exit(127);
+	}
+	int c1 = wait_code(pid);
+
+	/* vfork + execv */
+	fflush(stdout);
+	pid = vfork();
+	if (pid == 0) {
+		char *const argv[] = { (char *)self_exe, "--exec-child",
+				       "vfork", NULL };
+		execv(self_exe, argv);
+		_exit(127);
+	}
+	int c2 = wait_code(pid);
+
+	/* posix_spawn */
+	fflush(stdout);
+	char *const argv3[] = { (char *)self_exe, "--exec-child", "posix_spawn",
+				NULL };
+	int sr = posix_spawn(&pid, self_exe, NULL, NULL, argv3, environ);
+	int c3 = sr ? -1 : wait_code(pid);
+
+	/* posix_spawnp, with file actions */
+	fflush(stdout);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, 1, 1);
+	char *const argv4[] = { (char *)self_exe, "--exec-child",
+				"posix_spawnp", NULL };
+	sr = posix_spawnp(&pid, self_exe, &fa, NULL, argv4, environ);
+	int c4 = sr ? -1 : wait_code(pid);
+	posix_spawn_file_actions_destroy(&fa);
+
+	/* system(): fork + exec of a shell */
+	fflush(stdout);
+	char cmd[4200];
+	snprintf(cmd, sizeof(cmd), "'%s' --exec-child system", self_exe);
+	int c5 = system(cmd);
+	c5 = WIFEXITED(c5) ? WEXITSTATUS(c5) : -1;
+
+	bool kept = check(p, n, 310);
+	printf("exec: exit codes execv=%d vfork=%d posix_spawn=%d "
+	       "posix_spawnp=%d system=%d; parent's memory kept=%s\n",
+	       c1, c2, c3, c4, c5, kept ? "yes" : "no");
+	EXPECT(!c1 && !c2 && !c3 && !c4 && !c5 && kept, "exec");
+	munmap(p, n);
+}
+
+static void s_devzero(void)
+{
+	size_t n = 4 * MiB;
+	int fd = open("/dev/zero", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0) {
+		fail("open /dev/zero");
+		return;
+	}
+	char *pr = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	char *sh = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (pr == MAP_FAILED || sh == MAP_FAILED) {
+		fail("mmap /dev/zero");
+		return;
+	}
+	bool z = is_zero(pr, n) && is_zero(sh, n);
+	fill(pr, n, 401);
+	fill(sh, n, 402);
+	pid_t pid = xfork();
+	if (pid == 0) {
+		int code = 0;
+
+		if (!check(pr, n, 401) || !check(sh, n, 402))
+			code = 1;
+		fill(pr, n, 403);
+		fill(sh, n / 2, 404);
+		_exit(code);
+	}
+	int code = wait_code(pid);
+	bool priv = check(pr, n, 401);
+	bool shared = check(sh, n / 2, 404) &&
+		      check_at(sh + n / 2, n / 2, 402, n / 2);
+	printf("/dev/zero: zero=%s child saw both=%s private stays private=%s "
+	       "shared is shared=%s\n",
+	       z ? "yes" : "no", code == 0 ? "yes" : "no", priv ? "yes" : "no",
+	       shared ? "yes" : "no");
+	EXPECT(z && code == 0 && priv && shared, "/dev/zero");
+	munmap(pr, n);
+	munmap(sh, n);
+}
+
+/* --shm-child NAME SIZE: check the parent's half, write the other one */
+static int shm_child(const char *name, size_t n)
+{
+	int fd = shm_open(name, O_RDWR, 0);
+
+	if (fd < 0)
+		return 2;
+	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return 3;
+	if (!check(p, n / 2, 501))
+		return 4;
+	fill(p + n / 2, n / 2, 502);
+	return 0;
+}
+
+static void s_shm(void)
+{
+	size_t n = 8 * MiB;
+	char name[64];
+
+	snprintf(name, sizeof(name), "/upager-psem-%d", (int)getpid());
+	shm_unlink(name);
+	int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (fd < 0) {
+		fail("shm_open: %s", errname(errno));
+		return;
+	}
+	int tr = ftruncate(fd, n);
+	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	struct stat st;
+	fstat(fd, &st);
+	close(fd);
+	if (tr || p == MAP_FAILED) {
+		fail("shm mmap");
+		shm_unlink(name);
+		return;
+	}
+	bool z = is_zero(p, n);
+	fill(p, n / 2, 501);
+
+	/* another process, which opens the name itself */
+	char size[32];
+	snprintf(size, sizeof(size), "%zu", n);
+	pid_t pid = xfork();
+	if (pid == 0) {
+		char *const argv[] = { (char *)self_exe, "--shm-child", name,
+				       size, NULL };
+		execv(self_exe, argv);
+		_exit(127);
+	}
+	int code = wait_code(pid);
+	bool seen = check(p + n / 2, n / 2, 502);
+
+	/* a second mapping of the name in this process sees the same */
+	fd = shm_open(name, O_RDONLY, 0);
+	char *q = fd < 0 ? MAP_FAILED :
+			   mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	if (fd >= 0)
+		close(fd);
+	bool same = q != MAP_FAILED && sum(q, n) == sum(p, n);
+	int ul = shm_unlink(name);
+	errno = 0;
+	int again = shm_open(name, O_RDWR, 0);
+	int again_err = errno;
+	printf("shm_open: size=%lld zero=%s other process exit=%d and its "
+	       "write seen=%s second mapping same=%s unlink=%d reopen=%s "
+	       "sum=%016llx\n",
+	       (long long)st.st_size, z ? "yes" : "no", code,
+	       seen ? "yes" : "no", same ? "yes" : "no", ul,
+	       again < 0 ? errname(again_err) : "opened",
+	       (unsigned long long)sum(p, n));
+	EXPECT(z && code == 0 && seen && same && ul == 0 && again < 0 &&
+		       again_err == ENOENT,
+	       "shm");
+	if (again >= 0)
+		close(again);
+	if (q != MAP_FAILED)
+		munmap(q, n);
+	munmap(p, n);
+}
+
+struct section {
+	const char *name;
+	void (*fn)(void);
+};
+
+static const struct section sections[] = {
+	{ "anon", s_anon },
+	{ "shared-anon", s_shared_anon },
+	{ "fork-cut", s_fork_cut },
+	{ "fork-private", s_fork_private },
+	{ "munmap", s_munmap },
+	{ "mremap", s_mremap },
+	{ "madvise", s_madvise },
+	{ "fork-advice", s_fork_advice },
+	{ "mprotect", s_mprotect },
+	{ "map-fixed", s_map_fixed },
+	{ "map-flags", s_map_flags },
+	{ "errno", s_errno },
+	{ "threads", s_threads },
+	{ "malloc", s_malloc },
+	{ "exec", s_exec },
+	{ "devzero", s_devzero },
+	{ "shm", s_shm },
+};
+
+#define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
+
+static bool run_section(const struct section *s)
+{
+	section_ok = true;
+	fail_msg[0] = 0;
+	s->fn();
+	printf("== %s: %s%s%s\n", s->name, section_ok ? "ok" : "FAIL",
+	       section_ok ? "" : ": ", fail_msg);
+	fflush(stdout);
+	return section_ok;
+}
+
+int main(int argc, char **argv)
+{
+	static char exe[4096];
+	ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	if (len <= 0)
+		return 2;
+	exe[len] = 0;
+	self_exe = exe;
+	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+
+	if (argc == 3 && !strcmp(argv[1], "--exec-child"))
+		return exec_child(argv[2]);
+	if (argc == 4 && !strcmp(argv[1], "--shm-child"))
+		return shm_child(argv[2], strtoul(argv[3], NULL, 10));
+	if (argc == 2 && !strcmp(argv[1], "--list")) {
+		for (size_t i = 0; i < NSECTIONS; i++)
+			printf("%s\n", sections[i].name);
+		return 0;
+	}
+	probe_init();
+
+	int failed = 0, ran = 0;
+	for (size_t i = 0; i < NSECTIONS; i++) {
+		bool want = argc == 1;
+
+		for (int a = 1; a < argc; a++)
+			if (!strcmp(argv[a], sections[i].name))
+				want = true;
+		if (!want)
+			continue;
+		ran++;
+		if (!run_section(&sections[i]))
+			failed++;
+	}
+	if (!ran) {
+		fprintf(stderr, "preload-semantics: no such section\n");
+		return 2;
+	}
+	printf("== %d sections, %d failed\n", ran, failed);
+	return failed ? 1 : 0;
+}

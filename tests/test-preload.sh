@@ -1,0 +1,454 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+#
+# test-preload: unmodified programs under LD_PRELOAD=libupager-preload.so
+# (issue 9) behave as they do without it, and their memory was the
+# daemon's.  Each check runs a program twice, without and with the shim
+# (UPAGER_SOCKET: a private upagerd started here, UPAGER_REQUIRE=1), and
+# compares what it printed (a transcript, or checksums of its output).
+#
+#   semantics       tests/preload-semantics, every section: same transcript,
+#                   exit 0 both times
+#   python-hash     python3 filling and hashing ~550 MiB
+#   sort            sort(1) of a generated ~120 MB file
+#   xz              xz -9 of a generated 16 MB file
+#   py-shared       python3: forked workers writing one mmap(-1) (shared
+#                   anonymous) region
+#   shared-workers  the same in C (preload-workload shared-workers)
+#   fork-reader     a child reads all of its parent's 256 MiB while the
+#                   parent keeps writing: it sees one instant
+#   snapshot-save   a preloaded program's segments, found by its pid in
+#                   `upagerctl list --json`, snapshotted and saved while it
+#                   runs; the image restored (create --source, cat) holds
+#                   the exact bytes
+#   unprivileged    (as root) the semantics transcript again as nobody,
+#                   against a daemon of nobody's
+# After each program under the shim: the daemon's counters moved (faults
+# served; segments created, where the daemon counts them) and nothing of
+# the program is left in the daemon.
+#
+# The without-shim half always runs (it checks the programs and the
+# comparisons themselves).  Without the shim built, the rest is skipped.
+#
+# Usage: test-preload.sh SEMANTICS WORKLOAD UPAGERD UPAGERCTL SHIM [CHECK...]
+# Exit: 0 pass, 1 fail, 77 skip (no shim, or a skipped check and no failure).
+set -uo pipefail
+
+semantics=$1 workload=$2 upagerd=$3 ctl=$4 shim=$5
+shift 5
+only=("$@")
+
+work=$(mktemp -d /tmp/upager-preload.XXXXXX)
+chmod 755 "$work"
+sock=$work/upager.sock
+daemon_pid=
+started=() # pids this script started, killed at exit
+failed=0 skipped=0
+
+cleanup() {
+	local p
+	for p in "${started[@]}"; do
+		kill "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	if ((failed)) && [[ -s $work/daemon.log ]]; then
+		echo "--- daemon log (last 40 lines)"
+		tail -n 40 "$work/daemon.log"
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*"; }
+fail() {
+	say "FAIL $check: $*"
+	failed=$((failed + 1))
+}
+skip() {
+	say "SKIP $check: $*"
+	skipped=$((skipped + 1))
+}
+want() {
+	((${#only[@]} == 0)) && return 0
+	local c
+	for c in "${only[@]}"; do [[ $c == "$1" ]] && return 0; done
+	return 1
+}
+
+# --- the daemon and its counters ---
+
+start_daemon() {
+	"$upagerd" --socket "$sock" --foreground --log-level warning \
+		--idle-timeout 0 2>"$work/daemon.log" &
+	daemon_pid=$!
+	started+=("$daemon_pid")
+	local i
+	for i in $(seq 200); do
+		"$ctl" --socket "$sock" stats >/dev/null 2>&1 && return 0
+		kill -0 "$daemon_pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	cat "$work/daemon.log"
+	return 1
+}
+
+# stats KEY...: the daemon's counters, one a line ("-" for an unknown key)
+stats() {
+	"$ctl" --socket "$sock" stats --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    print(s.get(k, "-"))' "$@"
+}
+
+# faults served so far
+faults() {
+	"$ctl" --socket "$sock" stats --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["faults_missing"] + s["faults_wp"] + s["faults_minor"])'
+}
+
+# Segments the daemon has created since it started, or "-" where it does
+# not count them (the key is looked for under a few names).
+created() {
+	"$ctl" --socket "$sock" stats --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+for k in ("segments_created", "created_segments", "segments_total"):
+    if k in s:
+        print(s[k]); break
+else:
+    print("-")'
+}
+
+# Waits (bounded) until the daemon holds no segment, attachment or
+# connection of a client: what a program under the shim leaves at exit.
+wait_empty() {
+	local i out
+	for i in $(seq 100); do
+		out=$(stats segments attachments connections | tr '\n' ' ')
+		# the query's own connection counts
+		[[ $out == "0 0 1 " ]] && return 0
+		sleep 0.05
+	done
+	say "left in the daemon (segments attachments connections): $out"
+	"$ctl" --socket "$sock" list
+	# gone, so that the next check starts from nothing
+	"$ctl" --socket "$sock" list --json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    print(s["name"])' | while read -r name; do
+		"$ctl" --socket "$sock" delete "$name" --force >/dev/null 2>&1
+	done
+	return 1
+}
+
+# --- running a program both ways ---
+
+have_shim=0
+[[ -f $shim ]] && have_shim=1
+
+# plain OUT CMD...: without the shim; stdout to OUT, stderr to OUT.err
+plain() {
+	local out=$1
+	shift
+	env -u LD_PRELOAD "$@" >"$out" 2>"$out.err"
+}
+
+# preloaded OUT CMD...: with the shim and the test's daemon
+preloaded() {
+	local out=$1
+	shift
+	env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 \
+		"$@" >"$out" 2>"$out.err"
+}
+
+# compare NAME CMD...: run CMD both ways; same stdout and exit status, the
+# daemon's counters moved, nothing left.  Without the shim: only the plain
+# run (it must exit 0).
+compare() {
+	local name=$1
+	shift
+	local a=$work/$name.plain b=$work/$name.shim rc_a rc_b
+	plain "$a" "$@"
+	rc_a=$?
+	if ((rc_a != 0)); then
+		fail "without the shim: exit $rc_a"
+		tail -n 20 "$a" "$a.err"
+		return 1
+	fi
+	say "$name without the shim: exit 0, $(wc -l <"$a") lines," \
+		"sha256 $(sha256sum <"$a" | cut -c1-16)"
+	((have_shim)) || return 0
+
+	local f0 c0 f1 c1
+	f0=$(faults) c0=$(created)
+	preloaded "$b" "$@"
+	rc_b=$?
+	f1=$(faults) c1=$(created)
+	if ((rc_b != 0)); then
+		fail "with the shim: exit $rc_b"
+		tail -n 20 "$b.err"
+	fi
+	if ! cmp -s "$a" "$b"; then
+		fail "with the shim the output differs"
+		diff "$a" "$b" | head -n 20
+	fi
+	say "$name with the shim: exit $rc_b, faults served $((f1 - f0))," \
+		"segments created $([[ $c0 == - ]] && echo '(not counted)' ||
+			echo $((c1 - c0)))"
+	if ((f1 == f0)); then
+		fail "the daemon served no fault: the program's memory was not managed"
+	fi
+	if [[ $c0 != - ]] && ((c1 == c0)); then
+		fail "the daemon created no segment"
+	fi
+	wait_empty || fail "the program left state in the daemon"
+	if grep -qi 'warn\|error' "$b.err" && ! grep -qi 'warn\|error' "$a.err"; then
+		say "note: stderr with the shim:"
+		head -n 5 "$b.err"
+	fi
+}
+
+# --- inputs ---
+
+# A deterministic text file of about @2 MiB at @1 (lines of words).
+gen_text() {
+	python3 - "$1" "$2" <<'PY'
+import random, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(9)
+words = [''.join(rnd.choice('abcdefghijklmnopqrstuvwxyz')
+                 for _ in range(rnd.randint(2, 11))) for _ in range(5000)]
+with open(path, 'w') as f:
+    n = 0
+    while n < mib << 20:
+        line = ' '.join(rnd.choice(words) for _ in range(rnd.randint(1, 9)))
+        line = f'{rnd.randrange(10**9):09d} {line}\n'
+        f.write(line)
+        n += len(line)
+PY
+}
+
+# --- the checks ---
+
+if ((have_shim)); then
+	start_daemon || {
+		say "FAIL: upagerd did not start"
+		exit 1
+	}
+	say "shim: $shim; daemon: pid $daemon_pid on $sock"
+else
+	say "SKIP: the shim is not built ($shim): only the runs without it"
+fi
+
+# /usr/bin/python3 is Debian's (a pyenv shim first in PATH would be a
+# script in front of it)
+py=/usr/bin/python3
+[[ -x $py ]] || py=$(command -v python3)
+
+check=semantics
+if want $check; then
+	compare semantics "$semantics"
+	grep -q '^== .* sections, 0 failed$' "$work/semantics.plain" ||
+		fail "the transcript does not end well"
+fi
+
+check=python-hash
+if want $check; then
+	compare python-hash "$py" -c '
+import hashlib
+b = bytearray(300 << 20)
+for i in range(0, len(b), 4096):
+    b[i] = i // 4096 % 251
+b2 = bytearray(range(256)) * (1 << 20)
+b2[::65536] = bytes(len(b2[::65536]))
+l = [bytes([i % 256]) * 65536 for i in range(512)]
+h = hashlib.sha256()
+for x in l:
+    h.update(x)
+print(hashlib.sha256(b).hexdigest(), hashlib.sha256(b2).hexdigest(),
+      h.hexdigest(), len(b) + len(b2))
+'
+fi
+
+check=sort
+if want $check; then
+	gen_text "$work/sort.in" 120
+	compare sort sh -c "LC_ALL=C sort '$work/sort.in' | sha256sum"
+	rm -f "$work/sort.in"
+fi
+
+check=xz
+if want $check; then
+	gen_text "$work/xz.in" 16
+	compare xz sh -c "xz -9 -T1 -c '$work/xz.in' | sha256sum"
+	rm -f "$work/xz.in"
+fi
+
+check=py-shared
+if want $check; then
+	compare py-shared "$py" -c '
+import hashlib, mmap, os
+size, n = 64 << 20, 4
+m = mmap.mmap(-1, size)        # MAP_SHARED | MAP_ANONYMOUS
+m[0:5] = b"start"              # written before the fork: the workers see it
+pids = []
+for w in range(n):
+    pid = os.fork()
+    if pid == 0:
+        ok = m[0:5] == b"start"
+        sl = size // n
+        chunk = bytes((w * 37 + i) % 256 for i in range(4096))
+        for off in range(w * sl + 4096, (w + 1) * sl, 4096):
+            m[off:off + 4096] = chunk
+        os._exit(0 if ok else 1)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+print(codes, hashlib.sha256(m).hexdigest())
+'
+fi
+
+check=shared-workers
+want $check && compare shared-workers "$workload" shared-workers 96M 6
+
+check=fork-reader
+want $check && compare fork-reader "$workload" fork-reader 256M 4
+
+# The segments of a running program: snapshot, save, restore, compare.
+check=snapshot-save
+if want $check && ((have_shim)); then
+	if ! "$ctl" save --help >/dev/null 2>&1; then
+		skip "upagerctl has no save"
+	else
+		exp=$work/hold.expected
+		coproc HOLD { env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" \
+			UPAGER_REQUIRE=1 "$workload" hold 48M 7 "$exp" \
+			2>"$work/hold.err"; }
+		hold_pid=$HOLD_PID
+		started+=("$hold_pid")
+		read -r -t 30 word pid <&"${HOLD[0]}"
+		if [[ ${word:-} != ready ]]; then
+			fail "the program did not start"
+			cat "$work/hold.err"
+		else
+			# its segments: those it has attached, or named after it
+			mapfile -t segs < <("$ctl" --socket "$sock" list --json |
+				python3 -c '
+import json, sys
+pid = int(sys.argv[1])
+for s in json.load(sys.stdin):
+    if s.get("kind", "segment") == "segment" and (pid in s.get("pids", []) or
+            str(pid) in s["name"]):
+        print(s["name"])' "$pid")
+			say "segments of pid $pid: ${segs[*]:-none}"
+			((${#segs[@]})) || fail "no segment of the running program"
+			if "$ctl" --socket "$sock" list --pid "$pid" \
+				>"$work/list-pid" 2>&1; then
+				for s in "${segs[@]}"; do
+					grep -q "$s" "$work/list-pid" ||
+						fail "list --pid $pid lacks $s"
+				done
+			else
+				skip "upagerctl list --pid: $(head -n1 "$work/list-pid")"
+			fi
+			found=0 i=0
+			for s in "${segs[@]}"; do
+				i=$((i + 1))
+				"$ctl" --socket "$sock" snapshot "$s" "snap$i" \
+					>/dev/null || {
+					fail "snapshot $s"
+					continue
+				}
+				"$ctl" --socket "$sock" save "snap$i" \
+					"$work/img$i" >/dev/null || {
+					fail "save snap$i"
+					continue
+				}
+				"$ctl" --socket "$sock" create "restored$i" \
+					--source "$work/img$i" >/dev/null || {
+					fail "create --source img$i"
+					continue
+				}
+				"$ctl" --socket "$sock" cat "restored$i" \
+					>"$work/cat$i" || fail "cat restored$i"
+				# the held range: the segment may be larger
+				if cmp -s -n "$(stat -c %s "$exp")" "$exp" \
+					"$work/cat$i"; then
+					found=$((found + 1))
+				fi
+				"$ctl" --socket "$sock" delete "restored$i" >/dev/null
+				"$ctl" --socket "$sock" delete "snap$i" \
+					>/dev/null 2>&1
+				rm -f "$work/img$i" "$work/cat$i"
+			done
+			if ((found)); then
+				say "snapshot-save: the restored image holds the program's 48 MiB exactly"
+			else
+				fail "no restored image holds the program's bytes"
+			fi
+		fi
+		exec {HOLD[1]}>&-
+		wait "$hold_pid"
+		rc=$?
+		((rc == 0)) || fail "the held program exited $rc"
+		wait_empty || fail "the program left state in the daemon"
+	fi
+fi
+
+# As root: the transcript again as an ordinary user, with a daemon of its
+# own (unprivileged userfaultfd, no UFFD_FEATURE_EVENT_FORK).
+check=unprivileged
+if want $check && ((have_shim)) && [[ $(id -u) == 0 ]]; then
+	if ! command -v setpriv >/dev/null; then
+		skip "no setpriv"
+	else
+		udir=$work/nobody
+		mkdir "$udir" && chown 65534:65534 "$udir"
+		asnobody() {
+			setpriv --reuid=65534 --regid=65534 --clear-groups \
+				--reset-env "$@"
+		}
+		cp "$semantics" "$udir/semantics"
+		chmod 755 "$udir/semantics"
+		asnobody "$upagerd" --socket "$udir/s.sock" --foreground \
+			--log-level warning 2>"$udir/daemon.log" &
+		upid=$!
+		started+=("$upid")
+		for _ in $(seq 200); do
+			asnobody "$ctl" --socket "$udir/s.sock" stats \
+				>/dev/null 2>&1 && break
+			sleep 0.05
+		done
+		asnobody "$udir/semantics" >"$udir/plain" 2>&1
+		asnobody env LD_PRELOAD="$shim" UPAGER_SOCKET="$udir/s.sock" \
+			UPAGER_REQUIRE=1 "$udir/semantics" \
+			>"$udir/shim" 2>"$udir/shim.err"
+		rc=$?
+		if ((rc != 0)) || ! cmp -s "$udir/plain" "$udir/shim"; then
+			fail "as nobody: exit $rc, transcripts differ"
+			diff "$udir/plain" "$udir/shim" | head -n 20
+			tail -n 10 "$udir/shim.err" "$udir/daemon.log"
+		else
+			say "unprivileged: same transcript as nobody, exit 0"
+		fi
+		kill "$upid" 2>/dev/null
+		wait "$upid"
+	fi
+fi
+
+if ((failed)); then
+	say "$failed check(s) failed"
+	exit 1
+fi
+if ((!have_shim)); then
+	say "SKIP: runs without the shim passed; the shim is not built"
+	exit 77
+fi
+if ((skipped)); then
+	say "SKIP: $skipped part(s) skipped, nothing failed"
+	exit 77
+fi
+say "all passed"
+exit 0
