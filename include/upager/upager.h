@@ -279,8 +279,15 @@ pid_t upager_daemon_pid(struct upager *u);
 #define UPAGER_ATTACH_PRIVATE 0x2u
 
 /*
+ * Not inherited by fork() children (the mapping is MADV_DONTFORK): the
+ * child has nothing mapped there, as the kernel does for MADV_DONTFORK.
+ */
+#define UPAGER_ATTACH_DONTFORK 0x4u
+
+/*
  * upager_attach - map segment @name into this process
- * @flags: 0 (shared, read-write) or UPAGER_ATTACH_RDONLY
+ * @flags: 0 (shared, read-write) or UPAGER_ATTACH_RDONLY, or
+ *         UPAGER_ATTACH_PRIVATE; with UPAGER_ATTACH_DONTFORK
  * @out: the attachment on success
  *
  * The whole segment is mapped MAP_SHARED at an address the kernel picks;
@@ -304,6 +311,16 @@ int upager_attach(struct upager *u, const char *name, unsigned int flags,
  */
 int upager_attach_owner(struct upager *u, const char *name, unsigned int flags,
 			uint32_t owner_uid, struct upager_attachment **out);
+
+/*
+ * upager_attach_at - upager_attach() at @addr (page-aligned, not NULL),
+ * with MAP_FIXED's semantics: whatever this process mapped over
+ * [@addr, @addr + the segment's size) is replaced.  On failure that range
+ * may be left unmapped, as after a failed MAP_FIXED mmap.
+ * Returns 0 or -errno.
+ */
+int upager_attach_at(struct upager *u, const char *name, unsigned int flags,
+		     void *addr, struct upager_attachment **out);
 
 void *upager_attachment_addr(const struct upager_attachment *a);
 size_t upager_attachment_size(const struct upager_attachment *a);

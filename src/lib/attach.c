@@ -56,12 +56,16 @@ static int att_vmas(struct upager_attachment *a, bool probe, struct vma **out)
 	return k;
 }
 
+#define ATTACH_FLAGS \
+	(UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE | UPAGER_ATTACH_DONTFORK)
+
 /*
  * upager_attach(); @wire: more UPG_ATTACH flags for the request (the
- * owner check, with @owner).
+ * owner check, with @owner); @at: where (MAP_FIXED), or NULL.
  */
 static int attach(struct upager *u, const char *name, unsigned int flags,
-		  uint32_t wire, uint32_t owner, struct upager_attachment **out)
+		  uint32_t wire, uint32_t owner, void *at,
+		  struct upager_attachment **out)
 {
 	struct upg_attach_reply ar;
 	struct upg_register reg;
@@ -74,8 +78,8 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	/* Mapped MAP_PRIVATE: its frames are mapped with UFFDIO_CONTINUE. */
 	bool priv = flags & (UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE);
 
-	if (!u || !out ||
-	    (flags & ~(UPAGER_ATTACH_RDONLY | UPAGER_ATTACH_PRIVATE)) ||
+	if (!u || !out || (flags & ~ATTACH_FLAGS) ||
+	    ((uintptr_t)at & (lib_page_size() - 1)) ||
 	    (flags & UPAGER_ATTACH_RDONLY && flags & UPAGER_ATTACH_PRIVATE))
 		return set_errno(-EINVAL);
 	a = calloc(1, sizeof(*a));
@@ -85,8 +89,9 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	a->memfd = -1;
 	a->uffd = -1;
 	a->addr = MAP_FAILED;
-	a->flags = flags;
-	ret = name_request(u, UPG_ATTACH, name, flags | wire, owner, &ar,
+	a->flags = flags & ~UPAGER_ATTACH_DONTFORK;
+	ret = name_request(u, UPG_ATTACH, name,
+			   (flags & ~UPAGER_ATTACH_DONTFORK) | wire, owner, &ar,
 			   sizeof(ar), &a->memfd);
 	if (ret < 0)
 		goto err;
@@ -110,7 +115,8 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	 */
 	if (!(flags & UPAGER_ATTACH_RDONLY))
 		prot |= PROT_WRITE;
-	a->addr = mmap(NULL, a->size, prot, priv ? MAP_PRIVATE : MAP_SHARED,
+	a->addr = mmap(at, a->size, prot,
+		       (priv ? MAP_PRIVATE : MAP_SHARED) | (at ? MAP_FIXED : 0),
 		       a->memfd, 0);
 	if (a->addr == MAP_FAILED) {
 		ret = -errno;
@@ -123,7 +129,8 @@ static int attach(struct upager *u, const char *name, unsigned int flags,
 	a->features = features;
 	/* Without fork events a child's copy of the range would be served
 	 * by nobody (zeros): it does not inherit the mapping then. */
-	if (!(features & UFFD_FEATURE_EVENT_FORK))
+	a->dontfork = flags & UPAGER_ATTACH_DONTFORK;
+	if (!(features & UFFD_FEATURE_EVENT_FORK) || a->dontfork)
 		madvise(a->addr, a->size, MADV_DONTFORK);
 	a->reg_mode = UFFDIO_REGISTER_MODE_MISSING;
 	/* Write-protect mode now, so snapshots need no re-registration. */
@@ -183,7 +190,16 @@ err:
 UPAGER_API int upager_attach(struct upager *u, const char *name,
 			     unsigned int flags, struct upager_attachment **out)
 {
-	return attach(u, name, flags, 0, 0, out);
+	return attach(u, name, flags, 0, 0, NULL, out);
+}
+
+UPAGER_API int upager_attach_at(struct upager *u, const char *name,
+				unsigned int flags, void *addr,
+				struct upager_attachment **out)
+{
+	if (!addr)
+		return set_errno(-EINVAL);
+	return attach(u, name, flags, 0, 0, addr, out);
 }
 
 UPAGER_API int upager_attach_owner(struct upager *u, const char *name,
@@ -192,7 +208,7 @@ UPAGER_API int upager_attach_owner(struct upager *u, const char *name,
 {
 	if (u && !(u->features & UPG_FEATURE_OWNER))
 		return set_errno(-EOPNOTSUPP);
-	return attach(u, name, flags, UPG_ATTACH_OWNER, owner_uid, out);
+	return attach(u, name, flags, UPG_ATTACH_OWNER, owner_uid, NULL, out);
 }
 
 UPAGER_API void *upager_attachment_addr(const struct upager_attachment *a)

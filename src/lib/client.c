@@ -95,6 +95,9 @@ UPAGER_API const char *upager_source_name(uint32_t kind)
 	return "unknown";
 }
 
+int lib_fd_floor = 3;
+void (*lib_thread_hook)(void);
+
 long lib_page_size(void)
 {
 	static long ps;
@@ -122,7 +125,7 @@ static ssize_t recv_reply(struct upager *u, void *buf, size_t len, int *fd)
 		u->broken = true;
 		return -ETIMEDOUT;
 	}
-	if (n > 0 && *fd >= 0 && (*fd = fd_above_stdio(*fd)) < 0)
+	if (n > 0 && *fd >= 0 && (*fd = fd_place(*fd)) < 0)
 		return *fd;
 	return n == 0 ? -EPIPE : n;
 }

@@ -245,9 +245,10 @@ static void child_reconnect(struct upager *u)
 	u->wake_efd = -1;
 	pthread_mutex_init(&u->serve_lock, NULL);
 	serve_reap(u, true);
-	/* Mappings made MADV_DONTFORK (no fork events) are not here. */
+	/* Mappings made MADV_DONTFORK (no fork events, or asked for) are
+	 * not here. */
 	for (pp = &u->atts; (a = *pp);) {
-		if (a->features & UFFD_FEATURE_EVENT_FORK) {
+		if (a->features & UFFD_FEATURE_EVENT_FORK && !a->dontfork) {
 			pp = &a->next;
 			continue;
 		}

@@ -13,6 +13,7 @@
 #define UPAGER_LIB_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -49,6 +50,7 @@ struct upager_attachment {
 	uint64_t reg_mode; /* UFFDIO_REGISTER_MODE_* of its mappings */
 	dev_t dev;	   /* the memfd's inode: what its mappings */
 	ino_t ino;	   /* show in /proc/self/maps */
+	bool dontfork;	   /* UPAGER_ATTACH_DONTFORK */
 };
 
 /*
@@ -114,6 +116,35 @@ static inline int set_errno(int ret)
 }
 
 /*
+ * The lowest descriptor the library keeps: 3 (never stdio), or higher when
+ * the preload shim asks for it, so that the descriptors of its many
+ * attachments stay out of the low numbers the program expects (select()).
+ * Set once, before the first connection.
+ */
+extern int lib_fd_floor;
+
+/*
+ * fd_place - descriptor @fd (or -errno, passed through) moved to
+ * lib_fd_floor or above, close-on-exec.  Returns the descriptor, or -errno
+ * (and @fd is closed either way).
+ */
+static inline int fd_place(int fd)
+{
+	int nfd, err;
+
+	if (fd < 0 || fd >= lib_fd_floor)
+		return fd;
+	nfd = fcntl(fd, F_DUPFD_CLOEXEC, lib_fd_floor);
+	if (nfd < 0 && lib_fd_floor > 3)
+		nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3); /* the high ones full */
+	err = errno;
+	close(fd);
+	if (nfd >= 0)
+		return nfd;
+	return fd_above_stdio(-err);
+}
+
+/*
  * fd_high - a system call's result (a descriptor, or -1 with errno set)
  * moved to 3 or above: a program started with stdio closed must not find
  * its output going into the daemon's socket.  Returns the descriptor, or
@@ -121,8 +152,15 @@ static inline int set_errno(int ret)
  */
 static inline int fd_high(int ret)
 {
-	return fd_above_stdio(ret < 0 ? -errno : ret);
+	return fd_place(ret < 0 ? -errno : ret);
 }
+
+/*
+ * Called first by every thread the library starts (the watcher), when
+ * set: the preload shim marks such threads as its own, so that what they
+ * map goes to the kernel untouched.  Set once, before the first connection.
+ */
+extern void (*lib_thread_hook)(void);
 
 /* The page size, read once (before the watcher may run during a fork). */
 long lib_page_size(void);
@@ -176,7 +214,14 @@ struct vma {
 	dev_t dev;
 	ino_t ino;
 	bool shared;
+	int prot; /* PROT_* */
 };
+
+/*
+ * vma_walk - calls @fn for each mapping of this process, in address order,
+ * until it returns non-zero; returns that, or -errno.  Allocates nothing.
+ */
+int vma_walk(int (*fn)(const struct vma *, void *), void *arg);
 
 /*
  * vma_at - the mapping at @addr: 1 (in @out), 0 when none, or -errno.

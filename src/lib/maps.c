@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/sysmacros.h>
 
 #include "lib.h"
@@ -57,6 +58,12 @@ static int maps_walk(int (*fn)(const struct vma *, void *), void *arg)
 					.dev = makedev(maj, min),
 					.ino = ino,
 					.shared = perms[3] == 's',
+					.prot = (perms[0] == 'r' ? PROT_READ :
+								   0) |
+						(perms[1] == 'w' ? PROT_WRITE :
+								   0) |
+						(perms[2] == 'x' ? PROT_EXEC :
+								   0),
 				};
 
 				ret = fn(&v, arg);
@@ -74,6 +81,11 @@ static int maps_walk(int (*fn)(const struct vma *, void *), void *arg)
 	}
 	close(fd);
 	return ret;
+}
+
+int vma_walk(int (*fn)(const struct vma *, void *), void *arg)
+{
+	return maps_walk(fn, arg);
 }
 
 struct vma_find {

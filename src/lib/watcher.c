@@ -39,35 +39,45 @@
 int serve_add(struct upager *u, const struct upager_attachment *a)
 {
 	struct serve e = {
-		.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, 3),
-		.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, 3),
+		.uffd = fcntl(a->uffd, F_DUPFD_CLOEXEC, lib_fd_floor),
+		.memfd = fcntl(a->memfd, F_DUPFD_CLOEXEC, lib_fd_floor),
 		.dev = a->dev,
 		.ino = a->ino,
 		.source = a->source,
 		.features = a->features,
 		.a = a,
 	};
-	int ret = 0;
+	struct serve *room = NULL;
+	int dup_err = e.uffd < 0 || e.memfd < 0 ? errno : 0, ret = 0;
 
+	/*
+	 * The list is allocated whole, once, and never while serve_lock is
+	 * held: under the preload shim this runs inside malloc (which maps
+	 * memory with its arena locked), and another thread holding
+	 * serve_lock must not wait for that arena.
+	 */
 	pthread_mutex_lock(&u->serve_lock);
-	if (e.uffd < 0 || e.memfd < 0) {
-		ret = -errno;
+	if (!u->serves) {
+		pthread_mutex_unlock(&u->serve_lock);
+		room = calloc(SERVE_MAX, sizeof(*room));
+		pthread_mutex_lock(&u->serve_lock);
+		if (!u->serves && room) {
+			u->serves = room;
+			u->serves_cap = SERVE_MAX;
+			room = NULL;
+		}
+	}
+	if (dup_err) {
+		ret = -dup_err;
+	} else if (!u->serves) {
+		ret = -ENOMEM;
 	} else if (u->nr_serves == SERVE_MAX) {
 		ret = -EMFILE; /* attachments of one connection */
-	} else if (u->nr_serves == u->serves_cap) {
-		size_t cap = u->serves_cap ? 2 * u->serves_cap : 4;
-		void *p = realloc(u->serves, cap * sizeof(*u->serves));
-
-		if (p) {
-			u->serves = p;
-			u->serves_cap = cap;
-		} else {
-			ret = -ENOMEM;
-		}
 	}
 	if (!ret)
 		u->serves[u->nr_serves++] = e;
 	pthread_mutex_unlock(&u->serve_lock);
+	free(room);
 	if (ret) {
 		if (e.uffd >= 0)
 			close(e.uffd);
@@ -340,6 +350,8 @@ static void *watcher_main(void *arg)
 	struct upager *u = arg;
 	sigset_t all;
 
+	if (lib_thread_hook)
+		lib_thread_hook();
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	atomic_store(&u->watcher_ready, true);
