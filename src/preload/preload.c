@@ -1,0 +1,1267 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libupager-preload: unmodified programs on daemon-managed memory.
+ *
+ * Preloaded, this library interposes libc's mmap family, fork, _exit and
+ * the exec calls.  An anonymous private mapping of at least
+ * $UPAGER_MIN_SIZE, and a MAP_SHARED|MAP_ANONYMOUS mapping of any size,
+ * becomes a segment of the daemon (zero source, named pid<PID>.<N>),
+ * attached at the address the program gets.  Everything else goes to the
+ * kernel untouched.
+ *
+ * The address is the kernel's choice: a PROT_NONE placeholder is mapped
+ * first with the program's address, MAP_FIXED and MAP_FIXED_NOREPLACE,
+ * so every refusal and errno is the kernel's own; the segment is then
+ * attached over the placeholder (upager_attach_at).  When that fails, the
+ * program gets an ordinary mapping there instead.
+ *
+ * What the program sees must not change, and a segment is a MAP_SHARED
+ * mapping of a memfd, so for private memory the shim does what the
+ * kernel would have done for anonymous memory:
+ *
+ *  - munmap of a private range punches it out of the memfd (the memory
+ *    goes back); a segment left with no mapped byte is detached and
+ *    deleted.  MAP_FIXED over a managed range unmaps it first, the same.
+ *  - MADV_DONTNEED and MADV_FREE on private memory punch (MADV_REMOVE),
+ *    so the range reads zeros, as anonymous memory does; MADV_REMOVE on
+ *    it is EINVAL, as on anonymous memory.
+ *  - mremap of private memory that must grow, move to a given address or
+ *    leave its old range mapped is emulated: a new mapping, a copy, the
+ *    old range unmapped (or punched, for MREMAP_DONTUNMAP).  Shrinking is
+ *    an munmap of the tail; a shared range is moved by the kernel and the
+ *    daemon follows it (remap events).
+ *  - fork(): private segments are attached MADV_DONTFORK, so the child
+ *    inherits nothing of them from the kernel.  Before the fork, each is
+ *    snapshotted (a consistent cut); in the child, before fork() returns,
+ *    each snapshot is cloned, the clone's pages moved to the addresses
+ *    they had in the parent, and the snapshot deleted.  A child that
+ *    cannot get its copy aborts with a message rather than run on memory
+ *    that is not there.  MADV_DONTFORK and MADV_WIPEONFORK on private
+ *    ranges are kept in the table and honoured here.  Shared segments are
+ *    inherited as they are (the library claims the child's uffd).
+ *  - mprotect is not interposed: the kernel applies it to the mapping.
+ *
+ * Re-entrancy: the library allocates, maps and starts a thread; a
+ * thread-local guard sends whatever the shim itself (and the library's
+ * watcher thread) calls to the kernel.  The table lock is a leaf: nothing
+ * is called while it is held except raw system calls, except by fork(),
+ * which holds it across the cut and the kernel's fork so that the child's
+ * table is whole (glibc's allocator never calls into this file: its own
+ * mmap calls are internal to libc).
+ *
+ * Lifetime: a process deletes the segments it created at exit, at _exit
+ * and before an exec (with UPAGER_DELETE_FORCE: its mappings stay usable
+ * until the process goes).  A process killed with SIGKILL leaves its
+ * segments' names behind (the daemon drops their attachments, so no
+ * memory is mapped, but the frames stay with the name): the next
+ * preloaded process to connect deletes segments whose pid is gone.
+ */
+/* Both mmap and mmap64 are defined here: no renaming of either. */
+#undef _FILE_OFFSET_BITS
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+
+#include <upager/upager.h>
+
+#include "lib.h"
+#include "size.h"
+
+#define PRELOAD_API __attribute__((visibility("default")))
+
+/* glibc's allocator by its own names: the shim's allocations are not the
+ * program's. */
+void *__libc_malloc(size_t size);
+void *__libc_calloc(size_t n, size_t size);
+void __libc_free(void *p);
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#define MADV_KEEPONFORK 19
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Raw system calls: the kernel's answer, errno set the libc way. */
+static void *sys_mmap(void *addr, size_t len, int prot, int flags, int fd,
+		      off_t off)
+{
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+static int sys_munmap(void *addr, size_t len)
+{
+	return syscall(SYS_munmap, addr, len);
+}
+
+static void *sys_mremap(void *old, size_t old_len, size_t new_len, int flags,
+			void *new_addr)
+{
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags,
+			       new_addr);
+}
+
+static int sys_madvise(void *addr, size_t len, int advice)
+{
+	return syscall(SYS_madvise, addr, len, advice);
+}
+
+static int sys_mprotect(void *addr, size_t len, int prot)
+{
+	return syscall(SYS_mprotect, addr, len, prot);
+}
+
+/* Configuration, read once at load */
+
+static size_t cfg_min_size = 1 << 20;
+static bool cfg_debug, cfg_require;
+static const char *cfg_socket;
+
+/* The connection: made at the first mapping worth managing. */
+enum { SHIM_UNTRIED, SHIM_ON, SHIM_OFF };
+static _Atomic int shim_state = SHIM_UNTRIED;
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct upager *conn;
+static long page_size = 4096;
+
+/* Non-zero while this thread runs the shim or the library. */
+static __thread int guard;
+
+static void guard_hook(void)
+{
+	guard = 1;
+}
+
+/*
+ * A segment, and the ranges of this process that map parts of it.
+ * @att is the library's; @owner the process that created the segment (it
+ * deletes it).  Pieces point at it; @pieces counts them.
+ */
+struct seg {
+	char name[UPAGER_NAME_MAX + 1];
+	struct upager_attachment *att;
+	size_t size;
+	pid_t owner;
+	unsigned int pieces;
+	bool priv;
+	bool fresh;			/* fork child: made there */
+	bool lost;			/* fork child: shared, not inherited */
+	struct seg *dead_next;		/* unmanage(): the caller's list */
+	char snap[UPAGER_NAME_MAX + 1]; /* fork: the cut, "" if none */
+};
+
+#define PIECE_DONTFORK 0x1u
+#define PIECE_WIPEONFORK 0x2u
+
+/* [start, end) of this process maps [off, off + end - start) of @seg. */
+struct piece {
+	uintptr_t start, end;
+	size_t off;
+	struct seg *seg;
+	unsigned int flags;
+};
+
+/*
+ * The table, sorted by start.  tbl_lock guards it and the segs' @pieces;
+ * it is a leaf lock (see the top of this file).  The array is mapped with
+ * raw system calls, never malloc()ed.
+ */
+static pthread_mutex_t tbl_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct piece *tbl;
+static size_t tbl_n, tbl_cap;
+static atomic_uint seg_count; /* for the names */
+
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void logf_(const char *fmt, ...)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "upager-preload[%d]: ", getpid());
+	va_list ap;
+
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	va_end(ap);
+	if (n >= (int)sizeof(buf) - 1)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	if (write(STDERR_FILENO, buf, n) < 0) {
+		/* nowhere else to say it */
+	}
+}
+
+#define debug(...)                          \
+	do {                                \
+		if (cfg_debug)              \
+			logf_(__VA_ARGS__); \
+	} while (0)
+
+static uintptr_t page_up(uintptr_t x)
+{
+	return (x + page_size - 1) & ~(uintptr_t)(page_size - 1);
+}
+
+/* Table */
+
+static int tbl_reserve(size_t n)
+{
+	size_t cap = tbl_cap ? tbl_cap : page_size / sizeof(*tbl);
+	void *p;
+
+	if (n <= tbl_cap)
+		return 0;
+	while (cap < n)
+		cap *= 2;
+	if (tbl)
+		p = sys_mremap(tbl, tbl_cap * sizeof(*tbl), cap * sizeof(*tbl),
+			       MREMAP_MAYMOVE, NULL);
+	else
+		p = sys_mmap(NULL, cap * sizeof(*tbl), PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	tbl = p;
+	tbl_cap = cap;
+	return 0;
+}
+
+/* Inserts @pc in order.  Caller holds tbl_lock.  0 or -ENOMEM. */
+static int tbl_insert(const struct piece *pc)
+{
+	size_t i;
+
+	if (tbl_reserve(tbl_n + 1))
+		return -ENOMEM;
+	for (i = tbl_n; i > 0 && tbl[i - 1].start > pc->start; i--)
+		tbl[i] = tbl[i - 1];
+	tbl[i] = *pc;
+	tbl_n++;
+	pc->seg->pieces++;
+	return 0;
+}
+
+static void tbl_remove_at(size_t i)
+{
+	tbl[i].seg->pieces--;
+	memmove(&tbl[i], &tbl[i + 1], (tbl_n - i - 1) * sizeof(*tbl));
+	tbl_n--;
+}
+
+/* The index of the first piece that ends after @addr (maybe tbl_n). */
+static size_t tbl_first(uintptr_t addr)
+{
+	size_t lo = 0, hi = tbl_n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (tbl[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool tbl_overlaps(uintptr_t s, uintptr_t e)
+{
+	size_t i = tbl_first(s);
+
+	return i < tbl_n && tbl[i].start < e;
+}
+
+/*
+ * Splits the piece holding @at so that a piece starts at @at.  Caller
+ * holds tbl_lock.  0 or -ENOMEM.
+ */
+static int tbl_split(uintptr_t at)
+{
+	size_t i = tbl_first(at);
+	struct piece b;
+
+	if (i == tbl_n || tbl[i].start >= at)
+		return 0;
+	b = tbl[i];
+	b.off += at - b.start;
+	b.start = at;
+	if (tbl_reserve(tbl_n + 1))
+		return -ENOMEM;
+	tbl[i].end = at;
+	return tbl_insert(&b);
+}
+
+/* Connection */
+
+static void seg_free(struct seg *s)
+{
+	__libc_free(s);
+}
+
+/*
+ * Deletes the segments of pids that are gone, and this pid's (left by the
+ * image before an exec): what a process killed with SIGKILL left.
+ */
+static void reap_stale(struct upager *u)
+{
+	struct upager_segment_info *v;
+	int n = upager_list(u, NULL, 0);
+
+	if (n <= 0)
+		return;
+	n += 16;
+	v = __libc_malloc(n * sizeof(*v));
+	if (!v)
+		return;
+	n = upager_list(u, v, n);
+	for (int i = 0; i < n; i++) {
+		unsigned long pid;
+		char *end;
+
+		if (strncmp(v[i].name, "pid", 3))
+			continue;
+		pid = strtoul(v[i].name + 3, &end, 10);
+		if (*end != '.' || !pid || pid > INT_MAX)
+			continue;
+		if (v[i].uid != geteuid())
+			continue;
+		if ((pid_t)pid != getpid() &&
+		    (kill(pid, 0) == 0 || errno != ESRCH))
+			continue;
+		if (upager_delete(u, v[i].name, UPAGER_DELETE_FORCE) == 0)
+			debug("deleted %s, left by a process that is gone",
+			      v[i].name);
+	}
+	__libc_free(v);
+}
+
+/* The connection, made once; NULL when the shim is off. */
+static struct upager *shim_conn(void)
+{
+	int state = atomic_load(&shim_state), ret;
+
+	if (state == SHIM_ON)
+		return conn;
+	if (state == SHIM_OFF)
+		return NULL;
+	pthread_mutex_lock(&conn_lock);
+	if (atomic_load(&shim_state) == SHIM_UNTRIED) {
+		ret = upager_connect(cfg_socket, &conn);
+		if (ret == 0) {
+			reap_stale(conn);
+			atomic_store(&shim_state, SHIM_ON);
+			debug("connected to the daemon (pid %d)",
+			      upager_daemon_pid(conn));
+		} else {
+			logf_("%s: no daemon (%s): running on ordinary memory",
+			      cfg_require ? "error" : "warning", strerror(-ret));
+			if (cfg_require)
+				abort();
+			atomic_store(&shim_state, SHIM_OFF);
+		}
+	}
+	pthread_mutex_unlock(&conn_lock);
+	return atomic_load(&shim_state) == SHIM_ON ? conn : NULL;
+}
+
+/*
+ * A new segment of @len bytes attached at @at (over a placeholder),
+ * @priv: not inherited by fork (the fork wrapper copies it).  Returns it,
+ * or NULL with nothing left in the daemon (@at may be unmapped then).
+ */
+static struct seg *seg_new(size_t len, void *at, bool priv)
+{
+	struct upager_create_opts o = { .size = len, .source_fd = -1 };
+	struct upager *u = shim_conn();
+	struct seg *s;
+	int ret;
+
+	if (!u)
+		return NULL;
+	s = __libc_calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->owner = getpid();
+	s->priv = priv;
+	s->size = len;
+	snprintf(s->name, sizeof(s->name), "pid%d.%u", s->owner,
+		 atomic_fetch_add(&seg_count, 1) + 1);
+	ret = upager_create(u, s->name, &o);
+	if (ret == -EEXIST) {
+		/* left by our image before an exec that failed to say so */
+		upager_delete(u, s->name, UPAGER_DELETE_FORCE);
+		ret = upager_create(u, s->name, &o);
+	}
+	if (ret == 0) {
+		ret = upager_attach_at(u, s->name,
+				       priv ? UPAGER_ATTACH_DONTFORK : 0, at,
+				       &s->att);
+		if (ret)
+			upager_delete(u, s->name, UPAGER_DELETE_FORCE);
+	}
+	if (ret) {
+		debug("%zu bytes at %p: %s: ordinary memory", len, at,
+		      strerror(-ret));
+		seg_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/* The last piece of @s is gone: detach, and delete it if it is ours. */
+static void seg_drop(struct seg *s)
+{
+	upager_detach(s->att);
+	if (s->owner == getpid() && shim_conn())
+		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
+	debug("%s: unmapped, deleted", s->name);
+	seg_free(s);
+}
+
+/*
+ * Takes [s, e) out of the table: private parts are punched out of their
+ * memfds (the memory goes back).  Segments left with nothing go on
+ * @dead, for drop_dead() once the caller has unmapped or replaced the
+ * range: detaching earlier would free the addresses for another thread's
+ * mmap before the caller's munmap.  0, or -ENOMEM when a piece could not
+ * be split.
+ */
+static int unmanage(uintptr_t s, uintptr_t e, struct seg **dead)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&tbl_lock);
+	if (tbl_overlaps(s, e) && (tbl_split(s) || tbl_split(e)))
+		ret = -ENOMEM;
+	for (size_t i = tbl_first(s); !ret && i < tbl_n && tbl[i].start < e;) {
+		struct piece pc = tbl[i];
+
+		if (pc.seg->priv)
+			sys_madvise((void *)pc.start, pc.end - pc.start,
+				    MADV_REMOVE);
+		tbl_remove_at(i);
+		if (!pc.seg->pieces) {
+			pc.seg->dead_next = *dead;
+			*dead = pc.seg;
+		}
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	return ret;
+}
+
+static void drop_dead(struct seg *dead)
+{
+	while (dead) {
+		struct seg *next = dead->dead_next;
+
+		seg_drop(dead);
+		dead = next;
+	}
+}
+
+/* mmap */
+
+static bool manageable(size_t len, int prot, int flags)
+{
+	int type = flags & MAP_TYPE;
+
+	if (!(flags & MAP_ANONYMOUS) || !len)
+		return false;
+	if (flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_32BIT))
+		return false;
+	if (type == MAP_SHARED || type == MAP_SHARED_VALIDATE)
+		return true;
+	return type == MAP_PRIVATE && len >= cfg_min_size;
+}
+
+static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
+		       off_t off)
+{
+	bool fixed = flags & MAP_FIXED, priv;
+	struct seg *s, *dead = NULL;
+	struct piece pc;
+	void *p;
+
+	if (fixed && len && !((uintptr_t)addr & (page_size - 1)) &&
+	    len < (size_t)PTRDIFF_MAX) {
+		uintptr_t e = page_up((uintptr_t)addr + len);
+
+		pthread_mutex_lock(&tbl_lock);
+		bool over = tbl_overlaps((uintptr_t)addr, e);
+		pthread_mutex_unlock(&tbl_lock);
+		if (over) {
+			debug("mmap MAP_FIXED over managed %p+%zu", addr, len);
+			if (unmanage((uintptr_t)addr, e, &dead)) {
+				errno = ENOMEM;
+				return MAP_FAILED;
+			}
+		}
+	}
+	if (!manageable(len, prot, flags) || !shim_conn()) {
+		p = sys_mmap(addr, len, prot, flags, fd, off);
+		drop_dead(dead);
+		return p;
+	}
+	priv = (flags & MAP_TYPE) == MAP_PRIVATE;
+	/* The kernel picks the place and says what is wrong. */
+	p = sys_mmap(addr, len, PROT_NONE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+			     (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
+		     -1, off);
+	drop_dead(dead);
+	if (p == MAP_FAILED)
+		return p;
+	len = page_up(len);
+	s = seg_new(len, p, priv);
+	if (!s) {
+		flags &= ~MAP_FIXED_NOREPLACE;
+		return sys_mmap(p, len, prot, flags | MAP_FIXED, fd, off);
+	}
+	if (prot != (PROT_READ | PROT_WRITE))
+		sys_mprotect(p, len, prot);
+	pc = (struct piece){ .start = (uintptr_t)p,
+			     .end = (uintptr_t)p + len,
+			     .seg = s };
+	pthread_mutex_lock(&tbl_lock);
+	if (tbl_insert(&pc)) {
+		pthread_mutex_unlock(&tbl_lock);
+		seg_drop(s);
+		return sys_mmap(p, len, prot,
+				(flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED, fd,
+				off);
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	if (flags & MAP_POPULATE)
+		sys_madvise(p, len,
+			    prot & PROT_WRITE ? MADV_POPULATE_WRITE :
+						MADV_POPULATE_READ);
+	debug("mmap %zu %s -> %s at %p", len, priv ? "private" : "shared",
+	      s->name, p);
+	return p;
+}
+
+PRELOAD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd,
+		       off_t off)
+{
+	void *p;
+	int e;
+
+	if (guard)
+		return sys_mmap(addr, len, prot, flags, fd, off);
+	guard++;
+	e = errno;
+	p = shim_mmap(addr, len, prot, flags, fd, off);
+	if (p != MAP_FAILED)
+		errno = e;
+	guard--;
+	return p;
+}
+
+PRELOAD_API void *mmap64(void *addr, size_t len, int prot, int flags, int fd,
+			 off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
+
+/* munmap */
+
+PRELOAD_API int munmap(void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	struct seg *dead = NULL;
+	int ret;
+
+	if (guard || !len || (s & (page_size - 1)) ||
+	    len > (size_t)PTRDIFF_MAX || atomic_load(&shim_state) != SHIM_ON)
+		return sys_munmap(addr, len);
+	guard++;
+	if (unmanage(s, page_up(s + len), &dead)) {
+		errno = ENOMEM;
+		ret = -1;
+	} else {
+		ret = sys_munmap(addr, len);
+	}
+	drop_dead(dead);
+	guard--;
+	return ret;
+}
+
+/* madvise */
+
+/*
+ * Advice on private managed memory that must mean what it means on
+ * anonymous memory.  Returns 1 when done (@ret set), 0 to pass through.
+ */
+static int shim_madvise(uintptr_t s, uintptr_t e, int advice, int *ret)
+{
+	bool priv_any = false;
+
+	switch (advice) {
+	case MADV_DONTNEED:
+	case MADV_FREE:
+	case MADV_REMOVE:
+	case MADV_DONTFORK:
+	case MADV_DOFORK:
+	case MADV_WIPEONFORK:
+	case MADV_KEEPONFORK:
+		break;
+	default:
+		return 0;
+	}
+	pthread_mutex_lock(&tbl_lock);
+	for (size_t i = tbl_first(s); i < tbl_n && tbl[i].start < e; i++)
+		priv_any |= tbl[i].seg->priv;
+	if (!priv_any) {
+		pthread_mutex_unlock(&tbl_lock);
+		return 0;
+	}
+	*ret = 0;
+	if (advice == MADV_REMOVE) {
+		/* Not on private memory: the kernel's answer for it. */
+		errno = EINVAL;
+		*ret = -1;
+	} else if (advice == MADV_DONTNEED || advice == MADV_FREE) {
+		uintptr_t at = s;
+
+		for (size_t i = tbl_first(s); i < tbl_n && tbl[i].start < e;
+		     i++) {
+			uintptr_t ps = tbl[i].start > s ? tbl[i].start : s;
+			uintptr_t pe = tbl[i].end < e ? tbl[i].end : e;
+
+			/* Unmanaged gaps before it: the kernel's advice. */
+			if (ps > at &&
+			    sys_madvise((void *)at, ps - at, advice) < 0)
+				*ret = -1;
+			if (sys_madvise((void *)ps, pe - ps,
+					tbl[i].seg->priv ? MADV_REMOVE :
+							   advice) < 0)
+				*ret = -1;
+			at = pe;
+		}
+		if (at < e && sys_madvise((void *)at, e - at, advice) < 0)
+			*ret = -1;
+	} else if (tbl_split(s) || tbl_split(e)) {
+		errno = EAGAIN;
+		*ret = -1;
+	} else {
+		for (size_t i = tbl_first(s); i < tbl_n && tbl[i].start < e;
+		     i++) {
+			if (!tbl[i].seg->priv) {
+				/* the kernel's, on the shared mapping */
+				sys_madvise((void *)tbl[i].start,
+					    tbl[i].end - tbl[i].start, advice);
+				continue;
+			}
+			if (advice == MADV_DONTFORK)
+				tbl[i].flags |= PIECE_DONTFORK;
+			else if (advice == MADV_DOFORK)
+				tbl[i].flags &= ~PIECE_DONTFORK;
+			else if (advice == MADV_WIPEONFORK)
+				tbl[i].flags |= PIECE_WIPEONFORK;
+			else
+				tbl[i].flags &= ~PIECE_WIPEONFORK;
+		}
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	return 1;
+}
+
+PRELOAD_API int madvise(void *addr, size_t len, int advice)
+{
+	uintptr_t s = (uintptr_t)addr;
+	int ret;
+
+	if (guard || !len || (s & (page_size - 1)) ||
+	    len > (size_t)PTRDIFF_MAX || atomic_load(&shim_state) != SHIM_ON)
+		return sys_madvise(addr, len, advice);
+	guard++;
+	if (!shim_madvise(s, page_up(s + len), advice, &ret))
+		ret = sys_madvise(addr, len, advice);
+	guard--;
+	return ret;
+}
+
+/* mremap */
+
+/*
+ * Private managed memory moved, grown or left behind: a new mapping (of
+ * the shim, so managed if it qualifies), the bytes copied, the old range
+ * unmapped (or, MREMAP_DONTUNMAP, punched: it reads zeros, as the
+ * kernel leaves it).
+ */
+static void *remap_copy(uintptr_t old, size_t old_len, size_t new_len,
+			int flags, void *new_addr)
+{
+	struct vma v;
+	int prot = PROT_READ | PROT_WRITE;
+	size_t n = old_len < new_len ? old_len : new_len;
+	void *p;
+
+	if (vma_at(old, &v) == 1)
+		prot = v.prot;
+	p = shim_mmap(new_addr, new_len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS |
+			      (flags & MREMAP_FIXED ? MAP_FIXED : 0),
+		      -1, 0);
+	if (p == MAP_FAILED)
+		return p;
+	if (!(prot & PROT_READ))
+		sys_mprotect((void *)old, old_len, prot | PROT_READ);
+	memcpy(p, (void *)old, n);
+	if (prot != (PROT_READ | PROT_WRITE))
+		sys_mprotect(p, new_len, prot);
+	if (flags & MREMAP_DONTUNMAP) {
+		sys_madvise((void *)old, old_len, MADV_REMOVE);
+		if (!(prot & PROT_READ))
+			sys_mprotect((void *)old, old_len, prot);
+	} else {
+		struct seg *dead = NULL;
+
+		unmanage(old, old + old_len, &dead);
+		sys_munmap((void *)old, old_len);
+		drop_dead(dead);
+	}
+	return p;
+}
+
+static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
+			 int flags, void *new_addr)
+{
+	uintptr_t oe = old + old_len, at = old;
+	struct seg *dead = NULL;
+	bool managed, covered = true, priv = true;
+	size_t npieces = 0;
+	struct piece pc = { 0 };
+	void *p;
+
+	/* The kernel's refusals of the flags, whatever the memory. */
+	if (((flags & MREMAP_FIXED) && !(flags & MREMAP_MAYMOVE)) ||
+	    ((flags & MREMAP_DONTUNMAP) &&
+	     (!(flags & MREMAP_MAYMOVE) || old_len != page_up(new_len))))
+		return sys_mremap((void *)old, old_len, new_len, flags,
+				  new_addr);
+	pthread_mutex_lock(&tbl_lock);
+	managed = tbl_overlaps(old, old_len ? oe : old + 1);
+	/* Adjacent pieces are one mapping to the program (the kernel would
+	 * have merged anonymous ones). */
+	for (size_t i = tbl_first(old); i < tbl_n && tbl[i].start < oe; i++) {
+		if (!npieces++)
+			pc = tbl[i];
+		covered &= tbl[i].start <= at;
+		priv &= tbl[i].seg->priv;
+		at = tbl[i].end;
+	}
+	covered &= at >= oe;
+	pthread_mutex_unlock(&tbl_lock);
+	if (!old_len && managed) {
+		/* A duplicate of a managed shared mapping would be unserved. */
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	if (flags & MREMAP_FIXED) {
+		uintptr_t ns = (uintptr_t)new_addr, ne = page_up(ns + new_len);
+
+		if ((ns & (page_size - 1)) || (ns < oe && ne > old)) {
+			errno = EINVAL;
+			return MAP_FAILED;
+		}
+		if (unmanage(ns, ne, &dead)) {
+			errno = ENOMEM;
+			return MAP_FAILED;
+		}
+	}
+	if (!managed) {
+		p = sys_mremap((void *)old, old_len, new_len, flags, new_addr);
+		goto out;
+	}
+	if (!covered || (!priv && npieces > 1)) {
+		errno = EFAULT; /* more than one mapping */
+		p = MAP_FAILED;
+		goto out;
+	}
+	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) && new_len <= old_len) {
+		if (page_up(new_len) < old_len) {
+			struct seg *d2 = NULL;
+
+			unmanage(old + page_up(new_len), oe, &d2);
+			sys_munmap((void *)(old + page_up(new_len)),
+				   old_len - page_up(new_len));
+			drop_dead(d2);
+		}
+		p = (void *)old;
+		goto out;
+	}
+	if (!priv) {
+		size_t noff = pc.off + (old - pc.start);
+
+		/* The kernel moves it; the daemon follows (remap events). */
+		p = sys_mremap((void *)old, old_len, new_len, flags, new_addr);
+		if (p == MAP_FAILED || (p == (void *)old && new_len <= old_len))
+			goto out;
+		pthread_mutex_lock(&tbl_lock);
+		if (!(flags & MREMAP_DONTUNMAP)) {
+			if (p == (void *)old || tbl_split(old) || tbl_split(oe))
+				pc.seg = NULL; /* grown in place, or no room */
+			else
+				tbl_remove_at(tbl_first(old));
+		}
+		if (pc.seg && p != (void *)old) {
+			pc.start = (uintptr_t)p;
+			pc.end = (uintptr_t)p + page_up(new_len);
+			pc.off = noff;
+			tbl_insert(&pc);
+		} else if (p == (void *)old) {
+			size_t i = tbl_first(old);
+
+			tbl[i].end = old + page_up(new_len);
+		}
+		pthread_mutex_unlock(&tbl_lock);
+		goto out;
+	}
+	if (!(flags & MREMAP_MAYMOVE)) {
+		/* Grow in place: the tail is a mapping of its own. */
+		p = shim_mmap((void *)oe, new_len - old_len,
+			      PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+			      -1, 0);
+		if (p == MAP_FAILED)
+			errno = ENOMEM;
+		else
+			p = (void *)old;
+		goto out;
+	}
+	p = remap_copy(old, old_len, new_len, flags, new_addr);
+out:
+	drop_dead(dead);
+	return p;
+}
+
+PRELOAD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags,
+			 ...)
+{
+	void *new_addr = NULL, *p;
+	va_list ap;
+	int e;
+
+	if (flags & MREMAP_FIXED) {
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	if (guard || ((uintptr_t)old & (page_size - 1)) || !new_len ||
+	    (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)) ||
+	    old_len > (size_t)PTRDIFF_MAX || new_len > (size_t)PTRDIFF_MAX ||
+	    atomic_load(&shim_state) != SHIM_ON)
+		return sys_mremap(old, old_len, new_len, flags, new_addr);
+	guard++;
+	e = errno;
+	p = shim_mremap((uintptr_t)old, page_up(old_len), new_len, flags,
+			new_addr);
+	if (p != MAP_FAILED)
+		errno = e;
+	guard--;
+	return p;
+}
+
+/* fork */
+
+static void die(const char *what, const char *name, int err)
+{
+	logf_("fatal: fork child: %s %s: %s; aborting rather than share "
+	      "the parent's private memory",
+	      what, name, strerror(err > 0 ? err : -err));
+	abort();
+}
+
+/*
+ * What mprotect made of private ranges, recorded by the parent at the
+ * cut: the child gets its copies mapped read-write and puts these back.
+ */
+#define FORK_PROTS 4096
+
+static struct fork_prot {
+	uintptr_t start, end;
+	int prot;
+} fork_prots[FORK_PROTS];
+static size_t fork_nprots;
+static bool fork_prots_lost;
+
+static int fork_prot_fn(const struct vma *v, void *arg)
+{
+	for (size_t i = tbl_first(v->start); i < tbl_n && tbl[i].start < v->end;
+	     i++) {
+		uintptr_t s = tbl[i].start > v->start ? tbl[i].start : v->start;
+		uintptr_t e = tbl[i].end < v->end ? tbl[i].end : v->end;
+
+		if ((!tbl[i].seg->priv && !tbl[i].seg->lost) ||
+		    v->prot == (PROT_READ | PROT_WRITE))
+			continue;
+		if (fork_nprots == FORK_PROTS) {
+			fork_prots_lost = true;
+			return 1;
+		}
+		fork_prots[fork_nprots++] = (struct fork_prot){
+			.start = s, .end = e, .prot = v->prot
+		};
+	}
+	return 0;
+}
+
+/* Parent, tbl_lock held: cut a snapshot of each private segment. */
+static void fork_cut(unsigned int gen)
+{
+	for (size_t i = 0; i < tbl_n; i++) {
+		struct seg *s = tbl[i].seg;
+		bool any = false;
+
+		if (!s->priv || s->snap[0])
+			continue;
+		for (size_t k = i; k < tbl_n; k++)
+			if (tbl[k].seg == s && !(tbl[k].flags & PIECE_DONTFORK))
+				any = true;
+		if (!any)
+			continue;
+		snprintf(s->snap, sizeof(s->snap), "%.48s.f%u", s->name, gen);
+		if (upager_snapshot(conn, s->name, s->snap, NULL)) {
+			logf_("fork: snapshot of %s: %s", s->name,
+			      strerror(errno));
+			strcpy(s->snap, "-"); /* the child aborts */
+		}
+	}
+	/* Shared segments the kernel will not give the child (no fork
+	 * events): the child attaches them again. */
+	for (size_t i = 0; i < tbl_n; i++) {
+		struct seg *s = tbl[i].seg;
+
+		s->lost = !s->priv &&
+			  !(s->att->features & UFFD_FEATURE_EVENT_FORK);
+	}
+	fork_nprots = 0;
+	fork_prots_lost = false;
+	if (vma_walk(fork_prot_fn, NULL) < 0)
+		fork_prots_lost = true;
+}
+
+/* Parent, after the fork (or a failed one): the names of the cuts go. */
+static void fork_parent_done(bool failed)
+{
+	for (size_t i = 0; i < tbl_n; i++) {
+		struct seg *s = tbl[i].seg;
+
+		if (failed && s->snap[0] && strcmp(s->snap, "-"))
+			upager_delete(conn, s->snap, UPAGER_DELETE_FORCE);
+		s->snap[0] = '\0';
+	}
+}
+
+/*
+ * Child: @old's cut cloned (a private segment), or @old attached again (a
+ * shared one the kernel did not let the child inherit: no fork events,
+ * unprivileged), and its pieces moved into place.
+ */
+static void fork_clone(struct seg *old, pid_t me)
+{
+	struct upager_attachment *a;
+	uintptr_t base;
+	struct seg *s;
+	int ret;
+
+	if (old->priv && !strcmp(old->snap, "-"))
+		die("no snapshot of", old->name, EIO);
+	s = __libc_calloc(1, sizeof(*s));
+	if (!s)
+		die("memory for", old->name, ENOMEM);
+	s->owner = old->priv ? me : old->owner;
+	s->priv = old->priv;
+	s->fresh = true;
+	s->size = old->size;
+	if (old->priv) {
+		snprintf(s->name, sizeof(s->name), "pid%d.%u", me,
+			 atomic_fetch_add(&seg_count, 1) + 1);
+		ret = upager_clone(conn, old->snap, s->name, 0);
+		if (ret)
+			die("clone of", old->snap, ret);
+	} else {
+		memcpy(s->name, old->name, sizeof(s->name));
+	}
+	ret = upager_attach(conn, s->name,
+			    old->priv ? UPAGER_ATTACH_DONTFORK : 0, &a);
+	if (ret)
+		die("attach of", s->name, ret);
+	s->att = a;
+	base = (uintptr_t)upager_attachment_addr(a);
+	if (old->priv)
+		upager_delete(conn, old->snap, UPAGER_DELETE_FORCE);
+	for (size_t k = 0; k < tbl_n; k++) {
+		struct piece *pc = &tbl[k];
+		size_t len = pc->end - pc->start;
+
+		if (pc->seg != old)
+			continue;
+		pc->seg = s;
+		old->pieces--;
+		s->pieces++;
+		if (pc->flags & (PIECE_DONTFORK | PIECE_WIPEONFORK))
+			continue; /* fork_child() */
+		if (sys_mremap((void *)(base + pc->off), len, len,
+			       MREMAP_MAYMOVE | MREMAP_FIXED,
+			       (void *)pc->start) == MAP_FAILED)
+			die("mremap of", s->name, errno);
+	}
+	/* What no piece of the parent mapped. */
+	sys_munmap((void *)base, s->size);
+	if (old->priv)
+		debug("fork: %s is a clone of %s", s->name, old->snap);
+	else
+		debug("fork: %s attached again (no fork events)", s->name);
+	seg_free(old);
+}
+
+/*
+ * Child, tbl_lock held, one thread: every private segment becomes a clone
+ * of its cut, mapped where the parent had it.  The kernel gave the child
+ * nothing there (the attachments are MADV_DONTFORK): placeholders keep
+ * the places while the clones are attached elsewhere and moved in.  The
+ * library dropped the parent's private attachments already: their
+ * @att must not be used here.
+ */
+static void fork_child(void)
+{
+	pid_t me = getpid();
+	size_t i;
+
+	for (i = 0; i < tbl_n; i++)
+		if (tbl[i].seg->priv || tbl[i].seg->lost)
+			sys_mmap((void *)tbl[i].start,
+				 tbl[i].end - tbl[i].start, PROT_NONE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+					 MAP_FIXED,
+				 -1, 0);
+	for (i = 0; i < tbl_n;) {
+		struct seg *old = tbl[i].seg;
+
+		if (old->fresh || (!old->priv && !old->lost)) {
+			i++;
+		} else if (!old->priv) {
+			fork_clone(old, me);
+		} else if (!old->snap[0]) {
+			/* every piece MADV_DONTFORK: nothing inherited */
+			sys_munmap((void *)tbl[i].start,
+				   tbl[i].end - tbl[i].start);
+			tbl_remove_at(i);
+			if (!old->pieces)
+				seg_free(old);
+		} else {
+			fork_clone(old, me);
+		}
+	}
+	if (fork_prots_lost)
+		die("mprotect state of", "private ranges", ENOMEM);
+	for (i = 0; i < fork_nprots; i++)
+		sys_mprotect((void *)fork_prots[i].start,
+			     fork_prots[i].end - fork_prots[i].start,
+			     fork_prots[i].prot);
+	/* Pieces the child must not have, or must have zeroed. */
+	for (i = 0; i < tbl_n;) {
+		struct piece pc = tbl[i];
+
+		pc.seg->fresh = false;
+		if (!pc.seg->priv ||
+		    !(pc.flags & (PIECE_DONTFORK | PIECE_WIPEONFORK))) {
+			i++;
+			continue;
+		}
+		tbl_remove_at(i);
+		if (pc.flags & PIECE_DONTFORK)
+			sys_munmap((void *)pc.start, pc.end - pc.start);
+		else
+			sys_mmap((void *)pc.start, pc.end - pc.start,
+				 PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		if (!pc.seg->pieces) {
+			pthread_mutex_unlock(&tbl_lock);
+			seg_drop(pc.seg);
+			pthread_mutex_lock(&tbl_lock);
+		}
+	}
+}
+
+static pid_t (*real_fork)(void);
+
+PRELOAD_API pid_t fork(void)
+{
+	static atomic_uint gen;
+	pid_t pid;
+
+	if (!real_fork)
+		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+	if (guard || atomic_load(&shim_state) != SHIM_ON)
+		return real_fork();
+	guard++;
+	pthread_mutex_lock(&tbl_lock);
+	fork_cut(atomic_fetch_add(&gen, 1) + 1);
+	pid = real_fork();
+	if (pid == 0) {
+		pthread_mutex_init(&tbl_lock, NULL);
+		pthread_mutex_lock(&tbl_lock);
+		fork_child();
+		pthread_mutex_unlock(&tbl_lock);
+	} else {
+		int e = errno;
+
+		fork_parent_done(pid < 0);
+		pthread_mutex_unlock(&tbl_lock);
+		errno = e;
+	}
+	guard--;
+	return pid;
+}
+
+/* exit and exec: the names of our segments go */
+
+static void forget_all(void)
+{
+	pid_t me = getpid();
+
+	if (guard || atomic_load(&shim_state) != SHIM_ON)
+		return;
+	guard++;
+	pthread_mutex_lock(&tbl_lock);
+	for (size_t i = 0; i < tbl_n; i++) {
+		struct seg *s = tbl[i].seg;
+
+		if (s->owner != me)
+			continue;
+		/* The mappings stay usable until the process goes. */
+		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
+		s->owner = 0;
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	guard--;
+}
+
+__attribute__((destructor)) static void shim_fini(void)
+{
+	forget_all();
+}
+
+PRELOAD_API void _exit(int status)
+{
+	static void (*real)(int);
+
+	forget_all();
+	if (!real)
+		real = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
+	real(status);
+	syscall(SYS_exit_group, status);
+	__builtin_unreachable();
+}
+
+static void exec_failed(const char *fn)
+{
+	int e = errno;
+
+	debug("%s failed: our segments stay mapped, without names", fn);
+	errno = e;
+}
+
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*execv_fn)(const char *, char *const[]);
+
+#define REAL(fn, type)         \
+	static type real_##fn; \
+	if (!real_##fn)        \
+	real_##fn = (type)dlsym(RTLD_NEXT, #fn)
+
+PRELOAD_API int execve(const char *path, char *const argv[], char *const envp[])
+{
+	REAL(execve, execve_fn);
+	forget_all();
+	real_execve(path, argv, envp);
+	exec_failed("execve");
+	return -1;
+}
+
+PRELOAD_API int execv(const char *path, char *const argv[])
+{
+	REAL(execv, execv_fn);
+	forget_all();
+	real_execv(path, argv);
+	exec_failed("execv");
+	return -1;
+}
+
+PRELOAD_API int execvp(const char *file, char *const argv[])
+{
+	REAL(execvp, execv_fn);
+	forget_all();
+	real_execvp(file, argv);
+	exec_failed("execvp");
+	return -1;
+}
+
+PRELOAD_API int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+	REAL(execvpe, execve_fn);
+	forget_all();
+	real_execvpe(file, argv, envp);
+	exec_failed("execvpe");
+	return -1;
+}
+
+/* Load */
+
+__attribute__((constructor)) static void shim_init(void)
+{
+	const char *e;
+	struct rlimit rl;
+	uint64_t v;
+
+	page_size = sysconf(_SC_PAGESIZE);
+	lib_thread_hook = guard_hook;
+	e = getenv("UPAGER_MIN_SIZE");
+	if (e && *e) {
+		if (size_parse(e, &v) == 0 && v > 0)
+			cfg_min_size = v;
+		else
+			logf_("warning: UPAGER_MIN_SIZE=%s: not a size", e);
+	}
+	e = getenv("UPAGER_LOG");
+	cfg_debug = e && !strcmp(e, "debug");
+	e = getenv("UPAGER_REQUIRE");
+	cfg_require = e && !strcmp(e, "1");
+	e = getenv("UPAGER_SOCKET");
+	cfg_socket = e && *e ? e : NULL;
+	e = getenv("UPAGER_DISABLE");
+	if (e && !strcmp(e, "1"))
+		atomic_store(&shim_state, SHIM_OFF);
+	/* Our descriptors above the low ones the program expects. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256 &&
+	    rl.rlim_cur != RLIM_INFINITY)
+		lib_fd_floor = rl.rlim_cur / 2 < 4096 ? rl.rlim_cur / 2 : 4096;
+	debug("loaded: min size %zu", cfg_min_size);
+}
