@@ -51,6 +51,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 "$upagerd" --socket "$sock" --foreground --log-level warning \
 	--idle-timeout 0 2>"$work/daemon.log" &
@@ -105,9 +106,14 @@ touch_run() {
 
 fork_run() {
 	local how=$1 out=$work/fork.$how line k v dpss dres
-	coproc FT { run_as "$how" "$workload" fork-touch "$size" wait \
+	local pre=(env -u LD_PRELOAD)
+	[[ $how == shim ]] &&
+		pre=(env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1)
+	# exec: the coprocess is the program, which cleanup can kill
+	coproc FT { exec "${pre[@]}" "$workload" fork-touch "$size" wait \
 		2>"$out.err"; }
 	local pid=$FT_PID
+	started+=("$pid")
 	: >"$out"
 	while read -r -t 120 k v <&"${FT[0]}"; do
 		echo "$k $v" >>"$out"
@@ -117,7 +123,7 @@ fork_run() {
 	dpss=$(pss_kib "$daemon")
 	dres=$(daemon_resident)
 	echo go >&"${FT[1]}"
-	exec {FT[1]}>&-
+	eval "exec ${FT[1]}>&-"
 	wait "$pid" || { echo "fork ($how) broke" >&2; cat "$out.err" >&2; return 1; }
 	grep -q '^child-sum-ok 1' "$out" || { echo "fork ($how): wrong bytes" >&2; return 1; }
 	while read -r k v; do

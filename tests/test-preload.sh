@@ -58,6 +58,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 say() { printf '%s\n' "$*"; }
 fail() {
@@ -146,6 +147,15 @@ for s in json.load(sys.stdin):
 
 # --- running a program both ways ---
 
+# every run is bounded: a program that hangs under the shim fails its check
+run_timeout=${PRELOAD_TEST_TIMEOUT:-180}
+bounded() {
+	timeout -k 10 "$run_timeout" "$@"
+	local rc=$?
+	((rc == 124)) && echo "timed out after ${run_timeout}s: $*" >&2
+	return $rc
+}
+
 have_shim=0
 [[ -f $shim ]] && have_shim=1
 
@@ -153,14 +163,14 @@ have_shim=0
 plain() {
 	local out=$1
 	shift
-	env -u LD_PRELOAD "$@" >"$out" 2>"$out.err"
+	bounded env -u LD_PRELOAD "$@" >"$out" 2>"$out.err"
 }
 
 # preloaded OUT CMD...: with the shim and the test's daemon
 preloaded() {
 	local out=$1
 	shift
-	env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 \
+	bounded env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 \
 		"$@" >"$out" 2>"$out.err"
 }
 
@@ -323,7 +333,7 @@ if want $check && ((have_shim)); then
 		skip "upagerctl has no save"
 	else
 		exp=$work/hold.expected
-		coproc HOLD { env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" \
+		coproc HOLD { exec env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" \
 			UPAGER_REQUIRE=1 "$workload" hold 48M 7 "$exp" \
 			2>"$work/hold.err"; }
 		hold_pid=$HOLD_PID
@@ -389,7 +399,15 @@ for s in json.load(sys.stdin):
 				fail "no restored image holds the program's bytes"
 			fi
 		fi
-		exec {HOLD[1]}>&-
+		eval "exec ${HOLD[1]}>&-"
+		for _ in $(seq 600); do
+			kill -0 "$hold_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -0 "$hold_pid" 2>/dev/null && {
+			fail "the held program did not exit with its stdin closed"
+			kill -9 "$hold_pid"
+		}
 		wait "$hold_pid"
 		rc=$?
 		((rc == 0)) || fail "the held program exited $rc"
@@ -412,8 +430,11 @@ if want $check && ((have_shim)) && [[ $(id -u) == 0 ]]; then
 		}
 		cp "$semantics" "$udir/semantics"
 		chmod 755 "$udir/semantics"
-		asnobody "$upagerd" --socket "$udir/s.sock" --foreground \
-			--log-level warning 2>"$udir/daemon.log" &
+		# setpriv execs: $! is the daemon itself
+		setpriv --reuid=65534 --regid=65534 --clear-groups \
+			--reset-env "$upagerd" --socket "$udir/s.sock" \
+			--foreground --log-level warning \
+			2>"$udir/daemon.log" &
 		upid=$!
 		started+=("$upid")
 		for _ in $(seq 200); do
@@ -421,8 +442,10 @@ if want $check && ((have_shim)) && [[ $(id -u) == 0 ]]; then
 				>/dev/null 2>&1 && break
 			sleep 0.05
 		done
-		asnobody "$udir/semantics" >"$udir/plain" 2>&1
-		asnobody env LD_PRELOAD="$shim" UPAGER_SOCKET="$udir/s.sock" \
+		bounded setpriv --reuid=65534 --regid=65534 --clear-groups \
+			--reset-env "$udir/semantics" >"$udir/plain" 2>&1
+		bounded setpriv --reuid=65534 --regid=65534 --clear-groups \
+			--reset-env env LD_PRELOAD="$shim" UPAGER_SOCKET="$udir/s.sock" \
 			UPAGER_REQUIRE=1 "$udir/semantics" \
 			>"$udir/shim" 2>"$udir/shim.err"
 		rc=$?
