@@ -61,6 +61,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -88,6 +89,10 @@
 void *__libc_malloc(size_t size);
 void *__libc_calloc(size_t n, size_t size);
 void __libc_free(void *p);
+void *__libc_realloc(void *p, size_t size);
+void *__libc_memalign(size_t align, size_t size);
+void *__libc_valloc(size_t size);
+void *__libc_pvalloc(size_t size);
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -148,6 +153,9 @@ static _Atomic int shim_state = SHIM_UNTRIED;
 static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct upager *conn;
 static long page_size = 4096;
+/* malloc() requests from this size up are the shim's: SIZE_MAX until
+ * loaded, and when the shim is off (one test on the fast path). */
+static size_t malloc_min = SIZE_MAX;
 
 /* Non-zero while this thread runs the shim or the library. */
 static __thread int guard;
@@ -381,6 +389,7 @@ static struct upager *shim_conn(void)
 			      cfg_require ? "error" : "warning", strerror(-ret));
 			if (cfg_require)
 				abort();
+			malloc_min = SIZE_MAX;
 			atomic_store(&shim_state, SHIM_OFF);
 		}
 	}
@@ -887,6 +896,386 @@ PRELOAD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags,
 	return p;
 }
 
+/* malloc */
+
+/*
+ * glibc's allocator maps its large blocks and arenas with libc-internal
+ * calls no preload can see, so the allocator's entry points are
+ * interposed instead: a request of at least $UPAGER_MIN_SIZE is a block
+ * of the shim, a private managed mapping of its own (shim_mmap), and
+ * everything else is glibc's (__libc_malloc and friends, by the names
+ * glibc exports for this; no dlsym).
+ *
+ * A block: [map, map + len) mapped; the user's pointer is page-aligned,
+ * and the page before it holds the header.  free(), realloc() and
+ * malloc_usable_size() tell blocks from glibc's without touching memory
+ * that may not be there: a pointer not page-aligned is glibc's (no lock);
+ * a page-aligned one is glibc's unless blk_slots holds it, and only then
+ * is its header read.  blk_slots is a lock-free open-addressed set (the
+ * table's lock may be held by this very thread: fork's atfork handlers),
+ * in static memory, so a fork child inherits it with the blocks.
+ */
+#define BLK_MAGIC 0x75706167626c6b31ull /* "upagblk1" */
+#define BLK_SLOTS 1024			/* > the attachments of a connection */
+#define BLK_TOMB ((uintptr_t)1)
+#define BLK_MAX_SEGS 8 /* in-place growth makes a segment per step */
+
+struct blk_hdr {
+	uint64_t magic;
+	void *user;    /* the pointer the program holds */
+	uintptr_t map; /* what free() unmaps */
+	size_t map_len;
+	size_t size; /* what the program asked for */
+	unsigned int segs;
+};
+
+static _Atomic uintptr_t blk_slots[BLK_SLOTS];
+static atomic_uint blk_live;
+
+static size_t blk_hash(uintptr_t p)
+{
+	return ((p >> 12) * 0x9e3779b97f4a7c15ull) >> 54; /* 10 bits */
+}
+
+static bool blk_add(uintptr_t p)
+{
+	size_t h = blk_hash(p);
+
+	for (size_t n = 0; n < BLK_SLOTS; n++, h = (h + 1) % BLK_SLOTS) {
+		uintptr_t v = atomic_load(&blk_slots[h]);
+
+		if ((v == 0 || v == BLK_TOMB) &&
+		    atomic_compare_exchange_strong(&blk_slots[h], &v, p)) {
+			atomic_fetch_add(&blk_live, 1);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The slot holding @p, or -1. */
+static long blk_find(uintptr_t p)
+{
+	size_t h = blk_hash(p);
+
+	if (!atomic_load_explicit(&blk_live, memory_order_relaxed))
+		return -1;
+	for (size_t n = 0; n < BLK_SLOTS; n++, h = (h + 1) % BLK_SLOTS) {
+		uintptr_t v = atomic_load(&blk_slots[h]);
+
+		if (v == p)
+			return h;
+		if (!v)
+			break;
+	}
+	return -1;
+}
+
+/* The header of the shim's block @p, or NULL: glibc's. */
+static struct blk_hdr *blk_of(void *p)
+{
+	struct blk_hdr *h;
+
+	if (!p || ((uintptr_t)p & (page_size - 1)) || blk_find((uintptr_t)p) < 0)
+		return NULL;
+	h = (struct blk_hdr *)((uintptr_t)p - page_size);
+	return h->magic == BLK_MAGIC && h->user == p ? h : NULL;
+}
+
+/* Guard held.  Unmaps @h's block (the shim's munmap path). */
+static void blk_unmap(uintptr_t map, size_t len)
+{
+	struct seg *dead = NULL;
+
+	if (unmanage(map, map + len, &dead) == 0)
+		sys_munmap((void *)map, len);
+	drop_dead(dead);
+}
+
+/*
+ * Guard held.  A block of @size bytes aligned to @align (a power of two),
+ * or NULL (errno kept): the caller asks glibc.  Fresh: it reads zeros.
+ */
+static void *blk_alloc(size_t size, size_t align)
+{
+	size_t slack = align > (size_t)page_size ? align - page_size : 0;
+	size_t len;
+	uintptr_t map, user;
+	struct blk_hdr *h;
+	bool managed;
+	int e = errno;
+	void *p;
+
+	if (size > (size_t)PTRDIFF_MAX - slack - 2 * page_size)
+		return NULL;
+	len = page_up(size) + page_size + slack;
+	p = shim_mmap(NULL, len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	errno = e;
+	if (p == MAP_FAILED)
+		return NULL;
+	map = (uintptr_t)p;
+	pthread_mutex_lock(&tbl_lock);
+	size_t i = tbl_first(map);
+	managed = i < tbl_n && tbl[i].start == map;
+	pthread_mutex_unlock(&tbl_lock);
+	user = (map + page_size + align - 1) & ~(uintptr_t)(align - 1);
+	if (!managed || !blk_add(user)) {
+		/* Ordinary memory is glibc's business. */
+		blk_unmap(map, len);
+		errno = e;
+		return NULL;
+	}
+	h = (struct blk_hdr *)(user - page_size);
+	*h = (struct blk_hdr){ .magic = BLK_MAGIC,
+			       .user = (void *)user,
+			       .map = map,
+			       .map_len = len,
+			       .size = size,
+			       .segs = 1 };
+	debug("malloc %zu (align %zu) -> block at %p", size, align,
+	      (void *)user);
+	return (void *)user;
+}
+
+/* Guard held.  Frees the shim's block @h. */
+static void blk_free(struct blk_hdr *h)
+{
+	uintptr_t map = h->map;
+	size_t len = h->map_len;
+	long slot = blk_find((uintptr_t)h->user);
+
+	debug("free %zu -> block at %p unmapped", h->size, h->user);
+	h->magic = 0;
+	if (slot >= 0) {
+		atomic_store(&blk_slots[slot], BLK_TOMB);
+		atomic_fetch_sub(&blk_live, 1);
+	}
+	blk_unmap(map, len);
+}
+
+/* Guard held.  realloc() of the shim's block @h to @size (not 0). */
+static void *blk_realloc(struct blk_hdr *h, size_t size)
+{
+	void *p = h->user, *n;
+	size_t need, keep = h->size < size ? h->size : size;
+	int e = errno;
+
+	if (size > (size_t)PTRDIFF_MAX - 2 * page_size)
+		goto copy;
+	need = page_up((uintptr_t)p + size) - h->map;
+	if (size >= malloc_min && need <= h->map_len) {
+		/* Shrink in place: the tail goes back. */
+		if (need < h->map_len)
+			blk_unmap(h->map + need, h->map_len - need);
+		h->map_len = need;
+		h->size = size;
+		return p;
+	}
+	if (size >= malloc_min && h->segs < BLK_MAX_SEGS) {
+		/* Grow in place: the shim's mremap maps the tail. */
+		n = shim_mremap(h->map, h->map_len, need, 0, NULL);
+		if (n != MAP_FAILED) {
+			debug("realloc %zu -> %zu: block at %p grown in place",
+			      h->size, size, p);
+			h->map_len = need;
+			h->size = size;
+			h->segs++;
+			return p;
+		}
+		errno = e;
+	}
+copy:
+	n = size >= malloc_min ? blk_alloc(size, page_size) : NULL;
+	if (!n)
+		n = __libc_malloc(size);
+	if (!n)
+		return NULL;
+	memcpy(n, p, keep);
+	blk_free(h);
+	return n;
+}
+
+static size_t (*real_usable)(void *);
+
+static size_t libc_usable_size(void *p)
+{
+	if (!real_usable) {
+		guard++;
+		real_usable = (size_t(*)(void *))dlsym(RTLD_NEXT,
+						       "malloc_usable_size");
+		guard--;
+	}
+	return real_usable ? real_usable(p) : 0;
+}
+
+PRELOAD_API void *malloc(size_t size)
+{
+	void *p;
+
+	if (size < malloc_min || guard)
+		return __libc_malloc(size);
+	guard++;
+	p = blk_alloc(size, page_size);
+	guard--;
+	return p ? p : __libc_malloc(size);
+}
+
+PRELOAD_API void free(void *p)
+{
+	struct blk_hdr *h;
+
+	if (!p || ((uintptr_t)p & (page_size - 1)) || !(h = blk_of(p))) {
+		__libc_free(p);
+		return;
+	}
+	if (guard) {
+		/* The shim's own code, or an atfork handler while fork()
+		 * holds the table: never wait on it here. */
+		if (pthread_mutex_trylock(&tbl_lock)) {
+			debug("free of block %p inside the shim: kept", p);
+			return;
+		}
+		pthread_mutex_unlock(&tbl_lock);
+	}
+	guard++;
+	blk_free(h);
+	guard--;
+}
+
+PRELOAD_API void *calloc(size_t n, size_t size)
+{
+	size_t total;
+	void *p;
+
+	if (__builtin_mul_overflow(n, size, &total) || total < malloc_min ||
+	    guard)
+		return __libc_calloc(n, size);
+	guard++;
+	p = blk_alloc(total, page_size); /* reads zeros: not touched */
+	guard--;
+	return p ? p : __libc_calloc(n, size);
+}
+
+PRELOAD_API void *realloc(void *p, size_t size)
+{
+	struct blk_hdr *h = blk_of(p);
+	void *n;
+
+	if (!h) {
+		size_t old;
+
+		if (!p || size < malloc_min || guard)
+			return __libc_realloc(p, size);
+		/* glibc's block grown past the threshold. */
+		old = libc_usable_size(p);
+		if (old >= size)
+			return __libc_realloc(p, size);
+		guard++;
+		n = blk_alloc(size, page_size);
+		guard--;
+		if (!n)
+			return __libc_realloc(p, size);
+		memcpy(n, p, old);
+		__libc_free(p);
+		return n;
+	}
+	if (!size) {
+		free(p);
+		return NULL;
+	}
+	guard++;
+	n = blk_realloc(h, size);
+	guard--;
+	return n;
+}
+
+PRELOAD_API void *reallocarray(void *p, size_t n, size_t size)
+{
+	size_t total;
+
+	if (__builtin_mul_overflow(n, size, &total)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc(p, total);
+}
+
+/* @align a power of two: a block, or glibc's. */
+static void *aligned(size_t align, size_t size)
+{
+	void *p;
+
+	if (size < malloc_min || guard)
+		return __libc_memalign(align, size);
+	if (align < (size_t)page_size)
+		align = page_size;
+	guard++;
+	p = blk_alloc(size, align);
+	guard--;
+	return p ? p : __libc_memalign(align, size);
+}
+
+PRELOAD_API void *memalign(size_t align, size_t size)
+{
+	/* glibc: a non-power of two is rounded up (aligned_alloc too). */
+	if (align & (align - 1)) {
+		size_t a = 1;
+
+		while (a && a < align)
+			a <<= 1;
+		if (!a) {
+			errno = EINVAL;
+			return NULL;
+		}
+		align = a;
+	}
+	return aligned(align ? align : 1, size);
+}
+
+PRELOAD_API void *aligned_alloc(size_t align, size_t size)
+{
+	return memalign(align, size);
+}
+
+PRELOAD_API int posix_memalign(void **out, size_t align, size_t size)
+{
+	int e = errno;
+	void *p;
+
+	if (!align || align % sizeof(void *) || (align & (align - 1)))
+		return EINVAL;
+	p = aligned(align, size);
+	if (!p)
+		return ENOMEM;
+	errno = e;
+	*out = p;
+	return 0;
+}
+
+PRELOAD_API void *valloc(size_t size)
+{
+	if (size < malloc_min || guard)
+		return __libc_valloc(size);
+	return aligned(page_size, size);
+}
+
+PRELOAD_API void *pvalloc(size_t size)
+{
+	if (size < malloc_min || guard || size > (size_t)PTRDIFF_MAX)
+		return __libc_pvalloc(size);
+	return aligned(page_size, page_up(size));
+}
+
+PRELOAD_API size_t malloc_usable_size(void *p)
+{
+	struct blk_hdr *h = blk_of(p);
+
+	if (!h)
+		return libc_usable_size(p);
+	return h->map + h->map_len - (uintptr_t)p;
+}
+
 /* fork */
 
 static void die(const char *what, const char *name, int err)
@@ -1259,6 +1648,8 @@ __attribute__((constructor)) static void shim_init(void)
 	e = getenv("UPAGER_DISABLE");
 	if (e && !strcmp(e, "1"))
 		atomic_store(&shim_state, SHIM_OFF);
+	else
+		malloc_min = cfg_min_size;
 	/* Our descriptors above the low ones the program expects. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256 &&
 	    rl.rlim_cur != RLIM_INFINITY)
