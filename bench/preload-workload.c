@@ -21,9 +21,10 @@
  *	MAP_SHARED|MAP_ANONYMOUS of SIZE, N forked workers each fill their
  *	slice; the parent prints the checksum of the whole.
  *
- *   touch SIZE
- *	malloc(SIZE), write one word per page (the first touch), print the
- *	wall time in ns on stderr ("touch-ns N").
+ *   touch SIZE [malloc]
+ *	mmap(SIZE) (or malloc(SIZE): glibc's own mmap calls, which symbol
+ *	interposition does not see), write one byte a page (the first
+ *	touch), print the wall time in ns on stderr ("touch-ns N").
  *
  *   fork-touch SIZE
  *	Maps and writes SIZE bytes private, then forks; the child reads all
@@ -250,10 +251,10 @@ static int shared_workers(size_t n, int workers)
 	return bad ? 1 : 0;
 }
 
-static int touch(size_t n)
+static int touch(size_t n, bool use_malloc)
 {
 	uint64_t t0 = now_ns();
-	volatile char *p = malloc(n);
+	volatile char *p = use_malloc ? malloc(n) : map_private(n);
 
 	if (!p)
 		return 2;
@@ -338,8 +339,9 @@ int main(int argc, char **argv)
 		return fork_reader(parse_size(argv[2]), atoi(argv[3]));
 	if (argc == 4 && !strcmp(argv[1], "shared-workers"))
 		return shared_workers(parse_size(argv[2]), atoi(argv[3]));
-	if (argc == 3 && !strcmp(argv[1], "touch"))
-		return touch(parse_size(argv[2]));
+	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "touch"))
+		return touch(parse_size(argv[2]),
+			     argc == 4 && !strcmp(argv[3], "malloc"));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "fork-touch"))
 		return fork_touch(parse_size(argv[2]),
 				  argc == 4 && !strcmp(argv[3], "wait"));
