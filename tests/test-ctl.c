@@ -1006,6 +1006,48 @@ END_TEST
  * Read-ahead running a page past the end of a small segment would spin: the
  * harness kills the command after H_TIMEOUT_MS and fails.
  */
+/*
+ * list --pid: the segments a process attached or the preload shim named
+ * after it (pidPID.N), nothing else; stats counts the segments created
+ * since start, deleted or not.
+ */
+START_TEST(test_list_pid_and_created)
+{
+	struct upager_attachment *at;
+	struct h_daemon d;
+	struct upager *u;
+	struct h_run r;
+	char mine[32], pid[16];
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	snprintf(mine, sizeof(mine), "pid%d.1", (int)getpid());
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	h_create(u, mine, H_PAGE, -1, 0);
+	h_create(u, "pid1.1", H_PAGE, -1, 0);
+	h_create(u, "attached", H_PAGE, -1, 0);
+	h_create(u, "gone", H_PAGE, -1, 0);
+	ck_assert_int_eq(upager_delete(u, "gone", 0), 0);
+	h_attach(u, "attached", 0, &at);
+	ctl(&r, &d, NULL, 0, "list", "--pid", pid, "--json", NULL);
+	ck_assert_int_eq(WEXITSTATUS(r.status), 0);
+	ck_assert_ptr_nonnull(strstr(r.out, "\"attached\""));
+	ck_assert_ptr_nonnull(strstr(r.out, mine));
+	ck_assert_ptr_null(strstr(r.out, "pid1.1"));
+	h_run_free(&r);
+	ctl(&r, &d, NULL, 0, "list", "--pid", "0", NULL);
+	ck_assert_int_eq(WEXITSTATUS(r.status), 2);
+	ck_assert_ptr_nonnull(strstr(r.err, "invalid --pid"));
+	h_run_free(&r);
+	ctl(&r, &d, NULL, 0, "stats", "--json", NULL);
+	ck_assert_ptr_nonnull(strstr(r.out, "\"segments_created\": 4"));
+	h_run_free(&r);
+	ck_assert_int_eq(upager_detach(at), 0);
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 START_TEST(test_small_segments_to_end)
 {
 	static const unsigned int pages[] = { 1, 2, 3, 63, 64, 65 };
@@ -1277,6 +1319,7 @@ static Suite *ctl_suite(void)
 	tcase_add_test(tc, test_file_segment_end_to_end);
 	tcase_add_test(tc, test_write_cat_round_trip);
 	tcase_add_test(tc, test_small_segments_to_end);
+	tcase_add_test(tc, test_list_pid_and_created);
 	tcase_add_test(tc, test_cat_daemon_dies);
 	return s;
 }

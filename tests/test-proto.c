@@ -70,7 +70,7 @@ START_TEST(test_sizes_fixed)
 	ck_assert_uint_eq(sizeof(struct upg_register_reply), 32);
 	ck_assert_uint_eq(sizeof(struct upg_detach), 32);
 	ck_assert_uint_eq(sizeof(struct upg_info), 720);
-	ck_assert_uint_eq(sizeof(struct upg_stats), 224);
+	ck_assert_uint_eq(sizeof(struct upg_stats), 232);
 	ck_assert_uint_eq(sizeof(struct upager_usage), 88);
 	ck_assert_uint_eq(sizeof(struct upg_usage), 112);
 	/* the owner of an owner-checked attach is where "reserved" was */

@@ -160,6 +160,8 @@ struct upager_daemon_stats {
 				    * to another CPU's */
 	uint64_t pollers_added;	   /* a userfaultfd polled by one more
 				    * worker */
+	uint64_t segments_created; /* since start: created, snapshots,
+				    * clones */
 };
 
 /* The daemon's limits do not apply to this user (root, or the daemon's

@@ -402,6 +402,14 @@ static int reply(struct conn *c, void *msg, size_t len, uint16_t type,
 }
 
 /* @fd (a source) and @base_fd (UPG_BASE's) stay the caller's. */
+/* Publishes @seg, new, under the daemon lock. */
+static void seg_publish(struct daemon *d, struct segment *seg)
+{
+	seg->id = ++d->next_seg_id;
+	list_add_tail(&seg->link, &d->segments);
+	d->nr_segments++;
+}
+
 static int do_create(struct conn *c, const struct upg_create *m, int fd,
 		     int base_fd)
 {
@@ -461,9 +469,7 @@ static int do_create(struct conn *c, const struct upg_create *m, int fd,
 	if (ret)
 		goto out;
 	src = NULL;
-	seg->id = ++d->next_seg_id;
-	list_add_tail(&seg->link, &d->segments);
-	d->nr_segments++;
+	seg_publish(d, seg);
 	pr_notice("segment", "%s: created by pid %d: %llu bytes, %s source%s%s",
 		  seg->name, (int)c->pid, (unsigned long long)seg->size,
 		  seg->src->ops->name, seg->src->path[0] ? " " : "",
@@ -585,6 +591,7 @@ static int do_stats(struct conn *c, const struct upg_hdr *m)
 	memset(&r, 0, sizeof(r));
 	pthread_mutex_lock(&d->lock);
 	st->segments = d->nr_segments;
+	st->segments_created = d->next_seg_id;
 	sum_counters(d, st);
 	pthread_mutex_unlock(&d->lock);
 	st->uptime_ns = now_ns() - d->start_ns;
@@ -1124,14 +1131,6 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t len, int *fd,
  * sent (the client is dropped too, but did nothing wrong).
  */
 /* Snapshots, clones, images */
-
-/* Publishes @seg, new, under the daemon lock. */
-static void seg_publish(struct daemon *d, struct segment *seg)
-{
-	seg->id = ++d->next_seg_id;
-	list_add_tail(&seg->link, &d->segments);
-	d->nr_segments++;
-}
 
 /*
  * Looks up @name for a new segment made of it (read permission), takes

@@ -194,8 +194,8 @@ _Static_assert(sizeof(struct upager_snapshot_result) == 48, "snap_result");
 _Static_assert(sizeof(struct upg_snapshot_reply) == 72, "upg_snapshot_reply");
 _Static_assert(sizeof(struct upager_save_result) == 48, "save_result");
 _Static_assert(sizeof(struct upg_save_reply) == 72, "upg_save_reply");
-_Static_assert(sizeof(struct upager_daemon_stats) == 200, "daemon_stats");
-_Static_assert(sizeof(struct upg_stats) == 224, "upg_stats");
+_Static_assert(sizeof(struct upager_daemon_stats) == 208, "daemon_stats");
+_Static_assert(sizeof(struct upg_stats) == 232, "upg_stats");
 _Static_assert(sizeof(struct upager_usage) == 88, "usage");
 _Static_assert(sizeof(struct upg_usage) == 112, "upg_usage");
 

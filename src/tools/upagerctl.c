@@ -104,6 +104,7 @@ enum {
 	OPT_LENGTH,
 	OPT_VERBOSE,
 	OPT_OWNER,
+	OPT_PID,
 	OPT_SINCE,
 	OPT_BASE,
 };
@@ -126,6 +127,8 @@ struct args {
 	uint32_t mode;
 	uint32_t owner; /* --owner: the uid the segment must have */
 	bool has_owner;
+	uint32_t pid; /* list --pid: that process's segments only */
+	bool has_pid;
 	bool has_size;
 	bool has_length;
 	bool force;
@@ -1158,6 +1161,21 @@ static void list_text(const struct upager_segment_info *infos, size_t nr)
 	}
 }
 
+/*
+ * Whether @info belongs to process @pid: attached by it, or named after
+ * it by the preload shim ("pid<PID>.<n>", attached or not).
+ */
+static bool of_pid(const struct upager_segment_info *info, uint32_t pid)
+{
+	char prefix[32];
+
+	for (uint32_t k = 0; k < info->nr_pids; k++)
+		if (info->pids[k] == pid)
+			return true;
+	snprintf(prefix, sizeof(prefix), "pid%" PRIu32 ".", pid);
+	return !strncmp(info->name, prefix, strlen(prefix));
+}
+
 static int cmd_list(struct upager *u, const struct args *a)
 {
 	struct upager_segment_info *infos;
@@ -1169,6 +1187,14 @@ static int cmd_list(struct upager *u, const struct args *a)
 		return fail_errno(a, -ret);
 	for (i = 0; i < nr; i++)
 		info_sanitize(&infos[i]);
+	if (a->has_pid) {
+		size_t kept = 0;
+
+		for (i = 0; i < nr; i++)
+			if (of_pid(&infos[i], a->pid))
+				infos[kept++] = infos[i];
+		nr = kept;
+	}
 	if (nr)
 		qsort(infos, nr, sizeof(*infos), info_cmp_name);
 	if (a->json)
@@ -1216,6 +1242,7 @@ static void stats_text(const struct upager_daemon_stats *st)
 	print_u64("uffd reads empty", st->uffd_reads_empty);
 	print_u64("home moves", st->home_moves);
 	print_u64("pollers added", st->pollers_added);
+	print_u64("segments created", st->segments_created);
 }
 
 static void stats_json(struct json *j, const struct upager_daemon_stats *st)
@@ -1245,6 +1272,7 @@ static void stats_json(struct json *j, const struct upager_daemon_stats *st)
 	json_u64(j, "uffd_reads_empty", st->uffd_reads_empty);
 	json_u64(j, "home_moves", st->home_moves);
 	json_u64(j, "pollers_added", st->pollers_added);
+	json_u64(j, "segments_created", st->segments_created);
 }
 
 /* "3 of 256", or "3" with no limit */
@@ -1749,6 +1777,12 @@ static const struct option cat_options[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+static const struct option list_options[] = {
+	{ "pid", required_argument, NULL, OPT_PID },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ NULL, 0, NULL, 0 },
+};
+
 static const struct option clone_options[] = {
 	{ "mode", required_argument, NULL, OPT_MODE },
 	{ NULL, 0, NULL, 0 },
@@ -1846,10 +1880,13 @@ static const struct command commands[] = {
 	{
 		.name = "list",
 		.handler = cmd_list,
-		.usage = "[--json]",
+		.usage = "[--pid PID] [--json]",
 		.help = "List the segments you may see.\n\n"
+			"  --pid PID       only those process PID has attached "
+			"or the preload shim\n"
+			"                  named after it (pidPID.N)\n"
 			"  --json          a JSON array of objects\n",
-		.options = json_options,
+		.options = list_options,
 		.needs = NEEDS_STDOUT,
 	},
 	{
@@ -2108,6 +2145,19 @@ static int apply_option(struct args *a, int opt, const char *arg)
 	case OPT_OWNER:
 		a->has_owner = true;
 		return parse_owner_arg(cmd, arg, &a->owner);
+	case OPT_PID: {
+		unsigned long long v;
+		char *end;
+
+		errno = 0;
+		v = strtoull(arg, &end, 10);
+		if (errno || *end || !*arg || *arg == '-' || v == 0 ||
+		    v > INT32_MAX)
+			return usage_error(cmd, "invalid --pid '%s'", show(arg));
+		a->pid = (uint32_t)v;
+		a->has_pid = true;
+		return PARSE_OK;
+	}
 	}
 	return usage_error(cmd, "internal error: option %d", opt);
 }
