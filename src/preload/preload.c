@@ -43,11 +43,17 @@
  *
  * Re-entrancy: the library allocates, maps and starts a thread; a
  * thread-local guard sends whatever the shim itself (and the library's
- * watcher thread) calls to the kernel.  The table lock is a leaf: nothing
- * is called while it is held except raw system calls, except by fork(),
- * which holds it across the cut and the kernel's fork so that the child's
- * table is whole (glibc's allocator never calls into this file: its own
- * mmap calls are internal to libc).
+ * watcher thread) calls to the kernel, and whatever they allocate to
+ * glibc (__libc_malloc).  The table lock is a leaf: nothing is called
+ * while it is held except raw system calls, except by fork(), which holds
+ * it across the cut and the kernel's fork so that the child's table is
+ * whole (glibc's allocator never calls into this file: its own mmap calls
+ * are internal to libc; a free() of the shim's block under the guard, as
+ * in an atfork handler, never waits for the lock: see "malloc").
+ *
+ * malloc and friends: requests of at least $UPAGER_MIN_SIZE become
+ * blocks on managed private mappings (glibc maps its large blocks with
+ * internal calls that the mmap above never sees); see "malloc".
  *
  * Lifetime: a process deletes the segments it created at exit, at _exit
  * and before an exec (with UPAGER_DELETE_FORCE: its mappings stay usable
