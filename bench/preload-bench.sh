@@ -28,6 +28,14 @@
 set -uo pipefail
 
 workload=$1 upagerd=$2 ctl=$3 shim=$4
+# A sanitizer build's shim needs the sanitizer runtime loaded before it
+# (meson says which, in UPAGER_PRELOAD_FIRST); the leaks of the programs it
+# is preloaded into are not the shim's to report.
+preenv=(LD_PRELOAD="$shim")
+if [[ -n ${UPAGER_PRELOAD_FIRST:-} ]]; then
+	preenv=(LD_PRELOAD="$UPAGER_PRELOAD_FIRST $shim"
+		ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0")
+fi
 shift 4
 size=1G runs=5 json=
 while (($#)); do
@@ -75,7 +83,7 @@ run_as() {
 	local how=$1
 	shift
 	if [[ $how == shim ]]; then
-		env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 "$@"
+		env "${preenv[@]}" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 "$@"
 	else
 		env -u LD_PRELOAD "$@"
 	fi
@@ -116,7 +124,7 @@ fork_run() {
 	local how=$1 out=$work/fork.$how line k v dpss dres
 	local pre=(env -u LD_PRELOAD)
 	[[ $how == shim ]] &&
-		pre=(env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1)
+		pre=(env "${preenv[@]}" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1)
 	# exec: the coprocess is the program, which cleanup can kill
 	coproc FT { exec "${pre[@]}" "$workload" fork-touch "$size" wait \
 		2>"$out.err"; }

@@ -999,8 +999,11 @@ static void s_errno(void)
 	TRY("mprotect unaligned", EINVAL, mprotect(p + 1, PAGE, PROT_READ));
 	TRY("mprotect unmapped", ENOMEM, mprotect(unmapped, PAGE, PROT_READ));
 	TRY("mprotect bad prot", EINVAL, mprotect(p, PAGE, 0x1000));
+#ifndef __SANITIZE_ADDRESS__
+	/* (AddressSanitizer maps its own memory into holes like this one) */
 	TRY("mprotect part unmapped", ENOMEM,
 	    mprotect(p + 4 * MiB - PAGE, 2 * PAGE, PROT_READ));
+#endif
 #undef TRY
 #undef MMAP_RC
 	int bad = 0;
@@ -1016,6 +1019,7 @@ static void s_errno(void)
 			bad++;
 	}
 	EXPECT(bad == 0, "%d unexpected", bad);
+#ifndef __SANITIZE_ADDRESS__
 	/*
 	 * An mprotect that meets a hole fails, but has changed what it met
 	 * before it (Linux applies it in address order).
@@ -1026,6 +1030,7 @@ static void s_errno(void)
 	       "before=%s\n",
 	       signame(before), signame(first));
 	EXPECT(before == SIGSEGV && first == 0, "partial mprotect");
+#endif
 	mprotect(p, 4 * MiB, PROT_READ | PROT_WRITE);
 	/* the memory the bad calls were aimed at is untouched */
 	fill(p, 4 * MiB, 91);
@@ -1182,6 +1187,8 @@ static int exec_child(const char *label)
 	       z ? "yes" : "no", (unsigned long long)sum(p, n),
 	       (unsigned long long)sum(m, 8 * MiB));
 	fflush(stdout);
+	free(m);
+	munmap(p, n);
 	return z ? 0 : 1;
 }
 

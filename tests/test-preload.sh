@@ -37,6 +37,14 @@
 set -uo pipefail
 
 semantics=$1 workload=$2 upagerd=$3 ctl=$4 shim=$5
+# A sanitizer build's shim needs the sanitizer runtime loaded before it
+# (meson says which, in UPAGER_PRELOAD_FIRST); the leaks of the programs it
+# is preloaded into are not the shim's to report.
+preenv=(LD_PRELOAD="$shim")
+if [[ -n ${UPAGER_PRELOAD_FIRST:-} ]]; then
+	preenv=(LD_PRELOAD="$UPAGER_PRELOAD_FIRST $shim"
+		ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0")
+fi
 shift 5
 only=("$@")
 
@@ -172,7 +180,7 @@ plain() {
 preloaded() {
 	local out=$1
 	shift
-	bounded env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 \
+	bounded env "${preenv[@]}" UPAGER_SOCKET="$sock" UPAGER_REQUIRE=1 \
 		"$@" >"$out" 2>"$out.err"
 }
 
@@ -219,14 +227,15 @@ compare() {
 	say "$name with the shim: exit $rc_b, faults served $((f1 - f0)), $mib MiB filled by the daemon," \
 		"segments created $([[ $c0 == - ]] && echo '(not counted)' ||
 			echo $((c1 - c0)))"
-	if ((f1 == f0)); then
-		skip "the daemon served no fault: the shim left the program's memory alone"
-	fi
-	if [[ $c0 != - ]] && ((c1 == c0)); then
+	if [[ -n ${UPAGER_PRELOAD_FIRST:-} ]]; then
+		# A sanitizer's malloc comes before the shim's.
+		say "$name: how much was managed is not checked in a sanitizer build"
+	elif ((f1 == f0)); then
+		fail "the daemon served no fault: the shim left the program's memory alone"
+	elif [[ $c0 != - ]] && ((c1 == c0)); then
 		fail "the daemon created no segment"
-	fi
-	if ((f1 > f0 && mib < min_mib)); then
-		skip "the daemon filled $mib MiB of the program's memory, want >= $min_mib: the shim left most of it alone"
+	elif ((mib < min_mib)); then
+		fail "the daemon filled $mib MiB of the program's memory, want >= $min_mib: the shim left most of it alone"
 	fi
 	wait_empty || fail "the program left state in the daemon"
 	if grep -qi 'warn\|error' "$b.err" && ! grep -qi 'warn\|error' "$a.err"; then
@@ -347,7 +356,7 @@ if want $check && ((have_shim)); then
 		skip "upagerctl has no save"
 	else
 		exp=$work/hold.expected
-		coproc HOLD { exec env LD_PRELOAD="$shim" UPAGER_SOCKET="$sock" \
+		coproc HOLD { exec env "${preenv[@]}" UPAGER_SOCKET="$sock" \
 			UPAGER_REQUIRE=1 "$workload" hold 48M 7 "$exp" \
 			2>"$work/hold.err"; }
 		hold_pid=$HOLD_PID
@@ -459,7 +468,7 @@ if want $check && ((have_shim)) && [[ $(id -u) == 0 ]]; then
 		bounded setpriv --reuid=65534 --regid=65534 --clear-groups \
 			--reset-env "$udir/semantics" >"$udir/plain" 2>&1
 		bounded setpriv --reuid=65534 --regid=65534 --clear-groups \
-			--reset-env env LD_PRELOAD="$shim" UPAGER_SOCKET="$udir/s.sock" \
+			--reset-env env "${preenv[@]}" UPAGER_SOCKET="$udir/s.sock" \
 			UPAGER_REQUIRE=1 "$udir/semantics" \
 			>"$udir/shim" 2>"$udir/shim.err"
 		rc=$?
