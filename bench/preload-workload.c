@@ -54,6 +54,8 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 
+#include "cut-writer.h"
+
 static uint64_t mix(uint64_t x)
 {
 	x ^= x >> 33;
@@ -137,42 +139,6 @@ static int hold(size_t n, uint64_t seed, const char *file)
 		if (p[i] != mix(seed + i))
 			return 1;
 	return 0;
-}
-
-struct writer {
-	volatile uint64_t *w;
-	size_t n;
-	atomic_uint_fast64_t sweeps;
-	atomic_bool stop;
-};
-
-static void *writer_main(void *arg)
-{
-	struct writer *wr = arg;
-	uint64_t seq = 0;
-
-	while (!atomic_load_explicit(&wr->stop, memory_order_relaxed)) {
-		for (size_t i = 0; i < wr->n; i++)
-			wr->w[i] = ++seq;
-		atomic_fetch_add(&wr->sweeps, 1);
-	}
-	return NULL;
-}
-
-static long cut_check(const volatile uint64_t *w, size_t n)
-{
-	uint64_t P = 0;
-
-	for (size_t i = 0; i < n; i++)
-		if (w[i] > P)
-			P = w[i];
-	for (size_t i = 0; i < n; i++) {
-		uint64_t want = P - ((P - (i + 1)) % n);
-
-		if (w[i] != want)
-			return (long)i;
-	}
-	return -1;
 }
 
 static int fork_reader(size_t n, int rounds)

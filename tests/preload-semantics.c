@@ -37,6 +37,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+
+#include "cut-writer.h"
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -346,48 +348,7 @@ static void s_shared_anon(void)
 	munmap(p, n);
 }
 
-/*
- * The cut at fork: a thread writes word i := ++seq in address order, over
- * and over, while the main thread forks.  Whatever instant the fork took,
- * the child must see the memory of one instant: every word the largest
- * seq <= P (P the largest in memory) that is i + 1 modulo the word count.
- */
-struct writer {
-	volatile uint64_t *w;
-	size_t n;
-	atomic_uint_fast64_t sweeps;
-	atomic_bool stop;
-};
-
-static void *writer_main(void *arg)
-{
-	struct writer *wr = arg;
-	uint64_t seq = 0;
-
-	while (!atomic_load_explicit(&wr->stop, memory_order_relaxed)) {
-		for (size_t i = 0; i < wr->n; i++)
-			wr->w[i] = ++seq;
-		atomic_fetch_add(&wr->sweeps, 1);
-	}
-	return NULL;
-}
-
-static long cut_check(const volatile uint64_t *w, size_t n)
-{
-	uint64_t P = 0;
-
-	for (size_t i = 0; i < n; i++)
-		if (w[i] > P)
-			P = w[i];
-	for (size_t i = 0; i < n; i++) {
-		uint64_t want = P - ((P - (i + 1)) % n);
-
-		if (w[i] != want)
-			return (long)i;
-	}
-	return -1;
-}
-
+/* The cut at fork (cut-writer.h). */
 static void s_fork_cut(void)
 {
 	size_t bytes = 32 * MiB;

@@ -264,6 +264,29 @@ static void att_poison(struct filler *fl, struct attachment *att, uint64_t addr,
 		kill(pid, SIGBUS);
 }
 
+/*
+ * A fault at @addr, which the ranges the events describe do not hold
+ * (mremap grew a range, or left it mapped): what /proc says, applied by a
+ * reader.  Returns attach_discover()'s answer, or 1 when this worker is no
+ * reader: the fault (@retry: its FILL_RETRY_* bits) was handed to one.
+ */
+static int att_discover(struct filler *fl, struct attachment *att,
+			uint64_t addr, pid_t tid, uint64_t retry)
+{
+	bool drain = false;
+	int ret;
+
+	if (!(atomic_load(&att->readers) & fl->bit)) {
+		fill_retry(att, addr | retry);
+		return 1;
+	}
+	ret = attach_discover(att, addr, tid,
+			      atomic_load(&att->readers) == fl->bit, &drain);
+	if (drain)
+		attach_owe_drain(att);
+	return ret;
+}
+
 void fill_wp(struct filler *fl, struct attachment *att, uint64_t addr)
 {
 	struct segment *seg = att->seg;
@@ -273,20 +296,11 @@ void fill_wp(struct filler *fl, struct attachment *att, uint64_t addr)
 	int ret;
 
 	if (attach_lookup(att, addr, &pgoff, &run) < 0) {
-		/* A range the events did not describe: what /proc says, as
-		 * for a missing fault.  A page of the segment is never let
-		 * go unseen: a snapshot may share it. */
-		bool drain = false;
-
-		if (!(atomic_load(&att->readers) & fl->bit)) {
-			fill_retry(att, addr | FILL_RETRY_WP);
+		/* As for a missing fault: a page of the segment is never let
+		 * go unseen, a snapshot may share it. */
+		ret = att_discover(fl, att, addr, 0, FILL_RETRY_WP);
+		if (ret == 1)
 			return;
-		}
-		ret = attach_discover(att, addr, 0,
-				      atomic_load(&att->readers) == fl->bit,
-				      &drain);
-		if (drain)
-			attach_owe_drain(att);
 		if (ret && ret != -EINVAL) {
 			att_wake(att, addr, seg->page_size); /* it refaults */
 			return;
@@ -1019,18 +1033,9 @@ void fill_fault(struct filler *fl, struct attachment *att, uint64_t addr,
 		 * registered with our uffd by the client: SIGBUS, rather
 		 * than a fault that comes back for ever.
 		 */
-		bool drain = false;
-
-		if (!(atomic_load(&att->readers) & fl->bit)) {
-			/* Only a reader may apply what /proc says. */
-			fill_retry(att, addr);
+		ret = att_discover(fl, att, addr, tid, 0);
+		if (ret == 1)
 			return;
-		}
-		ret = attach_discover(att, addr, tid,
-				      atomic_load(&att->readers) == fl->bit,
-				      &drain);
-		if (drain)
-			attach_owe_drain(att);
 		if (ret == -EINVAL)
 			att_poison(fl, att, addr, ATT_NOT_OURS, seg->page_size);
 		if (ret || attach_lookup(att, addr, &pgoff, &run) < 0) {

@@ -425,6 +425,29 @@ static void protect_post(struct segment *seg, uint64_t seq)
 }
 
 /*
+ * Waits for the readers of @v[0..n) to have protected them for request
+ * @seq (or for them to die), until @deadline: returns how many did not.
+ */
+static unsigned int await_protected(struct attachment **v, unsigned int n,
+				    uint64_t seq, uint64_t deadline)
+{
+	long sleep_ns = 2000;
+
+	for (;;) {
+		struct timespec ts = { 0, sleep_ns };
+		unsigned int left = 0;
+
+		for (unsigned int i = 0; i < n; i++)
+			left += att_writes(v[i]) && !protected_for(v[i], seq);
+		if (!left || clock_ns(CLOCK_MONOTONIC) > deadline)
+			return left;
+		nanosleep(&ts, NULL);
+		if (sleep_ns < 1000000)
+			sleep_ns *= 2;
+	}
+}
+
+/*
  * Asks the reader of every writing attachment of @seg to protect it for
  * cut @seq, and waits, until a round finds none left: a child forked from
  * one of them is published before its parent's protection is done (a fork
@@ -438,7 +461,6 @@ static int protect_all(struct segment *seg, uint64_t seq)
 	for (;;) {
 		struct attachment **v = NULL, *att;
 		unsigned int n = 0, cap = 0, left;
-		long sleep_ns = 2000;
 
 		pthread_mutex_lock(&d->lock);
 		list_for_each_entry(att, &seg->attachments, seg_link) {
@@ -466,21 +488,7 @@ static int protect_all(struct segment *seg, uint64_t seq)
 			return 0;
 		for (unsigned int i = 0; i < n; i++)
 			protect_ask(v[i], seq);
-		do {
-			struct timespec ts = { 0, sleep_ns };
-
-			left = 0;
-			for (unsigned int i = 0; i < n; i++)
-				left += att_writes(v[i]) &&
-					!protected_for(v[i], seq);
-			if (!left)
-				break;
-			if (clock_ns(CLOCK_MONOTONIC) > deadline)
-				break;
-			nanosleep(&ts, NULL);
-			if (sleep_ns < 1000000)
-				sleep_ns *= 2;
-		} while (left);
+		left = await_protected(v, n, seq, deadline);
 		for (unsigned int i = 0; i < n; i++)
 			attach_put(v[i]);
 		free(v);
@@ -720,7 +728,6 @@ int snapshot_attach(struct attachment *att)
 	struct segment *seg = att->seg;
 	uint64_t deadline = clock_ns(CLOCK_MONOTONIC) + CUT_TIMEOUT_NS;
 	uint64_t seq;
-	long sleep_ns = 2000;
 
 	if (!att_writes(att) ||
 	    (!atomic_load(&seg->cutting) && !atomic_load(&seg->nr_snapshots)))
@@ -729,16 +736,7 @@ int snapshot_attach(struct attachment *att)
 		return -EOPNOTSUPP;
 	seq = atomic_fetch_add(&cuts, 1) + 1;
 	protect_ask(att, seq);
-	while (att_writes(att) && !protected_for(att, seq)) {
-		struct timespec ts = { 0, sleep_ns };
-
-		if (clock_ns(CLOCK_MONOTONIC) > deadline)
-			return -ETIMEDOUT;
-		nanosleep(&ts, NULL);
-		if (sleep_ns < 1000000)
-			sleep_ns *= 2;
-	}
-	return 0;
+	return await_protected(&att, 1, seq, deadline) ? -ETIMEDOUT : 0;
 }
 
 /* ---- snapshots and clones ---- */
