@@ -64,11 +64,14 @@
  */
 /* Both mmap and mmap64 are defined here: no renaming of either. */
 #undef _FILE_OFFSET_BITS
+#include <alloca.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -80,12 +83,15 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 
 #include <upager/upager.h>
 
 #include "lib.h"
+#include "proto.h"
 #include "size.h"
 
 #define PRELOAD_API __attribute__((visibility("default")))
@@ -150,8 +156,9 @@ static int sys_mprotect(void *addr, size_t len, int prot)
 /* Configuration, read once at load */
 
 static size_t cfg_min_size = 1 << 20;
-static bool cfg_debug, cfg_require;
+static bool cfg_debug, cfg_require, cfg_shm = true;
 static const char *cfg_socket;
+static dev_t shm_dev; /* of /dev/shm; 0: no such file system */
 
 /* The connection: made at the first mapping worth managing. */
 enum { SHIM_UNTRIED, SHIM_ON, SHIM_OFF };
@@ -180,7 +187,8 @@ struct seg {
 	char name[UPAGER_NAME_MAX + 1];
 	struct upager_attachment *att;
 	size_t size;
-	pid_t owner;
+	pid_t owner;			/* 0: a shm object's, never */
+	unsigned int att_flags;		/* UPAGER_ATTACH_RDONLY or 0 */
 	unsigned int pieces;
 	bool priv;
 	bool fresh;			/* fork child: made there */
@@ -337,9 +345,54 @@ static void seg_free(struct seg *s)
 }
 
 /*
- * Deletes the segments of pids that are gone, and this pid's (left by the
- * image before an exec): what a process killed with SIGKILL left.
+ * The segment name of the POSIX shm object @name (a /dev/shm file, inode
+ * @ino) in @out: "shm.<name>.<ino>", so that a name unlinked and created
+ * again is another segment.  0, or -EINVAL when it makes no valid name.
  */
+static int shm_seg_name(const char *name, ino_t ino, char *out)
+{
+	int n = snprintf(out, UPAGER_NAME_MAX + 1, "shm.%s.%llu", name,
+			 (unsigned long long)ino);
+
+	if (n > UPAGER_NAME_MAX || !proto_name_valid(out, UPAGER_NAME_MAX + 1))
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Whether segment @v is left over: named after a pid that is gone (or
+ * after this pid: left by the image before an exec), or after a shm
+ * object whose /dev/shm file is gone (unlinked by a process without the
+ * shim).
+ */
+static bool stale(const struct upager_segment_info *v)
+{
+	char path[UPAGER_NAME_MAX + 16], *dot;
+	unsigned long pid;
+	struct stat st;
+	char *end;
+
+	if (v->uid != geteuid())
+		return false;
+	if (!strncmp(v->name, "shm.", 4)) {
+		dot = strrchr(v->name, '.');
+		if (dot == v->name + 3)
+			return false;
+		snprintf(path, sizeof(path), "/dev/shm/%.*s",
+			 (int)(dot - v->name - 4), v->name + 4);
+		return stat(path, &st) ? errno == ENOENT :
+					 st.st_ino != strtoull(dot + 1, NULL, 10);
+	}
+	if (strncmp(v->name, "pid", 3))
+		return false;
+	pid = strtoul(v->name + 3, &end, 10);
+	if (*end != '.' || !pid || pid > INT_MAX)
+		return false;
+	return (pid_t)pid == getpid() || (kill(pid, 0) < 0 && errno == ESRCH);
+}
+
+/* Deletes the segments left over (stale()): what a process killed with
+ * SIGKILL left, say. */
 static void reap_stale(struct upager *u)
 {
 	struct upager_segment_info *v;
@@ -352,24 +405,11 @@ static void reap_stale(struct upager *u)
 	if (!v)
 		return;
 	n = upager_list(u, v, n);
-	for (int i = 0; i < n; i++) {
-		unsigned long pid;
-		char *end;
-
-		if (strncmp(v[i].name, "pid", 3))
-			continue;
-		pid = strtoul(v[i].name + 3, &end, 10);
-		if (*end != '.' || !pid || pid > INT_MAX)
-			continue;
-		if (v[i].uid != geteuid())
-			continue;
-		if ((pid_t)pid != getpid() &&
-		    (kill(pid, 0) == 0 || errno != ESRCH))
-			continue;
-		if (upager_delete(u, v[i].name, UPAGER_DELETE_FORCE) == 0)
+	for (int i = 0; i < n; i++)
+		if (stale(&v[i]) &&
+		    upager_delete(u, v[i].name, UPAGER_DELETE_FORCE) == 0)
 			debug("deleted %s, left by a process that is gone",
 			      v[i].name);
-	}
 	__libc_free(v);
 }
 
@@ -451,9 +491,12 @@ static struct seg *seg_new(size_t len, void *at, bool priv)
 static void seg_drop(struct seg *s)
 {
 	upager_detach(s->att);
-	if (s->owner == getpid() && shim_conn())
+	if (s->owner == getpid() && shim_conn()) {
 		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
-	debug("%s: unmapped, deleted", s->name);
+		debug("%s: unmapped, deleted", s->name);
+	} else {
+		debug("%s: unmapped, detached", s->name);
+	}
 	seg_free(s);
 }
 
@@ -500,24 +543,134 @@ static void drop_dead(struct seg *dead)
 
 /* mmap */
 
-static bool manageable(size_t len, int prot, int flags)
+/* What a mapping is to the shim. */
+enum map_kind {
+	KIND_KERNEL, /* not managed: the kernel's */
+	KIND_ANON,   /* anonymous: a zero-source segment */
+	KIND_ZERO,   /* of /dev/zero: the same, as the kernel makes it */
+	KIND_SHM,    /* shared, of a /dev/shm file: its named segment */
+};
+
+/* Whether a mapping of @len bytes with @flags (anonymous, or of
+ * /dev/zero) is worth a segment. */
+static bool manageable(size_t len, int flags)
 {
 	int type = flags & MAP_TYPE;
 
-	if (!(flags & MAP_ANONYMOUS) || !len)
-		return false;
-	if (flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_32BIT))
-		return false;
 	if (type == MAP_SHARED || type == MAP_SHARED_VALIDATE)
 		return true;
 	return type == MAP_PRIVATE && len >= cfg_min_size;
+}
+
+/*
+ * What mmap(@len, @flags, @fd) is; for KIND_SHM, @st is @fd's and @shm its
+ * segment's name.  A shm object is recognised by its file, not by
+ * shm_open(): its descriptor's link in /proc names it.
+ */
+static enum map_kind map_kind(size_t len, int flags, int fd, struct stat *st,
+			      char *shm)
+{
+	int type = flags & MAP_TYPE;
+	char link[40], path[PATH_MAX];
+	ssize_t n;
+
+	if (!len || (flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB |
+			      MAP_32BIT)))
+		return KIND_KERNEL;
+	if (flags & MAP_ANONYMOUS)
+		return manageable(len, flags) ? KIND_ANON : KIND_KERNEL;
+	if (fd < 0 || fstat(fd, st))
+		return KIND_KERNEL;
+	if (S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 5))
+		return manageable(len, flags) ? KIND_ZERO : KIND_KERNEL;
+	if (!cfg_shm || !S_ISREG(st->st_mode) || st->st_dev != shm_dev ||
+	    (type != MAP_SHARED && type != MAP_SHARED_VALIDATE))
+		return KIND_KERNEL;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, path, sizeof(path) - 1);
+	if (n <= 9 || strncmp(path, "/dev/shm/", 9))
+		return KIND_KERNEL;
+	path[n] = '\0';
+	/* unlinked: its name is another object's now, or nobody's */
+	if (strchr(path + 9, '/') || strstr(path, " (deleted)") ||
+	    shm_seg_name(path + 9, st->st_ino, shm)) {
+		debug("mmap of %s: not a name for a segment: the kernel's",
+		      path);
+		return KIND_KERNEL;
+	}
+	return KIND_SHM;
+}
+
+/*
+ * Shm object @fd (@st) as segment @name, created (its source the file,
+ * so what the file held is what the segment holds) or found, and its
+ * range from @off moved over the kernel's mapping [@at, @at + @len).
+ * Unrelated processes share it by name; it lives until shm_unlink().
+ * Returns the seg, or NULL with @at untouched.
+ */
+static struct seg *shm_seg(const char *name, int fd, const struct stat *st,
+			   off_t off, size_t len, void *at)
+{
+	struct upager_create_opts o = {
+		.size = page_up((size_t)st->st_size > off + len ?
+					(size_t)st->st_size :
+					off + len),
+		.source_fd = fd,
+		.mode = st->st_mode & 0777,
+	};
+	struct upager *u = shim_conn();
+	int acc = fcntl(fd, F_GETFL) & O_ACCMODE, ret;
+	uintptr_t base;
+	struct seg *s;
+
+	if (!u)
+		return NULL;
+	s = __libc_calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	strcpy(s->name, name);
+	ret = upager_create(u, name, &o);
+	s->att_flags = acc == O_RDONLY ? UPAGER_ATTACH_RDONLY : 0;
+	if (ret == 0 || ret == -EEXIST)
+		ret = upager_attach(u, name, s->att_flags, &s->att);
+	if (ret)
+		goto fail;
+	base = (uintptr_t)upager_attachment_addr(s->att);
+	s->size = upager_attachment_size(s->att);
+	if (off + len > s->size) {
+		/* grown since its segment was made */
+		ret = -EFBIG;
+	} else if (sys_mremap((void *)(base + off), len, len,
+			      MREMAP_MAYMOVE | MREMAP_FIXED,
+			      at) == MAP_FAILED) {
+		ret = -errno;
+	}
+	if (ret) {
+		upager_detach(s->att);
+		goto fail;
+	}
+	/* What the mapping does not cover. */
+	if (off)
+		sys_munmap((void *)base, off);
+	if (off + len < s->size)
+		sys_munmap((void *)(base + off + len), s->size - off - len);
+	return s;
+fail:
+	logf_("warning: shm %s: %s: this mapping is the file's, not shared "
+	      "with other processes' upager mappings",
+	      name, strerror(-ret));
+	seg_free(s);
+	return NULL;
 }
 
 static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 		       off_t off)
 {
 	bool fixed = flags & MAP_FIXED, priv;
+	char shm[UPAGER_NAME_MAX + 1];
 	struct seg *s, *dead = NULL;
+	enum map_kind kind;
+	struct stat st;
 	struct piece pc;
 	void *p;
 
@@ -536,46 +689,69 @@ static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 			}
 		}
 	}
-	if (!manageable(len, prot, flags) || !shim_conn()) {
+	kind = map_kind(len, flags, fd, &st, shm);
+	if (kind == KIND_KERNEL || !shim_conn()) {
 		p = sys_mmap(addr, len, prot, flags, fd, off);
 		drop_dead(dead);
 		return p;
 	}
 	priv = (flags & MAP_TYPE) == MAP_PRIVATE;
-	/* The kernel picks the place and says what is wrong. */
-	p = sys_mmap(addr, len, PROT_NONE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-			     (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
-		     -1, off);
+	/*
+	 * The kernel picks the place and says what is wrong: a PROT_NONE
+	 * placeholder for anonymous memory; for a descriptor, the kernel's
+	 * own mapping (its access checks are the descriptor's).
+	 */
+	if (kind == MAP_ANON)
+		p = sys_mmap(addr, len, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+				     (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
+			     -1, off);
+	else
+		p = sys_mmap(addr, len, prot, flags & ~MAP_POPULATE, fd, off);
 	drop_dead(dead);
 	if (p == MAP_FAILED)
 		return p;
 	len = page_up(len);
-	s = seg_new(len, p, priv);
-	if (!s) {
-		flags &= ~MAP_FIXED_NOREPLACE;
-		return sys_mmap(p, len, prot, flags | MAP_FIXED, fd, off);
+	if (kind == KIND_SHM) {
+		s = shm_seg(shm, fd, &st, off, len, p);
+		if (!s)
+			goto kernel;
+	} else {
+		s = seg_new(len, p, priv);
+		if (!s)
+			goto kernel_again;
 	}
 	if (prot != (PROT_READ | PROT_WRITE))
 		sys_mprotect(p, len, prot);
 	pc = (struct piece){ .start = (uintptr_t)p,
 			     .end = (uintptr_t)p + len,
+			     .off = kind == KIND_SHM ? (size_t)off : 0,
 			     .seg = s };
 	pthread_mutex_lock(&tbl_lock);
 	if (tbl_insert(&pc)) {
 		pthread_mutex_unlock(&tbl_lock);
 		seg_drop(s);
-		return sys_mmap(p, len, prot,
-				(flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED, fd,
-				off);
+		goto kernel_again;
 	}
 	pthread_mutex_unlock(&tbl_lock);
 	if (flags & MAP_POPULATE)
 		sys_madvise(p, len,
 			    prot & PROT_WRITE ? MADV_POPULATE_WRITE :
 						MADV_POPULATE_READ);
-	debug("mmap %zu %s -> %s at %p", len, priv ? "private" : "shared",
+	debug("mmap %zu %s%s -> %s at %p", len, priv ? "private" : "shared",
+	      kind == KIND_ZERO ? " /dev/zero" : kind == KIND_SHM ? " shm" : "",
 	      s->name, p);
+	return p;
+
+kernel_again:
+	/* The placeholder may be gone: the mapping asked for, at @p. */
+	return sys_mmap(p, len, prot, (flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED,
+			fd, off);
+kernel:
+	if (flags & MAP_POPULATE)
+		sys_madvise(p, len,
+			    prot & PROT_WRITE ? MADV_POPULATE_WRITE :
+						MADV_POPULATE_READ);
 	return p;
 }
 
@@ -1403,8 +1579,10 @@ static void fork_clone(struct seg *old, pid_t me)
 	} else {
 		memcpy(s->name, old->name, sizeof(s->name));
 	}
+	s->att_flags = old->att_flags;
 	ret = upager_attach(conn, s->name,
-			    old->priv ? UPAGER_ATTACH_DONTFORK : 0, &a);
+			    old->priv ? UPAGER_ATTACH_DONTFORK : s->att_flags,
+			    &a);
 	if (ret)
 		die("attach of", s->name, ret);
 	s->att = a;
@@ -1628,6 +1806,198 @@ PRELOAD_API int execvpe(const char *file, char *const argv[], char *const envp[]
 	return -1;
 }
 
+/*
+ * The exec calls glibc makes through its internal execve, which the
+ * wrappers above never see.  Their argv is built on the caller's stack,
+ * as glibc does (a vfork child must not allocate).
+ */
+
+/* How many arguments follow the first, up to the NULL. */
+static size_t args_after(va_list ap)
+{
+	size_t n = 0;
+	va_list aq;
+
+	va_copy(aq, ap);
+	while (va_arg(aq, const char *))
+		n++;
+	va_end(aq);
+	return n;
+}
+
+/* @v (room for @n + 2) from @arg0 and @ap; what follows the NULL in
+ * @envp (execle) if not NULL. */
+static char **argv_fill(char **v, size_t n, const char *arg0, va_list ap,
+			char *const **envp)
+{
+	v[0] = (char *)arg0;
+	for (size_t i = 1; i <= n + 1; i++)
+		v[i] = va_arg(ap, char *);
+	if (envp)
+		*envp = va_arg(ap, char *const *);
+	return v;
+}
+
+PRELOAD_API int execl(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	size_t n;
+	char **v;
+
+	va_start(ap, arg);
+	n = args_after(ap);
+	v = argv_fill(alloca((n + 2) * sizeof(*v)), n, arg, ap, NULL);
+	va_end(ap);
+	return execv(path, v);
+}
+
+PRELOAD_API int execlp(const char *file, const char *arg, ...)
+{
+	va_list ap;
+	size_t n;
+	char **v;
+
+	va_start(ap, arg);
+	n = args_after(ap);
+	v = argv_fill(alloca((n + 2) * sizeof(*v)), n, arg, ap, NULL);
+	va_end(ap);
+	return execvp(file, v);
+}
+
+PRELOAD_API int execle(const char *path, const char *arg, ...)
+{
+	char *const *envp;
+	va_list ap;
+	size_t n;
+	char **v;
+
+	va_start(ap, arg);
+	n = args_after(ap);
+	v = argv_fill(alloca((n + 2) * sizeof(*v)), n, arg, ap, &envp);
+	va_end(ap);
+	return execve(path, v, envp);
+}
+
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+typedef int (*execveat_fn)(int, const char *, char *const[], char *const[],
+			   int);
+
+PRELOAD_API int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	REAL(fexecve, fexecve_fn);
+	forget_all();
+	real_fexecve(fd, argv, envp);
+	exec_failed("fexecve");
+	return -1;
+}
+
+PRELOAD_API int execveat(int dirfd, const char *path, char *const argv[],
+			 char *const envp[], int flags)
+{
+	REAL(execveat, execveat_fn);
+	if (!real_execveat) {
+		errno = ENOSYS;
+		return -1;
+	}
+	forget_all();
+	real_execveat(dirfd, path, argv, envp, flags);
+	exec_failed("execveat");
+	return -1;
+}
+
+/* clone() without CLONE_VM */
+
+struct clone_call {
+	int (*fn)(void *);
+	void *arg;
+};
+
+/*
+ * The child of a clone() without CLONE_VM: it gets no copy of the
+ * parent's private managed memory (that is fork()'s work, and the
+ * attachments are MADV_DONTFORK), so the ranges become PROT_NONE: a
+ * touch faults (SIGSEGV) where it could otherwise read whatever the
+ * child maps there next.
+ */
+static int clone_child(void *arg)
+{
+	struct clone_call c = *(struct clone_call *)arg;
+	bool any = false;
+
+	/* held by the parent across the clone (no atfork handlers here) */
+	pthread_mutex_init(&tbl_lock, NULL);
+	for (size_t i = 0; i < tbl_n; i++) {
+		if (!tbl[i].seg->priv)
+			continue;
+		sys_mmap((void *)tbl[i].start, tbl[i].end - tbl[i].start,
+			 PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+			 -1, 0);
+		any = true;
+	}
+	if (any)
+		logf_("warning: clone() without CLONE_VM: the parent's private "
+		      "memory managed by upager is not this child's (PROT_NONE; "
+		      "fork() copies it)");
+	return c.fn(c.arg);
+}
+
+typedef int (*clone_fn)(int (*)(void *), void *, int, void *, ...);
+
+PRELOAD_API int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+	struct clone_call c = { fn, arg };
+	pid_t *ptid, *ctid;
+	void *tls;
+	va_list ap;
+	int ret;
+
+	REAL(clone, clone_fn);
+	va_start(ap, arg);
+	ptid = va_arg(ap, pid_t *);
+	tls = va_arg(ap, void *);
+	ctid = va_arg(ap, pid_t *);
+	va_end(ap);
+	if ((flags & CLONE_VM) || atomic_load(&shim_state) != SHIM_ON)
+		return real_clone(fn, stack, flags, arg, ptid, tls, ctid);
+	/* The table as it is at the clone: the child reads its copy. */
+	pthread_mutex_lock(&tbl_lock);
+	ret = real_clone(clone_child, stack, flags, &c, ptid, tls, ctid);
+	pthread_mutex_unlock(&tbl_lock);
+	return ret;
+}
+
+/* shm_unlink: the name's segment goes with it */
+
+typedef int (*shm_unlink_fn)(const char *);
+
+PRELOAD_API int shm_unlink(const char *name)
+{
+	char seg[UPAGER_NAME_MAX + 1], path[PATH_MAX];
+	bool known = false;
+	struct stat st;
+	int ret, e;
+
+	REAL(shm_unlink, shm_unlink_fn);
+	if (guard || !cfg_shm || atomic_load(&shim_state) == SHIM_OFF)
+		return real_shm_unlink(name);
+	guard++;
+	while (*name == '/')
+		name++;
+	snprintf(path, sizeof(path), "/dev/shm/%s", name);
+	if (stat(path, &st) == 0 && S_ISREG(st.st_mode) &&
+	    shm_seg_name(name, st.st_ino, seg) == 0)
+		known = true;
+	ret = real_shm_unlink(name);
+	e = errno;
+	if (ret == 0 && known && shim_conn() &&
+	    upager_delete(conn, seg, UPAGER_DELETE_FORCE) == 0)
+		debug("shm_unlink: %s deleted", seg);
+	errno = e;
+	guard--;
+	return ret;
+}
+
 /* Load */
 
 __attribute__((constructor)) static void shim_init(void)
@@ -1651,6 +2021,14 @@ __attribute__((constructor)) static void shim_init(void)
 	cfg_require = e && !strcmp(e, "1");
 	e = getenv("UPAGER_SOCKET");
 	cfg_socket = e && *e ? e : NULL;
+	e = getenv("UPAGER_SHM");
+	cfg_shm = !(e && !strcmp(e, "0"));
+	{
+		struct stat st;
+
+		if (stat("/dev/shm", &st) == 0)
+			shm_dev = st.st_dev;
+	}
 	e = getenv("UPAGER_DISABLE");
 	if (e && !strcmp(e, "1"))
 		atomic_store(&shim_state, SHIM_OFF);
