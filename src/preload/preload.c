@@ -755,13 +755,27 @@ kernel:
 	return p;
 }
 
+/*
+ * AddressSanitizer, preloaded before the shim, maps its symbolizer's
+ * memory through mmap while it prints a report, holding its thread
+ * registry: a first attachment then would start the library's watcher
+ * thread (pthread_create waits for that registry) and hang the report.
+ * Its mappings then are the kernel's.
+ */
+extern int __asan_report_present(void) __attribute__((weak));
+
+static bool in_sanitizer_report(void)
+{
+	return __asan_report_present && __asan_report_present();
+}
+
 PRELOAD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 		       off_t off)
 {
 	void *p;
 	int e;
 
-	if (guard)
+	if (guard || in_sanitizer_report())
 		return sys_mmap(addr, len, prot, flags, fd, off);
 	guard++;
 	e = errno;
