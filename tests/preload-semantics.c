@@ -1429,6 +1429,57 @@ static void s_shm(void)
 	munmap(p, n);
 }
 
+/*
+ * The parent lets go of its memory right after a fork (free, munmap,
+ * MADV_DONTNEED, also of read-only memory) before the child reads its
+ * copy: the child still reads what was there at the fork.
+ */
+static void s_fork_release(void)
+{
+	size_t n = 16 * MiB, m = 8 * MiB;
+	char *blk = malloc(n), *p = map_anon(m, MAP_PRIVATE);
+	char *ro = map_anon(m, MAP_PRIVATE);
+	int go[2];
+
+	if (!blk || !p || !ro || pipe(go)) {
+		fail("setup");
+		return;
+	}
+	fill(blk, n, 601);
+	fill(p, m, 602);
+	fill(ro, m, 603);
+	mprotect(ro, m, PROT_READ);
+	pid_t pid = xfork();
+	if (pid == 0) {
+		char c;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		_exit(check(blk, n, 601) && check(p, m, 602) &&
+				       check(ro, m, 603) ?
+			       0 :
+			       1);
+	}
+	close(go[0]);
+	free(blk);
+	munmap(p, m / 2);
+	int dn = madvise(p + m / 2, m / 2, MADV_DONTNEED);
+	int dr = madvise(ro, m, MADV_DONTNEED);
+	bool zp = is_zero(p + m / 2, m / 2), zr = is_zero(ro, m);
+	if (write(go[1], "x", 1) != 1)
+		fail("write");
+	close(go[1]);
+	int code = wait_code(pid);
+	printf("fork-release: child saw the fork's bytes=%s; parent: "
+	       "dontneed=%d,%d reads zero=%s,%s\n",
+	       code == 0 ? "yes" : "no", dn, dr, zp ? "yes" : "no",
+	       zr ? "yes" : "no");
+	EXPECT(code == 0 && !dn && !dr && zp && zr, "fork-release");
+	munmap(p + m / 2, m / 2);
+	munmap(ro, m);
+}
+
 struct section {
 	const char *name;
 	void (*fn)(void);
@@ -1452,6 +1503,7 @@ static const struct section sections[] = {
 	{ "exec", s_exec },
 	{ "devzero", s_devzero },
 	{ "shm", s_shm },
+	{ "fork-release", s_fork_release },
 };
 
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))

@@ -192,6 +192,7 @@ struct seg {
 	unsigned int pieces;
 	bool priv;
 	bool fresh;			/* fork child: made there */
+	bool cut;			/* a fork's snapshot was cut of it */
 	bool lost;			/* fork child: shared, not inherited */
 	struct seg *dead_next;		/* unmanage(): the caller's list */
 	char snap[UPAGER_NAME_MAX + 1]; /* fork: the cut, "" if none */
@@ -501,6 +502,62 @@ static void seg_drop(struct seg *s)
 }
 
 /*
+ * Whether private segment @s may have frames punched out of its memfd:
+ * not while a snapshot (a fork child's copy) still shares them.  The
+ * kernel punches without waiting for the daemon, which then cannot copy
+ * the pages out first (DESIGN.md: remove events), and the child would
+ * lose them.  Once a fork cut one, the daemon is asked.
+ */
+static bool punchable(struct seg *s)
+{
+	struct upager_segment_info info;
+
+	if (!s->cut)
+		return true;
+	if (shim_conn() && upager_stat(conn, s->name, &info) == 0 &&
+	    info.nr_snapshots == 0) {
+		s->cut = false;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * [@start, @end) of private piece @pc reads zeros again (MADV_DONTNEED on
+ * anonymous memory): punched, or, while a snapshot shares the segment,
+ * zeros written over what has data (each write copies the page out to
+ * the snapshot first).  Caller holds tbl_lock.  0 or -1 (errno).
+ */
+static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
+{
+	int fd = pc->seg->att->memfd;
+	off_t o = pc->off + (start - pc->start), oe = o + (end - start);
+	struct vma v;
+
+	if (punchable(pc->seg))
+		return sys_madvise((void *)start, end - start, MADV_REMOVE);
+	if (vma_at(start, &v) != 1)
+		v.prot = PROT_READ | PROT_WRITE;
+	if (v.prot != (PROT_READ | PROT_WRITE))
+		sys_mprotect((void *)start, end - start,
+			     PROT_READ | PROT_WRITE);
+	while (o < oe) {
+		off_t d = lseek(fd, o, SEEK_DATA), h;
+
+		if (d < 0 || d >= oe)
+			break;
+		h = lseek(fd, d, SEEK_HOLE);
+		if (h < 0 || h > oe)
+			h = oe;
+		memset((void *)(pc->start + (d - pc->off)), 0, h - d);
+		o = h;
+	}
+	if (v.prot != (PROT_READ | PROT_WRITE))
+		sys_mprotect((void *)start, end - start, v.prot);
+	return 0;
+}
+
+/*
  * Takes [s, e) out of the table: private parts are punched out of their
  * memfds (the memory goes back).  Segments left with nothing go on
  * @dead, for drop_dead() once the caller has unmapped or replaced the
@@ -518,7 +575,9 @@ static int unmanage(uintptr_t s, uintptr_t e, struct seg **dead)
 	for (size_t i = tbl_first(s); !ret && i < tbl_n && tbl[i].start < e;) {
 		struct piece pc = tbl[i];
 
-		if (pc.seg->priv)
+		/* (Not punched while a snapshot shares it: the segment's
+		 * frames go when it is deleted and the snapshot is done.) */
+		if (pc.seg->priv && punchable(pc.seg))
 			sys_madvise((void *)pc.start, pc.end - pc.start,
 				    MADV_REMOVE);
 		tbl_remove_at(i);
@@ -861,9 +920,9 @@ static int shim_madvise(uintptr_t s, uintptr_t e, int advice, int *ret)
 			if (ps > at &&
 			    sys_madvise((void *)at, ps - at, advice) < 0)
 				*ret = -1;
-			if (sys_madvise((void *)ps, pe - ps,
-					tbl[i].seg->priv ? MADV_REMOVE :
-							   advice) < 0)
+			if ((tbl[i].seg->priv ?
+				     priv_zero(&tbl[i], ps, pe) :
+				     sys_madvise((void *)ps, pe - ps, advice)) < 0)
 				*ret = -1;
 			at = pe;
 		}
@@ -1535,6 +1594,8 @@ static void fork_cut(unsigned int gen)
 			logf_("fork: snapshot of %s: %s", s->name,
 			      strerror(errno));
 			strcpy(s->snap, "-"); /* the child aborts */
+		} else {
+			s->cut = true;
 		}
 	}
 	/* Shared segments the kernel will not give the child (no fork
@@ -1706,13 +1767,25 @@ PRELOAD_API pid_t fork(void)
 
 	if (!real_fork)
 		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
-	if (guard || atomic_load(&shim_state) != SHIM_ON)
+	if (guard)
 		return real_fork();
 	guard++;
+	/* A connection half made by another thread is not the child's. */
+	pthread_mutex_lock(&conn_lock);
+	if (atomic_load(&shim_state) != SHIM_ON) {
+		pid = real_fork();
+		if (pid == 0)
+			pthread_mutex_init(&conn_lock, NULL);
+		else
+			pthread_mutex_unlock(&conn_lock);
+		guard--;
+		return pid;
+	}
 	pthread_mutex_lock(&tbl_lock);
 	fork_cut(atomic_fetch_add(&gen, 1) + 1);
 	pid = real_fork();
 	if (pid == 0) {
+		pthread_mutex_init(&conn_lock, NULL);
 		pthread_mutex_init(&tbl_lock, NULL);
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
@@ -1722,6 +1795,7 @@ PRELOAD_API pid_t fork(void)
 
 		fork_parent_done(pid < 0);
 		pthread_mutex_unlock(&tbl_lock);
+		pthread_mutex_unlock(&conn_lock);
 		errno = e;
 	}
 	guard--;
