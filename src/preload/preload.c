@@ -218,6 +218,9 @@ static pthread_mutex_t tbl_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct piece *tbl;
 static size_t tbl_n, tbl_cap;
 static atomic_uint seg_count; /* for the names */
+/* The process the table describes: a vfork or CLONE_VM child shares it
+ * but must not act on it at exit or exec. */
+static pid_t tbl_pid;
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -373,8 +376,8 @@ static bool stale(const struct upager_segment_info *v)
 	struct stat st;
 	char *end;
 
-	if (v->uid != geteuid())
-		return false;
+	if (v->uid != geteuid() || v->nr_attachments)
+		return false; /* (a process that maps it may fork) */
 	if (!strncmp(v->name, "shm.", 4)) {
 		dot = strrchr(v->name, '.');
 		if (dot == v->name + 3)
@@ -488,15 +491,32 @@ static struct seg *seg_new(size_t len, void *at, bool priv)
 	return s;
 }
 
+/*
+ * Deletes shared segment @s's name unless another process still maps it:
+ * that one may fork a child that attaches it again by name (no fork
+ * events).  @mine: this process's attachments among them.
+ */
+static void shared_forget(struct seg *s, unsigned int mine)
+{
+	struct upager_segment_info info;
+
+	if (shim_conn() && upager_stat(conn, s->name, &info) == 0 &&
+	    info.nr_attachments <= mine &&
+	    upager_delete(conn, s->name, UPAGER_DELETE_FORCE) == 0)
+		debug("%s: deleted (no other process maps it)", s->name);
+}
+
 /* The last piece of @s is gone: detach, and delete it if it is ours. */
 static void seg_drop(struct seg *s)
 {
 	upager_detach(s->att);
-	if (s->owner == getpid() && shim_conn()) {
+	if (s->priv && s->owner == getpid() && shim_conn()) {
 		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
 		debug("%s: unmapped, deleted", s->name);
 	} else {
 		debug("%s: unmapped, detached", s->name);
+		if (!s->priv && s->owner)
+			shared_forget(s, 0);
 	}
 	seg_free(s);
 }
@@ -1763,6 +1783,7 @@ static pid_t (*real_fork)(void);
 PRELOAD_API pid_t fork(void)
 {
 	static atomic_uint gen;
+	int ready[2] = { -1, -1 };
 	pid_t pid;
 
 	if (!real_fork)
@@ -1783,16 +1804,34 @@ PRELOAD_API pid_t fork(void)
 	}
 	pthread_mutex_lock(&tbl_lock);
 	fork_cut(atomic_fetch_add(&gen, 1) + 1);
+	/* A child that attaches shared segments again by name: the parent
+	 * waits for it, so that its exit cannot take a name first. */
+	for (size_t i = 0; i < tbl_n && ready[0] < 0; i++)
+		if (tbl[i].seg->lost && pipe2(ready, O_CLOEXEC))
+			ready[0] = ready[1] = -1;
 	pid = real_fork();
 	if (pid == 0) {
 		pthread_mutex_init(&conn_lock, NULL);
 		pthread_mutex_init(&tbl_lock, NULL);
+		tbl_pid = getpid();
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
 		pthread_mutex_unlock(&tbl_lock);
+		if (ready[0] >= 0) {
+			close(ready[0]);
+			close(ready[1]); /* the parent reads EOF */
+		}
 	} else {
 		int e = errno;
+		char c;
 
+		if (ready[0] >= 0) {
+			close(ready[1]);
+			while (pid > 0 && read(ready[0], &c, 1) < 0 &&
+			       errno == EINTR)
+				;
+			close(ready[0]);
+		}
 		fork_parent_done(pid < 0);
 		pthread_mutex_unlock(&tbl_lock);
 		pthread_mutex_unlock(&conn_lock);
@@ -1808,17 +1847,20 @@ static void forget_all(void)
 {
 	pid_t me = getpid();
 
-	if (guard || atomic_load(&shim_state) != SHIM_ON)
+	if (guard || atomic_load(&shim_state) != SHIM_ON || me != tbl_pid)
 		return;
 	guard++;
 	pthread_mutex_lock(&tbl_lock);
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
 
-		if (s->owner != me)
-			continue;
+		if (!s->owner)
+			continue; /* a shm object's, or done */
 		/* The mappings stay usable until the process goes. */
-		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
+		if (!s->priv)
+			shared_forget(s, 1);
+		else if (s->owner == me)
+			upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
 		s->owner = 0;
 	}
 	pthread_mutex_unlock(&tbl_lock);
@@ -2095,6 +2137,7 @@ __attribute__((constructor)) static void shim_init(void)
 	uint64_t v;
 
 	page_size = sysconf(_SC_PAGESIZE);
+	tbl_pid = getpid();
 	lib_thread_hook = guard_hook;
 	e = getenv("UPAGER_MIN_SIZE");
 	if (e && *e) {
