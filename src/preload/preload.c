@@ -193,6 +193,9 @@ struct seg {
 	bool priv;
 	bool fresh;			/* fork child: made there */
 	bool cut;			/* a fork's snapshot was cut of it */
+	bool clone;			/* fork child: its source is the cut,
+					 * so a punched page reads the
+					 * parent's bytes again, not zeros */
 	bool lost;			/* fork child: shared, not inherited */
 	struct seg *dead_next;		/* unmanage(): the caller's list */
 	char snap[UPAGER_NAME_MAX + 1]; /* fork: the cut, "" if none */
@@ -544,9 +547,11 @@ static bool punchable(struct seg *s)
 
 /*
  * [@start, @end) of private piece @pc reads zeros again (MADV_DONTNEED on
- * anonymous memory): punched, or, while a snapshot shares the segment,
- * zeros written over what has data (each write copies the page out to
- * the snapshot first).  Caller holds tbl_lock.  0 or -1 (errno).
+ * anonymous memory).  Punched, when that means zeros: not in a fork
+ * child's clone (a hole there reads its source, the parent's cut: zeros
+ * are written over all of it) nor while a snapshot shares the segment
+ * (zeros are written over what has data; each write copies the page out
+ * to the snapshot first).  Caller holds tbl_lock.  0 or -1 (errno).
  */
 static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 {
@@ -554,14 +559,16 @@ static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 	off_t o = pc->off + (start - pc->start), oe = o + (end - start);
 	struct vma v;
 
-	if (punchable(pc->seg))
+	if (!pc->seg->clone && punchable(pc->seg))
 		return sys_madvise((void *)start, end - start, MADV_REMOVE);
 	if (vma_at(start, &v) != 1)
 		v.prot = PROT_READ | PROT_WRITE;
 	if (v.prot != (PROT_READ | PROT_WRITE))
 		sys_mprotect((void *)start, end - start,
 			     PROT_READ | PROT_WRITE);
-	while (o < oe) {
+	if (pc->seg->clone)
+		memset((void *)start, 0, end - start);
+	while (!pc->seg->clone && o < oe) {
 		off_t d = lseek(fd, o, SEEK_DATA), h;
 
 		if (d < 0 || d >= oe)
@@ -1268,6 +1275,75 @@ static void blk_unmap(uintptr_t map, size_t len)
 }
 
 /*
+ * Freed blocks kept for the next allocation.  A block costs a segment,
+ * four round trips to the daemon (create, attach, detach, delete) where
+ * glibc reuses its memory, so a program that allocates and frees large
+ * blocks in a loop would pay them each time.  A kept block is punched
+ * (its memory goes back; it reads zeros again, as a fresh one) but stays
+ * mapped and attached; an allocation it fits (at most twice its size)
+ * takes it.  Not kept: a block a fork's snapshot may share (punchable()),
+ * grown in place (several segments), or larger than BLK_KEEP_MAX.
+ * keep_lock nests inside tbl_lock; fork() holds it across the fork.
+ */
+#define BLK_KEEP 8
+#define BLK_KEEP_MAX ((size_t)64 << 20)
+
+static pthread_mutex_t keep_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kept {
+	uintptr_t map;
+	size_t len;
+} kept_blk[BLK_KEEP];
+static size_t nkeep;
+
+/* Guard held.  Keeps the block mapped at [@map, @map + @len): true, or
+ * false when the caller must unmap it. */
+static bool blk_keep(uintptr_t map, size_t len)
+{
+	bool kept = false;
+	size_t i;
+
+	if (len > BLK_KEEP_MAX)
+		return false;
+	pthread_mutex_lock(&tbl_lock);
+	i = tbl_first(map);
+	if (i < tbl_n && tbl[i].start == map && tbl[i].end == map + len &&
+	    tbl[i].seg->priv && !tbl[i].seg->cut && !tbl[i].seg->clone &&
+	    tbl[i].seg->pieces == 1) {
+		pthread_mutex_lock(&keep_lock);
+		if (nkeep < BLK_KEEP) {
+			sys_mprotect((void *)map, len, PROT_READ | PROT_WRITE);
+			sys_madvise((void *)map, len, MADV_REMOVE);
+			kept_blk[nkeep++] = (struct kept){ map, len };
+			kept = true;
+		}
+		pthread_mutex_unlock(&keep_lock);
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	return kept;
+}
+
+/* A kept mapping of at least @len bytes (at most twice), taken: its
+ * address, its length in @got; 0 when none fits. */
+static uintptr_t blk_take(size_t len, size_t *got)
+{
+	uintptr_t map = 0;
+	size_t best = BLK_KEEP;
+
+	pthread_mutex_lock(&keep_lock);
+	for (size_t i = 0; i < nkeep; i++)
+		if (kept_blk[i].len >= len && kept_blk[i].len / 2 <= len &&
+		    (best == BLK_KEEP || kept_blk[i].len < kept_blk[best].len))
+			best = i;
+	if (best < BLK_KEEP) {
+		map = kept_blk[best].map;
+		*got = kept_blk[best].len;
+		kept_blk[best] = kept_blk[--nkeep];
+	}
+	pthread_mutex_unlock(&keep_lock);
+	return map;
+}
+
+/*
  * Guard held.  A block of @size bytes aligned to @align (a power of two),
  * or NULL (errno kept): the caller asks glibc.  Fresh: it reads zeros.
  */
@@ -1284,16 +1360,21 @@ static void *blk_alloc(size_t size, size_t align)
 	if (size > (size_t)PTRDIFF_MAX - slack - 2 * page_size)
 		return NULL;
 	len = page_up(size) + page_size + slack;
-	p = shim_mmap(NULL, len, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	errno = e;
-	if (p == MAP_FAILED)
-		return NULL;
-	map = (uintptr_t)p;
-	pthread_mutex_lock(&tbl_lock);
-	size_t i = tbl_first(map);
-	managed = i < tbl_n && tbl[i].start == map;
-	pthread_mutex_unlock(&tbl_lock);
+	map = blk_take(len, &len);
+	if (map) {
+		managed = true;
+	} else {
+		p = shim_mmap(NULL, len, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		errno = e;
+		if (p == MAP_FAILED)
+			return NULL;
+		map = (uintptr_t)p;
+		pthread_mutex_lock(&tbl_lock);
+		size_t i = tbl_first(map);
+		managed = i < tbl_n && tbl[i].start == map;
+		pthread_mutex_unlock(&tbl_lock);
+	}
 	user = (map + page_size + align - 1) & ~(uintptr_t)(align - 1);
 	if (!managed || !blk_add(user)) {
 		/* Ordinary memory is glibc's business. */
@@ -1320,12 +1401,16 @@ static void blk_free(struct blk_hdr *h)
 	size_t len = h->map_len;
 	long slot = blk_find((uintptr_t)h->user);
 
-	debug("free %zu -> block at %p unmapped", h->size, h->user);
 	h->magic = 0;
 	if (slot >= 0) {
 		atomic_store(&blk_slots[slot], BLK_TOMB);
 		atomic_fetch_sub(&blk_live, 1);
 	}
+	if (h->segs == 1 && blk_keep(map, len)) {
+		debug("free %zu -> block at %p kept", h->size, h->user);
+		return;
+	}
+	debug("free %zu -> block at %p unmapped", h->size, h->user);
 	blk_unmap(map, len);
 }
 
@@ -1663,6 +1748,7 @@ static void fork_clone(struct seg *old, pid_t me)
 		die("memory for", old->name, ENOMEM);
 	s->owner = old->priv ? me : old->owner;
 	s->priv = old->priv;
+	s->clone = old->priv;
 	s->fresh = true;
 	s->size = old->size;
 	if (old->priv) {
@@ -1803,6 +1889,7 @@ PRELOAD_API pid_t fork(void)
 		return pid;
 	}
 	pthread_mutex_lock(&tbl_lock);
+	pthread_mutex_lock(&keep_lock);
 	fork_cut(atomic_fetch_add(&gen, 1) + 1);
 	/* A child that attaches shared segments again by name: the parent
 	 * waits for it, so that its exit cannot take a name first. */
@@ -1813,6 +1900,7 @@ PRELOAD_API pid_t fork(void)
 	if (pid == 0) {
 		pthread_mutex_init(&conn_lock, NULL);
 		pthread_mutex_init(&tbl_lock, NULL);
+		pthread_mutex_init(&keep_lock, NULL);
 		tbl_pid = getpid();
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
@@ -1833,6 +1921,7 @@ PRELOAD_API pid_t fork(void)
 			close(ready[0]);
 		}
 		fork_parent_done(pid < 0);
+		pthread_mutex_unlock(&keep_lock);
 		pthread_mutex_unlock(&tbl_lock);
 		pthread_mutex_unlock(&conn_lock);
 		errno = e;
