@@ -12,8 +12,9 @@
  *   per-page pattern, one read (zero) and one left untouched.  After "go":
  *   every written page holds its pattern and every other page reads zero
  *   (a SIGBUS is a wrong answer too: these pages are all zero-source or
- *   in the segment); then every page is written again and read back, and
- *   new large memory is allocated, written, checked and freed.
+ *   in the segment); then every page is written again and read back, new
+ *   large memory is allocated, written, checked and freed, and the old
+ *   memory is reshaped (MADV_DONTNEED, realloc, mremap) and checked.
  *
  * Usage: preload-death fork [MIB]
  *   MIB (default 64) malloc'ed and MIB/2 mmap'ed, written whole, then
@@ -22,7 +23,9 @@
  *   holds the parent's bytes at the fork or its read gets SIGBUS (the page
  *   lived only in the daemon); zeros or other bytes are wrong.  The parent
  *   keeps writing its own copy meanwhile (the child must not see it), and
- *   checks its own pages at the end.
+ *   checks its own pages at the end.  With "race", the child reads the
+ *   second half at once, without waiting for "go": the kill comes while
+ *   it reads (the stress of it is a loop of runs with random delays).
  *
  * Usage: preload-death fork-after [MIB]
  *   The same memory, written; "ready"; after "go" (the daemon gone) the
@@ -272,6 +275,58 @@ static bool memory_new(size_t mib)
 	return c.ok == 3 * pages;
 }
 
+/*
+ * What the program does to its memory after the daemon died: MADV_DONTNEED
+ * (reads zero again), realloc growing the malloc'ed block and mremap
+ * doubling the mmap'ed one (the old bytes moved along, the new tail of
+ * the mapping zero).  Both regions hold generation 2 on entry.
+ */
+static bool memory_reshape(unsigned char **a, size_t ml, unsigned char **b,
+			   size_t mm)
+{
+	size_t dn = mm / 4 / page, extra = mm / page;
+	struct counts c = { .first_bad = -1 };
+	size_t checked = 0;
+	unsigned char *p;
+
+	if (madvise(*b, dn * page, MADV_DONTNEED)) {
+		printf("result reshape: madvise: %s; wrong 1\n",
+		       strerror(errno));
+		return false;
+	}
+	for (size_t pg = 0; pg < dn; pg++, checked++)
+		count(&c, page_check(*b + pg * page, 2, pg, 0), pg);
+	for (size_t pg = 0; pg < dn; pg++, checked++)
+		count(&c, page_rewrite(*b + pg * page, 2, pg, 2), pg);
+	p = realloc(*a, ml + mm);
+	if (!p) {
+		printf("result reshape: realloc: %s; wrong 1\n",
+		       strerror(errno));
+		return false;
+	}
+	*a = p;
+	for (size_t pg = 0; pg < ml / page; pg++, checked++)
+		count(&c, page_check(p + pg * page, 1, pg, 2), pg);
+	for (size_t pg = ml / page; pg < (ml + mm) / page; pg++, checked++)
+		count(&c, page_rewrite(p + pg * page, 1, pg, 2), pg);
+	p = mremap(*b, mm, 2 * mm, MREMAP_MAYMOVE);
+	if (p == MAP_FAILED) {
+		printf("result reshape: mremap: %s; wrong 1\n", strerror(errno));
+		return false;
+	}
+	*b = p;
+	for (size_t pg = 0; pg < mm / page; pg++, checked++)
+		count(&c, page_check(p + pg * page, 2, pg, 2), pg);
+	for (size_t pg = mm / page; pg < mm / page + extra; pg++, checked++)
+		count(&c, page_check(p + pg * page, 2, pg, 0), pg);
+	printf("result reshape: MADV_DONTNEED, realloc, mremap after the kill: "
+	       "pages ok %zu of %zu (zeros %zu, other %zu, sigbus %zu, first "
+	       "%ld); wrong %zu\n",
+	       c.ok, checked, c.zero, c.other, c.sigbus, c.first_bad,
+	       checked - c.ok);
+	return c.ok == checked;
+}
+
 static int run_memory(size_t malloc_mib, size_t mmap_mib)
 {
 	size_t ml = malloc_mib * MiB, mm = mmap_mib * MiB;
@@ -292,8 +347,9 @@ static int run_memory(size_t malloc_mib, size_t mmap_mib)
 	ok &= memory_verify("malloc", a, ml / page, 1);
 	ok &= memory_verify("mmap", b, mm / page, 2);
 	ok &= memory_new(32);
+	ok &= memory_reshape(&a, ml, &b, mm);
 	free(a);
-	if (munmap(b, mm)) {
+	if (munmap(b, 2 * mm)) {
 		printf("result munmap: %s; wrong 1\n", strerror(errno));
 		ok = false;
 	}
@@ -339,7 +395,7 @@ static void regions_read(const struct region *rg, bool rest, struct counts *c)
 	}
 }
 
-static int fork_child(const struct region *rg)
+static int fork_child(const struct region *rg, bool race)
 {
 	struct counts first[2] = { { .first_bad = -1 }, { .first_bad = -1 } };
 	struct counts rest[2] = { { .first_bad = -1 }, { .first_bad = -1 } };
@@ -347,9 +403,11 @@ static int fork_child(const struct region *rg)
 
 	regions_read(rg, false, first);
 	say_ready();
-	if (wait_go())
+	if (!race && wait_go())
 		return 2;
 	regions_read(rg, true, rest);
+	if (race && wait_go())
+		return 2;
 	/* Again: a page that got SIGBUS once must not read zero now. */
 	for (unsigned int r = 0; r < 2; r++)
 		for (size_t pg = rg[r].pages / 2; pg < rg[r].pages; pg++) {
@@ -364,10 +422,13 @@ static int fork_child(const struct region *rg)
 		size_t wrong = half - first[r].ok + rest[r].zero + rest[r].other;
 
 		printf("result child %s: first half read before the kill: ok "
-		       "%zu of %zu; second half after: right bytes %zu, sigbus "
-		       "%zu, zeros %zu, other %zu (first %ld); wrong %zu\n",
-		       rg[r].what, first[r].ok, half, rest[r].ok, rest[r].sigbus,
-		       rest[r].zero, rest[r].other, rest[r].first_bad, wrong);
+		       "%zu of %zu (zeros %zu, other %zu, sigbus %zu); second "
+		       "half after: right bytes %zu, sigbus %zu, zeros %zu, "
+		       "other %zu (first %ld); wrong %zu\n",
+		       rg[r].what, first[r].ok, half, first[r].zero,
+		       first[r].other, first[r].sigbus, rest[r].ok,
+		       rest[r].sigbus, rest[r].zero, rest[r].other,
+		       rest[r].first_bad, wrong);
 		ok &= !wrong &&
 		      rest[r].ok + rest[r].sigbus == rg[r].pages - half;
 	}
@@ -425,9 +486,10 @@ static int fork_parent(const struct region *rg, pid_t pid)
 
 /*
  * @after: fork after "go" (the daemon gone), and the child reads it all
- * (it must all be right: nothing is only the daemon's then).
+ * (it must all be right: nothing is only the daemon's then).  @race: see
+ * the top of the file.
  */
-static int run_fork(size_t mib, bool after)
+static int run_fork(size_t mib, bool after, bool race)
 {
 	struct region rg[2];
 	pid_t pid;
@@ -467,7 +529,7 @@ static int run_fork(size_t mib, bool after)
 		_exit(wrong ? 1 : 0);
 	}
 	if (pid == 0)
-		_exit(fork_child(rg));
+		_exit(fork_child(rg, race));
 	return fork_parent(rg, pid);
 }
 
@@ -577,14 +639,15 @@ int main(int argc, char **argv)
 		return run_memory(arg_mib(argc, argv, 2, 256),
 				  arg_mib(argc, argv, 3, 64));
 	if (argc >= 2 && !strcmp(argv[1], "fork"))
-		return run_fork(arg_mib(argc, argv, 2, 64), false);
+		return run_fork(arg_mib(argc, argv, 2, 64), false,
+				argc > 3 && !strcmp(argv[3], "race"));
 	if (argc >= 2 && !strcmp(argv[1], "fork-after"))
-		return run_fork(arg_mib(argc, argv, 2, 64), true);
+		return run_fork(arg_mib(argc, argv, 2, 64), true, false);
 	if (argc >= 2 && !strcmp(argv[1], "churn"))
 		return run_churn(arg_mib(argc, argv, 2, 64));
 	fprintf(stderr,
 		"usage: %s memory [MALLOC_MIB [MMAP_MIB]] | "
-		"fork [MIB] | fork-after [MIB] | churn [MIB]\n",
+		"fork [MIB [race]] | fork-after [MIB] | churn [MIB]\n",
 		argv[0]);
 	return 2;
 }
