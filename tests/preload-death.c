@@ -37,6 +37,11 @@
  *   and mmap, while the daemon dies.  After "go" it goes on for another
  *   second; then every page is checked.
  *
+ * Usage: preload-death clone-dontneed [MIB]
+ *   Not about the daemon's death (a reproducer, with the daemon alive, and
+ *   no "ready"): a fork child's MADV_DONTNEED of its private memory must
+ *   read zero.
+ *
  * Output: "ready PID", then one "result ..." line of counts per region,
  * each with "wrong N"; "PASS" or "FAIL" last.  Exit 0 when nothing was
  * wrong, 1 otherwise, 2 on a usage or setup error.
@@ -625,6 +630,53 @@ static int run_churn(size_t mib)
 	return 1;
 }
 
+/*
+ * Not about the daemon's death: a reproducer.  A fork child's private
+ * memory after MADV_DONTNEED must read zero, as anonymous memory does
+ * (under the shim the child's memory is a clone of the parent's cut, and
+ * the punched pages are filled again from that cut).
+ */
+static int run_clone_dontneed(size_t mib)
+{
+	size_t len = mib * MiB, pages = len / page;
+	unsigned char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int status;
+	pid_t pid;
+
+	if (m == MAP_FAILED) {
+		perror("preload-death: mmap");
+		return 2;
+	}
+	for (size_t pg = 0; pg < pages; pg++)
+		page_fill(m + pg * page, 1, pg, 1);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		struct counts c = { .first_bad = -1 };
+
+		for (size_t pg = 0; pg < pages / 2; pg++)
+			count(&c, page_check(m + pg * page, 1, pg, 1), pg);
+		madvise(m, len, MADV_DONTNEED);
+		for (size_t pg = 0; pg < pages; pg++)
+			count(&c, page_check(m + pg * page, 1, pg, 0), pg);
+		printf("result clone-dontneed: child, %zu pages (half read "
+		       "before) after MADV_DONTNEED: ok %zu, not zero %zu, "
+		       "sigbus %zu (first %ld); wrong %zu\n",
+		       pages, c.ok - pages / 2, c.other, c.sigbus, c.first_bad,
+		       pages + pages / 2 - c.ok);
+		fflush(stdout);
+		_exit(c.ok == pages + pages / 2 ? 0 : 1);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid) {
+		perror("preload-death: fork");
+		return 2;
+	}
+	status = WIFEXITED(status) && !WEXITSTATUS(status);
+	puts(status ? "PASS" : "FAIL");
+	return status ? 0 : 1;
+}
+
 static size_t arg_mib(int argc, char **argv, int i, size_t dflt)
 {
 	return argc > i ? strtoul(argv[i], NULL, 10) : dflt;
@@ -645,9 +697,12 @@ int main(int argc, char **argv)
 		return run_fork(arg_mib(argc, argv, 2, 64), true, false);
 	if (argc >= 2 && !strcmp(argv[1], "churn"))
 		return run_churn(arg_mib(argc, argv, 2, 64));
+	if (argc >= 2 && !strcmp(argv[1], "clone-dontneed"))
+		return run_clone_dontneed(arg_mib(argc, argv, 2, 8));
 	fprintf(stderr,
 		"usage: %s memory [MALLOC_MIB [MMAP_MIB]] | "
-		"fork [MIB [race]] | fork-after [MIB] | churn [MIB]\n",
+		"fork [MIB [race]] | fork-after [MIB] | churn [MIB] | "
+		"clone-dontneed [MIB]\n",
 		argv[0]);
 	return 2;
 }
