@@ -1170,8 +1170,7 @@ static __attribute__((noinline)) int vfork_execlp(void)
 
 static int clone_exec(void *arg)
 {
-	char *const argv[] = { (char *)self_exe, "--exec-child", "clone",
-			       NULL };
+	char *const argv[] = { (char *)self_exe, "--exec-child", "clone", NULL };
 
 	(void)arg;
 	execv(self_exe, argv);
@@ -1277,7 +1276,8 @@ static void s_exec(void)
  */
 static bool managed(const void *p)
 {
-	const char *pre = getenv("LD_PRELOAD"), *want = getenv("UPAGER_EXPECT_MANAGED");
+	const char *pre = getenv("LD_PRELOAD"),
+		   *want = getenv("UPAGER_EXPECT_MANAGED");
 	char line[512];
 	bool found = false;
 	FILE *f;
@@ -1290,8 +1290,8 @@ static bool managed(const void *p)
 	while (!found && fgets(line, sizeof(line), f)) {
 		unsigned long s, e;
 
-		if (sscanf(line, "%lx-%lx", &s, &e) == 2 &&
-		    (uintptr_t)p >= s && (uintptr_t)p < e)
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && (uintptr_t)p >= s &&
+		    (uintptr_t)p < e)
 			found = strstr(line, "memfd:upager:") != NULL;
 	}
 	fclose(f);
@@ -1432,7 +1432,8 @@ static void s_shm(void)
 /*
  * The parent lets go of its memory right after a fork (free, munmap,
  * MADV_DONTNEED, also of read-only memory) before the child reads its
- * copy: the child still reads what was there at the fork.
+ * copy: the child still reads what was there at the fork; the child's
+ * own MADV_DONTNEED of its copy reads zeros.
  */
 static void s_fork_release(void)
 {
@@ -1456,10 +1457,18 @@ static void s_fork_release(void)
 		close(go[1]);
 		if (read(go[0], &c, 1) != 1)
 			_exit(2);
-		_exit(check(blk, n, 601) && check(p, m, 602) &&
-				       check(ro, m, 603) ?
-			       0 :
-			       1);
+		if (!check(blk, n, 601) || !check(p, m, 602) ||
+		    !check(ro, m, 603))
+			_exit(1);
+		/* and the child's own DONTNEED of its copy reads zeros */
+		char *h = (char *)(((uintptr_t)blk + n / 2 + PAGE - 1) &
+				   ~(PAGE - 1));
+		size_t hl = ((uintptr_t)blk + n - (uintptr_t)h) & ~(PAGE - 1);
+		if (madvise(h, hl, MADV_DONTNEED) ||
+		    madvise(ro, m, MADV_DONTNEED) || !is_zero(h, hl) ||
+		    !is_zero(ro, m) || !check(blk, n / 2, 601))
+			_exit(3);
+		_exit(0);
 	}
 	close(go[0]);
 	free(blk);

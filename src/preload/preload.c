@@ -187,8 +187,8 @@ struct seg {
 	char name[UPAGER_NAME_MAX + 1];
 	struct upager_attachment *att;
 	size_t size;
-	pid_t owner;			/* 0: a shm object's, never */
-	unsigned int att_flags;		/* UPAGER_ATTACH_RDONLY or 0 */
+	pid_t owner;		/* 0: a shm object's, never */
+	unsigned int att_flags; /* UPAGER_ATTACH_RDONLY or 0 */
 	unsigned int pieces;
 	bool priv;
 	bool fresh;			/* fork child: made there */
@@ -387,8 +387,9 @@ static bool stale(const struct upager_segment_info *v)
 			return false;
 		snprintf(path, sizeof(path), "/dev/shm/%.*s",
 			 (int)(dot - v->name - 4), v->name + 4);
-		return stat(path, &st) ? errno == ENOENT :
-					 st.st_ino != strtoull(dot + 1, NULL, 10);
+		return stat(path, &st) ?
+			       errno == ENOENT :
+			       st.st_ino != strtoull(dot + 1, NULL, 10);
 	}
 	if (strncmp(v->name, "pid", 3))
 		return false;
@@ -564,8 +565,7 @@ static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 	if (vma_at(start, &v) != 1)
 		v.prot = PROT_READ | PROT_WRITE;
 	if (v.prot != (PROT_READ | PROT_WRITE))
-		sys_mprotect((void *)start, end - start,
-			     PROT_READ | PROT_WRITE);
+		sys_mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
 	if (pc->seg->clone)
 		memset((void *)start, 0, end - start);
 	while (!pc->seg->clone && o < oe) {
@@ -660,8 +660,8 @@ static enum map_kind map_kind(size_t len, int flags, int fd, struct stat *st,
 	char link[40], path[PATH_MAX];
 	ssize_t n;
 
-	if (!len || (flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB |
-			      MAP_32BIT)))
+	if (!len ||
+	    (flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB | MAP_32BIT)))
 		return KIND_KERNEL;
 	if (flags & MAP_ANONYMOUS)
 		return manageable(len, flags) ? KIND_ANON : KIND_KERNEL;
@@ -727,8 +727,7 @@ static struct seg *shm_seg(const char *name, int fd, const struct stat *st,
 		/* grown since its segment was made */
 		ret = -EFBIG;
 	} else if (sys_mremap((void *)(base + off), len, len,
-			      MREMAP_MAYMOVE | MREMAP_FIXED,
-			      at) == MAP_FAILED) {
+			      MREMAP_MAYMOVE | MREMAP_FIXED, at) == MAP_FAILED) {
 		ret = -errno;
 	}
 	if (ret) {
@@ -825,14 +824,16 @@ static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 			    prot & PROT_WRITE ? MADV_POPULATE_WRITE :
 						MADV_POPULATE_READ);
 	debug("mmap %zu %s%s -> %s at %p", len, priv ? "private" : "shared",
-	      kind == KIND_ZERO ? " /dev/zero" : kind == KIND_SHM ? " shm" : "",
+	      kind == KIND_ZERO ? " /dev/zero" :
+	      kind == KIND_SHM	? " shm" :
+				  "",
 	      s->name, p);
 	return p;
 
 kernel_again:
 	/* The placeholder may be gone: the mapping asked for, at @p. */
-	return sys_mmap(p, len, prot, (flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED,
-			fd, off);
+	return sys_mmap(p, len, prot,
+			(flags & ~MAP_FIXED_NOREPLACE) | MAP_FIXED, fd, off);
 kernel:
 	if (flags & MAP_POPULATE)
 		sys_madvise(p, len,
@@ -947,9 +948,9 @@ static int shim_madvise(uintptr_t s, uintptr_t e, int advice, int *ret)
 			if (ps > at &&
 			    sys_madvise((void *)at, ps - at, advice) < 0)
 				*ret = -1;
-			if ((tbl[i].seg->priv ?
-				     priv_zero(&tbl[i], ps, pe) :
-				     sys_madvise((void *)ps, pe - ps, advice)) < 0)
+			if ((tbl[i].seg->priv ? priv_zero(&tbl[i], ps, pe) :
+						sys_madvise((void *)ps, pe - ps,
+							    advice)) < 0)
 				*ret = -1;
 			at = pe;
 		}
@@ -2098,8 +2099,7 @@ PRELOAD_API int execle(const char *path, const char *arg, ...)
 }
 
 typedef int (*fexecve_fn)(int, char *const[], char *const[]);
-typedef int (*execveat_fn)(int, const char *, char *const[], char *const[],
-			   int);
+typedef int (*execveat_fn)(int, const char *, char *const[], char *const[], int);
 
 PRELOAD_API int fexecve(int fd, char *const argv[], char *const envp[])
 {
