@@ -149,8 +149,8 @@ static int send_request(struct upager *u, void *msg, size_t len, uint16_t type,
 	return ret;
 }
 
-/* request(); with @forever, the reply is waited for without timeout. */
-static int request_wait(struct upager *u, void *msg, size_t len, uint16_t type,
+/* One request and its reply; caller holds req_lock. */
+static int exchange(struct upager *u, void *msg, size_t len, uint16_t type,
 			int fd, void *reply, size_t rlen, int *rfd, bool forever)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
@@ -162,9 +162,6 @@ static int request_wait(struct upager *u, void *msg, size_t len, uint16_t type,
 	int ret, got_fd = -1;
 	ssize_t n;
 
-	if (inherited(u))
-		return -ECHILD;
-	pthread_mutex_lock(&u->req_lock);
 	ret = send_request(u, msg, len, type, fd);
 	if (ret)
 		goto out;
@@ -200,6 +197,59 @@ static int request_wait(struct upager *u, void *msg, size_t len, uint16_t type,
 out:
 	if (got_fd >= 0)
 		close(got_fd);
+	return ret;
+}
+
+/*
+ * The daemon closed this connection while nothing was attached through it
+ * (its idle timeout): the connection is made again, in place, to the same
+ * daemon (its pid and uid pinned at connect).  Caller holds req_lock.
+ * 0, or -EPIPE: the connection stays closed.
+ */
+static int redial(struct upager *u)
+{
+	struct upg_hello m = { .features = UPG_FEATURES_KNOWN }, r;
+	struct ucred cred;
+	bool idle;
+	int sock;
+
+	pthread_mutex_lock(&u->att_lock);
+	idle = !u->atts;
+	pthread_mutex_unlock(&u->att_lock);
+	if (!idle || u->broken || u->sock < 0 || daemon_gone(u, 0))
+		return -EPIPE;
+	sock = sock_connect(u->path, u->timeout_ms, &cred);
+	if (sock < 0)
+		return -EPIPE;
+	if (cred.uid != u->daemon_uid ||
+	    (u->daemon_pid > 0 && cred.pid != u->daemon_pid)) {
+		close(sock);
+		return -EPIPE;
+	}
+	close(u->sock);
+	u->sock = sock;
+	if (exchange(u, &m, sizeof(m), UPG_HELLO, -1, &r, sizeof(r), NULL,
+		     false) ||
+	    r.features != u->features) {
+		u->broken = true;
+		return -EPIPE;
+	}
+	return 0;
+}
+
+/* request(); with @forever, the reply is waited for without timeout. */
+static int request_wait(struct upager *u, void *msg, size_t len, uint16_t type,
+			int fd, void *reply, size_t rlen, int *rfd, bool forever)
+{
+	int ret;
+
+	if (inherited(u))
+		return -ECHILD;
+	pthread_mutex_lock(&u->req_lock);
+	ret = exchange(u, msg, len, type, fd, reply, rlen, rfd, forever);
+	if ((ret == -EPIPE || ret == -ECONNRESET) && type != UPG_HELLO &&
+	    redial(u) == 0)
+		ret = exchange(u, msg, len, type, fd, reply, rlen, rfd, forever);
 	pthread_mutex_unlock(&u->req_lock);
 	return ret;
 }

@@ -1399,8 +1399,9 @@ static void *blk_alloc(size_t size, size_t align)
 static void blk_free(struct blk_hdr *h)
 {
 	uintptr_t map = h->map;
-	size_t len = h->map_len;
-	long slot = blk_find((uintptr_t)h->user);
+	size_t len = h->map_len, size = h->size;
+	void *user = h->user;
+	long slot = blk_find((uintptr_t)user);
 
 	h->magic = 0;
 	if (slot >= 0) {
@@ -1408,10 +1409,10 @@ static void blk_free(struct blk_hdr *h)
 		atomic_fetch_sub(&blk_live, 1);
 	}
 	if (h->segs == 1 && blk_keep(map, len)) {
-		debug("free %zu -> block at %p kept", h->size, h->user);
+		debug("free %zu -> block at %p kept", size, user); /* punched */
 		return;
 	}
-	debug("free %zu -> block at %p unmapped", h->size, h->user);
+	debug("free %zu -> block at %p unmapped", size, user);
 	blk_unmap(map, len);
 }
 
