@@ -2,12 +2,15 @@
 /*
  * libupager-preload: unmodified programs on daemon-managed memory.
  *
- * Preloaded, this library interposes libc's mmap family, fork, _exit and
- * the exec calls.  An anonymous private mapping of at least
- * $UPAGER_MIN_SIZE, and a MAP_SHARED|MAP_ANONYMOUS mapping of any size,
- * becomes a segment of the daemon (zero source, named pid<PID>.<N>),
- * attached at the address the program gets.  Everything else goes to the
- * kernel untouched.
+ * Preloaded, this library interposes libc's mmap family, fork, clone,
+ * _exit, the exec calls and shm_unlink.  An anonymous private mapping of
+ * at least $UPAGER_MIN_SIZE, and a MAP_SHARED|MAP_ANONYMOUS mapping of
+ * any size, becomes a segment of the daemon (zero source, named
+ * pid<PID>.<N>), attached at the address the program gets; so do
+ * mappings of /dev/zero (the kernel makes them anonymous memory).  A
+ * MAP_SHARED mapping of a POSIX shm object (a /dev/shm file) becomes its
+ * named segment, shm.<name>.<inode>, which unrelated processes share
+ * (see shm_seg()).  Everything else goes to the kernel untouched.
  *
  * The address is the kernel's choice: a PROT_NONE placeholder is mapped
  * first with the program's address, MAP_FIXED and MAP_FIXED_NOREPLACE,
@@ -39,6 +42,9 @@
  *    that is not there.  MADV_DONTFORK and MADV_WIPEONFORK on private
  *    ranges are kept in the table and honoured here.  Shared segments are
  *    inherited as they are (the library claims the child's uffd).
+ *  - While a fork child's snapshot may share a private segment, its
+ *    frames are not punched (punchable(), priv_zero()).
+ *  - clone() without CLONE_VM: the child's private ranges are PROT_NONE.
  *  - mprotect is not interposed: the kernel applies it to the mapping.
  *
  * Re-entrancy: the library allocates, maps and starts a thread; a
