@@ -318,7 +318,8 @@ int upager_attach_owner(struct upager *u, const char *name, unsigned int flags,
  * upager_attach_at - upager_attach() at @addr (page-aligned, not NULL),
  * with MAP_FIXED's semantics: whatever this process mapped over
  * [@addr, @addr + the segment's size) is replaced.  On failure that range
- * may be left unmapped, as after a failed MAP_FIXED mmap.
+ * may hold a PROT_NONE anonymous mapping (a reservation, never a hole
+ * another thread's mmap could take), or what it held before.
  * Returns 0 or -errno.
  */
 int upager_attach_at(struct upager *u, const char *name, unsigned int flags,

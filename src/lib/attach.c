@@ -179,7 +179,13 @@ err:
 	 * touched the mapping: its address was never handed out. */
 	if (a->uffd >= 0)
 		close(a->uffd);
-	if (a->addr != MAP_FAILED)
+	/* At a place asked for, a reservation stays: unmapped, another
+	 * thread's mmap could take it before the caller maps it again. */
+	if (a->addr != MAP_FAILED && at)
+		mmap(at, a->size, PROT_NONE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+		     0);
+	else if (a->addr != MAP_FAILED)
 		munmap(a->addr, a->size);
 	if (a->memfd >= 0)
 		close(a->memfd);
