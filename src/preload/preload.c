@@ -792,7 +792,7 @@ static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 	 * placeholder for anonymous memory; for a descriptor, the kernel's
 	 * own mapping (its access checks are the descriptor's).
 	 */
-	if (kind == MAP_ANON)
+	if (kind == KIND_ANON)
 		p = sys_mmap(addr, len, PROT_NONE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
 				     (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
