@@ -1489,6 +1489,113 @@ static void s_fork_release(void)
 	munmap(ro, m);
 }
 
+/*
+ * Calls the kernel refuses leave the memory they targeted as it was, and
+ * calls that succeed leave errno as it was.
+ */
+static void s_failed_calls(void)
+{
+	size_t n = 8 * MiB;
+	char *p = map_anon(n, MAP_PRIVATE);
+	int fd = open(self_exe, O_RDONLY | O_CLOEXEC);
+
+	if (!p)
+		return;
+	fill(p, n, 81);
+
+	/* MAP_FIXED over memory: a bad descriptor, a read-only one mapped
+	 * shared and writable */
+	errno = 0;
+	void *q = mmap(p + MiB, MiB, PROT_READ, MAP_PRIVATE | MAP_FIXED, 999, 0);
+	int e1 = q == MAP_FAILED ? errno : 0;
+	errno = 0;
+	q = mmap(p, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+	int e2 = q == MAP_FAILED ? errno : 0;
+	bool kept = check(p, n, 81);
+	printf("MAP_FIXED refused: bad fd %s, read-only fd shared writable %s, "
+	       "memory kept=%s\n",
+	       errname(e1), errname(e2), kept ? "yes" : "no");
+	EXPECT(e1 == EBADF && e2 == EACCES && kept, "map fixed refused");
+
+	/* MREMAP_FIXED onto memory: the old range unmapped, or two mappings
+	 * grown (Linux 6.17 moves two mappings, but does not grow them) */
+	char *h = map_anon(MiB, MAP_PRIVATE);
+	char *t = map_anon(4 * MiB, MAP_PRIVATE);
+	if (!h || !t)
+		return;
+	munmap(h, MiB);
+	errno = 0;
+	q = mremap(h, MiB, MiB, MREMAP_MAYMOVE | MREMAP_FIXED, p);
+	int e3 = q == MAP_FAILED ? errno : 0;
+	fill(t, 4 * MiB, 82);
+	mprotect(t + 2 * MiB, 2 * MiB, PROT_READ);
+	errno = 0;
+	q = mremap(t, 4 * MiB, 6 * MiB, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   p + 2 * MiB);
+	int e4 = q == MAP_FAILED ? errno : 0;
+	kept = check(p, n, 81);
+	printf("MREMAP_FIXED refused: old unmapped %s, old two mappings grown %s, "
+	       "target kept=%s\n",
+	       errname(e3), errname(e4), kept ? "yes" : "no");
+	EXPECT(e3 == EFAULT && e4 == EFAULT && kept, "mremap fixed refused");
+
+	/* mremap across two protections is more than one mapping */
+	errno = 0;
+	q = mremap(t, 4 * MiB, 8 * MiB, MREMAP_MAYMOVE);
+	int e5 = q == MAP_FAILED ? errno : 0;
+	mprotect(t + 2 * MiB, 2 * MiB, PROT_NONE);
+	errno = 0;
+	q = mremap(t, 4 * MiB, 8 * MiB, MREMAP_MAYMOVE);
+	int e6 = q == MAP_FAILED ? errno : 0;
+	mprotect(t + 2 * MiB, 2 * MiB, PROT_READ | PROT_WRITE);
+	bool t_kept = check(t, 4 * MiB, 82);
+	/* one protection throughout: moved with it */
+	mprotect(t, 4 * MiB, PROT_READ);
+	char *m = mremap(t, 4 * MiB, 8 * MiB, MREMAP_MAYMOVE);
+	bool moved = m != MAP_FAILED;
+	int rd = moved ? probe(m, false) : -1, wr = moved ? probe(m, true) : -1;
+	bool m_kept = moved && check(m, 4 * MiB, 82);
+	printf("mremap over RW|R %s, over RW|NONE %s, range kept=%s; "
+	       "over R: moved=%s read %s write %s bytes kept=%s\n",
+	       errname(e5), errname(e6), t_kept ? "yes" : "no",
+	       moved ? "yes" : "no", signame(rd), signame(wr),
+	       m_kept ? "yes" : "no");
+	EXPECT(e5 == EFAULT && e6 == EFAULT && t_kept && moved && rd == 0 &&
+		       wr == SIGSEGV && m_kept,
+	       "mremap two protections");
+	munmap(moved ? m : t, moved ? 8 * MiB : 4 * MiB);
+
+	/* errno kept by calls that succeed */
+	int ek[5];
+	char *s = map_anon(4 * MiB, MAP_SHARED);
+	char *b = malloc(4 * MiB), *c = malloc(4 * MiB);
+	if (!s || !b || !c)
+		return;
+	p[0] = s[0] = b[0] = c[0] = 1;
+	errno = 77;
+	ek[0] = munmap(p, n) ? -1 : errno;
+	errno = 77;
+	ek[1] = munmap(s, 4 * MiB) ? -1 : errno;
+	errno = 77;
+	free(b);
+	ek[2] = errno;
+	errno = 77;
+	b = realloc(c, 8 * MiB);
+	ek[3] = b ? errno : -1;
+	errno = 77;
+	c = realloc(b, 100);
+	ek[4] = c ? errno : -1;
+	free(c);
+	printf("errno after munmap %d, munmap shared %d, free %d, realloc "
+	       "larger %d, realloc below the threshold %d\n",
+	       ek[0], ek[1], ek[2], ek[3], ek[4]);
+	EXPECT(ek[0] == 77 && ek[1] == 77 && ek[2] == 77 && ek[3] == 77 &&
+		       ek[4] == 77,
+	       "errno changed");
+	if (fd >= 0)
+		close(fd);
+}
+
 struct section {
 	const char *name;
 	void (*fn)(void);
@@ -1513,6 +1620,7 @@ static const struct section sections[] = {
 	{ "devzero", s_devzero },
 	{ "shm", s_shm },
 	{ "fork-release", s_fork_release },
+	{ "failed-calls", s_failed_calls },
 };
 
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))

@@ -754,38 +754,81 @@ fail:
 	return NULL;
 }
 
+/*
+ * mmap(@addr, @len, ..., @flags with MAP_FIXED) over managed memory.  The
+ * kernel refuses before it touches the old range (a bad descriptor, an
+ * access mode, a place outside the address space), and so must the shim:
+ * the managed range is taken out only once the kernel has accepted the
+ * mapping.  The place is asked with MAP_FIXED_NOREPLACE (the kernel's
+ * checks of MAP_FIXED, then EEXIST: the range is in use); the mapping
+ * itself is made where the kernel likes, then moved over the range with
+ * mremap(MREMAP_FIXED), which replaces it in one step: no other thread
+ * can map into a hole meanwhile.  Errors are the kernel's, but ENOMEM
+ * when the table cannot be split.  Where there is no room for the
+ * mapping beside the range (an address-space or commit limit), the
+ * kernel's own MAP_FIXED call, with the range unmanaged first.
+ */
+static void *map_over(void *addr, size_t len, int prot, int flags, int fd,
+		      off_t off)
+{
+	uintptr_t s = (uintptr_t)addr, e = page_up(s + len);
+	int any = flags & ~(MAP_FIXED | MAP_32BIT | MAP_POPULATE);
+	struct seg *dead = NULL;
+	void *p;
+
+	p = sys_mmap(addr, len, prot, any | MAP_FIXED_NOREPLACE, fd, off);
+	if (p != MAP_FAILED)
+		sys_munmap(p, len); /* free after all (or an old kernel) */
+	else if (errno != EEXIST)
+		return MAP_FAILED;
+	p = sys_mmap(NULL, len, prot, flags & ~(MAP_FIXED | MAP_32BIT), fd, off);
+	if (p == MAP_FAILED && errno != ENOMEM && errno != EAGAIN)
+		return MAP_FAILED;
+	if (unmanage(s, e, &dead)) {
+		if (p != MAP_FAILED)
+			sys_munmap(p, len);
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	if (p == MAP_FAILED ||
+	    sys_mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, addr) ==
+		    MAP_FAILED) {
+		/* Not movable (a special mapping, say): the kernel's call. */
+		if (p != MAP_FAILED)
+			sys_munmap(p, len);
+		p = sys_mmap(addr, len, prot, flags, fd, off);
+	} else {
+		p = addr;
+	}
+	drop_dead(dead);
+	return p;
+}
+
 static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 		       off_t off)
 {
-	bool fixed = flags & MAP_FIXED, priv;
+	bool over = false, priv;
 	char shm[UPAGER_NAME_MAX + 1];
-	struct seg *s, *dead = NULL;
 	enum map_kind kind;
 	struct stat st;
 	struct piece pc;
+	struct seg *s;
 	void *p;
 
-	if (fixed && len && !((uintptr_t)addr & (page_size - 1)) &&
-	    len < (size_t)PTRDIFF_MAX) {
-		uintptr_t e = page_up((uintptr_t)addr + len);
-
+	/* MAP_FIXED_NOREPLACE wins over MAP_FIXED: it replaces nothing. */
+	if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) == MAP_FIXED && len &&
+	    !((uintptr_t)addr & (page_size - 1)) && len < (size_t)PTRDIFF_MAX) {
 		pthread_mutex_lock(&tbl_lock);
-		bool over = tbl_overlaps((uintptr_t)addr, e);
+		over = tbl_overlaps((uintptr_t)addr,
+				    page_up((uintptr_t)addr + len));
 		pthread_mutex_unlock(&tbl_lock);
-		if (over) {
+		if (over)
 			debug("mmap MAP_FIXED over managed %p+%zu", addr, len);
-			if (unmanage((uintptr_t)addr, e, &dead)) {
-				errno = ENOMEM;
-				return MAP_FAILED;
-			}
-		}
 	}
 	kind = map_kind(len, flags, fd, &st, shm);
-	if (kind == KIND_KERNEL || !shim_conn()) {
-		p = sys_mmap(addr, len, prot, flags, fd, off);
-		drop_dead(dead);
-		return p;
-	}
+	if (kind == KIND_KERNEL || !shim_conn())
+		return over ? map_over(addr, len, prot, flags, fd, off) :
+			      sys_mmap(addr, len, prot, flags, fd, off);
 	priv = (flags & MAP_TYPE) == MAP_PRIVATE;
 	/*
 	 * The kernel picks the place and says what is wrong: a PROT_NONE
@@ -793,13 +836,14 @@ static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 	 * own mapping (its access checks are the descriptor's).
 	 */
 	if (kind == KIND_ANON)
-		p = sys_mmap(addr, len, PROT_NONE,
-			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-				     (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
-			     -1, off);
+		p = (over ? map_over : sys_mmap)(
+			addr, len, PROT_NONE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+				(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
+			-1, off);
 	else
-		p = sys_mmap(addr, len, prot, flags & ~MAP_POPULATE, fd, off);
-	drop_dead(dead);
+		p = (over ? map_over : sys_mmap)(addr, len, prot,
+						 flags & ~MAP_POPULATE, fd, off);
 	if (p == MAP_FAILED)
 		return p;
 	len = page_up(len);
@@ -891,12 +935,13 @@ PRELOAD_API int munmap(void *addr, size_t len)
 {
 	uintptr_t s = (uintptr_t)addr;
 	struct seg *dead = NULL;
-	int ret;
+	int ret, e;
 
 	if (guard || !len || (s & (page_size - 1)) ||
 	    len > (size_t)PTRDIFF_MAX || atomic_load(&shim_state) != SHIM_ON)
 		return sys_munmap(addr, len);
 	guard++;
+	e = errno;
 	if (unmanage(s, page_up(s + len), &dead)) {
 		errno = ENOMEM;
 		ret = -1;
@@ -904,6 +949,8 @@ PRELOAD_API int munmap(void *addr, size_t len)
 		ret = sys_munmap(addr, len);
 	}
 	drop_dead(dead);
+	if (!ret)
+		errno = e; /* drop_dead's calls may have set it */
 	guard--;
 	return ret;
 }
@@ -1005,22 +1052,66 @@ PRELOAD_API int madvise(void *addr, size_t len, int advice)
 
 /* mremap */
 
+/* one_mapping()'s walk: [at, end) is left to see. */
+struct one_map {
+	uintptr_t at, end;
+	bool strict;
+	int prot;
+	int ret;
+};
+
+static int one_map_fn(const struct vma *v, void *arg)
+{
+	struct one_map *m = arg;
+
+	if (v->end <= m->at)
+		return 0;
+	if (v->start > m->at || (m->ret && (m->strict || v->prot != m->prot))) {
+		m->ret = 0;
+		return 1;
+	}
+	m->prot = v->prot;
+	m->ret = 1;
+	m->at = v->end;
+	return m->at >= m->end;
+}
+
+/*
+ * Whether [@s, @e) is one mapping to the program, as mremap asks (EFAULT
+ * otherwise: more than one mapping, or a hole): 1 with its protection in
+ * @prot, 0 if not, -errno when /proc cannot tell.  Asked of /proc, not of
+ * the table: mprotect splits a piece into VMAs the table does not know.
+ * Unless @strict, adjacent VMAs of one protection count as one: that is
+ * how the shim's own pieces of what the kernel would have merged
+ * (anonymous memory grown in place: a segment per step) look there.
+ * @s == @e: the mapping at @s.
+ */
+static int one_mapping(uintptr_t s, uintptr_t e, bool strict, int *prot)
+{
+	struct one_map m = { .at = s,
+			     .end = e > s ? e : s + 1,
+			     .strict = strict };
+	int ret = vma_walk(one_map_fn, &m);
+
+	if (ret < 0)
+		return ret;
+	*prot = m.prot;
+	return m.ret && m.at >= m.end;
+}
+
 /*
  * Private managed memory moved, grown or left behind: a new mapping (of
- * the shim, so managed if it qualifies), the bytes copied, the old range
+ * the shim, so managed if it qualifies; MAP_FIXED replaces the target
+ * only once the kernel has accepted it), the bytes copied, the old range
  * unmapped (or, MREMAP_DONTUNMAP, punched: it reads zeros, as the
- * kernel leaves it).
+ * kernel leaves it).  @prot: the old range's, one for all of it.
  */
 static void *remap_copy(uintptr_t old, size_t old_len, size_t new_len,
-			int flags, void *new_addr)
+			int flags, void *new_addr, int prot)
 {
-	struct vma v;
-	int prot = PROT_READ | PROT_WRITE;
 	size_t n = old_len < new_len ? old_len : new_len;
 	void *p;
 
-	if (vma_at(old, &v) == 1)
-		prot = v.prot;
 	p = shim_mmap(new_addr, new_len, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS |
 			      (flags & MREMAP_FIXED ? MAP_FIXED : 0),
@@ -1051,7 +1142,8 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 {
 	uintptr_t oe = old + old_len, at = old;
 	struct seg *dead = NULL;
-	bool managed, covered = true, priv = true;
+	bool managed, target = false, covered = true, priv = true;
+	int prot = PROT_READ | PROT_WRITE;
 	size_t npieces = 0;
 	struct piece pc = { 0 };
 	void *p;
@@ -1074,6 +1166,9 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 		at = tbl[i].end;
 	}
 	covered &= at >= oe;
+	if (flags & MREMAP_FIXED)
+		target = tbl_overlaps((uintptr_t)new_addr,
+				      page_up((uintptr_t)new_addr + new_len));
 	pthread_mutex_unlock(&tbl_lock);
 	if (!old_len && managed) {
 		/* A duplicate of a managed shared mapping would be unserved. */
@@ -1087,18 +1182,53 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 			errno = EINVAL;
 			return MAP_FAILED;
 		}
-		if (unmanage(ns, ne, &dead)) {
-			errno = ENOMEM;
+	}
+	if (!managed && !target)
+		return sys_mremap((void *)old, old_len, new_len, flags,
+				  new_addr);
+	if (managed && (!covered || (!priv && npieces > 1))) {
+		errno = EFAULT; /* more than one mapping */
+		return MAP_FAILED;
+	}
+	/*
+	 * Moved or grown: the kernel refuses a range that is not one mapping
+	 * (mprotect may have split it) before it touches anything, the
+	 * target of MREMAP_FIXED included; what a move drops is unmapped
+	 * first, unchecked.  Since Linux 6.17 a move of the same size may
+	 * span mappings and holes: for memory of the kernel's, its start
+	 * must be mapped; managed memory is one mapping still (its pieces
+	 * are registered with userfaultfd, which the kernel does not move
+	 * that way either).  /proc unreadable: the table's word, and the
+	 * first part's protection.
+	 */
+	if (!managed || (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) ||
+	    new_len > old_len) {
+		size_t keep = page_up(new_len) < old_len ? page_up(new_len) :
+							   old_len;
+		bool span = !managed && (flags & MREMAP_FIXED) &&
+			    page_up(new_len) == old_len;
+
+		if (one_mapping(old, span ? old : old + keep, !managed,
+				&prot) == 0) {
+			errno = EFAULT;
 			return MAP_FAILED;
 		}
 	}
+	/*
+	 * A managed target of a move the kernel makes goes now: the kernel
+	 * has nothing left to refuse that would have kept it (its later
+	 * refusals come after it unmapped the target), and it replaces the
+	 * range in one step.  The shim's own move (remap_copy) maps over it
+	 * with shim_mmap's MAP_FIXED, which checks before it unmanages.
+	 */
+	if (target && (!managed || !priv) &&
+	    unmanage((uintptr_t)new_addr,
+		     page_up((uintptr_t)new_addr + new_len), &dead)) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
 	if (!managed) {
 		p = sys_mremap((void *)old, old_len, new_len, flags, new_addr);
-		goto out;
-	}
-	if (!covered || (!priv && npieces > 1)) {
-		errno = EFAULT; /* more than one mapping */
-		p = MAP_FAILED;
 		goto out;
 	}
 	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) && new_len <= old_len) {
@@ -1142,8 +1272,7 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 	}
 	if (!(flags & MREMAP_MAYMOVE)) {
 		/* Grow in place: the tail is a mapping of its own. */
-		p = shim_mmap((void *)oe, new_len - old_len,
-			      PROT_READ | PROT_WRITE,
+		p = shim_mmap((void *)oe, new_len - old_len, prot,
 			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
 			      -1, 0);
 		if (p == MAP_FAILED)
@@ -1152,7 +1281,7 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 			p = (void *)old;
 		goto out;
 	}
-	p = remap_copy(old, old_len, new_len, flags, new_addr);
+	p = remap_copy(old, old_len, new_len, flags, new_addr, prot);
 out:
 	drop_dead(dead);
 	return p;
@@ -1492,6 +1621,7 @@ PRELOAD_API void *malloc(size_t size)
 PRELOAD_API void free(void *p)
 {
 	struct blk_hdr *h;
+	int e;
 
 	if (!p || ((uintptr_t)p & (page_size - 1)) || !(h = blk_of(p))) {
 		__libc_free(p);
@@ -1507,7 +1637,9 @@ PRELOAD_API void free(void *p)
 		pthread_mutex_unlock(&tbl_lock);
 	}
 	guard++;
+	e = errno; /* glibc's free() keeps it too */
 	blk_free(h);
+	errno = e;
 	guard--;
 }
 
@@ -1528,6 +1660,7 @@ PRELOAD_API void *calloc(size_t n, size_t size)
 PRELOAD_API void *realloc(void *p, size_t size)
 {
 	struct blk_hdr *h = blk_of(p);
+	int e = errno;
 	void *n;
 
 	if (!h) {
@@ -1554,6 +1687,8 @@ PRELOAD_API void *realloc(void *p, size_t size)
 	}
 	guard++;
 	n = blk_realloc(h, size);
+	if (n)
+		errno = e; /* the old block's unmapping may have set it */
 	guard--;
 	return n;
 }
