@@ -1468,6 +1468,15 @@ static void s_fork_release(void)
 		    madvise(ro, m, MADV_DONTNEED) || !is_zero(h, hl) ||
 		    !is_zero(ro, m) || !check(blk, n / 2, 601))
 			_exit(3);
+		/* and what MREMAP_DONTUNMAP leaves behind reads zeros */
+		char *d = mremap(p, 16 * PAGE, 16 * PAGE,
+				 MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);
+		if (d == MAP_FAILED && errno == EINVAL)
+			_exit(0); /* a kernel without it */
+		if (d == MAP_FAILED || !check(d, 16 * PAGE, 602) ||
+		    !is_zero(p, 16 * PAGE) ||
+		    !check_at(p + 16 * PAGE, m - 16 * PAGE, 602, 16 * PAGE))
+			_exit(4);
 		_exit(0);
 	}
 	close(go[0]);

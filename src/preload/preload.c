@@ -1124,7 +1124,15 @@ static void *remap_copy(uintptr_t old, size_t old_len, size_t new_len,
 	if (prot != (PROT_READ | PROT_WRITE))
 		sys_mprotect(p, new_len, prot);
 	if (flags & MREMAP_DONTUNMAP) {
-		sys_madvise((void *)old, old_len, MADV_REMOVE);
+		/* what the kernel leaves behind: pages that read zeros */
+		pthread_mutex_lock(&tbl_lock);
+		for (size_t i = tbl_first(old);
+		     i < tbl_n && tbl[i].start < old + old_len; i++)
+			priv_zero(&tbl[i],
+				  tbl[i].start > old ? tbl[i].start : old,
+				  tbl[i].end < old + old_len ? tbl[i].end :
+							       old + old_len);
+		pthread_mutex_unlock(&tbl_lock);
 		if (!(prot & PROT_READ))
 			sys_mprotect((void *)old, old_len, prot);
 	} else {
