@@ -32,6 +32,8 @@
 #   daemon-death-fork-after
 #                   (only when named) fork() after the daemon died: the
 #                   child reads all of its copy right
+#   sanitizer-report  (sanitizer builds) AddressSanitizer's report of a
+#                   heap overflow in a preloaded program comes out whole
 #   unprivileged    (as root) the semantics transcript again as nobody,
 #                   against a daemon of nobody's
 # After each program under the shim: the daemon's counters moved (faults
@@ -545,6 +547,30 @@ if ((have_shim)) && [[ " ${only[*]} " == *" $check "* ]]; then
 	else
 		death_run fork-after 64
 	fi
+fi
+
+# AddressSanitizer's report maps its symbolizer's memory through mmap, so
+# through the shim: the report must come out whole and the program exit
+# (it hung: the first managed mapping started the library's watcher
+# thread while ASan held its thread registry).  Sanitizer builds only.
+check=sanitizer-report
+if want $check && ((have_shim)) && [[ -n ${UPAGER_PRELOAD_FIRST:-} ]]; then
+	out=$work/asan-report
+	timeout -k 5 60 env "${preenv[@]}" UPAGER_SOCKET="$sock" \
+		UPAGER_REQUIRE=1 "$semantics" --asan-report >"$out" 2>&1
+	rc=$?
+	if ((rc == 77)); then
+		say "sanitizer-report: not an AddressSanitizer build"
+	elif ((rc == 124 || rc == 137)); then
+		fail "the report hung (killed after 60 s)"
+		tail -n 5 "$out"
+	elif ! grep -q 'SUMMARY: AddressSanitizer: heap-buffer-overflow' "$out"; then
+		fail "exit $rc without the report's summary"
+		tail -n 5 "$out"
+	else
+		say "sanitizer-report: reported whole, exit $rc"
+	fi
+	wait_empty || fail "the program left state in the daemon"
 fi
 
 # As root: the transcript again as an ordinary user, with a daemon of its
