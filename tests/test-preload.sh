@@ -16,6 +16,8 @@
 #   py-shared       python3: forked workers writing one mmap(-1) (shared
 #                   anonymous) region
 #   shared-workers  the same in C (preload-workload shared-workers)
+#   py-forking-server  python's ForkingTCPServer: a child per connection
+#                   forked (from a thread) off 64 MiB written; a shm object
 #   fork-reader     a child reads all of its parent's 256 MiB while the
 #                   parent keeps writing: it sees one instant
 #   snapshot-save   a preloaded program's segments, found by its pid in
@@ -370,6 +372,50 @@ fi
 
 check=shared-workers
 want $check && compare shared-workers 64 "$workload" shared-workers 96M 6
+
+# A forking server (python's socketserver.ForkingTCPServer): a parent with
+# 64 MiB written forks a child per connection from a thread; each child
+# fills and hashes a buffer of its own.  Also a POSIX shm object shared by
+# the parent and a child that opens it by name.
+check=py-forking-server
+if want $check; then
+	compare py-forking-server 48 "$py" -c '
+import hashlib, os, socket, socketserver, threading
+from multiprocessing import shared_memory
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        n = int(self.rfile.readline())
+        b = bytearray(n)
+        for i in range(0, n, 4096):
+            b[i] = (i // 4096 + big[i]) % 251
+        self.wfile.write((hashlib.sha256(b).hexdigest() + "\n").encode())
+big = bytearray(64 << 20)
+for i in range(0, len(big), 4096):
+    big[i] = i // 4096 % 13
+srv = socketserver.ForkingTCPServer(("127.0.0.1", 0), H)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+out = []
+for k in range(8):
+    s = socket.create_connection(srv.server_address)
+    s.sendall(b"%d\n" % ((k + 1) << 20))
+    out.append(s.makefile().readline().strip())
+    s.close()
+srv.shutdown()
+shm = shared_memory.SharedMemory(create=True, size=4 << 20)
+shm.buf[:5] = b"hello"
+pid = os.fork()
+if pid == 0:
+    o = shared_memory.SharedMemory(name=shm.name)
+    o.buf[5:11] = b" world" if o.buf[:5] == b"hello" else b" wrong"
+    o.close()
+    os._exit(0)
+os.waitpid(pid, 0)
+out.append(bytes(shm.buf[:11]).decode())
+shm.close()
+shm.unlink()
+print("\n".join(out), sum(big))
+'
+fi
 
 check=fork-reader
 want $check && compare fork-reader 200 "$workload" fork-reader 256M 4
