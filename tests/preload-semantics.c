@@ -1274,17 +1274,18 @@ static void s_exec(void)
 /*
  * Under the shim with UPAGER_EXPECT_MANAGED=1 (test-preload.sh, where it
  * checks what the shim manages): whether @p is mapped from a segment's
- * memfd.  Without them: true (the transcript never says).
+ * memfd, as @want says.  Without them: true (the transcript never says).
  */
-static bool managed(const void *p)
+static bool managed_as(const void *p, bool want)
 {
 	const char *pre = getenv("LD_PRELOAD"),
-		   *want = getenv("UPAGER_EXPECT_MANAGED");
+		   *expect = getenv("UPAGER_EXPECT_MANAGED");
 	char line[512];
 	bool found = false;
 	FILE *f;
 
-	if (!pre || !strstr(pre, "upager-preload") || !want || strcmp(want, "1"))
+	if (!pre || !strstr(pre, "upager-preload") || !expect ||
+	    strcmp(expect, "1"))
 		return true;
 	f = fopen("/proc/self/maps", "r");
 	if (!f)
@@ -1297,7 +1298,20 @@ static bool managed(const void *p)
 			found = strstr(line, "memfd:upager:") != NULL;
 	}
 	fclose(f);
-	return found;
+	return found == want;
+}
+
+static bool managed(const void *p)
+{
+	return managed_as(p, true);
+}
+
+/* POSIX shm is managed unless UPAGER_SHM=0 */
+static bool shm_managed(const void *p)
+{
+	const char *e = getenv("UPAGER_SHM");
+
+	return managed_as(p, !(e && !strcmp(e, "0")));
 }
 
 static void s_devzero(void)
@@ -1357,7 +1371,7 @@ static int shm_child(const char *name, size_t n)
 		return 3;
 	if (!check(p, n / 2, 501))
 		return 4;
-	if (!managed(p))
+	if (!shm_managed(p))
 		return 5;
 	fill(p + n / 2, n / 2, 502);
 	return 0;
@@ -1408,7 +1422,7 @@ static void s_shm(void)
 	if (fd >= 0)
 		close(fd);
 	bool same = q != MAP_FAILED && sum(q, n) == sum(p, n);
-	bool man = managed(p) && (q == MAP_FAILED || managed(q));
+	bool man = shm_managed(p) && (q == MAP_FAILED || shm_managed(q));
 	int ul = shm_unlink(name);
 	errno = 0;
 	int again = shm_open(name, O_RDWR, 0);
@@ -1423,7 +1437,7 @@ static void s_shm(void)
 	EXPECT(z && code == 0 && seen && same && ul == 0 && again < 0 &&
 		       again_err == ENOENT,
 	       "shm");
-	EXPECT(man, "shm: not managed by the shim");
+	EXPECT(man, "shm: not managed by the shim as UPAGER_SHM says");
 	if (again >= 0)
 		close(again);
 	if (q != MAP_FAILED)

@@ -313,6 +313,12 @@ if want $check; then
 	compare semantics 64 env UPAGER_EXPECT_MANAGED=1 "$semantics"
 	grep -q '^== .* sections, 0 failed$' "$work/semantics.plain" ||
 		fail "the transcript does not end well"
+	# UPAGER_SHM=0: POSIX shm stays the kernel's (the section checks)
+	if ((have_shim)); then
+		preloaded "$work/shm-off" env UPAGER_SHM=0 \
+			UPAGER_EXPECT_MANAGED=1 "$semantics" shm ||
+			fail "UPAGER_SHM=0: $(grep FAIL "$work/shm-off")"
+	fi
 fi
 
 check=python-hash
