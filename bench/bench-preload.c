@@ -706,11 +706,15 @@ static void table(const struct bench_preload_opts *o,
 				fprintf(f, " %10s", "-");
 			else if (v / row->scale >= 100)
 				fprintf(f, " %10.0f", v / row->scale);
-			else
+			else if (v / row->scale >= 1)
 				fprintf(f, " %10.2f", v / row->scale);
+			else
+				fprintf(f, " %10.3f", v / row->scale);
 		}
 		if (ratio < 0)
 			fprintf(f, " %10s\n", "-");
+		else if (ratio >= 100)
+			fprintf(f, " %9.0fx\n", ratio);
 		else
 			fprintf(f, " %9.2fx\n", ratio);
 	}
