@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
- * preload-workload: programs for tests/test-preload.sh and preload-bench.sh,
- * plain C with no knowledge of upager (they run with and without
- * LD_PRELOAD=libupager-preload.so).
+ * preload-workload: programs for tests/test-preload.sh and
+ * `upager-bench preload` (bench-preload.c), plain C with no knowledge of upager
+ *(they run with and without LD_PRELOAD=libupager-preload.so).
  *
  *   hold SIZE SEED FILE
  *	Maps SIZE bytes of private anonymous memory, fills it with the
@@ -35,6 +35,14 @@
  *	waits for a line on stdin before it exits (so that a caller can
  *	measure the daemon at that moment), when the third argument "wait"
  *	is given.
+ *
+ *   churn ITERS [BYTES]
+ *	ITERS times: malloc(BYTES) (default 2 MiB), write 4 pages of it
+ *	(first, two inner, last), free it; after a few untimed rounds (glibc
+ *	settles its mmap threshold, the shim connects).  Prints the wall
+ *	time of the timed loop on stderr ("churn-ns N").  A program that
+ *	allocates and frees large buffers in a loop: glibc reuses its own
+ *	memory, the shim makes and deletes a segment each time.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -230,6 +238,31 @@ static int touch(size_t n, bool use_malloc)
 	return 0;
 }
 
+static int churn(long iters, size_t n)
+{
+	uint64_t t0 = 0;
+
+	if (iters < 1 || n < 4096)
+		return 2;
+	for (long i = -8; i < iters; i++) {
+		if (i == 0)
+			t0 = now_ns();
+		volatile char *p = malloc(n);
+
+		if (!p) {
+			perror("malloc");
+			return 2;
+		}
+		p[0] = (char)i;
+		p[n / 3] = (char)i;
+		p[2 * n / 3] = (char)i;
+		p[n - 1] = (char)i;
+		free((void *)p);
+	}
+	fprintf(stderr, "churn-ns %llu\n", (unsigned long long)(now_ns() - t0));
+	return 0;
+}
+
 static long pss_kib(pid_t pid)
 {
 	char path[64], line[256];
@@ -259,7 +292,14 @@ static int fork_touch(size_t n, bool wait_line)
 	uint64_t t0 = now_ns();
 	pid_t pid = fork();
 	uint64_t pause = now_ns() - t0;
+	if (pid < 0) {
+		perror("fork");
+		return 2;
+	}
 	if (pid == 0) {
+		/* a parent that dies must not leave the child waiting */
+		close(to_child[1]);
+		close(to_parent[0]);
 		uint64_t t1 = now_ns(), h = sum(p, n);
 		uint64_t dt = now_ns() - t1;
 		char c;
@@ -273,6 +313,8 @@ static int fork_touch(size_t n, bool wait_line)
 		_exit(0);
 	}
 	uint64_t dt, h;
+	close(to_child[0]);
+	close(to_parent[1]);
 	if (read(to_parent[0], &dt, sizeof(dt)) != sizeof(dt) ||
 	    read(to_parent[0], &h, sizeof(h)) != sizeof(h))
 		return 2;
@@ -311,6 +353,9 @@ int main(int argc, char **argv)
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "fork-touch"))
 		return fork_touch(parse_size(argv[2]),
 				  argc == 4 && !strcmp(argv[3], "wait"));
+	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "churn"))
+		return churn(atol(argv[2]),
+			     argc == 4 ? parse_size(argv[3]) : 2 << 20);
 	fprintf(stderr, "usage: see preload-workload.c\n");
 	return 2;
 }

@@ -31,6 +31,12 @@
  * and `snapmem` (memory per page, private readers of one snapshot) measure
  * a snapshot whole, not per page: they run themselves (bench-snapshot.c)
  * with the same options, systems and report conventions.
+ *
+ * The LD_PRELOAD shim (issue 9): `preload` runs unmodified programs
+ * (preload-workload) with and without libupager-preload.so against the
+ * daemon the bench started, and reports the shim's cost as ratios to the
+ * program alone (bench-preload.c).  It finds the program and the shim next
+ * to itself in the build tree, as it finds upagerd.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -57,6 +63,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
+#include "bench-preload.h"
 #include "bench-snapshot.h"
 #include "bench-stats.h"
 #include "bench-systems.h"
@@ -73,6 +80,8 @@
 #define BENCH_SNAP_DEFAULT_SIZE (1ULL << 30)
 #define BENCH_READERS_DEFAULT_SIZE (256ULL << 20)
 #define BENCH_QUICK_SIZE (16ULL << 20)
+#define BENCH_CHURN_DEFAULT 5000
+#define BENCH_CHURN_QUICK 200
 #define BENCH_VERIFY_MAX 65536 /* pages checked after a run */
 #define BENCH_PROGRESS_AFTER_NS 2000000000ULL
 
@@ -108,6 +117,10 @@ struct bench_opts {
 	unsigned int writers;
 	unsigned int readers;
 	uint64_t reader_size;
+	/* preload */
+	const char *program;
+	const char *shim;
+	unsigned int churn;
 };
 
 /*
@@ -1025,6 +1038,86 @@ static int snapmem_run(struct bench_ctx *c)
 	return bench_snapmem_run(&so);
 }
 
+/* ---- preload: the LD_PRELOAD shim's cost (bench-preload.c) ---- */
+
+/*
+ * @path, else @rel from the directory of this program (the build tree:
+ * bench/), into @buf.  Returns the path to use.
+ */
+static const char *beside_self(const char *path, const char *rel, char *buf,
+			       size_t len)
+{
+	char exe[PATH_MAX], *slash;
+	ssize_t n;
+
+	if (path)
+		return path;
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return rel;
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = '\0';
+	bench_fmt(buf, len, "%s/%s", exe, rel);
+	return buf;
+}
+
+static int preload_prepare(struct bench_ctx *c)
+{
+	static char program[PATH_MAX + 32], shim[PATH_MAX + 48];
+	static char abs_program[PATH_MAX], abs_shim[PATH_MAX];
+	struct bench_opts *o = c->o;
+
+	o->program = beside_self(o->program, "preload-workload", program,
+				 sizeof(program));
+	o->shim = beside_self(o->shim, "../src/preload/libupager-preload.so",
+			      shim, sizeof(shim));
+	if (access(o->shim, R_OK) < 0) {
+		/* a build without the shim: skipped, as the tests say 77 */
+		printf("preload: SKIP: the shim is not built (%s: %s); build "
+		       "src/preload or give --shim PATH\n",
+		       o->shim, strerror(errno));
+		exit(77);
+	}
+	if (access(o->program, X_OK) < 0) {
+		bench_fmt(c->errmsg, sizeof(c->errmsg),
+			  "%s: %s (give --program PATH)", o->program,
+			  strerror(errno));
+		return -ENOENT;
+	}
+	/* LD_PRELOAD of a relative path breaks in a program that chdirs */
+	if (realpath(o->shim, abs_shim))
+		o->shim = abs_shim;
+	if (realpath(o->program, abs_program))
+		o->program = abs_program;
+	return 0;
+}
+
+static void preload_cleanup(struct bench_ctx *c)
+{
+	(void)c;
+}
+
+static int preload_run(struct bench_ctx *c)
+{
+	const struct bench_opts *o = c->o;
+	struct bench_preload_opts po = {
+		.env = &c->env,
+		.program = o->program,
+		.shim = o->shim,
+		.size = o->sizes[0],
+		.churn = o->churn,
+		.runs = o->runs,
+		.warmup = o->warmup,
+		.json = o->json,
+		.json_out = o->json_out,
+		.progress = o->progress,
+	};
+
+	return bench_preload_run(&po);
+}
+
 /* ---- the workloads ---- */
 
 static const unsigned int threads_1_2[] = { 1, 2, 0 };
@@ -1056,6 +1149,28 @@ static const struct bench_system *const snapshot_systems[] = {
 static const struct bench_system *const snapmem_systems[] = {
 	&bench_kernel_memfd,
 	&bench_upagerd_wp,
+	NULL,
+};
+
+/* preload: the same program without the shim, and with it */
+static const struct bench_system preload_plain = {
+	.name = "plain",
+	.summary = "the program alone, no LD_PRELOAD",
+	.flags = BENCH_SYS_REFERENCE,
+};
+
+static const struct bench_system preload_shim = {
+	.name = "upagerd",
+	.summary = "the program with LD_PRELOAD=libupager-preload.so, on the "
+		   "bench's upagerd",
+	.flags = BENCH_SYS_DAEMON,
+	.init = bench_upagerd_init,
+	.fini = bench_upagerd_fini,
+};
+
+static const struct bench_system *const preload_systems[] = {
+	&preload_plain,
+	&preload_shim,
 	NULL,
 };
 
@@ -1165,6 +1280,37 @@ static const struct bench_workload workloads[] = {
 		.systems = snapmem_systems,
 		.run = snapmem_run,
 	},
+	{
+		.name = "preload",
+		.summary = "an unmodified program with the LD_PRELOAD shim "
+			   "vs without",
+		.help = "preload-workload, run with and without\n"
+			"LD_PRELOAD=libupager-preload.so (UPAGER_SOCKET: the bench's upagerd,\n"
+			"UPAGER_REQUIRE=1), each figure's two runs back to back, which goes first\n"
+			"alternating; medians of --runs, ratios shim/plain:\n"
+			"  first touch: mmap(--size) (default 1G), one byte written a page; the\n"
+			"    time the program measures, and the whole process's (fork+exec to\n"
+			"    exit); the same through malloc(--size).  Target <= 1.5x.\n"
+			"  fork: --size written, fork(), the child reads all of it: the parent's\n"
+			"    pause in fork(), the child's read, and while the child holds what it\n"
+			"    read, Pss (/proc/PID/smaps_rollup) of parent and child, and for the\n"
+			"    shim of upagerd too (and its resident_bytes counter); their sum is\n"
+			"    the memory figure.  The child must read the exact bytes.\n"
+			"  churn: malloc(2M), write 4 pages, free, --churn N rounds (default\n"
+			"    5000): microseconds per round.\n"
+			"A shim run that made no daemon segment is an error.  --program PATH\n"
+			"(default preload-workload next to upager-bench) and --shim PATH (default\n"
+			"../src/preload/libupager-preload.so next to it; not there: exit 77,\n"
+			"skipped).  $UPAGER_PRELOAD_FIRST (a sanitizer build's runtime) is\n"
+			"preloaded before the shim.  --quick: 16M, 200 churn rounds, 1 run.\n",
+		.write_default = true,
+		.default_threads = only_1,
+		.default_procs = only_1,
+		.systems = preload_systems,
+		.prepare = preload_prepare,
+		.cleanup = preload_cleanup,
+		.run = preload_run,
+	},
 };
 
 #define NR_WORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
@@ -1218,10 +1364,16 @@ static void usage(FILE *f)
 		"  --daemon-arg ARG   one more argument for the upagerd started, e.g.\n"
 		"                     --daemon-arg=--spin-us=20 (repeat for more)\n"
 		"  --file PATH        file workload: the source file\n"
-		"  --size LIST        snapshot, snapmem: memory sizes, e.g. 64M,256M,1G,4G (1G)\n"
+		"  --size LIST        snapshot, snapmem: memory sizes, e.g. 64M,256M,1G,4G (1G);\n"
+		"                     preload: one size (1G)\n"
 		"  --writers N        snapshot: writer threads (2)\n"
 		"  --readers N        snapmem: private readers of one snapshot (8)\n"
 		"  --reader-size SIZE snapmem: that snapshot's size (256M)\n"
+		"  --program PATH     preload: the program (default preload-workload next to\n"
+		"                     this program)\n"
+		"  --shim PATH        preload: the shim (default\n"
+		"                     ../src/preload/libupager-preload.so next to this program)\n"
+		"  --churn N          preload: malloc/free rounds of the churn figure (%d)\n"
 		"  --seed N           random page order seed (1)\n"
 		"  --quick            tiny sizes, 1 run, no warm-up (the test suite)\n"
 		"  --no-progress      no progress line on stderr\n"
@@ -1243,9 +1395,9 @@ static void usage(FILE *f)
 		"in the last run, and the hit rate touched / (touched + untouched) of those\n"
 		"the daemon checked (\"-\" while none was).\n"
 		"\n"
-		"Exit status: 0, 1 if a system failed, 2 on a bad option.  Missed targets\n"
-		"are reported, never an error.\n",
-		BENCH_DEFAULT_PAGES);
+		"Exit status: 0, 1 if a system failed, 2 on a bad option, 77 when preload\n"
+		"has no shim to run.  Missed targets are reported, never an error.\n",
+		BENCH_DEFAULT_PAGES, BENCH_CHURN_DEFAULT);
 }
 
 static void workload_usage(const struct bench_workload *wl, FILE *f)
@@ -1388,6 +1540,9 @@ enum {
 	OPT_WRITERS,
 	OPT_READERS,
 	OPT_READER_SIZE,
+	OPT_PROGRAM,
+	OPT_SHIM,
+	OPT_CHURN,
 };
 
 static const struct option long_opts[] = {
@@ -1413,6 +1568,9 @@ static const struct option long_opts[] = {
 	{ "writers", required_argument, NULL, OPT_WRITERS },
 	{ "readers", required_argument, NULL, OPT_READERS },
 	{ "reader-size", required_argument, NULL, OPT_READER_SIZE },
+	{ "program", required_argument, NULL, OPT_PROGRAM },
+	{ "shim", required_argument, NULL, OPT_SHIM },
+	{ "churn", required_argument, NULL, OPT_CHURN },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -1474,6 +1632,9 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 						   2, cache_names);
 			break;
 		case OPT_SYSTEMS:
+			if (!strcmp(wl->name, "preload"))
+				die_usage("--systems: preload runs both sides "
+					  "(its figures are their ratios)");
 			o->nr_systems = parse_names("--systems", optarg,
 						    o->systems,
 						    BENCH_MAX_SYSTEMS,
@@ -1529,10 +1690,29 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 			break;
 		case OPT_SIZE:
 			if (!wl->run)
-				die_usage("--size: only for snapshot and "
-					  "snapmem (the others take --pages)");
+				die_usage("--size: only for snapshot, snapmem "
+					  "and preload (the others take "
+					  "--pages)");
 			o->nr_sizes = parse_size_list("--size", optarg,
 						      o->sizes);
+			if (!strcmp(wl->name, "preload") && o->nr_sizes != 1)
+				die_usage("--size: preload takes one size");
+			break;
+		case OPT_PROGRAM:
+		case OPT_SHIM:
+		case OPT_CHURN:
+			if (strcmp(wl->name, "preload"))
+				die_usage("--%s: only for preload",
+					  opt == OPT_PROGRAM ? "program" :
+					  opt == OPT_SHIM    ? "shim" :
+							       "churn");
+			if (opt == OPT_PROGRAM)
+				o->program = optarg;
+			else if (opt == OPT_SHIM)
+				o->shim = optarg;
+			else
+				o->churn = parse_uint("--churn", optarg, 1,
+						      100000000);
 			break;
 		case OPT_WRITERS:
 			if (strcmp(wl->name, "snapshot"))
@@ -1576,7 +1756,11 @@ static void parse_opts(int argc, char **argv, const struct bench_workload *wl,
 			o->reader_size = BENCH_QUICK_SIZE;
 		if (!o->readers)
 			o->readers = 2;
+		if (!o->churn)
+			o->churn = BENCH_CHURN_QUICK;
 	}
+	if (!o->churn)
+		o->churn = BENCH_CHURN_DEFAULT;
 	if (!o->nr_sizes)
 		o->sizes[o->nr_sizes++] = BENCH_SNAP_DEFAULT_SIZE;
 	if (!o->reader_size)
