@@ -199,6 +199,7 @@ struct seg {
 	bool priv;
 	bool fresh;			/* fork child: made there */
 	bool cut;			/* a fork's snapshot was cut of it */
+	bool shm;			/* a shm object's (owner 0) */
 	bool clone;			/* fork child: its source is the cut,
 					 * so a punched page reads the
 					 * parent's bytes again, not zeros */
@@ -378,25 +379,31 @@ static int shm_seg_name(const char *name, ino_t ino, char *out)
  * object whose /dev/shm file is gone (unlinked by a process without the
  * shim).
  */
+/* Whether @name is a shm object's segment whose /dev/shm file is gone
+ * (unlinked, or another file by that name now). */
+static bool shm_file_gone(const char *name)
+{
+	const char *dot = strrchr(name, '.');
+	char path[UPAGER_NAME_MAX + 16];
+	struct stat st;
+
+	if (strncmp(name, "shm.", 4) || dot == name + 3)
+		return false;
+	snprintf(path, sizeof(path), "/dev/shm/%.*s", (int)(dot - name - 4),
+		 name + 4);
+	return stat(path, &st) ? errno == ENOENT :
+				 st.st_ino != strtoull(dot + 1, NULL, 10);
+}
+
 static bool stale(const struct upager_segment_info *v)
 {
-	char path[UPAGER_NAME_MAX + 16], *dot;
 	unsigned long pid;
-	struct stat st;
 	char *end;
 
 	if (v->uid != geteuid() || v->nr_attachments)
 		return false; /* (a process that maps it may fork) */
-	if (!strncmp(v->name, "shm.", 4)) {
-		dot = strrchr(v->name, '.');
-		if (dot == v->name + 3)
-			return false;
-		snprintf(path, sizeof(path), "/dev/shm/%.*s",
-			 (int)(dot - v->name - 4), v->name + 4);
-		return stat(path, &st) ?
-			       errno == ENOENT :
-			       st.st_ino != strtoull(dot + 1, NULL, 10);
-	}
+	if (!strncmp(v->name, "shm.", 4))
+		return shm_file_gone(v->name);
 	if (strncmp(v->name, "pid", 3))
 		return false;
 	pid = strtoul(v->name + 3, &end, 10);
@@ -525,7 +532,7 @@ static void seg_drop(struct seg *s)
 		debug("%s: unmapped, deleted", s->name);
 	} else {
 		debug("%s: unmapped, detached", s->name);
-		if (!s->priv && s->owner)
+		if (!s->priv && (s->owner || (s->shm && shm_file_gone(s->name))))
 			shared_forget(s, 0);
 	}
 	seg_free(s);
@@ -721,6 +728,7 @@ static struct seg *shm_seg(const char *name, int fd, const struct stat *st,
 	if (!s)
 		return NULL;
 	strcpy(s->name, name);
+	s->shm = true;
 	ret = upager_create(u, name, &o);
 	s->att_flags = acc == O_RDONLY ? UPAGER_ATTACH_RDONLY : 0;
 	if (ret == 0 || ret == -EEXIST)
@@ -836,11 +844,13 @@ static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd,
 	 * own mapping (its access checks are the descriptor's).
 	 */
 	if (kind == KIND_ANON)
-		p = (over ? map_over : sys_mmap)(
-			addr, len, PROT_NONE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-				(flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)),
-			-1, off);
+		p = (over ? map_over :
+			    sys_mmap)(addr, len, PROT_NONE,
+				      MAP_PRIVATE | MAP_ANONYMOUS |
+					      MAP_NORESERVE |
+					      (flags & (MAP_FIXED |
+							MAP_FIXED_NOREPLACE)),
+				      -1, off);
 	else
 		p = (over ? map_over : sys_mmap)(addr, len, prot,
 						 flags & ~MAP_POPULATE, fd, off);
@@ -2094,6 +2104,8 @@ static void forget_all(void)
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
 
+		if (s->shm && shm_file_gone(s->name))
+			shared_forget(s, 1);
 		if (!s->owner)
 			continue; /* a shm object's, or done */
 		/* The mappings stay usable until the process goes. */
@@ -2343,6 +2355,7 @@ typedef int (*shm_unlink_fn)(const char *);
 PRELOAD_API int shm_unlink(const char *name)
 {
 	char seg[UPAGER_NAME_MAX + 1], path[PATH_MAX];
+	struct upager_segment_info info;
 	bool known = false;
 	struct stat st;
 	int ret, e;
@@ -2359,7 +2372,10 @@ PRELOAD_API int shm_unlink(const char *name)
 		known = true;
 	ret = real_shm_unlink(name);
 	e = errno;
+	/* Mapped somewhere, it stays for whoever maps it (a child attaching
+	 * it again by name, say): the last to unmap it deletes it. */
 	if (ret == 0 && known && shim_conn() &&
+	    upager_stat(conn, seg, &info) == 0 && !info.nr_attachments &&
 	    upager_delete(conn, seg, UPAGER_DELETE_FORCE) == 0)
 		debug("shm_unlink: %s deleted", seg);
 	errno = e;
