@@ -1436,7 +1436,8 @@ static void blk_unmap(uintptr_t map, size_t len)
  * (its memory goes back; it reads zeros again, as a fresh one) but stays
  * mapped and attached; an allocation it fits (at most twice its size)
  * takes it.  Not kept: a block a fork's snapshot may share (punchable()),
- * grown in place (several segments), or larger than BLK_KEEP_MAX.
+ * grown in place (several segments), or larger than BLK_KEEP_MAX.  A
+ * kept block is not a fork child's (PIECE_DONTFORK: no snapshot of it).
  * keep_lock nests inside tbl_lock; fork() holds it across the fork.
  */
 #define BLK_KEEP 8
@@ -1467,6 +1468,8 @@ static bool blk_keep(uintptr_t map, size_t len)
 		if (nkeep < BLK_KEEP) {
 			sys_mprotect((void *)map, len, PROT_READ | PROT_WRITE);
 			sys_madvise((void *)map, len, MADV_REMOVE);
+			/* a fork child gets none (no snapshot of it) */
+			tbl[i].flags = PIECE_DONTFORK;
 			kept_blk[nkeep++] = (struct kept){ map, len };
 			kept = true;
 		}
@@ -1481,10 +1484,11 @@ static bool blk_keep(uintptr_t map, size_t len)
 static uintptr_t blk_take(size_t len, size_t *got)
 {
 	uintptr_t map = 0;
-	size_t best = BLK_KEEP;
+	size_t best = BLK_KEEP, i;
 
+	pthread_mutex_lock(&tbl_lock);
 	pthread_mutex_lock(&keep_lock);
-	for (size_t i = 0; i < nkeep; i++)
+	for (i = 0; i < nkeep; i++)
 		if (kept_blk[i].len >= len && kept_blk[i].len / 2 <= len &&
 		    (best == BLK_KEEP || kept_blk[i].len < kept_blk[best].len))
 			best = i;
@@ -1492,8 +1496,12 @@ static uintptr_t blk_take(size_t len, size_t *got)
 		map = kept_blk[best].map;
 		*got = kept_blk[best].len;
 		kept_blk[best] = kept_blk[--nkeep];
+		i = tbl_first(map);
+		if (i < tbl_n && tbl[i].start == map)
+			tbl[i].flags = 0;
 	}
 	pthread_mutex_unlock(&keep_lock);
+	pthread_mutex_unlock(&tbl_lock);
 	return map;
 }
 
@@ -2062,6 +2070,7 @@ PRELOAD_API pid_t fork(void)
 		pthread_mutex_init(&conn_lock, NULL);
 		pthread_mutex_init(&tbl_lock, NULL);
 		pthread_mutex_init(&keep_lock, NULL);
+		nkeep = 0; /* not inherited (MADV_DONTFORK) */
 		tbl_pid = getpid();
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
