@@ -1501,6 +1501,14 @@ static void s_fork_release(void)
 		    !is_zero(p, 16 * PAGE) ||
 		    !check_at(p + 16 * PAGE, m - 16 * PAGE, 602, 16 * PAGE))
 			_exit(4);
+		/* DONTNEED over two protections (a guard page first) */
+		char *g = p + 32 * PAGE;
+		mprotect(g, PAGE, PROT_NONE);
+		if (madvise(g, 4 * PAGE, MADV_DONTNEED) ||
+		    mprotect(g, PAGE, PROT_READ | PROT_WRITE) ||
+		    !is_zero(g, 4 * PAGE) ||
+		    !check_at(g + 4 * PAGE, PAGE, 602, 36 * PAGE))
+			_exit(5);
 		_exit(0);
 	}
 	close(go[0]);

@@ -570,30 +570,38 @@ static bool punchable(struct seg *s)
 static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 {
 	int fd = pc->seg->att->memfd;
-	off_t o = pc->off + (start - pc->start), oe = o + (end - start);
 	struct vma v;
 
 	if (!pc->seg->clone && punchable(pc->seg))
 		return sys_madvise((void *)start, end - start, MADV_REMOVE);
-	if (vma_at(start, &v) != 1)
-		v.prot = PROT_READ | PROT_WRITE;
-	if (v.prot != (PROT_READ | PROT_WRITE))
-		sys_mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
-	if (pc->seg->clone)
-		memset((void *)start, 0, end - start);
-	while (!pc->seg->clone && o < oe) {
-		off_t d = lseek(fd, o, SEEK_DATA), h;
+	/* One mapping (one protection) at a time, opened for the writes. */
+	for (uintptr_t at = start, ve; at < end; at = ve) {
+		off_t o = pc->off + (at - pc->start), oe;
 
-		if (d < 0 || d >= oe)
-			break;
-		h = lseek(fd, d, SEEK_HOLE);
-		if (h < 0 || h > oe)
-			h = oe;
-		memset((void *)(pc->start + (d - pc->off)), 0, h - d);
-		o = h;
+		if (vma_at(at, &v) != 1)
+			v = (struct vma){ .end = end,
+					  .prot = PROT_READ | PROT_WRITE };
+		ve = v.end < end ? v.end : end;
+		oe = o + (ve - at);
+		if (v.prot != (PROT_READ | PROT_WRITE))
+			sys_mprotect((void *)at, ve - at,
+				     PROT_READ | PROT_WRITE);
+		if (pc->seg->clone)
+			memset((void *)at, 0, ve - at);
+		while (!pc->seg->clone && o < oe) {
+			off_t d = lseek(fd, o, SEEK_DATA), h;
+
+			if (d < 0 || d >= oe)
+				break;
+			h = lseek(fd, d, SEEK_HOLE);
+			if (h < 0 || h > oe)
+				h = oe;
+			memset((void *)(pc->start + (d - pc->off)), 0, h - d);
+			o = h;
+		}
+		if (v.prot != (PROT_READ | PROT_WRITE))
+			sys_mprotect((void *)at, ve - at, v.prot);
 	}
-	if (v.prot != (PROT_READ | PROT_WRITE))
-		sys_mprotect((void *)start, end - start, v.prot);
 	return 0;
 }
 
