@@ -1652,6 +1652,42 @@ static int asan_report(void)
 #endif
 }
 
+/*
+ * mremap growth: a small tail grown in place, then the whole range grown
+ * again with MREMAP_MAYMOVE (one mapping to the kernel, which grows in
+ * place when there is room), the bytes kept.
+ */
+static void s_mremap_grow(void)
+{
+	char *r = mmap(NULL, 16 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+
+	if (r == MAP_FAILED) {
+		fail("mmap");
+		return;
+	}
+	munmap(r + 2 * MiB, 14 * MiB); /* room after it */
+	char *p = mmap(r, 2 * MiB, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	fill(p, 2 * MiB, 701);
+	char *q = mremap(p, 2 * MiB, 2 * MiB + 64 * KiB, 0);
+	bool small = q == p;
+	if (small)
+		fill(p + 2 * MiB, 64 * KiB, 702);
+	char *m = mremap(p, 2 * MiB + 64 * KiB, 8 * MiB, MREMAP_MAYMOVE);
+	bool whole = m != MAP_FAILED;
+	bool kept = whole && check(m, 2 * MiB, 701) &&
+		    check(m + 2 * MiB, 64 * KiB, 702) &&
+		    is_zero(m + 2 * MiB + 64 * KiB, 6 * MiB - 64 * KiB);
+	int mp = whole ? mprotect(m, 8 * MiB, PROT_READ) : -1;
+	printf("mremap-grow: 64 KiB in place=%s, then the whole to 8 MiB=%s "
+	       "bytes kept=%s mprotect of it=%d\n",
+	       small ? "yes" : "no", whole ? "yes" : errname(errno),
+	       kept ? "yes" : "no", mp);
+	EXPECT(small && whole && kept && mp == 0, "mremap-grow");
+	munmap(whole ? m : p, whole ? 8 * MiB : 2 * MiB + 64 * KiB);
+}
+
 struct section {
 	const char *name;
 	void (*fn)(void);
@@ -1677,6 +1713,7 @@ static const struct section sections[] = {
 	{ "shm", s_shm },
 	{ "fork-release", s_fork_release },
 	{ "failed-calls", s_failed_calls },
+	{ "mremap-grow", s_mremap_grow },
 };
 
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))

@@ -228,6 +228,9 @@ int upager_create(struct upager *u, const char *name,
 /* Delete even while attached: the name goes now, the frames when the last
  * attachment does. */
 #define UPAGER_DELETE_FORCE 0x1u
+/* Delete when nothing is attached: now, or when the last attachment goes
+ * (the name stays until then, for whoever attaches it meanwhile). */
+#define UPAGER_DELETE_UNUSED 0x2u
 
 /* upager_delete - delete segment @name.  Returns 0 or -errno. */
 int upager_delete(struct upager *u, const char *name, unsigned int flags);

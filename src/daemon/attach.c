@@ -425,13 +425,25 @@ struct attachment *attach_reap(struct daemon *d)
 	list = atomic_exchange(&d->killed, NULL);
 	pthread_mutex_lock(&d->lock);
 	for (att = list; att; att = att->kill_next) {
+		struct segment *seg = att->seg;
+
 		list_del_init(&att->seg_link);
 		list_del_init(&att->all_link);
-		att->seg->nr_attachments--;
+		/* UPAGER_DELETE_UNUSED: the last one takes the name along */
+		att->put_seg = !--seg->nr_attachments && seg->delete_unused &&
+			       !seg->deleted;
+		if (att->put_seg) {
+			segment_unpublish(d, seg);
+			pr_notice("segment", "%s: deleted (its last attachment gone)",
+				  seg->name);
+		}
 		/* (pid changes on the main thread only) */
 		if (atomic_load(&att->pid) == 0)
 			atomic_fetch_sub(&d->unresolved, 1);
 	}
 	pthread_mutex_unlock(&d->lock);
+	for (att = list; att; att = att->kill_next)
+		if (att->put_seg)
+			segment_put(att->seg); /* the list's (it holds its own) */
 	return list;
 }

@@ -130,6 +130,7 @@ struct attachment {
 	_Atomic int refs;
 	_Atomic bool dead;
 	struct segment *seg;  /* holds a reference */
+	bool put_seg;	      /* attach_reap(): it took the name along */
 	struct worker *owner; /* polls the pidfd */
 	int uffd;
 	int pidfd;		 /* -1 until the pid is known */

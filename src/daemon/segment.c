@@ -129,6 +129,14 @@ static void counters_retire(struct seg_counters *r, struct seg_counters *c)
 	counter_move(r->readahead_untouched, c->readahead_untouched);
 }
 
+void segment_unpublish(struct daemon *d, struct segment *seg)
+{
+	seg->deleted = true;
+	list_del_init(&seg->link);
+	segment_retire_counters(seg);
+	d->nr_segments--;
+}
+
 void segment_retire_counters(struct segment *seg)
 {
 	counters_retire(&seg->d->retired, &seg->c);

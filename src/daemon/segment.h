@@ -60,6 +60,7 @@ struct segment {
 
 	/* under the daemon lock */
 	bool deleted;
+	bool delete_unused; /* UPAGER_DELETE_UNUSED: at the last detach */
 	struct list_head link; /* daemon's segment list */
 	struct list_head attachments;
 	unsigned int nr_attachments;
@@ -107,6 +108,12 @@ void segment_put(struct segment *seg);
  * still attached.  What it counts later is moved when it is freed.
  */
 void segment_retire_counters(struct segment *seg);
+
+/*
+ * segment_unpublish - @seg's name goes (deleted), under the daemon lock;
+ * the caller puts the list's reference once it has dropped that lock.
+ */
+void segment_unpublish(struct daemon *d, struct segment *seg);
 
 /*
  * Fills @info but for the attached pids (attach_pids() adds them); the

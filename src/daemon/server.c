@@ -487,21 +487,27 @@ static int do_delete(struct conn *c, const struct upg_name *m)
 	int ret = 0;
 
 	if (!proto_name_valid(m->name, sizeof(m->name)) ||
-	    (m->flags & ~UPAGER_DELETE_FORCE))
+	    (m->flags & ~(UPAGER_DELETE_FORCE | UPAGER_DELETE_UNUSED)))
 		return -EINVAL;
 	pthread_mutex_lock(&d->lock);
 	seg = seg_find(d, m->name);
 	ret = seg_lookup(c, seg, 0);
 	if (!ret && c->uid != 0 && c->uid != seg->uid)
 		ret = -EACCES;
-	else if (!ret && (seg->nr_attachments || atomic_load(&seg->nr_clones)) &&
-		 !(m->flags & UPAGER_DELETE_FORCE))
+	else if (!ret && (m->flags & UPAGER_DELETE_UNUSED) &&
+		 seg->nr_attachments) {
+		/* attach_reap() deletes it at the last detach */
+		seg->delete_unused = true;
+		pthread_mutex_unlock(&d->lock);
+		pr_info("segment", "%s: deleted by pid %d once unattached",
+			seg->name, (int)c->pid);
+		return 0;
+	} else if (!ret &&
+		   (seg->nr_attachments || atomic_load(&seg->nr_clones)) &&
+		   !(m->flags & UPAGER_DELETE_FORCE))
 		ret = -EBUSY; /* a forced one lives on for its clones */
 	if (!ret) {
-		seg->deleted = true;
-		list_del_init(&seg->link);
-		segment_retire_counters(seg);
-		d->nr_segments--;
+		segment_unpublish(d, seg);
 		pr_notice("segment", "%s: deleted by pid %d%s", seg->name,
 			  (int)c->pid, seg->nr_attachments ? " (attached)" : "");
 	}

@@ -509,18 +509,16 @@ static struct seg *seg_new(size_t len, void *at, bool priv)
 }
 
 /*
- * Deletes shared segment @s's name unless another process still maps it:
- * that one may fork a child that attaches it again by name (no fork
- * events).  @mine: this process's attachments among them.
+ * Shared segment @s's name goes when no process maps it any more (the
+ * daemon deletes it at the last detach): until then another process
+ * that maps it may fork a child that attaches it again by name (no fork
+ * events).
  */
-static void shared_forget(struct seg *s, unsigned int mine)
+static void shared_forget(struct seg *s)
 {
-	struct upager_segment_info info;
-
-	if (shim_conn() && upager_stat(conn, s->name, &info) == 0 &&
-	    info.nr_attachments <= mine &&
-	    upager_delete(conn, s->name, UPAGER_DELETE_FORCE) == 0)
-		debug("%s: deleted (no other process maps it)", s->name);
+	if (shim_conn() &&
+	    upager_delete(conn, s->name, UPAGER_DELETE_UNUSED) == 0)
+		debug("%s: deleted once no process maps it", s->name);
 }
 
 /* The last piece of @s is gone: detach, and delete it if it is ours. */
@@ -533,7 +531,7 @@ static void seg_drop(struct seg *s)
 	} else {
 		debug("%s: unmapped, detached", s->name);
 		if (!s->priv && (s->owner || (s->shm && shm_file_gone(s->name))))
-			shared_forget(s, 0);
+			shared_forget(s);
 	}
 	seg_free(s);
 }
@@ -660,13 +658,20 @@ enum map_kind {
 
 /* Whether a mapping of @len bytes with @flags (anonymous, or of
  * /dev/zero) is worth a segment. */
+#define GROW_MAX_PIECES 8
+
+/* Set by mremap growing managed memory in place: the tail is managed
+ * whatever its size, so that the range stays one mapping to a later
+ * mremap (the kernel would have merged it). */
+static __thread bool any_size;
+
 static bool manageable(size_t len, int flags)
 {
 	int type = flags & MAP_TYPE;
 
 	if (type == MAP_SHARED || type == MAP_SHARED_VALIDATE)
 		return true;
-	return type == MAP_PRIVATE && len >= cfg_min_size;
+	return type == MAP_PRIVATE && (len >= cfg_min_size || any_size);
 }
 
 /*
@@ -698,9 +703,10 @@ static enum map_kind map_kind(size_t len, int flags, int fd, struct stat *st,
 	if (n <= 9 || strncmp(path, "/dev/shm/", 9))
 		return KIND_KERNEL;
 	path[n] = '\0';
-	/* unlinked: its name is another object's now, or nobody's */
-	if (strchr(path + 9, '/') || strstr(path, " (deleted)") ||
-	    shm_seg_name(path + 9, st->st_ino, shm)) {
+	/* unlinked: its segment, while a process maps it (shm_seg()) */
+	if (!st->st_nlink && n > 10 && strstr(path, " (deleted)"))
+		*strstr(path, " (deleted)") = '\0';
+	if (strchr(path + 9, '/') || shm_seg_name(path + 9, st->st_ino, shm)) {
 		debug("mmap of %s: not a name for a segment: the kernel's",
 		      path);
 		return KIND_KERNEL;
@@ -737,7 +743,8 @@ static struct seg *shm_seg(const char *name, int fd, const struct stat *st,
 		return NULL;
 	strcpy(s->name, name);
 	s->shm = true;
-	ret = upager_create(u, name, &o);
+	/* Unlinked, it is not made again: found, or the file's. */
+	ret = st->st_nlink ? upager_create(u, name, &o) : -EEXIST;
 	s->att_flags = acc == O_RDONLY ? UPAGER_ATTACH_RDONLY : 0;
 	if (ret == 0 || ret == -EEXIST)
 		ret = upager_attach(u, name, s->att_flags, &s->att);
@@ -1296,16 +1303,24 @@ static void *shim_mremap(uintptr_t old, size_t old_len, size_t new_len,
 		pthread_mutex_unlock(&tbl_lock);
 		goto out;
 	}
-	if (!(flags & MREMAP_MAYMOVE)) {
-		/* Grow in place: the tail is a mapping of its own. */
+	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) &&
+	    (!(flags & MREMAP_MAYMOVE) || npieces < GROW_MAX_PIECES)) {
+		/* Grow in place if there is room, as the kernel prefers:
+		 * the tail is a mapping (a segment) of its own, up to
+		 * GROW_MAX_PIECES of them; then moved and copied into one. */
+		any_size = true;
 		p = shim_mmap((void *)oe, new_len - old_len, prot,
 			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
 			      -1, 0);
-		if (p == MAP_FAILED)
-			errno = ENOMEM;
-		else
+		any_size = false;
+		if (p != MAP_FAILED) {
 			p = (void *)old;
-		goto out;
+			goto out;
+		}
+		if (!(flags & MREMAP_MAYMOVE)) {
+			errno = ENOMEM;
+			goto out;
+		}
 	}
 	p = remap_copy(old, old_len, new_len, flags, new_addr, prot);
 out:
@@ -2122,12 +2137,12 @@ static void forget_all(void)
 		struct seg *s = tbl[i].seg;
 
 		if (s->shm && shm_file_gone(s->name))
-			shared_forget(s, 1);
+			shared_forget(s);
 		if (!s->owner)
 			continue; /* a shm object's, or done */
 		/* The mappings stay usable until the process goes. */
 		if (!s->priv)
-			shared_forget(s, 1);
+			shared_forget(s);
 		else if (s->owner == me)
 			upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
 		s->owner = 0;
@@ -2372,7 +2387,6 @@ typedef int (*shm_unlink_fn)(const char *);
 PRELOAD_API int shm_unlink(const char *name)
 {
 	char seg[UPAGER_NAME_MAX + 1], path[PATH_MAX];
-	struct upager_segment_info info;
 	bool known = false;
 	struct stat st;
 	int ret, e;
@@ -2390,11 +2404,10 @@ PRELOAD_API int shm_unlink(const char *name)
 	ret = real_shm_unlink(name);
 	e = errno;
 	/* Mapped somewhere, it stays for whoever maps it (a child attaching
-	 * it again by name, say): the last to unmap it deletes it. */
+	 * it again by name, say), until the last detach. */
 	if (ret == 0 && known && shim_conn() &&
-	    upager_stat(conn, seg, &info) == 0 && !info.nr_attachments &&
-	    upager_delete(conn, seg, UPAGER_DELETE_FORCE) == 0)
-		debug("shm_unlink: %s deleted", seg);
+	    upager_delete(conn, seg, UPAGER_DELETE_UNUSED) == 0)
+		debug("shm_unlink: %s deleted once no process maps it", seg);
 	errno = e;
 	guard--;
 	return ret;
