@@ -434,7 +434,8 @@ struct attachment *attach_reap(struct daemon *d)
 			       !seg->deleted;
 		if (att->put_seg) {
 			segment_unpublish(d, seg);
-			pr_notice("segment", "%s: deleted (its last attachment gone)",
+			pr_notice("segment",
+				  "%s: deleted (its last attachment gone)",
 				  seg->name);
 		}
 		/* (pid changes on the main thread only) */
@@ -444,6 +445,7 @@ struct attachment *attach_reap(struct daemon *d)
 	pthread_mutex_unlock(&d->lock);
 	for (att = list; att; att = att->kill_next)
 		if (att->put_seg)
-			segment_put(att->seg); /* the list's (it holds its own) */
+			segment_put(att->seg); /* the list's (it holds its own)
+						*/
 	return list;
 }

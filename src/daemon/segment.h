@@ -60,7 +60,7 @@ struct segment {
 
 	/* under the daemon lock */
 	bool deleted;
-	bool delete_unused; /* UPAGER_DELETE_UNUSED: at the last detach */
+	bool delete_unused;    /* UPAGER_DELETE_UNUSED: at the last detach */
 	struct list_head link; /* daemon's segment list */
 	struct list_head attachments;
 	unsigned int nr_attachments;

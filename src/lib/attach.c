@@ -183,8 +183,8 @@ err:
 	 * thread's mmap could take it before the caller maps it again. */
 	if (a->addr != MAP_FAILED && at)
 		mmap(at, a->size, PROT_NONE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
-		     0);
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+		     -1, 0);
 	else if (a->addr != MAP_FAILED)
 		munmap(a->addr, a->size);
 	if (a->memfd >= 0)

@@ -151,7 +151,7 @@ static int send_request(struct upager *u, void *msg, size_t len, uint16_t type,
 
 /* One request and its reply; caller holds req_lock. */
 static int exchange(struct upager *u, void *msg, size_t len, uint16_t type,
-			int fd, void *reply, size_t rlen, int *rfd, bool forever)
+		    int fd, void *reply, size_t rlen, int *rfd, bool forever)
 {
 	char buf[UPG_MSG_MAX] __attribute__((aligned(8)));
 	struct upg_hdr *r = (struct upg_hdr *)buf;
