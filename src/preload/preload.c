@@ -2338,7 +2338,10 @@ static int clone_child(void *arg)
 	bool any = false;
 
 	/* held by the parent across the clone (no atfork handlers here) */
+	pthread_mutex_init(&conn_lock, NULL);
 	pthread_mutex_init(&tbl_lock, NULL);
+	pthread_mutex_init(&keep_lock, NULL);
+	nkeep = 0; /* not inherited (MADV_DONTFORK) */
 	for (size_t i = 0; i < tbl_n; i++) {
 		if (!tbl[i].seg->priv)
 			continue;
@@ -2374,9 +2377,13 @@ PRELOAD_API int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 	if ((flags & CLONE_VM) || atomic_load(&shim_state) != SHIM_ON)
 		return real_clone(fn, stack, flags, arg, ptid, tls, ctid);
 	/* The table as it is at the clone: the child reads its copy. */
+	pthread_mutex_lock(&conn_lock);
 	pthread_mutex_lock(&tbl_lock);
+	pthread_mutex_lock(&keep_lock);
 	ret = real_clone(clone_child, stack, flags, &c, ptid, tls, ctid);
+	pthread_mutex_unlock(&keep_lock);
 	pthread_mutex_unlock(&tbl_lock);
+	pthread_mutex_unlock(&conn_lock);
 	return ret;
 }
 
