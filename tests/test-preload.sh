@@ -30,10 +30,9 @@
 #                   its parent's 64 MiB (fork), while a thread allocates
 #                   and frees large blocks (churn); no wrong byte: zeros
 #                   where nothing was written, the right bytes or SIGBUS
-#                   where only the daemon held them; a new daemon after it
-#   daemon-death-fork-after
-#                   (only when named) fork() after the daemon died: the
-#                   child reads all of its copy right
+#                   where only the daemon held them; and fork() after the
+#                   daemon died (fork-after): the child reads all of its
+#                   copy right; a new daemon after it
 #   sanitizer-report  (sanitizer builds) AddressSanitizer's report of a
 #                   heap overflow in a preloaded program comes out whole
 #   unprivileged    (as root) the semantics transcript again as nobody,
@@ -586,17 +585,8 @@ if want $check && ((have_shim)); then
 		death_run memory 256 64
 		death_run fork 64
 		death_run churn 64
-	fi
-fi
-
-# fork() after the daemon died: the child must get its copy.  Run only
-# when named (the shim's child aborts: "no snapshot of ..."; reported,
-# pending the shim's fix).
-check=daemon-death-fork-after
-if ((have_shim)) && [[ " ${only[*]} " == *" $check "* ]]; then
-	if [[ ! -x ${PRELOAD_DEATH:-} ]]; then
-		skip "PRELOAD_DEATH (tests/preload-death) not given"
-	else
+		# fork() after the daemon died: the child gets its copy
+		# (the private segments become the kernel's memory)
 		death_run fork-after 64
 	fi
 fi

@@ -200,6 +200,8 @@ struct seg {
 	bool fresh;			/* fork child: made there */
 	bool cut;			/* a fork's snapshot was cut of it */
 	bool shm;			/* a shm object's (owner 0) */
+	bool converted;			/* no cut at a fork: the kernel's
+					 * private memory now (fork_convert) */
 	bool clone;			/* fork child: its source is the cut,
 					 * so a punched page reads the
 					 * parent's bytes again, not zeros */
@@ -547,6 +549,8 @@ static bool punchable(struct seg *s)
 {
 	struct upager_segment_info info;
 
+	if (s->converted)
+		return false; /* a fork child maps the same frames */
 	if (!s->cut)
 		return true;
 	if (shim_conn() && upager_stat(conn, s->name, &info) == 0 &&
@@ -567,7 +571,6 @@ static bool punchable(struct seg *s)
  */
 static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 {
-	int fd = pc->seg->att->memfd;
 	struct vma v;
 
 	if (!pc->seg->clone && punchable(pc->seg))
@@ -581,12 +584,19 @@ static int priv_zero(const struct piece *pc, uintptr_t start, uintptr_t end)
 					  .prot = PROT_READ | PROT_WRITE };
 		ve = v.end < end ? v.end : end;
 		oe = o + (ve - at);
+		if (pc->seg->converted) {
+			/* the kernel's private memory: fresh zeros */
+			sys_mmap((void *)at, ve - at, v.prot,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+			continue;
+		}
 		if (v.prot != (PROT_READ | PROT_WRITE))
 			sys_mprotect((void *)at, ve - at,
 				     PROT_READ | PROT_WRITE);
 		if (pc->seg->clone)
 			memset((void *)at, 0, ve - at);
 		while (!pc->seg->clone && o < oe) {
+			int fd = pc->seg->att->memfd;
 			off_t d = lseek(fd, o, SEEK_DATA), h;
 
 			if (d < 0 || d >= oe)
@@ -1046,6 +1056,11 @@ static int shim_madvise(uintptr_t s, uintptr_t e, int advice, int *ret)
 					    tbl[i].end - tbl[i].start, advice);
 				continue;
 			}
+			/* the kernel forks a converted one: it must know */
+			if (tbl[i].seg->converted &&
+			    (advice == MADV_DONTFORK || advice == MADV_DOFORK))
+				sys_madvise((void *)tbl[i].start,
+					    tbl[i].end - tbl[i].start, advice);
 			if (advice == MADV_DONTFORK)
 				tbl[i].flags |= PIECE_DONTFORK;
 			else if (advice == MADV_DOFORK)
@@ -1486,7 +1501,7 @@ static bool blk_keep(uintptr_t map, size_t len)
 	i = tbl_first(map);
 	if (i < tbl_n && tbl[i].start == map && tbl[i].end == map + len &&
 	    tbl[i].seg->priv && !tbl[i].seg->cut && !tbl[i].seg->clone &&
-	    tbl[i].seg->pieces == 1) {
+	    !tbl[i].seg->converted && tbl[i].seg->pieces == 1) {
 		pthread_mutex_lock(&keep_lock);
 		if (nkeep < BLK_KEEP) {
 			sys_mprotect((void *)map, len, PROT_READ | PROT_WRITE);
@@ -1859,7 +1874,7 @@ static int fork_prot_fn(const struct vma *v, void *arg)
 		uintptr_t e = tbl[i].end < v->end ? tbl[i].end : v->end;
 
 		if ((!tbl[i].seg->priv && !tbl[i].seg->lost) ||
-		    v->prot == (PROT_READ | PROT_WRITE))
+		    tbl[i].seg->converted || v->prot == (PROT_READ | PROT_WRITE))
 			continue;
 		if (fork_nprots == FORK_PROTS) {
 			fork_prots_lost = true;
@@ -1872,6 +1887,46 @@ static int fork_prot_fn(const struct vma *v, void *arg)
 	return 0;
 }
 
+/*
+ * Parent, tbl_lock held: private segment @s has no cut for the fork (the
+ * daemon gone, @err, or refusing it: its limits), so its ranges become
+ * the kernel's private memory, mapped MAP_PRIVATE from its memfd: the
+ * bytes stay (a write that lands before the mapping changes is in the
+ * memfd, one after is the new mapping's copy), and the kernel's fork
+ * gives the child its copy-on-write copy.  The memfd is written no more;
+ * its frames are not punched (punchable()), and DONTNEED maps fresh
+ * zeros (priv_zero()).  0, or -1 when a range could not be mapped (the
+ * child then aborts).
+ */
+static int fork_convert(struct seg *s, int err)
+{
+	struct vma v;
+
+	for (size_t k = 0; k < tbl_n; k++) {
+		struct piece *pc = &tbl[k];
+
+		if (pc->seg != s)
+			continue;
+		for (uintptr_t at = pc->start, ve; at < pc->end; at = ve) {
+			if (vma_at(at, &v) != 1)
+				return -1;
+			ve = v.end < pc->end ? v.end : pc->end;
+			if (sys_mmap((void *)at, ve - at, v.prot,
+				     MAP_PRIVATE | MAP_FIXED, s->att->memfd,
+				     pc->off + (at - pc->start)) == MAP_FAILED)
+				return -1;
+		}
+		if (pc->flags & PIECE_DONTFORK)
+			sys_madvise((void *)pc->start, pc->end - pc->start,
+				    MADV_DONTFORK);
+	}
+	s->converted = true;
+	logf_("warning: fork: no snapshot of %s (%s): its memory is ordinary "
+	      "private memory from now on",
+	      s->name, strerror(err));
+	return 0;
+}
+
 /* Parent, tbl_lock held: cut a snapshot of each private segment. */
 static void fork_cut(unsigned int gen)
 {
@@ -1879,7 +1934,7 @@ static void fork_cut(unsigned int gen)
 		struct seg *s = tbl[i].seg;
 		bool any = false;
 
-		if (!s->priv || s->snap[0])
+		if (!s->priv || s->converted || s->snap[0])
 			continue;
 		for (size_t k = i; k < tbl_n; k++)
 			if (tbl[k].seg == s && !(tbl[k].flags & PIECE_DONTFORK))
@@ -1887,12 +1942,14 @@ static void fork_cut(unsigned int gen)
 		if (!any)
 			continue;
 		snprintf(s->snap, sizeof(s->snap), "%.48s.f%u", s->name, gen);
-		if (upager_snapshot(conn, s->name, s->snap, NULL)) {
+		if (upager_snapshot(conn, s->name, s->snap, NULL) == 0) {
+			s->cut = true;
+		} else if (fork_convert(s, errno) == 0) {
+			s->snap[0] = '\0';
+		} else {
 			logf_("fork: snapshot of %s: %s", s->name,
 			      strerror(errno));
 			strcpy(s->snap, "-"); /* the child aborts */
-		} else {
-			s->cut = true;
 		}
 	}
 	/* Shared segments the kernel will not give the child (no fork
@@ -2001,7 +2058,8 @@ static void fork_child(void)
 	size_t i;
 
 	for (i = 0; i < tbl_n; i++)
-		if (tbl[i].seg->priv || tbl[i].seg->lost)
+		if ((tbl[i].seg->priv && !tbl[i].seg->converted) ||
+		    tbl[i].seg->lost)
 			sys_mmap((void *)tbl[i].start,
 				 tbl[i].end - tbl[i].start, PROT_NONE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
@@ -2010,7 +2068,12 @@ static void fork_child(void)
 	for (i = 0; i < tbl_n;) {
 		struct seg *old = tbl[i].seg;
 
-		if (old->fresh || (!old->priv && !old->lost)) {
+		if (old->converted) {
+			/* the kernel's copy; the library dropped its
+			 * attachment (MADV_DONTFORK) */
+			old->att = NULL;
+			i++;
+		} else if (old->fresh || (!old->priv && !old->lost)) {
 			i++;
 		} else if (!old->priv) {
 			fork_clone(old, me);
