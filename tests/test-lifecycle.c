@@ -510,6 +510,79 @@ START_TEST(test_attach_churn_frees_everything)
 }
 END_TEST
 
+/*
+ * UPAGER_DELETE_UNUSED: the name stays while anything is attached (another
+ * process may attach it meanwhile) and goes at the last detach, also when
+ * that is a process's death; unattached, it goes at once.
+ */
+static bool seg_exists(struct upager *u, const char *name)
+{
+	struct upager_segment_info info;
+
+	return upager_stat(u, name, &info) == 0;
+}
+
+START_TEST(test_delete_unused)
+{
+	struct upager_attachment *a;
+	struct h_daemon d;
+	struct upager *u;
+	volatile char *p;
+	uint64_t dl;
+	pid_t pid;
+	int go[2];
+
+	h_daemon_start(&d);
+	u = h_connect(&d);
+	ck_assert_int_eq(upager_delete(u, "none", UPAGER_DELETE_UNUSED),
+			 -ENOENT);
+	h_create(u, "idle", 64 * 1024, -1, 0);
+	ck_assert_int_eq(upager_delete(u, "idle", 0x4), -EINVAL);
+	ck_assert_int_eq(upager_delete(u, "idle", UPAGER_DELETE_UNUSED), 0);
+	ck_assert(!seg_exists(u, "idle"));
+
+	h_create(u, "u", 64 * 1024, -1, 0);
+	ck_assert_int_eq(upager_attach(u, "u", 0, &a), 0);
+	p = upager_attachment_addr(a);
+	p[100] = 'a';
+	ck_assert_int_eq(upager_delete(u, "u", UPAGER_DELETE_UNUSED), 0);
+	ck_assert(seg_exists(u, "u"));
+	/* another process attaches it by name meanwhile, and stays */
+	ck_assert_int_eq(pipe(go), 0);
+	pid = h_fork();
+	if (pid == 0) {
+		struct upager *cu = h_child_connect(d.sock);
+		struct upager_attachment *ca;
+		volatile char *q;
+		char c;
+
+		close(go[1]);
+		CHILD_CHECK(upager_attach(cu, "u", 0, &ca) == 0, "attach");
+		q = upager_attachment_addr(ca);
+		CHILD_CHECK(q[100] == 'a', "the first process's byte");
+		q[200] = 'b';
+		CHILD_CHECK(read(go[0], &c, 1) == 0, "wait");
+		_exit(0);
+	}
+	close(go[0]);
+	while (p[200] != 'b')
+		h_nap_ms(1);
+	ck_assert_int_eq(upager_detach(a), 0);
+	h_nap_ms(100);
+	ck_assert_msg(seg_exists(u, "u"), "gone while the child maps it");
+	/* its last attachment goes with the process */
+	kill(pid, SIGKILL);
+	h_wait_child(pid);
+	close(go[1]);
+	dl = h_now_ms() + H_TIMEOUT_MS;
+	while (seg_exists(u, "u") && h_now_ms() < dl)
+		h_nap_ms(5);
+	ck_assert_msg(!seg_exists(u, "u"), "still there after the last detach");
+	upager_disconnect(u);
+	h_daemon_stop(&d);
+}
+END_TEST
+
 static Suite *lifecycle_suite(void)
 {
 	Suite *s = h_suite("lifecycle");
@@ -524,6 +597,7 @@ static Suite *lifecycle_suite(void)
 
 	tc = h_tcase(s, "client", H_NEED_DAEMON);
 	tcase_add_test(tc, test_detach_disconnect_loop);
+	tcase_add_test(tc, test_delete_unused);
 	h_add_test(tc, test_attach_churn_frees_everything,
 		   H_NEED_BASE | UFFD_FEATURE_EVENT_FORK);
 	return s;

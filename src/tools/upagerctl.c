@@ -99,6 +99,7 @@ enum {
 	OPT_SOURCE,
 	OPT_MODE,
 	OPT_FORCE,
+	OPT_UNUSED,
 	OPT_JSON,
 	OPT_OFFSET,
 	OPT_LENGTH,
@@ -132,6 +133,7 @@ struct args {
 	bool has_size;
 	bool has_length;
 	bool force;
+	bool unused;
 	bool json;
 	bool verbose;
 };
@@ -990,7 +992,9 @@ static int cmd_delete(struct upager *u, const struct args *a)
 {
 	int ret;
 
-	ret = upager_delete(u, a->name, a->force ? UPAGER_DELETE_FORCE : 0);
+	ret = upager_delete(u, a->name,
+			    (a->force ? UPAGER_DELETE_FORCE : 0) |
+				    (a->unused ? UPAGER_DELETE_UNUSED : 0));
 	return ret < 0 ? fail_errno(a, -ret) : EXIT_SUCCESS;
 }
 
@@ -1762,6 +1766,7 @@ static const struct option save_options[] = {
 
 static const struct option delete_options[] = {
 	{ "force", no_argument, NULL, OPT_FORCE },
+	{ "unused", no_argument, NULL, OPT_UNUSED },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1846,11 +1851,15 @@ static const struct command commands[] = {
 	{
 		.name = "delete",
 		.handler = cmd_delete,
-		.usage = "NAME [--force]",
+		.usage = "NAME [--force | --unused]",
 		.help = "Delete segment NAME.\n\n"
 			"  --force         even while attached: the name goes "
 			"now, the memory\n"
-			"                  when the last attachment does\n",
+			"                  when the last attachment does\n"
+			"  --unused        now if nothing is attached, else when "
+			"the last\n"
+			"                  attachment goes (the name stays until "
+			"then)\n",
 		.options = delete_options,
 		.needs = NEEDS_NAME,
 	},
@@ -2127,7 +2136,16 @@ static int apply_option(struct args *a, int opt, const char *arg)
 	case OPT_MODE:
 		return parse_mode_arg(cmd, arg, &a->mode);
 	case OPT_FORCE:
+		if (a->unused)
+			return usage_error(cmd, "--force and --unused: one or "
+						"the other");
 		a->force = true;
+		return PARSE_OK;
+	case OPT_UNUSED:
+		if (a->force)
+			return usage_error(cmd, "--force and --unused: one or "
+						"the other");
+		a->unused = true;
 		return PARSE_OK;
 	case OPT_JSON:
 		a->json = true;
