@@ -962,11 +962,9 @@ static void s_errno(void)
 	TRY("mprotect unaligned", EINVAL, mprotect(p + 1, PAGE, PROT_READ));
 	TRY("mprotect unmapped", ENOMEM, mprotect(unmapped, PAGE, PROT_READ));
 	TRY("mprotect bad prot", EINVAL, mprotect(p, PAGE, 0x1000));
-#ifndef __SANITIZE_ADDRESS__
-	/* (AddressSanitizer maps its own memory into holes like this one) */
-	TRY("mprotect part unmapped", ENOMEM,
-	    mprotect(p + 4 * MiB - PAGE, 2 * PAGE, PROT_READ));
-#endif
+	/* (Not "mprotect over a range partly unmapped": mprotect is not
+	 * interposed, and whether the hole next to p is still free depends
+	 * on who mapped what meanwhile, a sanitizer or glibc's malloc.) */
 #undef TRY
 #undef MMAP_RC
 	int bad = 0;
