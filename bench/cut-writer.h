@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The cut at fork, as tests/preload-semantics.c and preload-workload.c
- * check it: a thread writes word i := ++seq in address order, over and
- * over, while another forks.  Whatever instant the fork took, the child
- * must see the memory of one instant: every word the largest seq <= P (P
- * the largest in memory) that is i + 1 modulo the word count.
+ * What tests/preload-semantics.c and preload-workload.c share: the hash
+ * their patterns are made of (mix), and the cut at fork as they check it: a
+ * thread writes word i := ++seq in address order, over and over, while another
+ * forks.  Whatever instant the fork took, the child must see the memory of one
+ * instant: every word the largest seq <= P (P the largest in memory) that is i
+ * + 1 modulo the word count.
  */
 #ifndef UPAGER_CUT_WRITER_H
 #define UPAGER_CUT_WRITER_H
@@ -13,6 +14,17 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* A 64-bit mix (MurmurHash3's finaliser): patterns and checksums. */
+static inline uint64_t mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
 
 struct writer {
 	volatile uint64_t *w;

@@ -120,16 +120,6 @@ static const char *errname(int e)
 	}
 }
 
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	x ^= x >> 33;
-	return x;
-}
-
 /* Word i of the pattern @seed: never zero. */
 static uint64_t pat(uint64_t seed, size_t i)
 {

@@ -457,6 +457,17 @@ static int wait_fd_count(pid_t pid, int n)
 	return now;
 }
 
+/* The daemon is back to @base descriptors after churn @what. */
+static void expect_fds_back(pid_t pid, int base, const char *what)
+{
+	int now = wait_fd_count(pid, base);
+
+	ck_assert_msg(now == base,
+		      "%s: the daemon holds %d descriptors, %d before: "
+		      "attachments or segments not freed",
+		      what, now, base);
+}
+
 /*
  * Attach, touch, detach, delete, many times over, with the daemon's
  * workers (one per CPU) moving each userfaultfd's reader to the CPU its
@@ -472,7 +483,7 @@ START_TEST(test_attach_churn_frees_everything)
 	struct upager_daemon_stats st;
 	struct h_daemon d;
 	struct upager *u;
-	int base, now;
+	int base;
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
@@ -480,25 +491,11 @@ START_TEST(test_attach_churn_frees_everything)
 	ck_assert_int_gt(base, 0);
 
 	churn(u, 300, UPAGER_ATTACH_RDONLY, false, false);
-	now = wait_fd_count(d.pid, base);
-	ck_assert_msg(now == base,
-		      "read-only: the daemon holds %d descriptors, %d before: "
-		      "attachments or segments not freed",
-		      now, base);
-
+	expect_fds_back(d.pid, base, "read-only");
 	churn(u, 300, 0, true, false);
-	now = wait_fd_count(d.pid, base);
-	ck_assert_msg(now == base,
-		      "read-write: the daemon holds %d descriptors, %d before: "
-		      "attachments or segments not freed",
-		      now, base);
-
+	expect_fds_back(d.pid, base, "read-write");
 	churn(u, 100, 0, true, true);
-	now = wait_fd_count(d.pid, base);
-	ck_assert_msg(now == base,
-		      "forked children: the daemon holds %d descriptors, %d "
-		      "before: attachments or segments not freed",
-		      now, base);
+	expect_fds_back(d.pid, base, "forked children");
 
 	st = h_stats(u);
 	ck_assert_uint_eq(st.segments, 0);

@@ -87,6 +87,21 @@ static char *pat_buf(size_t size, uint64_t seed)
 }
 
 /*
+ * Segment "seg" of @size, created and attached read-write (@a, mapped at
+ * *@map), written with pattern 1: returns a copy of what it holds.
+ */
+static char *seg_written(struct upager *u, size_t size,
+			 struct upager_attachment **a, char **map)
+{
+	char *data = pat_buf(size, 1);
+
+	h_create(u, "seg", size, -1, 0600);
+	*map = h_attach(u, "seg", 0, a);
+	memcpy(*map, data, size);
+	return data;
+}
+
+/*
  * The byte offset of the first word of [@p, @p + @n pages) that is not
  * pattern @seed for pages from @first, or -1.
  */
@@ -772,10 +787,7 @@ START_TEST(test_many_snapshots_and_lifetime)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	h_create(u, "seg", size, -1, 0600);
-	map = h_attach(u, "seg", 0, &a);
-	v1 = pat_buf(size, 1);
-	memcpy(map, v1, size);
+	v1 = seg_written(u, size, &a, &map);
 	snap(u, "seg", "t1", NULL);
 	v2 = malloc(size);
 	memcpy(v2, v1, size);
@@ -1222,10 +1234,7 @@ START_TEST(test_madv_remove_snapshot)
 
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	h_create(u, "seg", size, -1, 0600);
-	map = h_attach(u, "seg", 0, &a);
-	orig = pat_buf(size, 1);
-	memcpy(map, orig, size);
+	orig = seg_written(u, size, &a, &map);
 	snap(u, "seg", "snap", NULL);
 	/* a reader that copies pages 0..99 of the snapshot before the
 	 * removes */
@@ -1367,10 +1376,7 @@ START_TEST(test_unmap_during_cut)
 	*stop = 0;
 	h_daemon_start(&d);
 	u = h_connect(&d);
-	h_create(u, "seg", size, -1, 0600);
-	data = pat_buf(size, 1);
-	map = h_attach(u, "seg", 0, &a);
-	memcpy(map, data, size);
+	data = seg_written(u, size, &a, &map);
 	ck_assert_int_eq(upager_detach(a), 0);
 
 	/* attach, read a little, detach, again */

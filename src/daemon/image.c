@@ -17,6 +17,7 @@
 
 #include <liburing.h>
 
+#include "fd.h"
 #include "image.h"
 #include "log.h"
 #include "ring.h"
@@ -156,25 +157,6 @@ static bool page_is_zero(const char *p, uint32_t len)
 	return true;
 }
 
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pwrite(fd, (const char *)buf + done, len - done,
-				   (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		done += n;
-	}
-	return 0;
-}
-
 /* One write's completion; a short one is finished by hand. */
 static void save_complete(struct image_save *sv, struct io_uring_cqe *cqe)
 {
@@ -187,8 +169,8 @@ static void save_complete(struct image_save *sv, struct io_uring_cqe *cqe)
 	if (res < 0)
 		ret = res;
 	else if ((uint32_t)res < w->len)
-		ret = pwrite_full(sv->fd, w->p + res, w->len - res,
-				  w->off + res);
+		ret = fd_pwrite_full(sv->fd, w->p + res, w->len - res,
+				     w->off + res);
 	if (ret && !sv->err)
 		sv->err = ret;
 	if (!ret)
@@ -337,13 +319,13 @@ static int save_trailer(struct image_save *sv, const uint8_t *bitmap,
 		info.bitmap_sum = image_sum(IMAGE_SUM0, bitmap, info.bitmap_len);
 	}
 	image_trailer_make(&info, &hdr, &foot);
-	ret = pwrite_full(sv->fd, &hdr, sizeof(hdr), off);
+	ret = fd_pwrite_full(sv->fd, &hdr, sizeof(hdr), off);
 	off += sizeof(hdr);
 	if (!ret && bitmap)
-		ret = pwrite_full(sv->fd, bitmap, info.bitmap_len, off);
+		ret = fd_pwrite_full(sv->fd, bitmap, info.bitmap_len, off);
 	off += info.bitmap_len;
 	if (!ret)
-		ret = pwrite_full(sv->fd, &foot, sizeof(foot), off);
+		ret = fd_pwrite_full(sv->fd, &foot, sizeof(foot), off);
 	if (!ret)
 		sv->bytes += sizeof(hdr) + info.bitmap_len + sizeof(foot);
 	return ret;

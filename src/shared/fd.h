@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <unistd.h>
 
 /*
@@ -55,6 +56,45 @@ static inline int fd_stdio_guard(void)
 		closed |= 1 << fd;
 	}
 	return closed;
+}
+
+/* One loop for both below: reads into @rbuf, or writes @wbuf. */
+static inline int fd_pio_full_(int fd, char *rbuf, const char *wbuf, size_t len,
+			       uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		off_t at = (off_t)(off + done);
+		ssize_t n = rbuf ? pread(fd, rbuf + done, len - done, at) :
+				   pwrite(fd, wbuf + done, len - done, at);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return rbuf ? -ENODATA : -EIO;
+		done += n;
+	}
+	return 0;
+}
+
+/*
+ * fd_pread_full, fd_pwrite_full - all of [@buf, @buf + @len) read from (or
+ * written to) @fd at @off, across short transfers and EINTR.  Return 0,
+ * -errno, or -ENODATA when a read finds the file ending first (-EIO when
+ * a write takes nothing).
+ */
+static inline int fd_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	return fd_pio_full_(fd, buf, NULL, len, off);
+}
+
+static inline int fd_pwrite_full(int fd, const void *buf, size_t len,
+				 uint64_t off)
+{
+	return fd_pio_full_(fd, NULL, buf, len, off);
 }
 
 #endif

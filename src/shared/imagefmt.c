@@ -9,6 +9,7 @@
 
 #include <upager/upager.h>
 
+#include "fd.h"
 #include "imagefmt.h"
 
 uint64_t image_sum(uint64_t h, const void *p, size_t n)
@@ -22,23 +23,12 @@ uint64_t image_sum(uint64_t h, const void *p, size_t n)
 	return h;
 }
 
+/* A read that finds the file ending first: shorter than its trailer says. */
 static int pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
-	size_t done = 0;
+	int ret = fd_pread_full(fd, buf, len, off);
 
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done,
-				  (off_t)(off + done));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EINVAL; /* shorter than its trailer says */
-		done += n;
-	}
-	return 0;
+	return ret == -ENODATA ? -EINVAL : ret;
 }
 
 static int bad(const char **why, const char *what)
