@@ -17,6 +17,12 @@
  *        --exec-child LABEL        allocate, fill, print a checksum line
  *        --shm-child NAME SIZE     open a POSIX shm name, check the
  *                                  parent's half, write the other half
+ *        --fork-connect US         fork while another thread makes the
+ *                                  first large allocation (under the
+ *                                  shim: the first connection), US
+ *                                  microseconds into it
+ *        --exit-together           a shared mapping, a fork, both exit
+ *                                  at once (test-preload.sh loops it)
  *        --asan-report             a heap overflow for AddressSanitizer
  *                                  to report (exit 77 in other builds)
  */
@@ -37,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
 
@@ -1614,6 +1621,83 @@ static void s_failed_calls(void)
 		close(fd);
 }
 
+/* --fork-connect: another thread's first large allocation races fork */
+static void *alloc_main(void *arg)
+{
+	char *p = malloc(4 * MiB);
+
+	(void)arg;
+	if (p)
+		memset(p, 1, 4 * MiB);
+	return p;
+}
+
+static int fork_connect(long us)
+{
+	struct timespec ts = { 0, us * 1000 };
+	pthread_t t;
+	void *blk;
+
+	if (pthread_create(&t, NULL, alloc_main, NULL))
+		return 2;
+	nanosleep(&ts, NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		alarm(5); /* a child that hangs fails its parent's wait */
+		char *q = malloc(2 * MiB);
+
+		if (!q)
+			_exit(3);
+		fill(q, 2 * MiB, 801);
+		_exit(check(q, 2 * MiB, 801) ? 0 : 4);
+	}
+	pthread_join(t, &blk);
+	int code = pid < 0 ? -1 : wait_code(pid);
+	free(blk);
+	return code == 0 && blk ? 0 : 1;
+}
+
+/* --exit-together: what each process maps must go with them */
+static int exit_together(void)
+{
+	char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return 2;
+	p[0] = 1;
+	if (fork() == 0) {
+		p[1] = 2;
+		_exit(0);
+	}
+	return 0;
+}
+
+/* fork while the first connection is being made, at 20 instants */
+static void s_fork_connect(void)
+{
+	int failed = 0;
+
+	for (int i = 0; i < 20; i++) {
+		char us[16];
+
+		snprintf(us, sizeof(us), "%d", i * 150);
+		fflush(stdout);
+		pid_t pid = xfork();
+		if (pid == 0) {
+			execl(self_exe, self_exe, "--fork-connect", us,
+			      (char *)NULL);
+			_exit(127);
+		}
+		if (wait_code(pid) != 0)
+			failed++;
+	}
+	printf("fork-connect: 20 forks racing the first connection, "
+	       "failed=%d\n",
+	       failed);
+	EXPECT(failed == 0, "fork-connect");
+}
+
 /* --asan-report: AddressSanitizer's report maps memory through the
  * shim (test-preload.sh: it must come out whole, not hang). */
 static int asan_report(void)
@@ -1691,6 +1775,7 @@ static const struct section sections[] = {
 	{ "fork-release", s_fork_release },
 	{ "failed-calls", s_failed_calls },
 	{ "mremap-grow", s_mremap_grow },
+	{ "fork-connect", s_fork_connect },
 };
 
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
@@ -1719,6 +1804,10 @@ int main(int argc, char **argv)
 
 	if (argc == 3 && !strcmp(argv[1], "--exec-child"))
 		return exec_child(argv[2]);
+	if (argc == 3 && !strcmp(argv[1], "--fork-connect"))
+		return fork_connect(strtol(argv[2], NULL, 10));
+	if (argc == 2 && !strcmp(argv[1], "--exit-together"))
+		return exit_together();
 	if (argc == 2 && !strcmp(argv[1], "--asan-report"))
 		return asan_report();
 	if (argc == 4 && !strcmp(argv[1], "--shm-child"))
