@@ -44,6 +44,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <malloc.h>
+#include <ucontext.h>
 #include <unistd.h>
 #include <sys/mman.h>
 
@@ -1749,6 +1751,256 @@ static void s_mremap_grow(void)
 	munmap(whole ? m : p, whole ? 8 * MiB : 2 * MiB + 64 * KiB);
 }
 
+/*
+ * Small blocks, below UPAGER_MIN_SIZE: glibc's arenas without the shim,
+ * the shim's (managed) with it.  Threads allocate every way there is,
+ * free each other's blocks, end with blocks cached; a fork child checks
+ * and changes them; a thread on a stack of malloc()ed memory forks.
+ */
+enum { AR_THREADS = 4, AR_BLOCKS = 4000 };
+
+struct ar_blk {
+	char *p;
+	size_t len;
+	uint64_t seed;
+};
+
+static struct ar_blk ar_blk[AR_THREADS][AR_BLOCKS];
+
+/* Block @i's size: mostly small, some to 16 KiB, a few to 300 KiB. */
+static size_t ar_size(uint64_t r)
+{
+	size_t sz = r % 100 < 80 ? r % 512 :
+		    r % 100 < 98 ? r % (16 * KiB) :
+				   r % (300 * KiB);
+
+	return (sz & ~7ul) + 8;
+}
+
+struct ar_thr {
+	int id;
+	int errors;
+	bool managed;
+};
+
+static void *ar_thread(void *arg)
+{
+	struct ar_thr *t = arg;
+	struct ar_blk *b = ar_blk[t->id];
+
+	for (int i = 0; i < AR_BLOCKS; i++) {
+		uint64_t r = mix(t->id * AR_BLOCKS + i + 7);
+		size_t len = ar_size(r);
+		void *p = NULL;
+
+		switch (r % 7) {
+		case 0:
+			p = calloc(1, len);
+			if (p && !is_zero(p, len))
+				t->errors++;
+			break;
+		case 1:
+			p = memalign(64, len);
+			if ((uintptr_t)p % 64)
+				t->errors++;
+			break;
+		case 2:
+			if (posix_memalign(&p, 4096, len) || (uintptr_t)p % 4096)
+				t->errors++;
+			break;
+		default:
+			p = malloc(len);
+		}
+		if (!p || malloc_usable_size(p) < len) {
+			t->errors++;
+			continue;
+		}
+		b[i] = (struct ar_blk){ p, len, r };
+		fill(p, len, r);
+	}
+	t->managed = managed(b[0].p);
+	/* every third freed and allocated again as a calloc (zeros after
+	 * the bytes of the freed one); every fifth grown or shrunk */
+	for (int i = 0; i < AR_BLOCKS; i += 3) {
+		free(b[i].p);
+		b[i].p = calloc(b[i].len / 8, 8);
+		if (!b[i].p || !is_zero(b[i].p, b[i].len))
+			t->errors++;
+		else
+			fill(b[i].p, b[i].len, b[i].seed);
+	}
+	for (int i = 1; i < AR_BLOCKS; i += 5) {
+		size_t len = i % 2 ? b[i].len * 3 : (b[i].len / 16 + 1) * 8;
+		size_t keep = len < b[i].len ? len : b[i].len;
+		char *p = realloc(b[i].p, len);
+
+		if (!p || !check(p, keep, b[i].seed)) {
+			t->errors++;
+			continue;
+		}
+		b[i].p = p;
+		b[i].len = len;
+		fill(p, len, b[i].seed);
+	}
+	return NULL;
+}
+
+/* Frees thread @id's odd blocks, made by another thread. */
+static void *ar_freer(void *arg)
+{
+	struct ar_blk *b = ar_blk[(long)arg];
+
+	for (int i = 1; i < AR_BLOCKS; i += 2) {
+		free(b[i].p);
+		b[i].p = NULL;
+	}
+	return NULL;
+}
+
+/* Whether every live block holds its pattern; their sum in @h. */
+static int ar_check(uint64_t *h)
+{
+	int bad = 0;
+
+	*h = 0;
+	for (int k = 0; k < AR_THREADS; k++)
+		for (int i = 0; i < AR_BLOCKS; i++) {
+			struct ar_blk *b = &ar_blk[k][i];
+
+			if (!b->p)
+				continue;
+			if (!check(b->p, b->len, b->seed))
+				bad++;
+			*h = mix(*h ^ sum(b->p, b->len));
+		}
+	return bad;
+}
+
+static void *ar_forker(void *arg)
+{
+	(void)arg;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		uint64_t h;
+
+		_exit(ar_check(&h) ? 1 : 0);
+	}
+	return (void *)(intptr_t)(pid < 0 ? -1 : wait_code(pid));
+}
+
+/* A coroutine on a malloc()ed stack (its thread's TLS elsewhere) forks. */
+static ucontext_t co_main, co_ctx;
+static int co_child = -1;
+
+static void co_fork(void)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		uint64_t h;
+
+		_exit(ar_check(&h) ? 1 : 0);
+	}
+	co_child = pid < 0 ? -1 : wait_code(pid);
+}
+
+static int coroutine_fork(void)
+{
+	size_t len = 256 * KiB;
+	char *stack = malloc(len);
+
+	if (!stack || getcontext(&co_ctx))
+		return -1;
+	co_ctx.uc_stack.ss_sp = stack;
+	co_ctx.uc_stack.ss_size = len;
+	co_ctx.uc_link = &co_main;
+	makecontext(&co_ctx, co_fork, 0);
+	swapcontext(&co_main, &co_ctx);
+	free(stack);
+	return co_child;
+}
+
+static void s_arenas(void)
+{
+	pthread_t tid[AR_THREADS];
+	struct ar_thr t[AR_THREADS];
+	int errors = 0, bad, child, stack_child = -1;
+	uint64_t h, h2;
+	bool man = true;
+
+	for (int i = 0; i < AR_THREADS; i++) {
+		t[i] = (struct ar_thr){ .id = i };
+		pthread_create(&tid[i], NULL, ar_thread, &t[i]);
+	}
+	for (int i = 0; i < AR_THREADS; i++) {
+		pthread_join(tid[i], NULL);
+		errors += t[i].errors;
+		man &= t[i].managed;
+	}
+	bad = ar_check(&h);
+	printf("arenas: %d threads x %d blocks: errors=%d bad=%d sum=%016llx\n",
+	       AR_THREADS, AR_BLOCKS, errors, bad, (unsigned long long)h);
+
+	/* a fork child checks them all, frees some, overwrites others */
+	pid_t pid = xfork();
+	if (pid == 0) {
+		int code = ar_check(&h2) ? 1 : 0;
+
+		for (int i = 0; i < AR_BLOCKS; i++) {
+			if (i % 2)
+				free(ar_blk[0][i].p);
+			else if (ar_blk[1][i].p)
+				memset(ar_blk[1][i].p, 0x5a, ar_blk[1][i].len);
+		}
+		for (int i = 0; i < 1000; i++) {
+			char *p = malloc(100 + i);
+
+			if (!p)
+				code = 1;
+			else
+				memset(p, 0x77, 100 + i);
+		}
+		_exit(code);
+	}
+	child = wait_code(pid);
+	bad = ar_check(&h2);
+	printf("arenas: fork child saw them=%s; parent's kept=%s\n",
+	       child == 0 ? "yes" : "no", !bad && h2 == h ? "yes" : "no");
+	EXPECT(!errors && child == 0 && !bad && h2 == h, "arenas");
+
+	/* other threads free them; then a thread on a malloc()ed stack forks */
+	for (int i = 0; i < AR_THREADS; i++)
+		pthread_create(&tid[i], NULL, ar_freer, (void *)(long)i);
+	for (int i = 0; i < AR_THREADS; i++)
+		pthread_join(tid[i], NULL);
+	bad = ar_check(&h2);
+	int co = coroutine_fork();
+	size_t stack_len = 512 * KiB;
+	void *stack = malloc(stack_len);
+	pthread_attr_t attr;
+	void *ret = NULL;
+
+	pthread_attr_init(&attr);
+	if (stack && !pthread_attr_setstack(&attr, stack, stack_len) &&
+	    !pthread_create(&tid[0], &attr, ar_forker, NULL) &&
+	    !pthread_join(tid[0], &ret))
+		stack_child = (int)(intptr_t)ret;
+	pthread_attr_destroy(&attr);
+	free(stack);
+	printf("arenas: freed by other threads: bad=%d; fork on a malloc()ed "
+	       "stack: child exit %d, from a coroutine: %d\n",
+	       bad, stack_child, co);
+	EXPECT(!bad && stack_child == 0 && co == 0,
+	       "arenas: cross-thread free or fork");
+	EXPECT(man, "arenas: a thread's small block is not managed");
+	for (int k = 0; k < AR_THREADS; k++)
+		for (int i = 0; i < AR_BLOCKS; i++) {
+			free(ar_blk[k][i].p);
+			ar_blk[k][i].p = NULL;
+		}
+}
+
 struct section {
 	const char *name;
 	void (*fn)(void);
@@ -1769,6 +2021,7 @@ static const struct section sections[] = {
 	{ "errno", s_errno },
 	{ "threads", s_threads },
 	{ "malloc", s_malloc },
+	{ "arenas", s_arenas },
 	{ "exec", s_exec },
 	{ "devzero", s_devzero },
 	{ "shm", s_shm },

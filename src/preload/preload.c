@@ -48,7 +48,7 @@
  *  - mprotect is not interposed: the kernel applies it to the mapping.
  *
  * Re-entrancy: the library allocates, maps and starts a thread; a
- * thread-local guard sends whatever the shim itself (and the library's
+ * thread-local shim_guard sends whatever the shim itself (and the library's
  * watcher thread) calls to the kernel, and whatever they allocate to
  * glibc (__libc_malloc).  The table lock is a leaf: nothing is called
  * while it is held except raw system calls, except by fork(), which holds
@@ -86,6 +86,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -98,6 +99,7 @@
 
 #include "lib.h"
 #include "proto.h"
+#include "shim.h"
 #include "size.h"
 
 #define PRELOAD_API __attribute__((visibility("default")))
@@ -159,10 +161,17 @@ static int sys_mprotect(void *addr, size_t len, int prot)
 	return syscall(SYS_mprotect, addr, len, prot);
 }
 
+/* libc's own @fn, found once */
+#define REAL(fn, type)         \
+	static type real_##fn; \
+	if (!real_##fn)        \
+	real_##fn = (type)dlsym(RTLD_NEXT, #fn)
+
 /* Configuration, read once at load */
 
-static size_t cfg_min_size = 1 << 20;
-static bool cfg_debug, cfg_require, cfg_shm = true;
+size_t cfg_min_size = 1 << 20;
+bool cfg_debug;
+static bool cfg_require, cfg_shm = true;
 static const char *cfg_socket;
 static dev_t shm_dev; /* of /dev/shm; 0: no such file system */
 
@@ -177,11 +186,11 @@ static long page_size = 4096;
 static size_t malloc_min = SIZE_MAX;
 
 /* Non-zero while this thread runs the shim or the library. */
-static __thread int guard;
+__thread int shim_guard SHIM_TLS;
 
 static void guard_hook(void)
 {
-	guard = 1;
+	shim_guard = 1;
 }
 
 /*
@@ -234,9 +243,7 @@ static atomic_uint seg_count; /* for the names */
  * but must not act on it at exit or exec. */
 static pid_t tbl_pid;
 
-static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void logf_(const char *fmt, ...)
+void shim_log(const char *fmt, ...)
 {
 	char buf[512];
 	int n = snprintf(buf, sizeof(buf), "upager-preload[%d]: ", getpid());
@@ -253,11 +260,7 @@ static void logf_(const char *fmt, ...)
 	}
 }
 
-#define debug(...)                          \
-	do {                                \
-		if (cfg_debug)              \
-			logf_(__VA_ARGS__); \
-	} while (0)
+#define debug(...) shim_debug(__VA_ARGS__)
 
 static uintptr_t page_up(uintptr_t x)
 {
@@ -454,8 +457,9 @@ static struct upager *shim_conn(void)
 			debug("connected to the daemon (pid %d)",
 			      upager_daemon_pid(conn));
 		} else {
-			logf_("%s: no daemon (%s): running on ordinary memory",
-			      cfg_require ? "error" : "warning", strerror(-ret));
+			shim_log("%s: no daemon (%s): running on ordinary memory",
+				 cfg_require ? "error" : "warning",
+				 strerror(-ret));
 			if (cfg_require)
 				abort();
 			malloc_min = SIZE_MAX;
@@ -780,9 +784,9 @@ static struct seg *shm_seg(const char *name, int fd, const struct stat *st,
 		sys_munmap((void *)(base + off + len), s->size - off - len);
 	return s;
 fail:
-	logf_("warning: shm %s: %s: this mapping is the file's, not shared "
-	      "with other processes' upager mappings",
-	      name, strerror(-ret));
+	shim_log("warning: shm %s: %s: this mapping is the file's, not shared "
+		 "with other processes' upager mappings",
+		 name, strerror(-ret));
 	seg_free(s);
 	return NULL;
 }
@@ -927,6 +931,61 @@ kernel:
 	return p;
 }
 
+/* For arena.c (shim.h) */
+
+bool shim_connected(void)
+{
+	return shim_conn() != NULL;
+}
+
+void *shim_arena_map(size_t len)
+{
+	uintptr_t r, a;
+	bool managed;
+	size_t i;
+	void *p;
+
+	p = sys_mmap(NULL, 2 * len, PROT_NONE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	r = (uintptr_t)p;
+	a = (r + len - 1) & ~(uintptr_t)(len - 1);
+	if (a > r)
+		sys_munmap(p, a - r);
+	sys_munmap((void *)(a + len), r + len - a);
+	/* over the reservation: the segment, or the kernel's memory */
+	p = shim_mmap((void *)a, len, PROT_NONE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+		      -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	pthread_mutex_lock(&tbl_lock);
+	i = tbl_first(a);
+	managed = i < tbl_n && tbl[i].start == a && tbl[i].end == a + len;
+	pthread_mutex_unlock(&tbl_lock);
+	if (!managed) {
+		sys_munmap(p, len);
+		return NULL;
+	}
+	return p;
+}
+
+bool shim_release(void *p, size_t len)
+{
+	uintptr_t s = (uintptr_t)p;
+	bool zero = false;
+	size_t i;
+
+	pthread_mutex_lock(&tbl_lock);
+	i = tbl_first(s);
+	if (i < tbl_n && tbl[i].start <= s && tbl[i].end >= s + len &&
+	    tbl[i].seg->priv && !tbl[i].seg->clone && punchable(tbl[i].seg))
+		zero = sys_madvise(p, len, MADV_REMOVE) == 0;
+	pthread_mutex_unlock(&tbl_lock);
+	return zero;
+}
+
 /*
  * AddressSanitizer, preloaded before the shim, maps its symbolizer's
  * memory through mmap while it prints a report, holding its thread
@@ -947,14 +1006,14 @@ PRELOAD_API void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 	void *p;
 	int e;
 
-	if (guard || in_sanitizer_report())
+	if (shim_guard || in_sanitizer_report())
 		return sys_mmap(addr, len, prot, flags, fd, off);
-	guard++;
+	shim_guard++;
 	e = errno;
 	p = shim_mmap(addr, len, prot, flags, fd, off);
 	if (p != MAP_FAILED)
 		errno = e;
-	guard--;
+	shim_guard--;
 	return p;
 }
 
@@ -972,10 +1031,10 @@ PRELOAD_API int munmap(void *addr, size_t len)
 	struct seg *dead = NULL;
 	int ret, e;
 
-	if (guard || !len || (s & (page_size - 1)) ||
+	if (shim_guard || !len || (s & (page_size - 1)) ||
 	    len > (size_t)PTRDIFF_MAX || atomic_load(&shim_state) != SHIM_ON)
 		return sys_munmap(addr, len);
-	guard++;
+	shim_guard++;
 	e = errno;
 	if (unmanage(s, page_up(s + len), &dead)) {
 		errno = ENOMEM;
@@ -986,7 +1045,7 @@ PRELOAD_API int munmap(void *addr, size_t len)
 	drop_dead(dead);
 	if (!ret)
 		errno = e; /* drop_dead's calls may have set it */
-	guard--;
+	shim_guard--;
 	return ret;
 }
 
@@ -1080,13 +1139,13 @@ PRELOAD_API int madvise(void *addr, size_t len, int advice)
 	uintptr_t s = (uintptr_t)addr;
 	int ret;
 
-	if (guard || !len || (s & (page_size - 1)) ||
+	if (shim_guard || !len || (s & (page_size - 1)) ||
 	    len > (size_t)PTRDIFF_MAX || atomic_load(&shim_state) != SHIM_ON)
 		return sys_madvise(addr, len, advice);
-	guard++;
+	shim_guard++;
 	if (!shim_madvise(s, page_up(s + len), advice, &ret))
 		ret = sys_madvise(addr, len, advice);
-	guard--;
+	shim_guard--;
 	return ret;
 }
 
@@ -1355,18 +1414,18 @@ PRELOAD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags,
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
-	if (guard || ((uintptr_t)old & (page_size - 1)) || !new_len ||
+	if (shim_guard || ((uintptr_t)old & (page_size - 1)) || !new_len ||
 	    (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)) ||
 	    old_len > (size_t)PTRDIFF_MAX || new_len > (size_t)PTRDIFF_MAX ||
 	    atomic_load(&shim_state) != SHIM_ON)
 		return sys_mremap(old, old_len, new_len, flags, new_addr);
-	guard++;
+	shim_guard++;
 	e = errno;
 	p = shim_mremap((uintptr_t)old, page_up(old_len), new_len, flags,
 			new_addr);
 	if (p != MAP_FAILED)
 		errno = e;
-	guard--;
+	shim_guard--;
 	return p;
 }
 
@@ -1647,7 +1706,8 @@ static void *blk_realloc(struct blk_hdr *h, size_t size)
 		errno = e;
 	}
 copy:
-	n = size >= malloc_min ? blk_alloc(size, page_size) : NULL;
+	n = size >= malloc_min ? blk_alloc(size, page_size) :
+				 arena_alloc(size, 0, false);
 	if (!n)
 		n = __libc_malloc(size);
 	if (!n)
@@ -1662,10 +1722,10 @@ static size_t (*real_usable)(void *);
 static size_t libc_usable_size(void *p)
 {
 	if (!real_usable) {
-		guard++;
+		shim_guard++;
 		real_usable = (size_t(*)(void *))dlsym(RTLD_NEXT,
 						       "malloc_usable_size");
-		guard--;
+		shim_guard--;
 	}
 	return real_usable ? real_usable(p) : 0;
 }
@@ -1674,11 +1734,14 @@ PRELOAD_API void *malloc(size_t size)
 {
 	void *p;
 
-	if (size < malloc_min || guard)
+	if (size < malloc_min || shim_guard) {
+		if (!shim_guard && (p = arena_alloc(size, 0, false)))
+			return p;
 		return __libc_malloc(size);
-	guard++;
+	}
+	shim_guard++;
 	p = blk_alloc(size, page_size);
-	guard--;
+	shim_guard--;
 	return p ? p : __libc_malloc(size);
 }
 
@@ -1687,11 +1750,17 @@ PRELOAD_API void free(void *p)
 	struct blk_hdr *h;
 	int e;
 
-	if (!p || ((uintptr_t)p & (page_size - 1)) || !(h = blk_of(p))) {
+	if (!p)
+		return;
+	if (arena_owns(p)) {
+		arena_free(p);
+		return;
+	}
+	if (((uintptr_t)p & (page_size - 1)) || !(h = blk_of(p))) {
 		__libc_free(p);
 		return;
 	}
-	if (guard) {
+	if (shim_guard) {
 		/* The shim's own code, or an atfork handler while fork()
 		 * holds the table: never wait on it here. */
 		if (pthread_mutex_trylock(&tbl_lock)) {
@@ -1700,11 +1769,11 @@ PRELOAD_API void free(void *p)
 		}
 		pthread_mutex_unlock(&tbl_lock);
 	}
-	guard++;
+	shim_guard++;
 	e = errno; /* glibc's free() keeps it too */
 	blk_free(h);
 	errno = e;
-	guard--;
+	shim_guard--;
 }
 
 PRELOAD_API void *calloc(size_t n, size_t size)
@@ -1712,33 +1781,64 @@ PRELOAD_API void *calloc(size_t n, size_t size)
 	size_t total;
 	void *p;
 
-	if (__builtin_mul_overflow(n, size, &total) || total < malloc_min ||
-	    guard)
+	if (__builtin_mul_overflow(n, size, &total) || shim_guard)
 		return __libc_calloc(n, size);
-	guard++;
+	if (total < malloc_min) {
+		p = arena_alloc(total, 0, true);
+		return p ? p : __libc_calloc(n, size);
+	}
+	shim_guard++;
 	p = blk_alloc(total, page_size); /* reads zeros: not touched */
-	guard--;
+	shim_guard--;
 	return p ? p : __libc_calloc(n, size);
+}
+
+/* realloc() of the arenas' block @p (arena.c): kept, or moved. */
+static void *arena_realloc(void *p, size_t size)
+{
+	size_t old;
+	void *n;
+
+	if (!size) {
+		arena_free(p);
+		return NULL;
+	}
+	if (arena_fits(p, size))
+		return p;
+	old = arena_usable(p);
+	n = shim_guard ? __libc_malloc(size) : malloc(size);
+	if (!n)
+		return NULL;
+	memcpy(n, p, old < size ? old : size);
+	arena_free(p);
+	return n;
 }
 
 PRELOAD_API void *realloc(void *p, size_t size)
 {
-	struct blk_hdr *h = blk_of(p);
+	struct blk_hdr *h;
 	int e = errno;
 	void *n;
 
+	if (p && arena_owns(p)) {
+		n = arena_realloc(p, size);
+		if (n)
+			errno = e;
+		return n;
+	}
+	h = blk_of(p);
 	if (!h) {
 		size_t old;
 
-		if (!p || size < malloc_min || guard)
+		if (!p || size < malloc_min || shim_guard)
 			return __libc_realloc(p, size);
 		/* glibc's block grown past the threshold. */
 		old = libc_usable_size(p);
 		if (old >= size)
 			return __libc_realloc(p, size);
-		guard++;
+		shim_guard++;
 		n = blk_alloc(size, page_size);
-		guard--;
+		shim_guard--;
 		if (!n)
 			return __libc_realloc(p, size);
 		memcpy(n, p, old);
@@ -1749,11 +1849,11 @@ PRELOAD_API void *realloc(void *p, size_t size)
 		free(p);
 		return NULL;
 	}
-	guard++;
+	shim_guard++;
 	n = blk_realloc(h, size);
 	if (n)
 		errno = e; /* the old block's unmapping may have set it */
-	guard--;
+	shim_guard--;
 	return n;
 }
 
@@ -1768,18 +1868,22 @@ PRELOAD_API void *reallocarray(void *p, size_t n, size_t size)
 	return realloc(p, total);
 }
 
-/* @align a power of two: a block, or glibc's. */
+/* @align a power of two: the arenas', a block, or glibc's. */
 static void *aligned(size_t align, size_t size)
 {
 	void *p;
 
-	if (size < malloc_min || guard)
+	if (shim_guard)
 		return __libc_memalign(align, size);
+	if (size < malloc_min) {
+		p = arena_alloc(size, align, false);
+		return p ? p : __libc_memalign(align, size);
+	}
 	if (align < (size_t)page_size)
 		align = page_size;
-	guard++;
+	shim_guard++;
 	p = blk_alloc(size, align);
-	guard--;
+	shim_guard--;
 	return p ? p : __libc_memalign(align, size);
 }
 
@@ -1822,22 +1926,25 @@ PRELOAD_API int posix_memalign(void **out, size_t align, size_t size)
 
 PRELOAD_API void *valloc(size_t size)
 {
-	if (size < malloc_min || guard)
+	if (shim_guard)
 		return __libc_valloc(size);
 	return aligned(page_size, size);
 }
 
 PRELOAD_API void *pvalloc(size_t size)
 {
-	if (size < malloc_min || guard || size > (size_t)PTRDIFF_MAX)
+	if (shim_guard || size > (size_t)PTRDIFF_MAX)
 		return __libc_pvalloc(size);
-	return aligned(page_size, page_up(size));
+	return aligned(page_size, page_up(size ? size : 1));
 }
 
 PRELOAD_API size_t malloc_usable_size(void *p)
 {
-	struct blk_hdr *h = blk_of(p);
+	struct blk_hdr *h;
 
+	if (p && arena_owns(p))
+		return arena_usable(p);
+	h = blk_of(p);
 	if (!h)
 		return libc_usable_size(p);
 	return h->map + h->map_len - (uintptr_t)p;
@@ -1847,9 +1954,9 @@ PRELOAD_API size_t malloc_usable_size(void *p)
 
 static void die(const char *what, const char *name, int err)
 {
-	logf_("fatal: fork child: %s %s: %s; aborting rather than share "
-	      "the parent's private memory",
-	      what, name, strerror(err > 0 ? err : -err));
+	shim_log("fatal: fork child: %s %s: %s; aborting rather than share "
+		 "the parent's private memory",
+		 what, name, strerror(err > 0 ? err : -err));
 	abort();
 }
 
@@ -1889,7 +1996,8 @@ static int fork_prot_fn(const struct vma *v, void *arg)
 
 /*
  * Parent, tbl_lock held: private segment @s has no cut for the fork (the
- * daemon gone, @err, or refusing it: its limits), so its ranges become
+ * daemon gone, @err, or refusing it: its limits; @err 0: it will hold a
+ * thread's stack, see pthread_create()), so its ranges become
  * the kernel's private memory, mapped MAP_PRIVATE from its memfd: the
  * bytes stay (a write that lands before the mapping changes is in the
  * memfd, one after is the new mapping's copy), and the kernel's fork
@@ -1921,9 +2029,10 @@ static int fork_convert(struct seg *s, int err)
 				    MADV_DONTFORK);
 	}
 	s->converted = true;
-	logf_("warning: fork: no snapshot of %s (%s): its memory is ordinary "
-	      "private memory from now on",
-	      s->name, strerror(err));
+	if (err)
+		shim_log("warning: fork: no snapshot of %s (%s): its memory is "
+			 "ordinary private memory from now on",
+			 s->name, strerror(err));
 	return 0;
 }
 
@@ -1947,8 +2056,8 @@ static void fork_cut(unsigned int gen)
 		} else if (fork_convert(s, errno) == 0) {
 			s->snap[0] = '\0';
 		} else {
-			logf_("fork: snapshot of %s: %s", s->name,
-			      strerror(errno));
+			shim_log("fork: snapshot of %s: %s", s->name,
+				 strerror(errno));
 			strcpy(s->snap, "-"); /* the child aborts */
 		}
 	}
@@ -2121,26 +2230,26 @@ static void fork_child(void)
 
 static pid_t (*real_fork)(void);
 
-PRELOAD_API pid_t fork(void)
+static pid_t fork_here(void)
 {
 	static atomic_uint gen;
 	int ready[2] = { -1, -1 };
 	pid_t pid;
 
-	if (!real_fork)
-		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
-	if (guard)
-		return real_fork();
-	guard++;
+	shim_guard++;
+	arena_fork_prepare();
 	/* A connection half made by another thread is not the child's. */
 	pthread_mutex_lock(&conn_lock);
 	if (atomic_load(&shim_state) != SHIM_ON) {
 		pid = real_fork();
-		if (pid == 0)
+		if (pid == 0) {
 			pthread_mutex_init(&conn_lock, NULL);
-		else
+			arena_fork_child();
+		} else {
 			pthread_mutex_unlock(&conn_lock);
-		guard--;
+			arena_fork_parent();
+		}
+		shim_guard--;
 		return pid;
 	}
 	pthread_mutex_lock(&tbl_lock);
@@ -2158,6 +2267,7 @@ PRELOAD_API pid_t fork(void)
 		pthread_mutex_init(&keep_lock, NULL);
 		nkeep = 0; /* not inherited (MADV_DONTFORK) */
 		tbl_pid = getpid();
+		arena_fork_child();
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
 		pthread_mutex_unlock(&tbl_lock);
@@ -2180,10 +2290,128 @@ PRELOAD_API pid_t fork(void)
 		pthread_mutex_unlock(&keep_lock);
 		pthread_mutex_unlock(&tbl_lock);
 		pthread_mutex_unlock(&conn_lock);
+		arena_fork_parent();
 		errno = e;
 	}
-	guard--;
+	shim_guard--;
 	return pid;
+}
+
+/*
+ * A stack in private managed memory (a thread's of malloc()ed memory, in
+ * the arenas, say) is not there in a fork child until the child has made
+ * its copy, which it does on some stack: a side stack of the kernel's,
+ * mapped for the call (the child inherits it).
+ */
+#define SIDE_STACK (256 * 1024)
+
+/* Whether @addr is in private managed memory: [*lo, *hi) its range. */
+static bool in_private(uintptr_t addr, uintptr_t *lo, uintptr_t *hi)
+{
+	bool ret;
+	size_t i;
+
+	pthread_mutex_lock(&tbl_lock);
+	i = tbl_first(addr);
+	ret = i < tbl_n && tbl[i].start <= addr && tbl[i].seg->priv &&
+	      !tbl[i].seg->converted;
+	if (ret) {
+		*lo = tbl[i].start;
+		*hi = tbl[i].end;
+	}
+	pthread_mutex_unlock(&tbl_lock);
+	return ret;
+}
+
+struct fork_side {
+	ucontext_t caller, side;
+	pid_t pid;
+	int err;
+};
+
+static __thread struct fork_side *fork_side_cur SHIM_TLS;
+
+static void fork_side_run(void)
+{
+	struct fork_side *o = fork_side_cur;
+
+	o->pid = fork_here();
+	o->err = errno;
+}
+
+PRELOAD_API pid_t fork(void)
+{
+	uintptr_t lo, hi;
+	struct fork_side *o;
+	char *side;
+	pid_t pid;
+	int e;
+
+	if (!real_fork)
+		real_fork = (pid_t(*)(void))dlsym(RTLD_NEXT, "fork");
+	if (shim_guard)
+		return real_fork();
+	if (atomic_load(&shim_state) != SHIM_ON ||
+	    !in_private((uintptr_t)__builtin_frame_address(0), &lo, &hi))
+		return fork_here();
+	side = sys_mmap(NULL, SIDE_STACK, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (side == MAP_FAILED)
+		return fork_here(); /* (the child faults) */
+	debug("fork from a stack in managed memory: on a side stack");
+	o = (struct fork_side *)side;
+	getcontext(&o->side);
+	o->side.uc_stack.ss_sp = side + sizeof(*o);
+	o->side.uc_stack.ss_size = SIDE_STACK - sizeof(*o);
+	o->side.uc_link = &o->caller;
+	fork_side_cur = o;
+	makecontext(&o->side, fork_side_run, 0);
+	swapcontext(&o->caller, &o->side);
+	/* back on the program's stack: in the child, its copy */
+	pid = o->pid;
+	e = o->err;
+	sys_munmap(side, SIDE_STACK);
+	errno = e;
+	return pid;
+}
+
+/*
+ * pthread_create() with a stack of the program's (pthread_attr_setstack)
+ * in private managed memory, malloc()ed in the arenas, say: glibc puts
+ * the thread's descriptor and TLS there, which a fork child needs before
+ * it can have its copy (fork() from the thread), and a private segment
+ * is not inherited.  The segment becomes the kernel's private memory
+ * first (fork_convert()), while no thread waits on a futex in it that
+ * the change of mapping would lose: it holds no thread descriptor yet.
+ */
+typedef int (*pthread_create_fn)(pthread_t *, const pthread_attr_t *,
+				 void *(*)(void *), void *);
+
+PRELOAD_API int pthread_create(pthread_t *t, const pthread_attr_t *attr,
+			       void *(*fn)(void *), void *arg)
+{
+	uintptr_t lo, hi;
+	void *stack;
+	size_t len;
+
+	REAL(pthread_create, pthread_create_fn);
+	if (attr && !shim_guard && atomic_load(&shim_state) == SHIM_ON &&
+	    !pthread_attr_getstack(attr, &stack, &len) && len &&
+	    in_private((uintptr_t)stack + len - 1, &lo, &hi)) {
+		shim_guard++;
+		pthread_mutex_lock(&tbl_lock);
+		size_t i = tbl_first((uintptr_t)stack + len - 1);
+
+		if (i < tbl_n && tbl[i].start <= (uintptr_t)stack + len - 1 &&
+		    tbl[i].seg->priv && !tbl[i].seg->converted &&
+		    fork_convert(tbl[i].seg, 0) == 0)
+			debug("pthread_create: its stack at %p is in %s: "
+			      "ordinary private memory from now on",
+			      stack, tbl[i].seg->name);
+		pthread_mutex_unlock(&tbl_lock);
+		shim_guard--;
+	}
+	return real_pthread_create(t, attr, fn, arg);
 }
 
 /* exit and exec: the names of our segments go */
@@ -2192,9 +2420,10 @@ static void forget_all(void)
 {
 	pid_t me = getpid();
 
-	if (guard || atomic_load(&shim_state) != SHIM_ON || me != tbl_pid)
+	if (shim_guard || atomic_load(&shim_state) != SHIM_ON || me != tbl_pid)
 		return;
-	guard++;
+	arena_stop();
+	shim_guard++;
 	pthread_mutex_lock(&tbl_lock);
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
@@ -2211,7 +2440,7 @@ static void forget_all(void)
 		s->owner = 0;
 	}
 	pthread_mutex_unlock(&tbl_lock);
-	guard--;
+	shim_guard--;
 }
 
 __attribute__((destructor)) static void shim_fini(void)
@@ -2241,11 +2470,6 @@ static void exec_failed(const char *fn)
 
 typedef int (*execve_fn)(const char *, char *const[], char *const[]);
 typedef int (*execv_fn)(const char *, char *const[]);
-
-#define REAL(fn, type)         \
-	static type real_##fn; \
-	if (!real_##fn)        \
-	real_##fn = (type)dlsym(RTLD_NEXT, #fn)
 
 PRELOAD_API int execve(const char *path, char *const argv[], char *const envp[])
 {
@@ -2386,18 +2610,38 @@ PRELOAD_API int execveat(int dirfd, const char *path, char *const argv[],
 struct clone_call {
 	int (*fn)(void *);
 	void *arg;
+	char *copy; /* the child's stack's block, copied; NULL: none */
+	uintptr_t lo;
+	size_t len;
+	void *top;
+	ucontext_t uc;
 };
 
+/* The child's stack: the block of private managed memory holding it (an
+ * arena's slab or run, or the range), at most this much of it. */
+#define CLONE_STACK_MAX ((size_t)8 << 20)
+
+static struct clone_call *clone_cur;
+
+static void clone_run(void)
+{
+	syscall(SYS_exit, clone_cur->fn(clone_cur->arg));
+}
+
 /*
- * The child of a clone() without CLONE_VM: it gets no copy of the
- * parent's private managed memory (that is fork()'s work, and the
- * attachments are MADV_DONTFORK), so the ranges become PROT_NONE: a
- * touch faults (SIGSEGV) where it could otherwise read whatever the
- * child maps there next.
+ * The child of a clone() without CLONE_VM, on a side stack: it gets no
+ * copy of the parent's private managed memory (that is fork()'s work,
+ * and the attachments are MADV_DONTFORK), so the ranges become
+ * PROT_NONE: a touch faults (SIGSEGV) where it could otherwise read
+ * whatever the child maps there next.  The one exception is the block
+ * holding the child's stack (malloc()ed, say), copied by the parent: it
+ * is moved into place and the function runs on it.  The arenas are lost
+ * to the child: its blocks there are never freed, and it allocates from
+ * glibc.
  */
 static int clone_child(void *arg)
 {
-	struct clone_call c = *(struct clone_call *)arg;
+	struct clone_call *c = arg;
 	bool any = false;
 
 	/* held by the parent across the clone (no atfork handlers here) */
@@ -2405,8 +2649,13 @@ static int clone_child(void *arg)
 	pthread_mutex_init(&tbl_lock, NULL);
 	pthread_mutex_init(&keep_lock, NULL);
 	nkeep = 0; /* not inherited (MADV_DONTFORK) */
+	arena_lost();
+	/* Its memory is the kernel's: the connection is the parent's. */
+	atomic_store(&shim_state, SHIM_OFF);
+	malloc_min = SIZE_MAX;
+	shim_guard = 0;
 	for (size_t i = 0; i < tbl_n; i++) {
-		if (!tbl[i].seg->priv)
+		if (!tbl[i].seg->priv || tbl[i].seg->converted)
 			continue;
 		sys_mmap((void *)tbl[i].start, tbl[i].end - tbl[i].start,
 			 PROT_NONE,
@@ -2415,21 +2664,69 @@ static int clone_child(void *arg)
 		any = true;
 	}
 	if (any)
-		logf_("warning: clone() without CLONE_VM: the parent's private "
-		      "memory managed by upager is not this child's (PROT_NONE; "
-		      "fork() copies it)");
-	return c.fn(c.arg);
+		shim_log("warning: clone() without CLONE_VM: the parent's private "
+			 "memory managed by upager is not this child's (PROT_NONE; "
+			 "fork() copies it)%s",
+			 c->copy ? ", but for its stack's block" : "");
+	if (!c->copy)
+		return c->fn(c->arg);
+	if (sys_mremap(c->copy, c->len, c->len, MREMAP_MAYMOVE | MREMAP_FIXED,
+		       (void *)c->lo) == MAP_FAILED) {
+		shim_log("fatal: clone() child: its stack: %s", strerror(errno));
+		abort();
+	}
+	getcontext(&c->uc);
+	c->uc.uc_stack.ss_sp = (void *)c->lo;
+	c->uc.uc_stack.ss_size = (uintptr_t)c->top - c->lo;
+	c->uc.uc_link = NULL;
+	clone_cur = c;
+	makecontext(&c->uc, clone_run, 0);
+	setcontext(&c->uc);
+	abort();
+}
+
+/* The block of private managed memory holding the stack below @top,
+ * copied into @c: true, or false when there is none (or no copy). */
+static bool clone_stack(struct clone_call *c, void *top)
+{
+	uintptr_t t = (uintptr_t)top, lo, hi, start;
+	size_t len;
+	struct vma v;
+
+	if (!top || !in_private(t - 1, &lo, &hi))
+		return false;
+	if (arena_span((void *)(t - 1), &start, &len)) {
+		lo = start;
+		hi = start + len;
+	}
+	if (t - lo > CLONE_STACK_MAX)
+		lo = (t - CLONE_STACK_MAX) & ~(uintptr_t)(page_size - 1);
+	hi = page_up(t) < hi ? page_up(t) : hi;
+	if (vma_at(lo, &v) != 1 || v.end < hi || !(v.prot & PROT_READ))
+		return false;
+	c->copy = sys_mmap(NULL, hi - lo, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (c->copy == MAP_FAILED) {
+		c->copy = NULL;
+		return false;
+	}
+	memcpy(c->copy, (void *)lo, hi - lo);
+	c->lo = lo;
+	c->len = hi - lo;
+	c->top = top;
+	return true;
 }
 
 typedef int (*clone_fn)(int (*)(void *), void *, int, void *, ...);
 
 PRELOAD_API int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 {
-	struct clone_call c = { fn, arg };
+	struct clone_call *c;
 	pid_t *ptid, *ctid;
+	char *side;
 	void *tls;
 	va_list ap;
-	int ret;
+	int ret, e;
 
 	REAL(clone, clone_fn);
 	va_start(ap, arg);
@@ -2437,16 +2734,34 @@ PRELOAD_API int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 	tls = va_arg(ap, void *);
 	ctid = va_arg(ap, pid_t *);
 	va_end(ap);
-	if ((flags & CLONE_VM) || atomic_load(&shim_state) != SHIM_ON)
+	if ((flags & CLONE_VM) || atomic_load(&shim_state) != SHIM_ON ||
+	    shim_guard)
 		return real_clone(fn, stack, flags, arg, ptid, tls, ctid);
+	side = sys_mmap(NULL, SIDE_STACK, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+	if (side == MAP_FAILED)
+		return real_clone(fn, stack, flags, arg, ptid, tls, ctid);
+	shim_guard++;
+	c = (struct clone_call *)side;
+	*c = (struct clone_call){ .fn = fn, .arg = arg };
+	if (clone_stack(c, stack))
+		debug("clone: the child's stack at %p is managed: copied",
+		      stack);
 	/* The table as it is at the clone: the child reads its copy. */
 	pthread_mutex_lock(&conn_lock);
 	pthread_mutex_lock(&tbl_lock);
 	pthread_mutex_lock(&keep_lock);
-	ret = real_clone(clone_child, stack, flags, &c, ptid, tls, ctid);
+	ret = real_clone(clone_child, side + SIDE_STACK, flags, c, ptid, tls,
+			 ctid);
+	e = errno;
 	pthread_mutex_unlock(&keep_lock);
 	pthread_mutex_unlock(&tbl_lock);
 	pthread_mutex_unlock(&conn_lock);
+	if (c->copy)
+		sys_munmap(c->copy, c->len);
+	sys_munmap(side, SIDE_STACK);
+	shim_guard--;
+	errno = e;
 	return ret;
 }
 
@@ -2462,9 +2777,9 @@ PRELOAD_API int shm_unlink(const char *name)
 	int ret, e;
 
 	REAL(shm_unlink, shm_unlink_fn);
-	if (guard || !cfg_shm || atomic_load(&shim_state) == SHIM_OFF)
+	if (shim_guard || !cfg_shm || atomic_load(&shim_state) == SHIM_OFF)
 		return real_shm_unlink(name);
-	guard++;
+	shim_guard++;
 	while (*name == '/')
 		name++;
 	snprintf(path, sizeof(path), "/dev/shm/%s", name);
@@ -2479,7 +2794,7 @@ PRELOAD_API int shm_unlink(const char *name)
 	    upager_delete(conn, seg, UPAGER_DELETE_UNUSED) == 0)
 		debug("shm_unlink: %s deleted once no process maps it", seg);
 	errno = e;
-	guard--;
+	shim_guard--;
 	return ret;
 }
 
@@ -2499,7 +2814,7 @@ __attribute__((constructor)) static void shim_init(void)
 		if (size_parse(e, &v) == 0 && v > 0)
 			cfg_min_size = v;
 		else
-			logf_("warning: UPAGER_MIN_SIZE=%s: not a size", e);
+			shim_log("warning: UPAGER_MIN_SIZE=%s: not a size", e);
 	}
 	e = getenv("UPAGER_LOG");
 	cfg_debug = e && !strcmp(e, "debug");
@@ -2520,6 +2835,8 @@ __attribute__((constructor)) static void shim_init(void)
 		atomic_store(&shim_state, SHIM_OFF);
 	else
 		malloc_min = cfg_min_size;
+	if (malloc_min != SIZE_MAX)
+		arena_init();
 	/* Our descriptors above the low ones the program expects. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256 &&
 	    rl.rlim_cur != RLIM_INFINITY)
