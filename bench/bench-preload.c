@@ -23,6 +23,10 @@
  *           upagerd (the memfds it maps count there, split with the
  *           processes that map them too: summing Pss counts every frame
  *           once).  upagerd's resident_bytes counter is shown beside it.
+ *   small   SIZE in small blocks (16 B to 1 KiB) allocated and written by
+ *           2 threads (the shim's arenas, managed, against glibc's arenas
+ *           and heap), and then malloc(64)/free in a loop, per round
+ *           (each thread at once).
  *   churn   malloc(2 MiB), write 4 pages, free, in a loop: glibc reuses
  *           its own memory, the shim makes, attaches and deletes a
  *           segment every time.  Microseconds per round.
@@ -85,6 +89,8 @@ enum {
 	PF_DAEMON_RES_KIB,
 	PF_MEM_KIB, /* parent + child (+ upagerd) */
 	PF_CHURN_NS,
+	PF_SMALL_NS,
+	PF_PAIR_NS,
 	PF_N,
 };
 
@@ -120,6 +126,10 @@ static const struct preload_row rows[] = {
 	  "memory_kib", 1024, 0, NULL },
 	{ PF_CHURN_NS, "churn: malloc 2M, write 4 pages, free (us)",
 	  "churn_ns_per_round", 1e3, 0, NULL },
+	{ PF_SMALL_NS, "small blocks, 2 threads: allocated, written (ms)",
+	  "small_ns", 1e6, 1.5, "preload/small shim/plain" },
+	{ PF_PAIR_NS, "small blocks: malloc(64) + free (ns)", "small_pair_ns",
+	  1, 0, NULL },
 };
 
 #define NR_ROWS (sizeof(rows) / sizeof(rows[0]))
@@ -612,6 +622,37 @@ static int churn_run(struct preload_ctx *c, int how, double *fig)
 	return r ? r : check_managed(c, how, created, "churn");
 }
 
+/* small SIZE 2 PAIRS: the arenas' first touch, and malloc/free pairs. */
+static int small_run(struct preload_ctx *c, int how, double *fig)
+{
+	char size[32], text[PRELOAD_OUT_MAX];
+	const char *args[] = { "small", size, "2", "2000000", NULL };
+	uint64_t created;
+	struct prog p;
+	int r;
+
+	bench_fmt(size, sizeof(size), "%" PRIu64 "K", c->o->size >> 10);
+	r = created_before(c, how, &created);
+	if (r < 0)
+		return r;
+	r = prog_start(c, how, args, false, &p);
+	if (r < 0)
+		return r;
+	r = prog_wait(c, &p, "small");
+	if (!r) {
+		memfd_text(p.err, text, sizeof(text));
+		fig[PF_SMALL_NS] = find_num(text, "small-ns");
+		fig[PF_PAIR_NS] = find_num(text, "small-pair-ns");
+		if (fig[PF_SMALL_NS] < 0 || fig[PF_PAIR_NS] < 0) {
+			bench_fmt(c->errmsg, sizeof(c->errmsg),
+				  "small: no small-ns in its output");
+			r = -EBADMSG;
+		}
+	}
+	prog_close(&p);
+	return r ? r : check_managed(c, how, created, "small");
+}
+
 static void progress(const struct bench_preload_opts *o, unsigned int it,
 		     const char *what)
 {
@@ -636,12 +677,12 @@ static void progress_end(const struct bench_preload_opts *o)
 static int round_run(struct preload_ctx *c, unsigned int it,
 		     double fig[PRELOAD_HOWS][PF_N])
 {
-	static const char *const steps[] = { "touch", "malloc", "fork",
-					     "churn" };
+	static const char *const steps[] = { "touch", "malloc", "fork", "churn",
+					     "small" };
 	unsigned int s, k;
 	int r = 0;
 
-	for (s = 0; s < 4 && !r; s++) {
+	for (s = 0; s < 5 && !r; s++) {
 		progress(c->o, it, steps[s]);
 		for (k = 0; k < PRELOAD_HOWS && !r; k++) {
 			/* which side goes first alternates */
@@ -657,8 +698,11 @@ static int round_run(struct preload_ctx *c, unsigned int it,
 			case 2:
 				r = fork_run(c, how, fig[how]);
 				break;
-			default:
+			case 3:
 				r = churn_run(c, how, fig[how]);
+				break;
+			default:
+				r = small_run(c, how, fig[how]);
 			}
 			if (r < 0) {
 				char msg[sizeof(c->errmsg)];

@@ -36,6 +36,15 @@
  *	measure the daemon at that moment), when the third argument "wait"
  *	is given.
  *
+ *   small SIZE THREADS PAIRS
+ *	THREADS threads allocate SIZE bytes in all in small blocks (16 B to
+ *	1 KiB, as a program's objects and strings), write each whole, free
+ *	them; then each makes PAIRS rounds of malloc(64) and free.  Prints
+ *	on stderr the wall time of the allocate-and-write phase
+ *	("small-ns N") and the time per round of the second
+ *	("small-pair-ns N", per thread, the threads at once).  glibc serves
+ *	them from its arenas and heap; the shim from its own (managed).
+ *
  *   churn ITERS [BYTES]
  *	ITERS times: malloc(BYTES) (default 2 MiB), write 4 pages of it
  *	(first, two inner, last), free it; after a few untimed rounds (glibc
@@ -232,6 +241,84 @@ static int touch(size_t n, bool use_malloc)
 	return 0;
 }
 
+struct small_thr {
+	pthread_t tid;
+	size_t bytes;
+	long pairs;
+	uint64_t pair_ns;
+	int err;
+};
+
+static pthread_barrier_t small_go;
+
+static void *small_thread(void *arg)
+{
+	struct small_thr *t = arg;
+	size_t cap = t->bytes / 16 + 1, n = 0, have = 0;
+	char **v = malloc(cap * sizeof(*v));
+	uint64_t t0;
+
+	pthread_barrier_wait(&small_go);
+	for (uint64_t r = (uintptr_t)t; v && have < t->bytes && n < cap; n++) {
+		size_t len = 16 + (mix(r + n) & 1008); /* 16 to 1024 */
+
+		v[n] = malloc(len);
+		if (!v[n]) {
+			t->err = 1;
+			break;
+		}
+		memset(v[n], (int)n, len);
+		have += len;
+	}
+	pthread_barrier_wait(&small_go);
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
+	t0 = now_ns();
+	for (long i = 0; i < t->pairs; i++) {
+		volatile char *p = malloc(64);
+
+		if (!p) {
+			t->err = 1;
+			break;
+		}
+		p[0] = (char)i;
+		free((void *)p);
+	}
+	t->pair_ns = now_ns() - t0;
+	return NULL;
+}
+
+static int small(size_t bytes, int threads, long pairs)
+{
+	struct small_thr *t = calloc(threads > 0 ? threads : 1, sizeof(*t));
+	uint64_t t0, pair_ns = 0;
+	int err = 0;
+
+	if (!t || threads < 1 || pairs < 1)
+		return 2;
+	pthread_barrier_init(&small_go, NULL, threads + 1);
+	for (int i = 0; i < threads; i++) {
+		t[i] = (struct small_thr){ .bytes = bytes / threads,
+					   .pairs = pairs };
+		if (pthread_create(&t[i].tid, NULL, small_thread, &t[i]))
+			return 2;
+	}
+	pthread_barrier_wait(&small_go);
+	t0 = now_ns();
+	pthread_barrier_wait(&small_go);
+	fprintf(stderr, "small-ns %llu\n", (unsigned long long)(now_ns() - t0));
+	for (int i = 0; i < threads; i++) {
+		pthread_join(t[i].tid, NULL);
+		err |= t[i].err;
+		pair_ns += t[i].pair_ns;
+	}
+	fprintf(stderr, "small-pair-ns %.2f\n",
+		(double)pair_ns / threads / pairs);
+	free(t);
+	return err ? 2 : 0;
+}
+
 static int churn(long iters, size_t n)
 {
 	uint64_t t0 = 0;
@@ -347,6 +434,8 @@ int main(int argc, char **argv)
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "fork-touch"))
 		return fork_touch(parse_size(argv[2]),
 				  argc == 4 && !strcmp(argv[3], "wait"));
+	if (argc == 5 && !strcmp(argv[1], "small"))
+		return small(parse_size(argv[2]), atoi(argv[3]), atol(argv[4]));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "churn"))
 		return churn(atol(argv[2]),
 			     argc == 4 ? parse_size(argv[3]) : 2 << 20);

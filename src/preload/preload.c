@@ -3,9 +3,9 @@
  * libupager-preload: unmodified programs on daemon-managed memory.
  *
  * Preloaded, this library interposes libc's mmap family, fork, clone,
- * _exit, the exec calls and shm_unlink.  An anonymous private mapping of
- * at least $UPAGER_MIN_SIZE, and a MAP_SHARED|MAP_ANONYMOUS mapping of
- * any size, becomes a segment of the daemon (zero source, named
+ * pthread_create, _exit, the exec calls, shm_unlink and malloc.  An anonymous
+ * private mapping of at least $UPAGER_MIN_SIZE, and a MAP_SHARED|MAP_ANONYMOUS
+ * mapping of any size, becomes a segment of the daemon (zero source, named
  * pid<PID>.<N>), attached at the address the program gets; so do
  * mappings of /dev/zero (the kernel makes them anonymous memory).  A
  * MAP_SHARED mapping of a POSIX shm object (a /dev/shm file) becomes its
@@ -59,7 +59,8 @@
  *
  * malloc and friends: requests of at least $UPAGER_MIN_SIZE become
  * blocks on managed private mappings (glibc maps its large blocks with
- * internal calls that the mmap above never sees); see "malloc".
+ * internal calls that the mmap above never sees); see "malloc".  Smaller
+ * ones come from the shim's arenas, managed mappings too (arena.c).
  *
  * Lifetime: a process deletes the segments it created at exit, at _exit
  * and before an exec (with UPAGER_DELETE_FORCE: its mappings stay usable
@@ -955,7 +956,7 @@ void *shim_arena_map(size_t len)
 		sys_munmap(p, a - r);
 	sys_munmap((void *)(a + len), r + len - a);
 	/* over the reservation: the segment, or the kernel's memory */
-	p = shim_mmap((void *)a, len, PROT_NONE,
+	p = shim_mmap((void *)a, len, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
 		      -1, 0);
 	if (p == MAP_FAILED)
@@ -1435,9 +1436,10 @@ PRELOAD_API void *mremap(void *old, size_t old_len, size_t new_len, int flags,
  * glibc's allocator maps its large blocks and arenas with libc-internal
  * calls no preload can see, so the allocator's entry points are
  * interposed instead: a request of at least $UPAGER_MIN_SIZE is a block
- * of the shim, a private managed mapping of its own (shim_mmap), and
- * everything else is glibc's (__libc_malloc and friends, by the names
- * glibc exports for this; no dlsym).
+ * of the shim, a private managed mapping of its own (shim_mmap); a
+ * smaller one is the arenas' (arena.c) once they are on, and everything
+ * else is glibc's (__libc_malloc and friends, by the names glibc exports
+ * for this; no dlsym).
  *
  * A block: [map, map + len) mapped; the user's pointer is page-aligned,
  * and the page before it holds the header.  free(), realloc() and
@@ -1750,12 +1752,8 @@ PRELOAD_API void free(void *p)
 	struct blk_hdr *h;
 	int e;
 
-	if (!p)
+	if (!p || arena_free(p))
 		return;
-	if (arena_owns(p)) {
-		arena_free(p);
-		return;
-	}
 	if (((uintptr_t)p & (page_size - 1)) || !(h = blk_of(p))) {
 		__libc_free(p);
 		return;

@@ -34,7 +34,7 @@ void shim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The connection to the daemon is up (made now if it was not tried). */
 bool shim_connected(void);
 
-/* A managed private mapping of @len bytes aligned to @len, PROT_NONE;
+/* A managed private mapping of @len bytes aligned to @len, read-write;
  * NULL (nothing left mapped) when it would not be managed. */
 void *shim_arena_map(size_t len);
 
@@ -58,8 +58,9 @@ void *arena_alloc(size_t size, size_t align, bool zero);
 /* Whether @p is a block of the arenas (nothing at @p is read). */
 bool arena_owns(const void *p);
 
-/* Frees the arenas' block @p. */
-void arena_free(void *p);
+/* Frees @p if it is a block of the arenas: true; false: not theirs
+ * (nothing at @p is read). */
+bool arena_free(void *p);
 
 /* The bytes usable at the arenas' block @p. */
 size_t arena_usable(const void *p);
