@@ -81,6 +81,7 @@ enum {
 	PF_TOUCH_NS,
 	PF_TOUCH_PROC_NS,
 	PF_MALLOC_NS,
+	PF_GROW_NS,
 	PF_FORK_PAUSE_NS,
 	PF_CHILD_READ_NS,
 	PF_PARENT_PSS_KIB,
@@ -110,6 +111,8 @@ static const struct preload_row rows[] = {
 	  "touch_process_ns", 1e6, 1.5, "preload/touch process shim/plain" },
 	{ PF_MALLOC_NS, "first touch via malloc, in the program (ms)",
 	  "touch_malloc_ns", 1e6, 1.5, "preload/touch malloc shim/plain" },
+	{ PF_GROW_NS, "first touch, PROT_NONE opened by mprotect (ms)",
+	  "touch_grow_ns", 1e6, 1.5, "preload/touch grow shim/plain" },
 	{ PF_FORK_PAUSE_NS, "fork(): the parent's pause (us)", "fork_pause_ns",
 	  1e3, 0, NULL },
 	{ PF_CHILD_READ_NS, "fork(): the child reads it all (ms)",
@@ -484,13 +487,13 @@ static int created_before(struct preload_ctx *c, int how, uint64_t *n)
 	return r;
 }
 
-/* touch SIZE [malloc]: the program's time, and the whole process's. */
-static int touch_run(struct preload_ctx *c, int how, bool use_malloc,
+/* touch SIZE [MODE]: the program's time, and the whole process's; @mode
+ * NULL (mmap), "malloc" or "grow". */
+static int touch_run(struct preload_ctx *c, int how, const char *mode,
 		     double *fig)
 {
 	char size[32], text[PRELOAD_OUT_MAX];
-	const char *args[] = { "touch", size, use_malloc ? "malloc" : NULL,
-			       NULL };
+	const char *args[] = { "touch", size, mode, NULL };
 	uint64_t t0, created;
 	struct prog p;
 	double ns;
@@ -504,9 +507,9 @@ static int touch_run(struct preload_ctx *c, int how, bool use_malloc,
 	r = prog_start(c, how, args, false, &p);
 	if (r < 0)
 		return r;
-	r = prog_wait(c, &p, use_malloc ? "touch malloc" : "touch");
+	r = prog_wait(c, &p, mode ? mode : "touch");
 	if (!r) {
-		if (!use_malloc)
+		if (!mode)
 			fig[PF_TOUCH_PROC_NS] = (double)(bench_now_ns() - t0);
 		memfd_text(p.err, text, sizeof(text));
 		ns = find_num(text, "touch-ns");
@@ -515,7 +518,9 @@ static int touch_run(struct preload_ctx *c, int how, bool use_malloc,
 				  "touch: no touch-ns in its output");
 			r = -EBADMSG;
 		}
-		fig[use_malloc ? PF_MALLOC_NS : PF_TOUCH_NS] = ns;
+		fig[!mode		    ? PF_TOUCH_NS :
+		    !strcmp(mode, "malloc") ? PF_MALLOC_NS :
+					      PF_GROW_NS] = ns;
 	}
 	prog_close(&p);
 	return r ? r : check_managed(c, how, created, "touch");
@@ -677,12 +682,12 @@ static void progress_end(const struct bench_preload_opts *o)
 static int round_run(struct preload_ctx *c, unsigned int it,
 		     double fig[PRELOAD_HOWS][PF_N])
 {
-	static const char *const steps[] = { "touch", "malloc", "fork", "churn",
-					     "small" };
+	static const char *const steps[] = { "touch", "malloc", "grow",
+					     "fork",  "churn",	"small" };
 	unsigned int s, k;
 	int r = 0;
 
-	for (s = 0; s < 5 && !r; s++) {
+	for (s = 0; s < 6 && !r; s++) {
 		progress(c->o, it, steps[s]);
 		for (k = 0; k < PRELOAD_HOWS && !r; k++) {
 			/* which side goes first alternates */
@@ -690,15 +695,16 @@ static int round_run(struct preload_ctx *c, unsigned int it,
 
 			switch (s) {
 			case 0:
-				r = touch_run(c, how, false, fig[how]);
+				r = touch_run(c, how, NULL, fig[how]);
 				break;
 			case 1:
-				r = touch_run(c, how, true, fig[how]);
-				break;
 			case 2:
-				r = fork_run(c, how, fig[how]);
+				r = touch_run(c, how, steps[s], fig[how]);
 				break;
 			case 3:
+				r = fork_run(c, how, fig[how]);
+				break;
+			case 4:
 				r = churn_run(c, how, fig[how]);
 				break;
 			default:

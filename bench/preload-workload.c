@@ -21,10 +21,12 @@
  *	MAP_SHARED|MAP_ANONYMOUS of SIZE, N forked workers each fill their
  *	slice; the parent prints the checksum of the whole.
  *
- *   touch SIZE [malloc]
+ *   touch SIZE [malloc|grow]
  *	mmap(SIZE) (or malloc(SIZE): glibc's own mmap calls, which symbol
- *	interposition does not see), write one byte a page (the first
- *	touch), print the wall time in ns on stderr ("touch-ns N").
+ *	interposition does not see; or grow: reserved PROT_NONE and opened
+ *	with mprotect 1 MiB at a time, as glibc's arenas and many runtimes'
+ *	heaps), write one byte a page (the first touch), print the wall
+ *	time in ns on stderr ("touch-ns N").
  *
  *   fork-touch SIZE
  *	Maps and writes SIZE bytes private, then forks; the child reads all
@@ -224,11 +226,31 @@ static int shared_workers(size_t n, int workers)
 	return bad ? 1 : 0;
 }
 
-static int touch(size_t n, bool use_malloc)
+static int touch(size_t n, bool use_malloc, bool grow)
 {
 	uint64_t t0 = now_ns();
-	volatile char *p = use_malloc ? malloc(n) : map_private(n);
+	volatile char *p;
 
+	if (grow) {
+		p = mmap(NULL, n, PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (p == MAP_FAILED)
+			return 2;
+		for (size_t o = 0; o < n; o += 1 << 20) {
+			size_t step = n - o < (1 << 20) ? n - o : 1 << 20;
+
+			if (mprotect((char *)p + o, step,
+				     PROT_READ | PROT_WRITE))
+				return 2;
+			for (size_t i = 0; i < step; i += 4096)
+				p[o + i] = 1;
+		}
+		fprintf(stderr, "touch-ns %llu\n",
+			(unsigned long long)(now_ns() - t0));
+		munmap((void *)p, n);
+		return 0;
+	}
+	p = use_malloc ? malloc(n) : map_private(n);
 	if (!p)
 		return 2;
 	for (size_t i = 0; i < n; i += 4096)
@@ -430,7 +452,8 @@ int main(int argc, char **argv)
 		return shared_workers(parse_size(argv[2]), atoi(argv[3]));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "touch"))
 		return touch(parse_size(argv[2]),
-			     argc == 4 && !strcmp(argv[3], "malloc"));
+			     argc == 4 && !strcmp(argv[3], "malloc"),
+			     argc == 4 && !strcmp(argv[3], "grow"));
 	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "fork-touch"))
 		return fork_touch(parse_size(argv[2]),
 				  argc == 4 && !strcmp(argv[3], "wait"));

@@ -11,7 +11,9 @@
  *            the event, copy again (see fill_deliver).
  *   -ENOENT, -EFAULT, -EINVAL   the mapping changed under us: give the
  *            pages back and wake the thread, whose retry finds the new
- *            reality.
+ *            reality.  -ENOENT for a run of pages is first taken to be a
+ *            run across mappings (mprotect splits a range without an
+ *            event): the run goes by offset (below), which needs none.
  *   -ESRCH, -ENOSPC   the process is gone: give the pages back.
  *
  * Three ways into a process's pages (fill_ioctl):
@@ -477,6 +479,17 @@ static uint32_t fill_map(struct fill *f, int *err, bool *woke)
 			/* Filled behind our back: present, not ours. */
 			pte_end_busy(&seg->pt, f->rd.pgoff + done++,
 				     PTE_PRESENT);
+			continue;
+		}
+		if (!n && *err == -ENOENT && !f->offset_only &&
+		    f->rd.npages - done > 1) {
+			/* Most likely the run spans mappings the events
+			 * never described (mprotect split the range: an
+			 * arena opened as it grows), and the kernel copies
+			 * within one.  By offset, which knows no mappings;
+			 * if the mapping did go, the thread's retry finds
+			 * that out as before. */
+			f->offset_only = true;
 			continue;
 		}
 		if (!n && *err == -EAGAIN && f->gated) {

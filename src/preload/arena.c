@@ -19,10 +19,10 @@
  *
  * An arena: ARENA_SIZE bytes aligned to ARENA_SIZE, a private segment
  * mapped read-write whole (MAP_NORESERVE; a page is memory once touched).
- * Not PROT_NONE opened with mprotect step by step, as glibc's: the daemon
- * fills a fault's neighbours in one call, which stops at a mapping's
- * edge, and mprotect makes edges the daemon does not know of (256 MiB of
- * small blocks: 2.9 s that way, 0.18 s mapped whole; glibc: 0.21 s).
+ * Not PROT_NONE opened with mprotect as it fills, as glibc's: nothing
+ * is committed before it is touched either way (the memfd has no page
+ * until then), and whole it is one mapping, without a system call to
+ * open the next step.
  * Its first pages are its header: a bitmap of the
  * pages in use, one of those that may hold bytes (calloc need not clear
  * the others), and a descriptor (struct pmeta) per page.  Pages go out in
@@ -93,6 +93,7 @@ struct arena {
 	uint64_t magic;
 	struct arena *next;
 	uint32_t hint; /* no page below is free */
+	uint32_t top;  /* no page from here up was ever used */
 	uint64_t used[NPAGES / 64];
 	uint64_t dirty[NPAGES / 64]; /* may hold bytes */
 	struct pmeta meta[NPAGES];
@@ -319,6 +320,8 @@ static struct pmeta *pages_get(size_t n, size_t align, bool *zero,
 		bits_set(a->dirty, i, n, true);
 		if (i == a->hint)
 			a->hint = i + n;
+		if (i + n > a->top)
+			a->top = i + n;
 		return &a->meta[i];
 	}
 	*gen = arena_gen;
@@ -348,7 +351,7 @@ static void pages_put(struct pmeta *m, bool zero)
 static int arena_grow(unsigned int gen, bool locked)
 {
 	struct arena *a = NULL, **tail;
-	int ret = -1;
+	int ret = -1, e = errno;
 
 	shim_guard++;
 	if (!locked)
@@ -383,6 +386,7 @@ static int arena_grow(unsigned int gen, bool locked)
 	if (!locked)
 		pthread_mutex_unlock(&grow_lock);
 	shim_guard--;
+	errno = e;
 	return ret;
 }
 
@@ -558,12 +562,12 @@ static void *cls_alloc(unsigned int c)
 
 static void *run_alloc(size_t size, size_t align, bool *zero)
 {
-	size_t n = (size + AP_SIZE - 1) >> AP_SHIFT;
+	size_t n = size ? (size + AP_SIZE - 1) >> AP_SHIFT : 1;
 	size_t al = align > AP_SIZE ? align >> AP_SHIFT : 1;
 	unsigned int gen = 0;
 	struct pmeta *m;
 
-	if (n > RUN_MAX || al > RUN_MAX)
+	if (size > (RUN_MAX << AP_SHIFT) || al > RUN_MAX)
 		return NULL;
 	do {
 		pthread_mutex_lock(&pg_lock);
@@ -607,21 +611,13 @@ static void run_free(struct pmeta *m, bool inside)
 
 /* Entry points (shim.h) */
 
-void arena_init(void)
-{
-	if (sysconf(_SC_PAGESIZE) != (long)AP_SIZE)
-		return;
-	cls_init();
-	if (pthread_key_create(&tc_key, tc_exit))
-		return;
-	atomic_store(&state, AR_COUNTING);
-}
-
 /* Whether this request turns the arenas on (see the top of the file). */
 static bool arena_enable(size_t size)
 {
 	if (tc.main < 0)
 		tc.main = syscall(SYS_gettid) == getpid();
+	int e = errno;
+
 	if (tc.main && (tc.asked += size) < cfg_min_size)
 		return false;
 	shim_guard++;
@@ -638,6 +634,7 @@ static bool arena_enable(size_t size)
 	}
 	pthread_mutex_unlock(&grow_lock);
 	shim_guard--;
+	errno = e;
 	return atomic_load(&state) == AR_ON;
 }
 
@@ -693,7 +690,7 @@ bool arena_free(void *p)
 		return true;
 	}
 	c = m->cls;
-	if (tc.state == TC_LIVE && tc.n[c] < cls_keep[c]) {
+	if (!inside && tc.state == TC_LIVE && tc.n[c] < cls_keep[c]) {
 		*(void **)p = tc.head[c];
 		tc.head[c] = p;
 		tc.n[c]++;
@@ -728,17 +725,25 @@ size_t arena_usable(const void *p)
 bool arena_span(const void *addr, uintptr_t *start, size_t *len)
 {
 	struct arena *a = arena_of(addr);
-	struct pmeta *m;
+	size_t i, k;
 
 	if (!a || lost || (uintptr_t)addr < (uintptr_t)a + HDR_PAGES * AP_SIZE)
 		return false;
-	m = &a->meta[((uintptr_t)addr - (uintptr_t)a) >> AP_SHIFT];
-	if (m->kind == PM_TAIL)
-		m -= m->npages;
-	if (m->kind != PM_SLAB && m->kind != PM_RUN)
+	i = ((uintptr_t)addr - (uintptr_t)a) >> AP_SHIFT;
+	/* a run's later pages say nothing: back to its first */
+	for (k = i;
+	     k >= HDR_PAGES && a->meta[k].kind == PM_FREE && i - k < RUN_MAX;
+	     k--)
+		;
+	if (k < HDR_PAGES)
 		return false;
-	*start = (uintptr_t)page_addr(m);
-	*len = (size_t)m->npages << AP_SHIFT;
+	if (a->meta[k].kind == PM_TAIL)
+		k -= a->meta[k].npages;
+	if ((a->meta[k].kind != PM_SLAB && a->meta[k].kind != PM_RUN) ||
+	    k + a->meta[k].npages <= i)
+		return false;
+	*start = (uintptr_t)a + (k << AP_SHIFT);
+	*len = (size_t)a->meta[k].npages << AP_SHIFT;
 	return true;
 }
 
@@ -749,34 +754,64 @@ bool arena_fits(const void *p, size_t size)
 	if (m->kind == PM_SLAB)
 		return size <= SMALL_MAX && size_cls(size) == m->cls;
 	/* a run: shrinking to half stays; it does not grow in place */
-	return size > SMALL_MAX &&
+	return size > SMALL_MAX && size <= (RUN_MAX << AP_SHIFT) &&
 	       (size + AP_SIZE - 1) >> AP_SHIFT <= m->npages &&
 	       (size_t)m->npages << AP_SHIFT <= 2 * size;
 }
 
 void arena_fork_prepare(void)
 {
-	pthread_mutex_lock(&grow_lock);
 	for (unsigned int c = 0; c < NCLS; c++)
 		pthread_mutex_lock(&cls[c].lock);
 	pthread_mutex_lock(&pg_lock);
 }
 
-void arena_fork_parent(void)
+void arena_fork_cut_done(void)
 {
 	pthread_mutex_unlock(&pg_lock);
 	for (unsigned int c = NCLS; c-- > 0;)
 		pthread_mutex_unlock(&cls[c].lock);
-	pthread_mutex_unlock(&grow_lock);
 }
 
-void arena_fork_child(void)
+/* The kernel's fork: after the program's own prepare handlers (this one
+ * was registered first, so it runs last), as glibc's malloc locks. */
+static void af_prepare(void)
+{
+	arena_fork_prepare();
+}
+
+static void af_parent(void)
+{
+	arena_fork_cut_done();
+}
+
+static void af_child(void)
 {
 	pthread_mutex_init(&pg_lock, NULL);
 	for (unsigned int c = 0; c < NCLS; c++)
 		pthread_mutex_init(&cls[c].lock, NULL);
 	pthread_mutex_init(&grow_lock, NULL);
 	tc.main = 1;
+}
+
+void arena_fork_child(void)
+{
+	if (lost || atomic_load(&state) != AR_ON)
+		return;
+	/* The class lists, from the slabs' descriptors: those are the cut's
+	 * (or, for an arena that is the kernel's memory, the fork's), the
+	 * lists this file's memory had at the fork. */
+	for (unsigned int c = 0; c < NCLS; c++) {
+		cls[c].partial = NULL;
+		cls[c].npartial = 0;
+	}
+	for (struct arena *a = arenas; a; a = a->next)
+		for (size_t i = HDR_PAGES; i < a->top; i++) {
+			struct pmeta *m = &a->meta[i];
+
+			if (m->kind == PM_SLAB && m->nfree)
+				list_add(&cls[m->cls], m);
+		}
 }
 
 void arena_lost(void)
@@ -788,4 +823,15 @@ void arena_lost(void)
 void arena_stop(void)
 {
 	grow_failed = true;
+}
+
+void arena_init(void)
+{
+	if (sysconf(_SC_PAGESIZE) != (long)AP_SIZE)
+		return;
+	cls_init();
+	if (pthread_key_create(&tc_key, tc_exit) ||
+	    pthread_atfork(af_prepare, af_parent, af_child))
+		return;
+	atomic_store(&state, AR_COUNTING);
 }

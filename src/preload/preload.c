@@ -959,8 +959,10 @@ void *shim_arena_map(size_t len)
 	p = shim_mmap((void *)a, len, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
 		      -1, 0);
-	if (p == MAP_FAILED)
+	if (p == MAP_FAILED) {
+		sys_munmap((void *)a, len);
 		return NULL;
+	}
 	pthread_mutex_lock(&tbl_lock);
 	i = tbl_first(a);
 	managed = i < tbl_n && tbl[i].start == a && tbl[i].end == a + len;
@@ -1818,6 +1820,8 @@ PRELOAD_API void *realloc(void *p, size_t size)
 	int e = errno;
 	void *n;
 
+	if (!p && !shim_guard)
+		return malloc(size);
 	if (p && arena_owns(p)) {
 		n = arena_realloc(p, size);
 		if (n)
@@ -2235,24 +2239,25 @@ static pid_t fork_here(void)
 	pid_t pid;
 
 	shim_guard++;
-	arena_fork_prepare();
 	/* A connection half made by another thread is not the child's. */
 	pthread_mutex_lock(&conn_lock);
 	if (atomic_load(&shim_state) != SHIM_ON) {
 		pid = real_fork();
-		if (pid == 0) {
+		if (pid == 0)
 			pthread_mutex_init(&conn_lock, NULL);
-			arena_fork_child();
-		} else {
+		else
 			pthread_mutex_unlock(&conn_lock);
-			arena_fork_parent();
-		}
 		shim_guard--;
 		return pid;
 	}
+	pthread_mutex_unlock(&conn_lock);
+	/* The arenas as they are, cut whole: no allocation half done. */
+	arena_fork_prepare();
+	pthread_mutex_lock(&conn_lock);
 	pthread_mutex_lock(&tbl_lock);
 	pthread_mutex_lock(&keep_lock);
 	fork_cut(atomic_fetch_add(&gen, 1) + 1);
+	arena_fork_cut_done();
 	/* A child that attaches shared segments again by name: the parent
 	 * waits for it, so that its exit cannot take a name first. */
 	for (size_t i = 0; i < tbl_n && ready[0] < 0; i++)
@@ -2265,10 +2270,10 @@ static pid_t fork_here(void)
 		pthread_mutex_init(&keep_lock, NULL);
 		nkeep = 0; /* not inherited (MADV_DONTFORK) */
 		tbl_pid = getpid();
-		arena_fork_child();
 		pthread_mutex_lock(&tbl_lock);
 		fork_child();
 		pthread_mutex_unlock(&tbl_lock);
+		arena_fork_child();
 		if (ready[0] >= 0) {
 			close(ready[0]);
 			close(ready[1]); /* the parent reads EOF */
@@ -2288,7 +2293,6 @@ static pid_t fork_here(void)
 		pthread_mutex_unlock(&keep_lock);
 		pthread_mutex_unlock(&tbl_lock);
 		pthread_mutex_unlock(&conn_lock);
-		arena_fork_parent();
 		errno = e;
 	}
 	shim_guard--;
@@ -2749,8 +2753,9 @@ PRELOAD_API int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 	pthread_mutex_lock(&conn_lock);
 	pthread_mutex_lock(&tbl_lock);
 	pthread_mutex_lock(&keep_lock);
-	ret = real_clone(clone_child, side + SIDE_STACK, flags, c, ptid, tls,
-			 ctid);
+	/* The child starts on the side stack only to move its copy in. */
+	ret = real_clone(clone_child, c->copy ? side + SIDE_STACK : stack,
+			 flags, c, ptid, tls, ctid);
 	e = errno;
 	pthread_mutex_unlock(&keep_lock);
 	pthread_mutex_unlock(&tbl_lock);
