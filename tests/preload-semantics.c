@@ -1946,6 +1946,16 @@ static void af_give(void)
 	pthread_mutex_unlock(&af_lock);
 }
 
+/* The child's handler frees a block: under the shim, before the child
+ * has its copy of the arenas. */
+static void *af_block;
+
+static void af_child(void)
+{
+	free(af_block);
+	pthread_mutex_unlock(&af_lock);
+}
+
 static void *af_allocator(void *arg)
 {
 	void *v[64];
@@ -1967,18 +1977,22 @@ static int atfork_forks(void)
 	pthread_t t;
 	int ok = 0;
 
-	if (!registered && pthread_atfork(af_take, af_give, af_give))
+	if (!registered && pthread_atfork(af_take, af_give, af_child))
 		return -1;
 	registered = true;
 	atomic_store(&af_stop, 0);
 	if (pthread_create(&t, NULL, af_allocator, NULL))
 		return -1;
 	for (int f = 0; f < 50; f++) {
+		af_block = malloc(100 + f);
+
 		pid_t pid = fork();
 
 		if (pid == 0)
 			_exit(0);
 		ok += pid > 0 && wait_code(pid) == 0;
+		free(af_block);
+		af_block = NULL; /* (the handlers stay for later forks) */
 	}
 	atomic_store(&af_stop, 1);
 	pthread_join(t, NULL);

@@ -75,6 +75,9 @@
 #define REG_SLOTS 2048		     /* the set of arenas (half full at most) */
 #define ARENA_MAGIC 0x75706167617265 /* "upagare" */
 
+/* Off the fast paths of malloc and free. */
+#define SLOW __attribute__((noinline, cold))
+
 enum { PM_FREE, PM_SLAB, PM_RUN, PM_TAIL };
 
 /* A page's descriptor: of a slab's or a run's first page (@npages its
@@ -107,6 +110,9 @@ _Static_assert(NPAGES <= UINT16_MAX, "pmeta: page counts in 16 bits");
 enum { AR_NEVER, AR_COUNTING, AR_ON };
 static _Atomic int state = AR_NEVER;
 static bool grow_failed, lost;
+/* A fork child before its copies are in place: the program's atfork
+ * child handlers run then (glibc's fork), with no arena mapped. */
+static bool absent;
 
 /* The classes: object size, slab pages and objects, objects a thread
  * keeps. */
@@ -480,7 +486,7 @@ static struct pmeta *meta_of(struct arena *a, const void *p)
 
 /* Thread caches */
 
-static void tc_flush(unsigned int c, unsigned int keep)
+static SLOW void tc_flush(unsigned int c, unsigned int keep)
 {
 	pthread_mutex_lock(&cls[c].lock);
 	while (tc.n[c] > keep) {
@@ -503,7 +509,7 @@ static void tc_exit(void *arg)
 }
 
 /* The thread's cache is given back when it ends. */
-static void tc_live(void)
+static SLOW void tc_live(void)
 {
 	if (tc.state != TC_NEW)
 		return;
@@ -515,7 +521,7 @@ static void tc_live(void)
 
 /* An object of class @c from the class's slabs, with more for the
  * thread's cache; NULL when no arena has room. */
-static void *cls_refill(unsigned int c)
+static SLOW void *cls_refill(unsigned int c)
 {
 	struct cls_state *k = &cls[c];
 	unsigned int want, gen = 0;
@@ -560,7 +566,7 @@ static void *cls_alloc(unsigned int c)
 
 /* Runs */
 
-static void *run_alloc(size_t size, size_t align, bool *zero)
+static SLOW void *run_alloc(size_t size, size_t align, bool *zero)
 {
 	size_t n = size ? (size + AP_SIZE - 1) >> AP_SHIFT : 1;
 	size_t al = align > AP_SIZE ? align >> AP_SHIFT : 1;
@@ -584,7 +590,7 @@ static void *run_alloc(size_t size, size_t align, bool *zero)
 /* @inside: called with the guard held (a pthread_atfork handler while
  * fork() holds every lock): nothing is waited for; what cannot be freed
  * now stays allocated. */
-static void run_free(struct pmeta *m, bool inside)
+static SLOW void run_free(struct pmeta *m, bool inside)
 {
 	bool zero = false;
 	int e = errno;
@@ -612,7 +618,7 @@ static void run_free(struct pmeta *m, bool inside)
 /* Entry points (shim.h) */
 
 /* Whether this request turns the arenas on (see the top of the file). */
-static bool arena_enable(size_t size)
+static SLOW bool arena_enable(size_t size)
 {
 	if (tc.main < 0)
 		tc.main = syscall(SYS_gettid) == getpid();
@@ -682,7 +688,7 @@ bool arena_free(void *p)
 
 	if (!a)
 		return false;
-	if (lost)
+	if (lost || absent)
 		return true; /* not this process's memory: it leaks */
 	m = meta_of(a, p);
 	if (m->kind == PM_RUN) {
@@ -787,6 +793,7 @@ static void af_parent(void)
 
 static void af_child(void)
 {
+	absent = atomic_load(&state) == AR_ON;
 	pthread_mutex_init(&pg_lock, NULL);
 	for (unsigned int c = 0; c < NCLS; c++)
 		pthread_mutex_init(&cls[c].lock, NULL);
@@ -796,6 +803,7 @@ static void af_child(void)
 
 void arena_fork_child(void)
 {
+	absent = false;
 	if (lost || atomic_load(&state) != AR_ON)
 		return;
 	/* The class lists, from the slabs' descriptors: those are the cut's
