@@ -11,6 +11,8 @@
 #                   exit 0 both times; with the shim, /dev/zero and shm
 #                   mappings are segments' memfds
 #   python-hash     python3 filling and hashing ~550 MiB
+#   py-threads      python3: 4 threads build ~200 MiB of small objects
+#                   (above pymalloc's 512 B: malloc's, so the shim's arenas)
 #   sort            sort(1) of a generated ~120 MB file
 #   xz              xz -9 of a generated 16 MB file
 #   py-shared       python3: forked workers writing one mmap(-1) (shared
@@ -337,6 +339,29 @@ for x in l:
     h.update(x)
 print(hashlib.sha256(b).hexdigest(), hashlib.sha256(b2).hexdigest(),
       h.hexdigest(), len(b) + len(b2))
+'
+fi
+
+check=py-threads
+if want $check; then
+	compare py-threads 128 "$py" -c '
+import hashlib, threading
+out = [None] * 4
+def work(k):
+    l = [bytes([(i * 7 + k) % 256]) * (600 + (i * 37 + k) % 3400)
+         for i in range(20000)]
+    d = {i: x for i, x in enumerate(l) if i % 3}
+    h = hashlib.sha256()
+    for i in sorted(d):
+        h.update(d[i])
+    out[k] = (len(l), sum(map(len, l)), h.hexdigest())
+t = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+for x in t:
+    x.start()
+for x in t:
+    x.join()
+for r in out:
+    print(*r)
 '
 fi
 
