@@ -67,12 +67,14 @@
 #define AP_SHIFT 12
 #define AP_SIZE ((uintptr_t)1 << AP_SHIFT)
 #define NPAGES (ARENA_SIZE >> AP_SHIFT)
-#define SMALL_MAX 16384		     /* largest object of a slab */
-#define NCLS 36			     /* size classes up to SMALL_MAX */
-#define SLAB_MAX_PAGES 16	     /* a slab's pages at most */
-#define RUN_MAX (NPAGES / 4)	     /* pages of a run at most: 16 MiB */
-#define PUNCH_MIN 64		     /* pages: a run freed is punched */
-#define REG_SLOTS 2048		     /* the set of arenas (half full at most) */
+#define SMALL_MAX 16384	     /* largest object of a slab */
+#define NCLS 36		     /* size classes up to SMALL_MAX */
+#define SLAB_MAX_PAGES 16    /* a slab's pages at most */
+#define RUN_MAX (NPAGES / 4) /* pages of a run at most: 16 MiB */
+#define PURGE_PAGES 4096 /* free pages that may hold bytes, an arena's most */
+#define PURGE_MIN 16	 /* pages: a free span punched, at least */
+#define PURGE_SPANS 64	 /* spans punched by one purge, at most */
+#define REG_SLOTS 2048	 /* the set of arenas (half full at most) */
 #define ARENA_MAGIC 0x75706167617265 /* "upagare" */
 
 /* Off the fast paths of malloc and free. */
@@ -95,8 +97,10 @@ struct pmeta {
 struct arena {
 	uint64_t magic;
 	struct arena *next;
-	uint32_t hint; /* no page below is free */
-	uint32_t top;  /* no page from here up was ever used */
+	uint32_t hint;	     /* no page below is free */
+	uint32_t top;	     /* no page from here up was ever used */
+	uint32_t dirty_free; /* pages free that may hold bytes */
+	bool purging;
 	uint64_t used[NPAGES / 64];
 	uint64_t dirty[NPAGES / 64]; /* may hold bytes */
 	struct pmeta meta[NPAGES];
@@ -110,6 +114,7 @@ _Static_assert(NPAGES <= UINT16_MAX, "pmeta: page counts in 16 bits");
 enum { AR_NEVER, AR_COUNTING, AR_ON };
 static _Atomic int state = AR_NEVER;
 static bool grow_failed, lost;
+static struct arena *purge_due; /* pg_lock: one to purge() */
 /* A fork child before its copies are in place: the program's atfork
  * child handlers run then (glibc's fork), with no arena mapped. */
 static bool absent;
@@ -211,18 +216,25 @@ static void bits_set(uint64_t *b, size_t i, size_t n, bool on)
 	}
 }
 
-static bool bits_any(const uint64_t *b, size_t i, size_t n)
+static size_t bits_count(const uint64_t *b, size_t i, size_t n)
 {
+	size_t c = 0;
+
 	for (size_t e = i + n; i < e; i++) {
 		if (!(i & 63) && i + 64 <= e) {
-			if (b[i >> 6])
-				return true;
+			c += __builtin_popcountll(b[i >> 6]);
 			i += 63;
-		} else if (bit(b, i)) {
-			return true;
+		} else {
+			c += bit(b, i);
 		}
 	}
-	return false;
+	return c;
+}
+
+/* Whether any of the @n pages of @a from @i is in use. */
+static bool bits_any_used(const struct arena *a, size_t i, size_t n)
+{
+	return bits_count(a->used, i, n) != 0;
 }
 
 static size_t round_up(size_t x, size_t a)
@@ -317,12 +329,14 @@ static struct pmeta *pages_get(size_t n, size_t align, bool *zero,
 			       unsigned int *gen)
 {
 	for (struct arena *a = arenas; a; a = a->next) {
-		size_t i = fit(a, n, align);
+		size_t i = fit(a, n, align), k;
 
 		if (!i)
 			continue;
 		bits_set(a->used, i, n, true);
-		*zero = !bits_any(a->dirty, i, n);
+		k = bits_count(a->dirty, i, n);
+		*zero = !k;
+		a->dirty_free -= k;
 		bits_set(a->dirty, i, n, true);
 		if (i == a->hint)
 			a->hint = i + n;
@@ -345,8 +359,85 @@ static void pages_put(struct pmeta *m, bool zero)
 	bits_set(a->used, i, n, false);
 	if (zero)
 		bits_set(a->dirty, i, n, false);
+	else
+		a->dirty_free += bits_count(a->dirty, i, n);
 	if (i < a->hint)
 		a->hint = i;
+	if (a->dirty_free >= PURGE_PAGES && !a->purging)
+		purge_due = a;
+}
+
+/*
+ * Memory goes back: once an arena holds PURGE_PAGES free pages that may
+ * hold bytes, its free spans of at least PURGE_MIN pages are punched
+ * (when that makes them read zeros: not while a fork child's snapshot
+ * shares them).  Not at each free: a program that frees and allocates
+ * again (realloc growing a buffer) would fault its pages in again through
+ * the daemon each time; glibc keeps what its arenas held, too.  The spans
+ * are taken (marked in use) under pg_lock and punched without it:
+ * preload.c's table lock is taken by the punch, and fork() holds that
+ * one while the atfork handler takes pg_lock.  No lock held here.
+ */
+static SLOW void purge(struct arena *a)
+{
+	struct {
+		uint32_t i, n;
+		bool zero;
+	} sp[PURGE_SPANS];
+	size_t k = 0, n = 0, i, j;
+
+	pthread_mutex_lock(&pg_lock);
+	if (purge_due == a)
+		purge_due = NULL;
+	if (a->purging || a->dirty_free < PURGE_PAGES) {
+		pthread_mutex_unlock(&pg_lock);
+		return;
+	}
+	a->purging = true;
+	for (i = HDR_PAGES; i < a->top && k < PURGE_SPANS; i = j + 1) {
+		for (j = i; j < a->top && !bit(a->used, j) && bit(a->dirty, j);
+		     j++)
+			;
+		if (j - i >= PURGE_MIN) {
+			sp[k++] = (typeof(sp[0])){ .i = i, .n = j - i };
+			bits_set(a->used, i, j - i, true);
+		}
+	}
+	pthread_mutex_unlock(&pg_lock);
+	shim_guard++;
+	for (size_t s = 0; s < k; s++) {
+		sp[s].zero = shim_release((char *)a +
+						  ((size_t)sp[s].i << AP_SHIFT),
+					  (size_t)sp[s].n << AP_SHIFT);
+		n += sp[s].zero ? sp[s].n : 0;
+	}
+	shim_guard--;
+	pthread_mutex_lock(&pg_lock);
+	for (size_t s = 0; s < k; s++) {
+		bits_set(a->used, sp[s].i, sp[s].n, false);
+		if (sp[s].zero)
+			bits_set(a->dirty, sp[s].i, sp[s].n, false);
+		if (sp[s].i < a->hint)
+			a->hint = sp[s].i;
+	}
+	a->dirty_free -= n;
+	a->purging = false;
+	pthread_mutex_unlock(&pg_lock);
+	shim_debug("arena at %p: %zu pages punched in %zu spans", (void *)a, n,
+		   k);
+}
+
+/* No lock held, not inside the shim. */
+static void maybe_purge(void)
+{
+	struct arena *a = purge_due;
+
+	if (a) {
+		int e = errno;
+
+		purge(a);
+		errno = e;
+	}
 }
 
 /*
@@ -497,6 +588,7 @@ static SLOW void tc_flush(unsigned int c, unsigned int keep)
 		slab_push(meta_of(arena_of(p), p), c, p);
 	}
 	pthread_mutex_unlock(&cls[c].lock);
+	maybe_purge();
 }
 
 static void tc_exit(void *arg)
@@ -592,9 +684,6 @@ static SLOW void *run_alloc(size_t size, size_t align, bool *zero)
  * now stays allocated. */
 static SLOW void run_free(struct pmeta *m, bool inside)
 {
-	bool zero = false;
-	int e = errno;
-
 	if (inside) {
 		if (pthread_mutex_trylock(&pg_lock)) {
 			shim_debug("free of %p inside the shim: kept",
@@ -602,17 +691,12 @@ static SLOW void run_free(struct pmeta *m, bool inside)
 			return;
 		}
 	} else {
-		if (m->npages >= PUNCH_MIN) {
-			shim_guard++;
-			zero = shim_release(page_addr(m),
-					    (size_t)m->npages << AP_SHIFT);
-			shim_guard--;
-			errno = e;
-		}
 		pthread_mutex_lock(&pg_lock);
 	}
-	pages_put(m, zero);
+	pages_put(m, false);
 	pthread_mutex_unlock(&pg_lock);
+	if (!inside)
+		maybe_purge();
 }
 
 /* Entry points (shim.h) */
@@ -756,13 +840,46 @@ bool arena_span(const void *addr, uintptr_t *start, size_t *len)
 bool arena_fits(const void *p, size_t size)
 {
 	struct pmeta *m = meta_of(arena_of(p), p);
+	struct arena *a = arena_of_meta(m);
+	size_t i = m - a->meta, n = m->npages, want;
+	bool ok;
 
 	if (m->kind == PM_SLAB)
 		return size <= SMALL_MAX && size_cls(size) == m->cls;
-	/* a run: shrinking to half stays; it does not grow in place */
-	return size > SMALL_MAX && size <= (RUN_MAX << AP_SHIFT) &&
-	       (size + AP_SIZE - 1) >> AP_SHIFT <= m->npages &&
-	       (size_t)m->npages << AP_SHIFT <= 2 * size;
+	if (size <= SMALL_MAX || size > (RUN_MAX << AP_SHIFT))
+		return false;
+	/* A run shrinks or grows in place, as glibc's chunks do when the
+	 * pages after it are free: no copy, no page faulted in again. */
+	want = (size + AP_SIZE - 1) >> AP_SHIFT;
+	if (want == n)
+		return true;
+	if (want > n && i + want > NPAGES)
+		return false;
+	pthread_mutex_lock(&pg_lock);
+	if (want < n) {
+		struct pmeta tail = { .npages = n - want };
+
+		m[want] = tail;
+		m->npages = want;
+		pages_put(&m[want], false);
+		ok = true;
+	} else {
+		ok = !bits_any_used(a, i + n, want - n);
+		if (ok) {
+			bits_set(a->used, i + n, want - n, true);
+			a->dirty_free -= bits_count(a->dirty, i + n, want - n);
+			bits_set(a->dirty, i + n, want - n, true);
+			if (a->hint == i + n)
+				a->hint = i + want;
+			if (i + want > a->top)
+				a->top = i + want;
+			m->npages = want;
+		}
+	}
+	pthread_mutex_unlock(&pg_lock);
+	if (want < n)
+		maybe_purge();
+	return ok;
 }
 
 void arena_fork_prepare(void)

@@ -476,6 +476,10 @@ static struct upager *shim_conn(void)
  * @priv: not inherited by fork (the fork wrapper copies it).  Returns it,
  * or NULL with nothing left in the daemon (@at may be unmapped then).
  */
+/* The library took no more attachments (descriptors, or its limit of
+ * one connection): none is asked for until one goes (seg_drop()). */
+static atomic_bool att_full;
+
 static struct seg *seg_new(size_t len, void *at, bool priv)
 {
 	struct upager_create_opts o = { .size = len, .source_fd = -1 };
@@ -483,7 +487,7 @@ static struct seg *seg_new(size_t len, void *at, bool priv)
 	struct seg *s;
 	int ret;
 
-	if (!u)
+	if (!u || atomic_load(&att_full))
 		return NULL;
 	s = __libc_calloc(1, sizeof(*s));
 	if (!s)
@@ -505,6 +509,8 @@ static struct seg *seg_new(size_t len, void *at, bool priv)
 				       &s->att);
 		if (ret)
 			upager_delete(u, s->name, UPAGER_DELETE_FORCE);
+		if (ret == -EMFILE)
+			atomic_store(&att_full, true);
 	}
 	if (ret) {
 		debug("%zu bytes at %p: %s: ordinary memory", len, at,
@@ -532,6 +538,7 @@ static void shared_forget(struct seg *s)
 static void seg_drop(struct seg *s)
 {
 	upager_detach(s->att);
+	atomic_store(&att_full, false);
 	if (s->priv && s->owner == getpid() && shim_conn()) {
 		upager_delete(conn, s->name, UPAGER_DELETE_FORCE);
 		debug("%s: unmapped, deleted", s->name);

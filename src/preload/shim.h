@@ -69,7 +69,8 @@ size_t arena_usable(const void *p);
  * byte in @start and its length in @len. */
 bool arena_span(const void *addr, uintptr_t *start, size_t *len);
 
-/* Whether the arenas' block @p can stay where it is at @size bytes. */
+/* Whether the arenas' block @p can stay where it is at @size bytes (a
+ * run is shrunk or grown in place if it can be). */
 bool arena_fits(const void *p, size_t size);
 
 /*
