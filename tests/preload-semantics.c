@@ -2028,6 +2028,35 @@ static bool odd_requests(void)
 	for (int i = 0; i < 3000; i++)
 		free(malloc(i * 7));
 	ok &= errno == EDOM;
+	/* 40 MiB of mid-sized blocks written and freed (the shim punches
+	 * what its arenas hold past 16 MiB), then as callocs: zeros; one
+	 * grown by realloc a step at a time keeps its bytes */
+	enum { NMID = 80 };
+	static char *mid[NMID];
+	for (int i = 0; i < NMID; i++)
+		if ((mid[i] = malloc(512 * KiB)))
+			memset(mid[i], 0x33 + i, 512 * KiB);
+	for (int i = 0; i < NMID; i++)
+		free(mid[i]);
+	for (int i = 0; i < NMID; i++) {
+		mid[i] = calloc(1, 512 * KiB);
+		ok &= mid[i] && is_zero(mid[i], 512 * KiB);
+	}
+	char *g = NULL;
+	for (size_t len = 20 * KiB; len <= 900 * KiB; len += 20 * KiB) {
+		char *n = realloc(g, len);
+
+		if (!n) {
+			ok = false;
+			break;
+		}
+		ok &= len == 20 * KiB || check(n, len - 20 * KiB, 77);
+		g = n;
+		fill(g, len, 77);
+	}
+	free(g);
+	for (int i = 0; i < NMID; i++)
+		free(mid[i]);
 	return ok;
 }
 
@@ -2078,6 +2107,7 @@ static void s_arenas(void)
 	printf("arenas: fork child saw them=%s; parent's kept=%s\n",
 	       child == 0 ? "yes" : "no", !bad && h2 == h ? "yes" : "no");
 	EXPECT(!errors && child == 0 && !bad && h2 == h, "arenas");
+	bool odd = odd_requests();
 
 	/* other threads free them; then a thread on a malloc()ed stack forks */
 	for (int i = 0; i < AR_THREADS; i++)
@@ -2107,7 +2137,6 @@ static void s_arenas(void)
 	       "arenas: cross-thread free or fork");
 	EXPECT(man || asan(), "arenas: a thread's small block is not managed");
 	int af = atfork_forks();
-	bool odd = odd_requests();
 	printf("arenas: forks with an atfork handler's lock held by an "
 	       "allocating thread: %d of 50; odd requests ok=%s\n",
 	       af, odd ? "yes" : "no");

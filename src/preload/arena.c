@@ -100,6 +100,7 @@ struct arena {
 	uint32_t hint;	     /* no page below is free */
 	uint32_t top;	     /* no page from here up was ever used */
 	uint32_t dirty_free; /* pages free that may hold bytes */
+	uint32_t purge_at;   /* purge() from this many */
 	bool purging;
 	uint64_t used[NPAGES / 64];
 	uint64_t dirty[NPAGES / 64]; /* may hold bytes */
@@ -363,7 +364,7 @@ static void pages_put(struct pmeta *m, bool zero)
 		a->dirty_free += bits_count(a->dirty, i, n);
 	if (i < a->hint)
 		a->hint = i;
-	if (a->dirty_free >= PURGE_PAGES && !a->purging)
+	if (a->dirty_free >= a->purge_at && !a->purging)
 		purge_due = a;
 }
 
@@ -389,7 +390,7 @@ static SLOW void purge(struct arena *a)
 	pthread_mutex_lock(&pg_lock);
 	if (purge_due == a)
 		purge_due = NULL;
-	if (a->purging || a->dirty_free < PURGE_PAGES) {
+	if (a->purging || a->dirty_free < a->purge_at) {
 		pthread_mutex_unlock(&pg_lock);
 		return;
 	}
@@ -421,6 +422,9 @@ static SLOW void purge(struct arena *a)
 			a->hint = sp[s].i;
 	}
 	a->dirty_free -= n;
+	/* What could not be punched (a snapshot shares it, or the arena is
+	 * the kernel's memory now) is not tried again at every free. */
+	a->purge_at = a->dirty_free + PURGE_PAGES;
 	a->purging = false;
 	pthread_mutex_unlock(&pg_lock);
 	shim_debug("arena at %p: %zu pages punched in %zu spans", (void *)a, n,
@@ -462,6 +466,7 @@ static int arena_grow(unsigned int gen, bool locked)
 		if (a && reg_add((uintptr_t)a)) {
 			a->magic = ARENA_MAGIC;
 			a->hint = HDR_PAGES;
+			a->purge_at = PURGE_PAGES;
 			bits_set(a->used, 0, HDR_PAGES, true);
 			bits_set(a->dirty, 0, HDR_PAGES, true);
 			pthread_mutex_lock(&pg_lock);
