@@ -45,6 +45,7 @@
 #include <string.h>
 #include <time.h>
 #include <malloc.h>
+#include <pwd.h>
 #include <ucontext.h>
 #include <unistd.h>
 #include <sys/mman.h>
@@ -1930,28 +1931,43 @@ static int coroutine_fork(void)
 	return co_child;
 }
 
-/* A pthread_atfork handler takes a lock that another thread holds while
- * it allocates: fork() must not hold the allocator's locks across the
- * program's handlers (glibc takes its own after them). */
+/*
+ * The program's pthread_atfork handlers, as programs use them: prepare
+ * takes a lock of the program's while another thread, holding it,
+ * allocates (small and large blocks) and updates a malloc()ed object; the
+ * child must see the object whole (the fork's instant is the handlers'),
+ * its child handler touches that object and frees a block, and glibc's
+ * own state (NSS, used by a thread) must be there for glibc's fork code.
+ * Under the shim: no deadlock (it holds nothing while the program's
+ * prepare handlers run), no tear (it cuts after them), no fault in the
+ * child handler (the copies are in place before it runs).
+ */
 static pthread_mutex_t af_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int af_stop;
+static bool af_on; /* the handlers stay for later forks: off then */
+static struct af_obj {
+	long a, pad[64], b;
+	pid_t pid;
+} * af_obj;
+static void *af_block;
 
 static void af_take(void)
 {
-	pthread_mutex_lock(&af_lock);
+	if (af_on)
+		pthread_mutex_lock(&af_lock);
 }
 
 static void af_give(void)
 {
-	pthread_mutex_unlock(&af_lock);
+	if (af_on)
+		pthread_mutex_unlock(&af_lock);
 }
-
-/* The child's handler frees a block: under the shim, before the child
- * has its copy of the arenas. */
-static void *af_block;
 
 static void af_child(void)
 {
+	if (!af_on)
+		return;
+	af_obj->pid = getpid();
 	free(af_block);
 	pthread_mutex_unlock(&af_lock);
 }
@@ -1962,15 +1978,29 @@ static void *af_allocator(void *arg)
 
 	while (!atomic_load(&af_stop)) {
 		pthread_mutex_lock(&af_lock);
+		af_obj->a++;
 		for (int i = 0; i < 64; i++)
 			v[i] = malloc(64 + i * 100);
+		char *big = malloc(3 * MiB);
+		if (big)
+			big[MiB] = 1;
+		free(big);
 		for (int i = 0; i < 64; i++)
 			free(v[i]);
+		af_obj->b++;
 		pthread_mutex_unlock(&af_lock);
 	}
 	return arg;
 }
 
+static void *af_nss(void *arg)
+{
+	struct passwd *pw = getpwuid(0);
+
+	return pw ? arg : NULL;
+}
+
+/* How many of 50 forks had a child that saw all that right. */
 static int atfork_forks(void)
 {
 	static bool registered;
@@ -1980,7 +2010,14 @@ static int atfork_forks(void)
 	if (!registered && pthread_atfork(af_take, af_give, af_child))
 		return -1;
 	registered = true;
+	if (pthread_create(&t, NULL, af_nss, NULL))
+		return -1;
+	pthread_join(t, NULL);
+	af_obj = calloc(1, sizeof(*af_obj));
+	if (!af_obj)
+		return -1;
 	atomic_store(&af_stop, 0);
+	af_on = true;
 	if (pthread_create(&t, NULL, af_allocator, NULL))
 		return -1;
 	for (int f = 0; f < 50; f++) {
@@ -1989,13 +2026,17 @@ static int atfork_forks(void)
 		pid_t pid = fork();
 
 		if (pid == 0)
-			_exit(0);
+			_exit(af_obj->a == af_obj->b && af_obj->pid == getpid() ?
+				      0 :
+				      1);
 		ok += pid > 0 && wait_code(pid) == 0;
 		free(af_block);
-		af_block = NULL; /* (the handlers stay for later forks) */
+		af_block = NULL;
 	}
 	atomic_store(&af_stop, 1);
 	pthread_join(t, NULL);
+	af_on = false;
+	free(af_obj);
 	return ok;
 }
 
@@ -2137,8 +2178,9 @@ static void s_arenas(void)
 	       "arenas: cross-thread free or fork");
 	EXPECT(man || asan(), "arenas: a thread's small block is not managed");
 	int af = atfork_forks();
-	printf("arenas: forks with an atfork handler's lock held by an "
-	       "allocating thread: %d of 50; odd requests ok=%s\n",
+	printf("arenas: forks with the program's atfork handlers (a lock held "
+	       "by an allocating thread, NSS used): %d of 50 right; odd "
+	       "requests ok=%s\n",
 	       af, odd ? "yes" : "no");
 	EXPECT(af == 50 && odd, "arenas: atfork or odd requests");
 	for (int k = 0; k < AR_THREADS; k++)

@@ -61,7 +61,25 @@ static void atfork_child(void)
 
 static void atfork_register(void)
 {
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+	if (!lib_fork_external)
+		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+bool lib_fork_external;
+
+void lib_fork_prepare(void)
+{
+	atfork_prepare();
+}
+
+void lib_fork_parent(void)
+{
+	atfork_parent();
+}
+
+void lib_fork_child(void)
+{
+	atfork_child();
 }
 
 void fork_track(struct upager *u)

@@ -263,6 +263,17 @@ void fork_track(struct upager *u);
 /* Removes @u. */
 void fork_untrack(struct upager *u);
 
+/*
+ * Set before the first connection by a caller that runs the fork handlers
+ * itself (the preload shim, which must cut its snapshots after the
+ * program's own prepare handlers and before these take the connections'
+ * locks): then none are installed, and it calls these from its own.
+ */
+extern bool lib_fork_external;
+void lib_fork_prepare(void);
+void lib_fork_parent(void);
+void lib_fork_child(void);
+
 /* watcher.c */
 
 /*

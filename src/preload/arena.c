@@ -116,9 +116,6 @@ enum { AR_NEVER, AR_COUNTING, AR_ON };
 static _Atomic int state = AR_NEVER;
 static bool grow_failed, lost;
 static struct arena *purge_due; /* pg_lock: one to purge() */
-/* A fork child before its copies are in place: the program's atfork
- * child handlers run then (glibc's fork), with no arena mapped. */
-static bool absent;
 
 /* The classes: object size, slab pages and objects, objects a thread
  * keeps. */
@@ -777,7 +774,7 @@ bool arena_free(void *p)
 
 	if (!a)
 		return false;
-	if (lost || absent)
+	if (lost)
 		return true; /* not this process's memory: it leaks */
 	m = meta_of(a, p);
 	if (m->kind == PM_RUN) {
@@ -894,54 +891,20 @@ void arena_fork_prepare(void)
 	pthread_mutex_lock(&pg_lock);
 }
 
-void arena_fork_cut_done(void)
+void arena_fork_parent(void)
 {
 	pthread_mutex_unlock(&pg_lock);
 	for (unsigned int c = NCLS; c-- > 0;)
 		pthread_mutex_unlock(&cls[c].lock);
 }
 
-/* The kernel's fork: after the program's own prepare handlers (this one
- * was registered first, so it runs last), as glibc's malloc locks. */
-static void af_prepare(void)
+void arena_fork_child(void)
 {
-	arena_fork_prepare();
-}
-
-static void af_parent(void)
-{
-	arena_fork_cut_done();
-}
-
-static void af_child(void)
-{
-	absent = atomic_load(&state) == AR_ON;
 	pthread_mutex_init(&pg_lock, NULL);
 	for (unsigned int c = 0; c < NCLS; c++)
 		pthread_mutex_init(&cls[c].lock, NULL);
 	pthread_mutex_init(&grow_lock, NULL);
 	tc.main = 1;
-}
-
-void arena_fork_child(void)
-{
-	absent = false;
-	if (lost || atomic_load(&state) != AR_ON)
-		return;
-	/* The class lists, from the slabs' descriptors: those are the cut's
-	 * (or, for an arena that is the kernel's memory, the fork's), the
-	 * lists this file's memory had at the fork. */
-	for (unsigned int c = 0; c < NCLS; c++) {
-		cls[c].partial = NULL;
-		cls[c].npartial = 0;
-	}
-	for (struct arena *a = arenas; a; a = a->next)
-		for (size_t i = HDR_PAGES; i < a->top; i++) {
-			struct pmeta *m = &a->meta[i];
-
-			if (m->kind == PM_SLAB && m->nfree)
-				list_add(&cls[m->cls], m);
-		}
 }
 
 void arena_lost(void)
@@ -960,8 +923,7 @@ void arena_init(void)
 	if (sysconf(_SC_PAGESIZE) != (long)AP_SIZE)
 		return;
 	cls_init();
-	if (pthread_key_create(&tc_key, tc_exit) ||
-	    pthread_atfork(af_prepare, af_parent, af_child))
+	if (pthread_key_create(&tc_key, tc_exit))
 		return;
 	atomic_store(&state, AR_COUNTING);
 }

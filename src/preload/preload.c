@@ -76,6 +76,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -1728,6 +1729,57 @@ copy:
 	return n;
 }
 
+/*
+ * glibc's own allocations stay glibc's: its fork code, in the child and
+ * before any atfork handler runs, resets state it malloc()ed (NSS's, for
+ * one), which must be there already; a block of the arenas is not until
+ * the shim's child handler has made the child's copy.  Told by the
+ * caller: a return address in libc's or the dynamic loader's code.
+ */
+static struct {
+	uintptr_t lo, hi;
+} libc_text[4];
+static unsigned int nlibc_text;
+
+static int libc_text_fn(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	const char *n = info->dlpi_name;
+
+	(void)size;
+	(void)arg;
+	if (!n || (!strstr(n, "/libc.so") && !strstr(n, "/ld-linux")))
+		return 0;
+	for (int i = 0; i < info->dlpi_phnum && nlibc_text < 4; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+
+		if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X)) {
+			libc_text[nlibc_text].lo = info->dlpi_addr + ph->p_vaddr;
+			libc_text[nlibc_text].hi = libc_text[nlibc_text].lo +
+						   ph->p_memsz;
+			nlibc_text++;
+		}
+	}
+	return 0;
+}
+
+static bool from_libc(const void *ra)
+{
+	for (unsigned int i = 0; i < nlibc_text; i++)
+		if ((uintptr_t)ra >= libc_text[i].lo &&
+		    (uintptr_t)ra < libc_text[i].hi)
+			return true;
+	return false;
+}
+
+/* A small block for a caller at @ra: the arenas', unless that is glibc
+ * itself (or the arenas are not on). */
+static void *small_alloc(size_t size, size_t align, bool zero, const void *ra)
+{
+	if (shim_guard || from_libc(ra))
+		return NULL;
+	return arena_alloc(size, align, zero);
+}
+
 static size_t (*real_usable)(void *);
 
 static size_t libc_usable_size(void *p)
@@ -1746,9 +1798,8 @@ PRELOAD_API void *malloc(size_t size)
 	void *p;
 
 	if (size < malloc_min || shim_guard) {
-		if (!shim_guard && (p = arena_alloc(size, 0, false)))
-			return p;
-		return __libc_malloc(size);
+		p = small_alloc(size, 0, false, __builtin_return_address(0));
+		return p ? p : __libc_malloc(size);
 	}
 	shim_guard++;
 	p = blk_alloc(size, page_size);
@@ -1791,7 +1842,7 @@ PRELOAD_API void *calloc(size_t n, size_t size)
 	if (__builtin_mul_overflow(n, size, &total) || shim_guard)
 		return __libc_calloc(n, size);
 	if (total < malloc_min) {
-		p = arena_alloc(total, 0, true);
+		p = small_alloc(total, 0, true, __builtin_return_address(0));
 		return p ? p : __libc_calloc(n, size);
 	}
 	shim_guard++;
@@ -1827,7 +1878,7 @@ PRELOAD_API void *realloc(void *p, size_t size)
 	int e = errno;
 	void *n;
 
-	if (!p && !shim_guard)
+	if (!p && !shim_guard && !from_libc(__builtin_return_address(0)))
 		return malloc(size);
 	if (p && arena_owns(p)) {
 		n = arena_realloc(p, size);
@@ -1877,15 +1928,16 @@ PRELOAD_API void *reallocarray(void *p, size_t n, size_t size)
 	return realloc(p, total);
 }
 
-/* @align a power of two: the arenas', a block, or glibc's. */
-static void *aligned(size_t align, size_t size)
+/* @align a power of two: the arenas', a block, or glibc's; @ra: the
+ * caller. */
+static void *aligned(size_t align, size_t size, const void *ra)
 {
 	void *p;
 
 	if (shim_guard)
 		return __libc_memalign(align, size);
 	if (size < malloc_min) {
-		p = arena_alloc(size, align, false);
+		p = small_alloc(size, align, false, ra);
 		return p ? p : __libc_memalign(align, size);
 	}
 	if (align < (size_t)page_size)
@@ -1896,9 +1948,9 @@ static void *aligned(size_t align, size_t size)
 	return p ? p : __libc_memalign(align, size);
 }
 
-PRELOAD_API void *memalign(size_t align, size_t size)
+/* glibc: a non-power of two is rounded up (aligned_alloc too). */
+static void *memalign_at(size_t align, size_t size, const void *ra)
 {
-	/* glibc: a non-power of two is rounded up (aligned_alloc too). */
 	if (align & (align - 1)) {
 		size_t a = 1;
 
@@ -1910,12 +1962,17 @@ PRELOAD_API void *memalign(size_t align, size_t size)
 		}
 		align = a;
 	}
-	return aligned(align ? align : 1, size);
+	return aligned(align ? align : 1, size, ra);
+}
+
+PRELOAD_API void *memalign(size_t align, size_t size)
+{
+	return memalign_at(align, size, __builtin_return_address(0));
 }
 
 PRELOAD_API void *aligned_alloc(size_t align, size_t size)
 {
-	return memalign(align, size);
+	return memalign_at(align, size, __builtin_return_address(0));
 }
 
 PRELOAD_API int posix_memalign(void **out, size_t align, size_t size)
@@ -1925,7 +1982,7 @@ PRELOAD_API int posix_memalign(void **out, size_t align, size_t size)
 
 	if (!align || align % sizeof(void *) || (align & (align - 1)))
 		return EINVAL;
-	p = aligned(align, size);
+	p = aligned(align, size, __builtin_return_address(0));
 	if (!p)
 		return ENOMEM;
 	errno = e;
@@ -1937,14 +1994,15 @@ PRELOAD_API void *valloc(size_t size)
 {
 	if (shim_guard)
 		return __libc_valloc(size);
-	return aligned(page_size, size);
+	return aligned(page_size, size, __builtin_return_address(0));
 }
 
 PRELOAD_API void *pvalloc(size_t size)
 {
 	if (shim_guard || size > (size_t)PTRDIFF_MAX)
 		return __libc_pvalloc(size);
-	return aligned(page_size, page_up(size ? size : 1));
+	return aligned(page_size, page_up(size ? size : 1),
+		       __builtin_return_address(0));
 }
 
 PRELOAD_API size_t malloc_usable_size(void *p)
@@ -2084,16 +2142,113 @@ static void fork_cut(unsigned int gen)
 		fork_prots_lost = true;
 }
 
-/* Parent, after the fork (or a failed one): the names of the cuts go. */
-static void fork_parent_done(bool failed)
+/*
+ * fork() does its work in the shim's pthread_atfork handlers, installed
+ * at load before any other.  glibc runs prepare handlers last installed
+ * first, so the shim's runs after the program's, and its parent and child
+ * handlers before the program's: the cut sees whole what the program's
+ * prepare handlers lock; nothing of the shim is held while those run (one
+ * may wait for a thread that allocates or maps); and the program's child
+ * handlers find the child's copies in place.  The library's handlers run
+ * inside the shim's (lib_fork_external), after the cut, which talks to the
+ * daemon over the connections they lock.  A fork not through the wrapper
+ * (one of the shim's own, with the guard held) does nothing here.
+ */
+struct fork_op {
+	bool mine;    /* this thread is in the fork() wrapper */
+	bool on;      /* the shim was on: cut, table locked */
+	int ready[2]; /* a child attaches shared segments by name */
+	char (*cuts)[UPAGER_NAME_MAX + 1]; /* deleted if the fork fails */
+	size_t ncuts;
+};
+
+static __thread struct fork_op fork_op SHIM_TLS;
+
+static void fork_child(void);
+
+/* Parent, tbl_lock held: the cuts' names are the wrapper's now (a child
+ * deletes its own once cloned; a fork that failed leaves them to the
+ * wrapper to delete). */
+static void fork_parent_done(struct fork_op *f)
 {
+	size_t n = 0;
+
+	for (size_t i = 0; i < tbl_n; i++)
+		n += tbl[i].seg->snap[0] != '\0';
+	f->cuts = n ? __libc_malloc(n * sizeof(*f->cuts)) : NULL;
+	f->ncuts = 0;
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
 
-		if (failed && s->snap[0] && strcmp(s->snap, "-"))
-			upager_delete(conn, s->snap, UPAGER_DELETE_FORCE);
+		if (f->cuts && s->snap[0] && strcmp(s->snap, "-"))
+			memcpy(f->cuts[f->ncuts++], s->snap, sizeof(s->snap));
 		s->snap[0] = '\0';
 	}
+}
+
+static void fk_prepare(void)
+{
+	static atomic_uint gen;
+	struct fork_op *f = &fork_op;
+
+	if (!f->mine)
+		return;
+	/* The arenas cut whole: no allocation half done in the copy. */
+	arena_fork_prepare();
+	/* A connection half made by another thread is not the child's. */
+	pthread_mutex_lock(&conn_lock);
+	f->on = atomic_load(&shim_state) == SHIM_ON;
+	if (!f->on)
+		return;
+	pthread_mutex_lock(&tbl_lock);
+	pthread_mutex_lock(&keep_lock);
+	fork_cut(atomic_fetch_add(&gen, 1) + 1);
+	/* A child that attaches shared segments again by name: the parent
+	 * waits for it, so that its exit cannot take a name first. */
+	for (size_t i = 0; i < tbl_n && f->ready[0] < 0; i++)
+		if (tbl[i].seg->lost && pipe2(f->ready, O_CLOEXEC))
+			f->ready[0] = f->ready[1] = -1;
+	lib_fork_prepare();
+}
+
+static void fk_parent(void)
+{
+	struct fork_op *f = &fork_op;
+
+	if (!f->mine)
+		return;
+	if (f->on) {
+		lib_fork_parent();
+		fork_parent_done(f);
+		pthread_mutex_unlock(&keep_lock);
+		pthread_mutex_unlock(&tbl_lock);
+	}
+	pthread_mutex_unlock(&conn_lock);
+	arena_fork_parent();
+}
+
+static void fk_child(void)
+{
+	struct fork_op *f = &fork_op;
+
+	if (!f->mine)
+		return;
+	pthread_mutex_init(&conn_lock, NULL);
+	if (f->on) {
+		pthread_mutex_init(&tbl_lock, NULL);
+		pthread_mutex_init(&keep_lock, NULL);
+		nkeep = 0; /* not inherited (MADV_DONTFORK) */
+		tbl_pid = getpid();
+		lib_fork_child();
+		pthread_mutex_lock(&tbl_lock);
+		fork_child();
+		pthread_mutex_unlock(&tbl_lock);
+		if (f->ready[0] >= 0) {
+			close(f->ready[0]);
+			close(f->ready[1]); /* the parent reads EOF */
+		}
+	}
+	arena_fork_child();
 }
 
 /*
@@ -2241,68 +2396,34 @@ static pid_t (*real_fork)(void);
 
 static pid_t fork_here(void)
 {
-	static atomic_uint gen;
-	int ready[2] = { -1, -1 };
+	struct fork_op *f = &fork_op;
 	pid_t pid;
+	int e;
+	char c;
 
 	shim_guard++;
-	/* A connection half made by another thread is not the child's. */
-	pthread_mutex_lock(&conn_lock);
-	if (atomic_load(&shim_state) != SHIM_ON) {
-		pid = real_fork();
-		if (pid == 0)
-			pthread_mutex_init(&conn_lock, NULL);
-		else
-			pthread_mutex_unlock(&conn_lock);
-		shim_guard--;
-		return pid;
-	}
-	pthread_mutex_unlock(&conn_lock);
-	/* The arenas as they are, cut whole: no allocation half done. */
-	arena_fork_prepare();
-	pthread_mutex_lock(&conn_lock);
-	pthread_mutex_lock(&tbl_lock);
-	pthread_mutex_lock(&keep_lock);
-	fork_cut(atomic_fetch_add(&gen, 1) + 1);
-	arena_fork_cut_done();
-	/* A child that attaches shared segments again by name: the parent
-	 * waits for it, so that its exit cannot take a name first. */
-	for (size_t i = 0; i < tbl_n && ready[0] < 0; i++)
-		if (tbl[i].seg->lost && pipe2(ready, O_CLOEXEC))
-			ready[0] = ready[1] = -1;
-	pid = real_fork();
-	if (pid == 0) {
-		pthread_mutex_init(&conn_lock, NULL);
-		pthread_mutex_init(&tbl_lock, NULL);
-		pthread_mutex_init(&keep_lock, NULL);
-		nkeep = 0; /* not inherited (MADV_DONTFORK) */
-		tbl_pid = getpid();
-		pthread_mutex_lock(&tbl_lock);
-		fork_child();
-		pthread_mutex_unlock(&tbl_lock);
-		arena_fork_child();
-		if (ready[0] >= 0) {
-			close(ready[0]);
-			close(ready[1]); /* the parent reads EOF */
-		}
-	} else {
-		int e = errno;
-		char c;
-
-		if (ready[0] >= 0) {
-			close(ready[1]);
-			while (pid > 0 && read(ready[0], &c, 1) < 0 &&
+	f->ready[0] = f->ready[1] = -1;
+	f->cuts = NULL;
+	f->ncuts = 0;
+	f->mine = true;
+	pid = real_fork(); /* the handlers above */
+	e = errno;
+	f->mine = false;
+	if (pid != 0) {
+		if (f->ready[0] >= 0) {
+			close(f->ready[1]);
+			while (pid > 0 && read(f->ready[0], &c, 1) < 0 &&
 			       errno == EINTR)
 				;
-			close(ready[0]);
+			close(f->ready[0]);
 		}
-		fork_parent_done(pid < 0);
-		pthread_mutex_unlock(&keep_lock);
-		pthread_mutex_unlock(&tbl_lock);
-		pthread_mutex_unlock(&conn_lock);
-		errno = e;
+		for (size_t i = 0; pid < 0 && i < f->ncuts; i++)
+			upager_delete(conn, f->cuts[i], UPAGER_DELETE_FORCE);
+		__libc_free(f->cuts);
+		f->cuts = NULL;
 	}
 	shim_guard--;
+	errno = e;
 	return pid;
 }
 
@@ -2818,6 +2939,9 @@ __attribute__((constructor)) static void shim_init(void)
 
 	page_size = sysconf(_SC_PAGESIZE);
 	tbl_pid = getpid();
+	/* First of all handlers: see fork_op. */
+	lib_fork_external = true;
+	pthread_atfork(fk_prepare, fk_parent, fk_child);
 	lib_thread_hook = guard_hook;
 	e = getenv("UPAGER_MIN_SIZE");
 	if (e && *e) {
@@ -2847,6 +2971,7 @@ __attribute__((constructor)) static void shim_init(void)
 		malloc_min = cfg_min_size;
 	if (malloc_min != SIZE_MAX)
 		arena_init();
+	dl_iterate_phdr(libc_text_fn, NULL);
 	/* Our descriptors above the low ones the program expects. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256 &&
 	    rl.rlim_cur != RLIM_INFINITY)

@@ -74,14 +74,14 @@ bool arena_span(const void *addr, uintptr_t *start, size_t *len);
 bool arena_fits(const void *p, size_t size);
 
 /*
- * fork(): the allocator's locks held across the cut (taken before
- * preload.c's, let go before the kernel's fork: an atfork handler of
- * arena.c holds them across that, after the program's own handlers).
- * In the child, once its copies are in place, arena_fork_child() makes
- * the class lists again from the arenas.
+ * fork(), from preload.c's atfork handlers: the allocator's locks held
+ * across the cut and the kernel's fork (taken before preload.c's; the
+ * program's own prepare handlers have run), so the cut and the kernel's
+ * copy of arena.c's own state agree.  arena_fork_child() makes the locks
+ * again in the child.
  */
 void arena_fork_prepare(void);
-void arena_fork_cut_done(void);
+void arena_fork_parent(void);
 void arena_fork_child(void);
 
 /* A clone() child without CLONE_VM: the arenas are not its memory. */
