@@ -2147,6 +2147,31 @@ static void s_arenas(void)
 	bad = ar_check(&h2);
 	printf("arenas: fork child saw them=%s; parent's kept=%s\n",
 	       child == 0 ? "yes" : "no", !bad && h2 == h ? "yes" : "no");
+
+	/* daemon(3) forks inside glibc, past the fork() symbol */
+	int pfd[2];
+	char dc = '?';
+
+	if (pipe(pfd) == 0) {
+		pid = xfork();
+		if (pid == 0) {
+			close(pfd[0]);
+			if (daemon(1, 1) == 0) {
+				dc = ar_check(&h2) ? 'n' : 'y';
+				if (write(pfd[1], &dc, 1) != 1)
+					_exit(3);
+			}
+			_exit(0);
+		}
+		close(pfd[1]);
+		wait_code(pid);
+		if (read(pfd[0], &dc, 1) != 1)
+			dc = '?';
+		close(pfd[0]);
+	}
+	printf("arenas: daemon(3)'s child saw them=%s\n",
+	       dc == 'y' ? "yes" : "no");
+	EXPECT(dc == 'y', "arenas: daemon(3)");
 	EXPECT(!errors && child == 0 && !bad && h2 == h, "arenas");
 	bool odd = odd_requests();
 

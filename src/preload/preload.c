@@ -2151,11 +2151,12 @@ static void fork_cut(unsigned int gen)
  * may wait for a thread that allocates or maps); and the program's child
  * handlers find the child's copies in place.  The library's handlers run
  * inside the shim's (lib_fork_external), after the cut, which talks to the
- * daemon over the connections they lock.  A fork not through the wrapper
- * (one of the shim's own, with the guard held) does nothing here.
+ * daemon over the connections they lock.  Every fork that runs glibc's
+ * handlers is handled, glibc's own too (daemon(3) forks inside libc,
+ * past the wrapper), but one from inside the shim (the guard held).
  */
 struct fork_op {
-	bool mine;    /* this thread is in the fork() wrapper */
+	bool active;  /* this fork is handled here */
 	bool on;      /* the shim was on: cut, table locked */
 	int ready[2]; /* a child attaches shared segments by name */
 	char (*cuts)[UPAGER_NAME_MAX + 1]; /* deleted if the fork fails */
@@ -2166,9 +2167,9 @@ static __thread struct fork_op fork_op SHIM_TLS;
 
 static void fork_child(void);
 
-/* Parent, tbl_lock held: the cuts' names are the wrapper's now (a child
- * deletes its own once cloned; a fork that failed leaves them to the
- * wrapper to delete). */
+/* Parent, tbl_lock held: the cuts' names are the fork() wrapper's now (a
+ * child deletes its own once cloned; the wrapper deletes those of a fork
+ * that failed; glibc's own forks keep them until the next fork). */
 static void fork_parent_done(struct fork_op *f)
 {
 	size_t n = 0;
@@ -2191,8 +2192,14 @@ static void fk_prepare(void)
 	static atomic_uint gen;
 	struct fork_op *f = &fork_op;
 
-	if (!f->mine)
+	f->active = !shim_guard;
+	if (!f->active)
 		return;
+	shim_guard++;
+	__libc_free(f->cuts); /* a fork of glibc's own left them */
+	f->cuts = NULL;
+	f->ncuts = 0;
+	f->ready[0] = f->ready[1] = -1;
 	/* The arenas cut whole: no allocation half done in the copy. */
 	arena_fork_prepare();
 	/* A connection half made by another thread is not the child's. */
@@ -2214,8 +2221,9 @@ static void fk_prepare(void)
 static void fk_parent(void)
 {
 	struct fork_op *f = &fork_op;
+	char c;
 
-	if (!f->mine)
+	if (!f->active)
 		return;
 	if (f->on) {
 		lib_fork_parent();
@@ -2225,13 +2233,22 @@ static void fk_parent(void)
 	}
 	pthread_mutex_unlock(&conn_lock);
 	arena_fork_parent();
+	if (f->ready[0] >= 0) {
+		/* (EOF at once if the fork failed) */
+		close(f->ready[1]);
+		while (read(f->ready[0], &c, 1) < 0 && errno == EINTR)
+			;
+		close(f->ready[0]);
+	}
+	f->active = false;
+	shim_guard--;
 }
 
 static void fk_child(void)
 {
 	struct fork_op *f = &fork_op;
 
-	if (!f->mine)
+	if (!f->active)
 		return;
 	pthread_mutex_init(&conn_lock, NULL);
 	if (f->on) {
@@ -2249,6 +2266,8 @@ static void fk_child(void)
 		}
 	}
 	arena_fork_child();
+	f->active = false;
+	shim_guard--;
 }
 
 /*
@@ -2397,32 +2416,18 @@ static pid_t (*real_fork)(void);
 static pid_t fork_here(void)
 {
 	struct fork_op *f = &fork_op;
-	pid_t pid;
-	int e;
-	char c;
+	pid_t pid = real_fork(); /* the handlers above */
+	int e = errno;
 
-	shim_guard++;
-	f->ready[0] = f->ready[1] = -1;
-	f->cuts = NULL;
-	f->ncuts = 0;
-	f->mine = true;
-	pid = real_fork(); /* the handlers above */
-	e = errno;
-	f->mine = false;
 	if (pid != 0) {
-		if (f->ready[0] >= 0) {
-			close(f->ready[1]);
-			while (pid > 0 && read(f->ready[0], &c, 1) < 0 &&
-			       errno == EINTR)
-				;
-			close(f->ready[0]);
-		}
+		shim_guard++;
 		for (size_t i = 0; pid < 0 && i < f->ncuts; i++)
 			upager_delete(conn, f->cuts[i], UPAGER_DELETE_FORCE);
 		__libc_free(f->cuts);
 		f->cuts = NULL;
+		f->ncuts = 0;
+		shim_guard--;
 	}
-	shim_guard--;
 	errno = e;
 	return pid;
 }
