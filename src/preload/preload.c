@@ -34,8 +34,10 @@
  *    an munmap of the tail; a shared range is moved by the kernel and the
  *    daemon follows it (remap events).
  *  - fork(): private segments are attached MADV_DONTFORK, so the child
- *    inherits nothing of them from the kernel.  Before the fork, each is
- *    snapshotted (a consistent cut); in the child, before fork() returns,
+ *    inherits nothing of them from the kernel.  In the shim's atfork
+ *    prepare handler (after the program's: see fork_op), each is
+ *    snapshotted (a consistent cut); in its child handler (before the
+ *    program's, and before fork() returns),
  *    each snapshot is cloned, the clone's pages moved to the addresses
  *    they had in the parent, and the snapshot deleted.  A child that
  *    cannot get its copy aborts with a message rather than run on memory
@@ -44,18 +46,19 @@
  *    inherited as they are (the library claims the child's uffd).
  *  - While a fork child's snapshot may share a private segment, its
  *    frames are not punched (punchable(), priv_zero()).
- *  - clone() without CLONE_VM: the child's private ranges are PROT_NONE.
+ *  - clone() without CLONE_VM: the child's private ranges are PROT_NONE,
+ *    but for its stack's block when that is managed (copied).
  *  - mprotect is not interposed: the kernel applies it to the mapping.
  *
  * Re-entrancy: the library allocates, maps and starts a thread; a
  * thread-local shim_guard sends whatever the shim itself (and the library's
  * watcher thread) calls to the kernel, and whatever they allocate to
  * glibc (__libc_malloc).  The table lock is a leaf: nothing is called
- * while it is held except raw system calls, except by fork(), which holds
- * it across the cut and the kernel's fork so that the child's table is
- * whole (glibc's allocator never calls into this file: its own mmap calls
- * are internal to libc; a free() of the shim's block under the guard, as
- * in an atfork handler, never waits for the lock: see "malloc").
+ * while it is held except raw system calls, except by fork()'s handlers,
+ * which hold it across the cut and the kernel's fork so that the child's
+ * table is whole (glibc's allocator never calls into this file: its own
+ * mmap calls are internal to libc; a free() of the shim's block under the
+ * guard never waits for the lock: see "malloc").
  *
  * malloc and friends: requests of at least $UPAGER_MIN_SIZE become
  * blocks on managed private mappings (glibc maps its large blocks with
