@@ -1993,6 +1993,11 @@ static void *af_allocator(void *arg)
 	return arg;
 }
 
+/* atfork-early.c: what its handlers call */
+extern void (*atfork_early_prepare)(void);
+extern void (*atfork_early_parent)(void);
+extern void (*atfork_early_child)(void);
+
 static void *af_nss(void *arg)
 {
 	struct passwd *pw = getpwuid(0);
@@ -2003,13 +2008,13 @@ static void *af_nss(void *arg)
 /* How many of 50 forks had a child that saw all that right. */
 static int atfork_forks(void)
 {
-	static bool registered;
 	pthread_t t;
 	int ok = 0;
 
-	if (!registered && pthread_atfork(af_take, af_give, af_child))
-		return -1;
-	registered = true;
+	/* installed by a library's constructor, before the shim's */
+	atfork_early_prepare = af_take;
+	atfork_early_parent = af_give;
+	atfork_early_child = af_child;
 	if (pthread_create(&t, NULL, af_nss, NULL))
 		return -1;
 	pthread_join(t, NULL);

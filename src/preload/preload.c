@@ -1744,13 +1744,23 @@ static struct {
 } libc_text[4];
 static unsigned int nlibc_text;
 
+/* @arg: addresses of code in libc and in the dynamic loader, NULL-ended:
+ * the objects holding one are the ones (whatever their file names). */
 static int libc_text_fn(struct dl_phdr_info *info, size_t size, void *arg)
 {
-	const char *n = info->dlpi_name;
+	const uintptr_t *in = arg;
+	bool ours = false;
 
 	(void)size;
-	(void)arg;
-	if (!n || (!strstr(n, "/libc.so") && !strstr(n, "/ld-linux")))
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+
+		for (const uintptr_t *a = in; *a; a++)
+			ours |= ph->p_type == PT_LOAD && *a >= lo &&
+				*a < lo + ph->p_memsz;
+	}
+	if (!ours)
 		return 0;
 	for (int i = 0; i < info->dlpi_phnum && nlibc_text < 4; i++) {
 		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -2159,35 +2169,71 @@ static void fork_cut(unsigned int gen)
  * past the wrapper), but one from inside the shim (the guard held).
  */
 struct fork_op {
-	bool active;  /* this fork is handled here */
-	bool on;      /* the shim was on: cut, table locked */
-	int ready[2]; /* a child attaches shared segments by name */
-	char (*cuts)[UPAGER_NAME_MAX + 1]; /* deleted if the fork fails */
-	size_t ncuts;
+	bool active;	  /* this fork is handled here */
+	bool on;	  /* the shim was on: cut, table locked */
+	int ready[2];	  /* a child attaches shared segments by name */
+	unsigned int gen; /* its cuts' in cuts_pending */
 };
 
 static __thread struct fork_op fork_op SHIM_TLS;
 
+/*
+ * The cuts of forks that ran: a child deletes its own once cloned, and
+ * the fork() wrapper those of a fork that failed.  A fork of glibc's own
+ * (daemon(3)) is not known to have failed: its cuts stay named until a
+ * preloaded process reaps them (stale()) once this one is gone, rather
+ * than go while its child may still be cloning them.  tbl_lock.
+ */
+static struct cut_name {
+	char name[UPAGER_NAME_MAX + 1];
+	unsigned int gen;
+} * cuts_pending;
+static size_t ncuts_pending, cuts_cap;
+
 static void fork_child(void);
 
-/* Parent, tbl_lock held: the cuts' names are the fork() wrapper's now (a
- * child deletes its own once cloned; the wrapper deletes those of a fork
- * that failed; glibc's own forks keep them until the next fork). */
+/* Parent, tbl_lock held: the cuts' names go to cuts_pending. */
 static void fork_parent_done(struct fork_op *f)
 {
-	size_t n = 0;
-
-	for (size_t i = 0; i < tbl_n; i++)
-		n += tbl[i].seg->snap[0] != '\0';
-	f->cuts = n ? __libc_malloc(n * sizeof(*f->cuts)) : NULL;
-	f->ncuts = 0;
+	if (ncuts_pending >= 4096) {
+		/* glibc's own forks', the oldest: forgotten (reaped) */
+		memmove(cuts_pending, cuts_pending + 2048,
+			(ncuts_pending - 2048) * sizeof(*cuts_pending));
+		ncuts_pending -= 2048;
+	}
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
 
-		if (f->cuts && s->snap[0] && strcmp(s->snap, "-"))
-			memcpy(f->cuts[f->ncuts++], s->snap, sizeof(s->snap));
+		if (s->snap[0] && strcmp(s->snap, "-") &&
+		    (ncuts_pending < cuts_cap ||
+		     (cuts_pending =
+			      __libc_realloc(cuts_pending,
+					     (cuts_cap = cuts_cap * 2 + 8) *
+						     sizeof(*cuts_pending))))) {
+			memcpy(cuts_pending[ncuts_pending].name, s->snap,
+			       sizeof(s->snap));
+			cuts_pending[ncuts_pending++].gen = f->gen;
+		}
 		s->snap[0] = '\0';
 	}
+}
+
+/* The pending cuts of fork @gen go; deleted in the daemon if @del.
+ * tbl_lock held. */
+static void cuts_drop(unsigned int gen, bool del)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < ncuts_pending; i++) {
+		if (cuts_pending[i].gen != gen) {
+			cuts_pending[k++] = cuts_pending[i];
+			continue;
+		}
+		if (del && shim_conn())
+			upager_delete(conn, cuts_pending[i].name,
+				      UPAGER_DELETE_FORCE);
+	}
+	ncuts_pending = k;
 }
 
 static void fk_prepare(void)
@@ -2195,13 +2241,11 @@ static void fk_prepare(void)
 	static atomic_uint gen;
 	struct fork_op *f = &fork_op;
 
+	f->gen = 0;
 	f->active = !shim_guard;
 	if (!f->active)
 		return;
 	shim_guard++;
-	__libc_free(f->cuts); /* a fork of glibc's own left them */
-	f->cuts = NULL;
-	f->ncuts = 0;
 	f->ready[0] = f->ready[1] = -1;
 	/* The arenas cut whole: no allocation half done in the copy. */
 	arena_fork_prepare();
@@ -2212,7 +2256,8 @@ static void fk_prepare(void)
 		return;
 	pthread_mutex_lock(&tbl_lock);
 	pthread_mutex_lock(&keep_lock);
-	fork_cut(atomic_fetch_add(&gen, 1) + 1);
+	f->gen = atomic_fetch_add(&gen, 1) + 1;
+	fork_cut(f->gen);
 	/* A child that attaches shared segments again by name: the parent
 	 * waits for it, so that its exit cannot take a name first. */
 	for (size_t i = 0; i < tbl_n && f->ready[0] < 0; i++)
@@ -2255,6 +2300,7 @@ static void fk_child(void)
 		return;
 	pthread_mutex_init(&conn_lock, NULL);
 	if (f->on) {
+		ncuts_pending = 0; /* the parent's */
 		pthread_mutex_init(&tbl_lock, NULL);
 		pthread_mutex_init(&keep_lock, NULL);
 		nkeep = 0; /* not inherited (MADV_DONTFORK) */
@@ -2416,19 +2462,59 @@ static void fork_child(void)
 
 static pid_t (*real_fork)(void);
 
+/*
+ * The shim's handlers must be installed before any other: a library's
+ * constructor may run before the shim's and call pthread_atfork (which
+ * is __register_atfork, called from the caller's own copy of
+ * libc_nonshared): whoever comes first installs the shim's first.
+ */
+typedef int (*register_atfork_fn)(void (*)(void), void (*)(void),
+				  void (*)(void), void *);
+extern void *__dso_handle;
+
+static register_atfork_fn real_register_atfork;
+
+int __register_atfork(void (*prepare)(void), void (*parent)(void),
+		      void (*child)(void), void *dso);
+
+static void fork_handlers_once(void)
+{
+	real_register_atfork = (register_atfork_fn)dlsym(RTLD_NEXT,
+							 "__register_atfork");
+	lib_fork_external = true;
+	if (real_register_atfork)
+		real_register_atfork(fk_prepare, fk_parent, fk_child,
+				     __dso_handle);
+}
+
+static void fork_handlers_install(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, fork_handlers_once);
+}
+
+PRELOAD_API int __register_atfork(void (*prepare)(void), void (*parent)(void),
+				  void (*child)(void), void *dso)
+{
+	fork_handlers_install();
+	if (!real_register_atfork)
+		return ENOMEM;
+	return real_register_atfork(prepare, parent, child, dso);
+}
+
 static pid_t fork_here(void)
 {
-	struct fork_op *f = &fork_op;
 	pid_t pid = real_fork(); /* the handlers above */
 	int e = errno;
 
-	if (pid != 0) {
+	if (pid != 0 && fork_op.gen) {
+		/* A child deletes the names; those of a failed fork go. */
 		shim_guard++;
-		for (size_t i = 0; pid < 0 && i < f->ncuts; i++)
-			upager_delete(conn, f->cuts[i], UPAGER_DELETE_FORCE);
-		__libc_free(f->cuts);
-		f->cuts = NULL;
-		f->ncuts = 0;
+		pthread_mutex_lock(&tbl_lock);
+		cuts_drop(fork_op.gen, pid < 0);
+		pthread_mutex_unlock(&tbl_lock);
+		fork_op.gen = 0;
 		shim_guard--;
 	}
 	errno = e;
@@ -2948,8 +3034,7 @@ __attribute__((constructor)) static void shim_init(void)
 	page_size = sysconf(_SC_PAGESIZE);
 	tbl_pid = getpid();
 	/* First of all handlers: see fork_op. */
-	lib_fork_external = true;
-	pthread_atfork(fk_prepare, fk_parent, fk_child);
+	fork_handlers_install();
 	lib_thread_hook = guard_hook;
 	e = getenv("UPAGER_MIN_SIZE");
 	if (e && *e) {
@@ -2979,10 +3064,24 @@ __attribute__((constructor)) static void shim_init(void)
 		malloc_min = cfg_min_size;
 	if (malloc_min != SIZE_MAX)
 		arena_init();
-	dl_iterate_phdr(libc_text_fn, NULL);
+	{
+		uintptr_t in[] = {
+			(uintptr_t)__libc_malloc,
+			(uintptr_t)dlsym(RTLD_DEFAULT, "__tls_get_addr"),
+			(uintptr_t)dlsym(RTLD_DEFAULT, "_dl_find_object"),
+			0,
+		};
+
+		if (!in[1]) {
+			in[1] = in[2];
+			in[2] = 0;
+		}
+		dl_iterate_phdr(libc_text_fn, in);
+	}
 	/* Our descriptors above the low ones the program expects. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur >= 256 &&
 	    rl.rlim_cur != RLIM_INFINITY)
 		lib_fd_floor = rl.rlim_cur / 2 < 4096 ? rl.rlim_cur / 2 : 4096;
-	debug("loaded: min size %zu", cfg_min_size);
+	debug("loaded: min size %zu; glibc's code in %u ranges", cfg_min_size,
+	      nlibc_text);
 }
