@@ -130,6 +130,19 @@ static const char *errname(int e)
 	}
 }
 
+/*
+ * AddressSanitizer's malloc is first (a sanitizer build): the shim's
+ * arenas are not used, ASan warns about stacks it did not make, and
+ * (GCC 12's) it takes no lock at fork: a fork child that allocates while
+ * another thread was inside ASan's allocator can deadlock.
+ */
+extern void __asan_init(void) __attribute__((weak));
+
+static bool asan(void)
+{
+	return __asan_init != NULL;
+}
+
 /* Word i of the pattern @seed: never zero. */
 static uint64_t pat(uint64_t seed, size_t i)
 {
@@ -1647,6 +1660,9 @@ static int fork_connect(long us)
 	pid_t pid = fork();
 	if (pid == 0) {
 		alarm(5); /* a child that hangs fails its parent's wait */
+		if (asan())
+			_exit(0); /* ASan's allocation, not the shim's: see
+				   * asan() */
 		char *q = malloc(2 * MiB);
 
 		if (!q)
@@ -1888,15 +1904,6 @@ static void *ar_forker(void *arg)
 		_exit(ar_check(&h) ? 1 : 0);
 	}
 	return (void *)(intptr_t)(pid < 0 ? -1 : wait_code(pid));
-}
-
-/* AddressSanitizer's malloc is first (a sanitizer build): the shim's
- * arenas are not used, and ASan warns about stacks it did not make. */
-extern void __asan_init(void) __attribute__((weak));
-
-static bool asan(void)
-{
-	return __asan_init != NULL;
 }
 
 /* A coroutine on a malloc()ed stack (its thread's TLS elsewhere) forks. */
