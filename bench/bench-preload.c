@@ -487,19 +487,20 @@ static int created_before(struct preload_ctx *c, int how, uint64_t *n)
 	return r;
 }
 
-/* touch SIZE [MODE]: the program's time, and the whole process's; @mode
- * NULL (mmap), "malloc" or "grow". */
-static int touch_run(struct preload_ctx *c, int how, const char *mode,
-		     double *fig)
+/*
+ * Runs preload-workload @args to its end and takes the numbers after
+ * @keys (NULL-ended) in what it printed on stderr into @vals; @wall_ns,
+ * if not NULL: fork and exec to exit.  A shim run that made no segment is
+ * an error (check_managed()).
+ */
+static int prog_figures(struct preload_ctx *c, int how, const char *const *args,
+			const char *const *keys, double *vals, double *wall_ns)
 {
-	char size[32], text[PRELOAD_OUT_MAX];
-	const char *args[] = { "touch", size, mode, NULL };
+	char text[PRELOAD_OUT_MAX];
 	uint64_t t0, created;
 	struct prog p;
-	double ns;
 	int r;
 
-	bench_fmt(size, sizeof(size), "%" PRIu64 "K", c->o->size >> 10);
 	r = created_before(c, how, &created);
 	if (r < 0)
 		return r;
@@ -507,23 +508,46 @@ static int touch_run(struct preload_ctx *c, int how, const char *mode,
 	r = prog_start(c, how, args, false, &p);
 	if (r < 0)
 		return r;
-	r = prog_wait(c, &p, mode ? mode : "touch");
+	r = prog_wait(c, &p, args[0]);
 	if (!r) {
-		if (!mode)
-			fig[PF_TOUCH_PROC_NS] = (double)(bench_now_ns() - t0);
+		if (wall_ns)
+			*wall_ns = (double)(bench_now_ns() - t0);
 		memfd_text(p.err, text, sizeof(text));
-		ns = find_num(text, "touch-ns");
-		if (ns < 0) {
-			bench_fmt(c->errmsg, sizeof(c->errmsg),
-				  "touch: no touch-ns in its output");
-			r = -EBADMSG;
+		for (size_t i = 0; keys[i] && !r; i++) {
+			vals[i] = find_num(text, keys[i]);
+			if (vals[i] < 0) {
+				bench_fmt(c->errmsg, sizeof(c->errmsg),
+					  "%s: no %s in its output", args[0],
+					  keys[i]);
+				r = -EBADMSG;
+			}
 		}
-		fig[!mode		    ? PF_TOUCH_NS :
-		    !strcmp(mode, "malloc") ? PF_MALLOC_NS :
-					      PF_GROW_NS] = ns;
 	}
 	prog_close(&p);
-	return r ? r : check_managed(c, how, created, "touch");
+	return r ? r : check_managed(c, how, created, args[0]);
+}
+
+/* touch SIZE [MODE]: the program's time, and the whole process's; @mode
+ * NULL (mmap), "malloc" or "grow". */
+static int touch_run(struct preload_ctx *c, int how, const char *mode,
+		     double *fig)
+{
+	char size[32];
+	const char *args[] = { "touch", size, mode, NULL };
+	const char *keys[] = { "touch-ns", NULL };
+	double ns, wall;
+	int r;
+
+	bench_fmt(size, sizeof(size), "%" PRIu64 "K", c->o->size >> 10);
+	r = prog_figures(c, how, args, keys, &ns, &wall);
+	if (r)
+		return r;
+	if (!mode)
+		fig[PF_TOUCH_PROC_NS] = wall;
+	fig[!mode		    ? PF_TOUCH_NS :
+	    !strcmp(mode, "malloc") ? PF_MALLOC_NS :
+				      PF_GROW_NS] = ns;
+	return 0;
 }
 
 /*
@@ -598,64 +622,35 @@ static int fork_run(struct preload_ctx *c, int how, double *fig)
 /* churn ROUNDS: ns per round of malloc(2 MiB), 4 pages written, free. */
 static int churn_run(struct preload_ctx *c, int how, double *fig)
 {
-	char rounds[16], text[PRELOAD_OUT_MAX];
+	char rounds[16];
 	const char *args[] = { "churn", rounds, NULL };
-	uint64_t created;
-	struct prog p;
+	const char *keys[] = { "churn-ns", NULL };
 	double ns;
 	int r;
 
 	bench_fmt(rounds, sizeof(rounds), "%u", c->o->churn);
-	r = created_before(c, how, &created);
-	if (r < 0)
-		return r;
-	r = prog_start(c, how, args, false, &p);
-	if (r < 0)
-		return r;
-	r = prog_wait(c, &p, "churn");
-	if (!r) {
-		memfd_text(p.err, text, sizeof(text));
-		ns = find_num(text, "churn-ns");
-		if (ns < 0) {
-			bench_fmt(c->errmsg, sizeof(c->errmsg),
-				  "churn: no churn-ns in its output");
-			r = -EBADMSG;
-		}
+	r = prog_figures(c, how, args, keys, &ns, NULL);
+	if (!r)
 		fig[PF_CHURN_NS] = ns / c->o->churn;
-	}
-	prog_close(&p);
-	return r ? r : check_managed(c, how, created, "churn");
+	return r;
 }
 
 /* small SIZE 2 PAIRS: the arenas' first touch, and malloc/free pairs. */
 static int small_run(struct preload_ctx *c, int how, double *fig)
 {
-	char size[32], text[PRELOAD_OUT_MAX];
+	char size[32];
 	const char *args[] = { "small", size, "2", "2000000", NULL };
-	uint64_t created;
-	struct prog p;
+	const char *keys[] = { "small-ns", "small-pair-ns", NULL };
+	double v[2];
 	int r;
 
 	bench_fmt(size, sizeof(size), "%" PRIu64 "K", c->o->size >> 10);
-	r = created_before(c, how, &created);
-	if (r < 0)
-		return r;
-	r = prog_start(c, how, args, false, &p);
-	if (r < 0)
-		return r;
-	r = prog_wait(c, &p, "small");
+	r = prog_figures(c, how, args, keys, v, NULL);
 	if (!r) {
-		memfd_text(p.err, text, sizeof(text));
-		fig[PF_SMALL_NS] = find_num(text, "small-ns");
-		fig[PF_PAIR_NS] = find_num(text, "small-pair-ns");
-		if (fig[PF_SMALL_NS] < 0 || fig[PF_PAIR_NS] < 0) {
-			bench_fmt(c->errmsg, sizeof(c->errmsg),
-				  "small: no small-ns in its output");
-			r = -EBADMSG;
-		}
+		fig[PF_SMALL_NS] = v[0];
+		fig[PF_PAIR_NS] = v[1];
 	}
-	prog_close(&p);
-	return r ? r : check_managed(c, how, created, "small");
+	return r;
 }
 
 static void progress(const struct bench_preload_opts *o, unsigned int it,
