@@ -13,9 +13,10 @@
  * thread other than the main one (where glibc would reserve an arena),
  * or once the main thread has asked $UPAGER_MIN_SIZE bytes of small
  * blocks (where its heap would have grown that far); before that, and
- * whenever no arena can be had (no daemon, its limits), glibc's.
- * Blocks keep their owner: free() tells the arenas' from glibc's by
- * address, so a program holds both kinds at once.
+ * whenever no arena can be had (no daemon, its limits), glibc's; and
+ * glibc's own allocations always (preload.c: from_libc()).  Blocks keep
+ * their owner: free() tells the arenas' from glibc's by address, so a
+ * program holds both kinds at once.
  *
  * An arena: ARENA_SIZE bytes aligned to ARENA_SIZE, a private segment
  * mapped read-write whole (MAP_NORESERVE; a page is memory once touched).
@@ -37,17 +38,16 @@
  * Each thread keeps a few free objects of each class (no lock; a key's
  * destructor gives them back when the thread ends).  A class's slabs with
  * free objects are on its list, under its lock; the pages of all arenas
- * are under pg_lock.  Memory goes back to the system when a run of at
- * least PUNCH_MIN pages is freed (punched, when no fork child's snapshot
- * shares it); a slab's pages, once it is empty, serve the next slab or
- * run.
+ * are under pg_lock.  Freed pages (a run's, an empty slab's) serve the
+ * next slab or run; memory goes back to the system in purge().
  *
- * Locks, in order: grow_lock, the class locks (ascending), pg_lock, then
- * preload.c's.  Only grow_lock is held while calling into preload.c
- * (arena_grow()); fork() holds them all across its cut and the kernel's
- * fork, so that the child's copy of the arenas and of this file's static
- * state agree.  Other threads' caches are lost to a fork child (their
- * objects leak), as their threads are.
+ * Locks, in order: the class locks (ascending), pg_lock, then preload.c's
+ * (fork's prepare handler takes them so, and holds them across the cut
+ * and the kernel's fork: the child's copy of the arenas and of this
+ * file's static state agree).  grow_lock, then preload.c's (arena_grow()).
+ * Nothing calls into preload.c with a class lock or pg_lock held: purge()
+ * and arena_grow() let them go first.  Other threads' caches are lost to
+ * a fork child (their objects leak), as their threads are.
  */
 #include <errno.h>
 #include <pthread.h>
