@@ -672,7 +672,9 @@ if want $check && ((have_shim)) && [[ $(id -u) == 0 ]]; then
 				--reset-env "$@"
 		}
 		cp "$semantics" "$udir/semantics"
-		chmod 755 "$udir/semantics"
+		# and the library it needs beside it (its runpath: $ORIGIN)
+		cp "$(dirname "$semantics")"/libatfork-early.so "$udir/"
+		chmod 755 "$udir/semantics" "$udir/libatfork-early.so"
 		# setpriv execs: $! is the daemon itself
 		setpriv --reuid=65534 --regid=65534 --clear-groups \
 			--reset-env "$upagerd" --socket "$udir/s.sock" \
