@@ -2173,6 +2173,7 @@ struct fork_op {
 	bool on;	  /* the shim was on: cut, table locked */
 	int ready[2];	  /* a child attaches shared segments by name */
 	unsigned int gen; /* its cuts' in cuts_pending */
+	int err;	  /* errno at the start */
 };
 
 static __thread struct fork_op fork_op SHIM_TLS;
@@ -2246,6 +2247,7 @@ static void fk_prepare(void)
 	if (!f->active)
 		return;
 	shim_guard++;
+	f->err = errno; /* the handlers leave it as they found it */
 	f->ready[0] = f->ready[1] = -1;
 	/* The arenas cut whole: no allocation half done in the copy. */
 	arena_fork_prepare();
@@ -2290,6 +2292,7 @@ static void fk_parent(void)
 	}
 	f->active = false;
 	shim_guard--;
+	errno = f->err;
 }
 
 static void fk_child(void)
@@ -2317,6 +2320,7 @@ static void fk_child(void)
 	arena_fork_child();
 	f->active = false;
 	shim_guard--;
+	errno = f->err;
 }
 
 /*
