@@ -229,12 +229,6 @@ static size_t bits_count(const uint64_t *b, size_t i, size_t n)
 	return c;
 }
 
-/* Whether any of the @n pages of @a from @i is in use. */
-static bool bits_any_used(const struct arena *a, size_t i, size_t n)
-{
-	return bits_count(a->used, i, n) != 0;
-}
-
 static size_t round_up(size_t x, size_t a)
 {
 	return (x + a - 1) / a * a;
@@ -866,7 +860,7 @@ bool arena_fits(const void *p, size_t size)
 		pages_put(&m[want], false);
 		ok = true;
 	} else {
-		ok = !bits_any_used(a, i + n, want - n);
+		ok = !bits_count(a->used, i + n, want - n);
 		if (ok) {
 			bits_set(a->used, i + n, want - n, true);
 			a->dirty_free -= bits_count(a->dirty, i + n, want - n);

@@ -943,6 +943,18 @@ kernel:
 	return p;
 }
 
+/* tbl_lock held: the piece of private managed memory holding @addr (not
+ * the kernel's memory yet: fork_convert()), or NULL. */
+static struct piece *private_at(uintptr_t addr)
+{
+	size_t i = tbl_first(addr);
+
+	if (i < tbl_n && tbl[i].start <= addr && tbl[i].seg->priv &&
+	    !tbl[i].seg->converted)
+		return &tbl[i];
+	return NULL;
+}
+
 /* For arena.c (shim.h) */
 
 bool shim_connected(void)
@@ -988,13 +1000,12 @@ void *shim_arena_map(size_t len)
 bool shim_release(void *p, size_t len)
 {
 	uintptr_t s = (uintptr_t)p;
+	struct piece *pc;
 	bool zero = false;
-	size_t i;
 
 	pthread_mutex_lock(&tbl_lock);
-	i = tbl_first(s);
-	if (i < tbl_n && tbl[i].start <= s && tbl[i].end >= s + len &&
-	    tbl[i].seg->priv && !tbl[i].seg->clone && punchable(tbl[i].seg))
+	pc = private_at(s);
+	if (pc && pc->end >= s + len && !pc->seg->clone && punchable(pc->seg))
 		zero = sys_madvise(p, len, MADV_REMOVE) == 0;
 	pthread_mutex_unlock(&tbl_lock);
 	return zero;
@@ -2194,7 +2205,7 @@ static size_t ncuts_pending, cuts_cap;
 static void fork_child(void);
 
 /* Parent, tbl_lock held: the cuts' names go to cuts_pending. */
-static void fork_parent_done(struct fork_op *f)
+static void cut_remember(const char *name, unsigned int gen)
 {
 	if (ncuts_pending >= 4096) {
 		/* glibc's own forks', the oldest: forgotten (reaped) */
@@ -2202,19 +2213,28 @@ static void fork_parent_done(struct fork_op *f)
 			(ncuts_pending - 2048) * sizeof(*cuts_pending));
 		ncuts_pending -= 2048;
 	}
+	if (ncuts_pending == cuts_cap) {
+		size_t cap = cuts_cap * 2 + 8;
+		void *p = __libc_realloc(cuts_pending,
+					 cap * sizeof(*cuts_pending));
+
+		if (!p)
+			return; /* (then reaped, as glibc's own forks') */
+		cuts_pending = p;
+		cuts_cap = cap;
+	}
+	snprintf(cuts_pending[ncuts_pending].name, sizeof(cuts_pending[0].name),
+		 "%s", name);
+	cuts_pending[ncuts_pending++].gen = gen;
+}
+
+static void fork_parent_done(struct fork_op *f)
+{
 	for (size_t i = 0; i < tbl_n; i++) {
 		struct seg *s = tbl[i].seg;
 
-		if (s->snap[0] && strcmp(s->snap, "-") &&
-		    (ncuts_pending < cuts_cap ||
-		     (cuts_pending =
-			      __libc_realloc(cuts_pending,
-					     (cuts_cap = cuts_cap * 2 + 8) *
-						     sizeof(*cuts_pending))))) {
-			memcpy(cuts_pending[ncuts_pending].name, s->snap,
-			       sizeof(s->snap));
-			cuts_pending[ncuts_pending++].gen = f->gen;
-		}
+		if (s->snap[0] && strcmp(s->snap, "-"))
+			cut_remember(s->snap, f->gen);
 		s->snap[0] = '\0';
 	}
 }
@@ -2536,19 +2556,16 @@ static pid_t fork_here(void)
 /* Whether @addr is in private managed memory: [*lo, *hi) its range. */
 static bool in_private(uintptr_t addr, uintptr_t *lo, uintptr_t *hi)
 {
-	bool ret;
-	size_t i;
+	struct piece *pc;
 
 	pthread_mutex_lock(&tbl_lock);
-	i = tbl_first(addr);
-	ret = i < tbl_n && tbl[i].start <= addr && tbl[i].seg->priv &&
-	      !tbl[i].seg->converted;
-	if (ret) {
-		*lo = tbl[i].start;
-		*hi = tbl[i].end;
+	pc = private_at(addr);
+	if (pc) {
+		*lo = pc->start;
+		*hi = pc->end;
 	}
 	pthread_mutex_unlock(&tbl_lock);
-	return ret;
+	return pc != NULL;
 }
 
 struct fork_side {
@@ -2618,24 +2635,20 @@ typedef int (*pthread_create_fn)(pthread_t *, const pthread_attr_t *,
 PRELOAD_API int pthread_create(pthread_t *t, const pthread_attr_t *attr,
 			       void *(*fn)(void *), void *arg)
 {
-	uintptr_t lo, hi;
+	struct piece *pc;
 	void *stack;
 	size_t len;
 
 	REAL(pthread_create, pthread_create_fn);
 	if (attr && !shim_guard && atomic_load(&shim_state) == SHIM_ON &&
-	    !pthread_attr_getstack(attr, &stack, &len) && len &&
-	    in_private((uintptr_t)stack + len - 1, &lo, &hi)) {
+	    !pthread_attr_getstack(attr, &stack, &len) && len) {
 		shim_guard++;
 		pthread_mutex_lock(&tbl_lock);
-		size_t i = tbl_first((uintptr_t)stack + len - 1);
-
-		if (i < tbl_n && tbl[i].start <= (uintptr_t)stack + len - 1 &&
-		    tbl[i].seg->priv && !tbl[i].seg->converted &&
-		    fork_convert(tbl[i].seg, 0) == 0)
+		pc = private_at((uintptr_t)stack + len - 1);
+		if (pc && fork_convert(pc->seg, 0) == 0)
 			debug("pthread_create: its stack at %p is in %s: "
 			      "ordinary private memory from now on",
-			      stack, tbl[i].seg->name);
+			      stack, pc->seg->name);
 		pthread_mutex_unlock(&tbl_lock);
 		shim_guard--;
 	}
